@@ -1,0 +1,399 @@
+package events
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Type is a WorkOS event type such as "dsync.user.created".
+type Type string
+
+// The event types dsyncd applies. Every other type decodes as ignored.
+const (
+	DirectoryActivated Type = "dsync.activated"
+	DirectoryDeleted   Type = "dsync.deleted"
+	UserCreated        Type = "dsync.user.created"
+	UserUpdated        Type = "dsync.user.updated"
+	UserDeleted        Type = "dsync.user.deleted"
+	GroupCreated       Type = "dsync.group.created"
+	GroupUpdated       Type = "dsync.group.updated"
+	GroupDeleted       Type = "dsync.group.deleted"
+	GroupUserAdded     Type = "dsync.group.user_added"
+	GroupUserRemoved   Type = "dsync.group.user_removed"
+)
+
+// Handled reports whether dsyncd applies events of type t.
+func (t Type) Handled() bool {
+	switch t {
+	case DirectoryActivated, DirectoryDeleted, UserCreated, UserUpdated, UserDeleted,
+		GroupCreated, GroupUpdated, GroupDeleted, GroupUserAdded, GroupUserRemoved:
+		return true
+	}
+	return false
+}
+
+// HandledTypes lists every event type dsyncd applies, in a stable order.
+func HandledTypes() []Type {
+	return []Type{DirectoryActivated, DirectoryDeleted, UserCreated, UserUpdated, UserDeleted,
+		GroupCreated, GroupUpdated, GroupDeleted, GroupUserAdded, GroupUserRemoved}
+}
+
+// ErrMalformed is wrapped by every error about a body that is not a JSON event envelope.
+var ErrMalformed = errors.New("malformed event")
+
+// ErrInvalid is wrapped by every error about a dsync event that lacks what it needs
+// (an id, a directory id, a parsable created_at).
+var ErrInvalid = errors.New("invalid event")
+
+// Key orders events: by created_at, then by event id. Each entity in the store
+// takes the state of the event with the greatest Key that touched it.
+type Key struct {
+	At time.Time
+	ID string
+}
+
+// Compare returns -1, 0 or +1 as k is older than, the same as, or newer than o.
+func (k Key) Compare(o Key) int {
+	if c := k.At.Compare(o.At); c != 0 {
+		return c
+	}
+	return strings.Compare(k.ID, o.ID)
+}
+
+// IsZero reports whether k is the zero Key (no event).
+func (k Key) IsZero() bool { return k.ID == "" && k.At.IsZero() }
+
+// Newer reports whether k is strictly newer than o.
+func (k Key) Newer(o Key) bool { return k.Compare(o) > 0 }
+
+// Directory is the directory of dsync.activated and dsync.deleted.
+type Directory struct {
+	ID             string `json:"id"`
+	OrganizationID string `json:"organization_id"`
+	Name           string `json:"name"`
+	Type           string `json:"type"`
+	State          string `json:"state"`
+}
+
+// User is a directory user as carried by dsync.user.* and dsync.group.user_*.
+type User struct {
+	ID             string   `json:"id"`
+	DirectoryID    string   `json:"directory_id"`
+	OrganizationID string   `json:"organization_id"`
+	IdpID          string   `json:"idp_id"`
+	Email          string   `json:"email"`
+	FirstName      string   `json:"first_name"`
+	LastName       string   `json:"last_name"`
+	State          string   `json:"state"`
+	Roles          []string `json:"roles,omitempty"` // WorkOS role slugs: role.slug ∪ roles[].slug, sorted, unique
+}
+
+// Group is a directory group.
+type Group struct {
+	ID             string `json:"id"`
+	DirectoryID    string `json:"directory_id"`
+	OrganizationID string `json:"organization_id"`
+	IdpID          string `json:"idp_id"`
+	Name           string `json:"name"`
+}
+
+// Event is a decoded WorkOS event. For an ignored type only ID, Type and
+// CreatedAt (when parsable) are set.
+type Event struct {
+	ID          string
+	Type        Type
+	CreatedAt   time.Time
+	DirectoryID string
+
+	Directory *Directory // dsync.activated, dsync.deleted
+	User      *User      // dsync.user.*, dsync.group.user_*
+	Group     *Group     // dsync.group.*, dsync.group.user_*
+}
+
+// Key returns the event's ordering key.
+func (e *Event) Key() Key { return Key{At: e.CreatedAt, ID: e.ID} }
+
+// Ignored reports whether dsyncd does not apply this event's type.
+func (e *Event) Ignored() bool { return !e.Type.Handled() }
+
+type envelope struct {
+	ID        string          `json:"id"`
+	Event     Type            `json:"event"`
+	Data      json.RawMessage `json:"data"`
+	CreatedAt string          `json:"created_at"`
+}
+
+type wireEmail struct {
+	Primary bool   `json:"primary"`
+	Value   string `json:"value"`
+}
+
+type wireSlug struct {
+	Slug string `json:"slug"`
+}
+
+type wireUser struct {
+	ID               string      `json:"id"`
+	DirectoryID      string      `json:"directory_id"`
+	OrganizationID   *string     `json:"organization_id"`
+	IdpID            string      `json:"idp_id"`
+	Email            *string     `json:"email"`
+	Emails           []wireEmail `json:"emails"`
+	FirstName        *string     `json:"first_name"`
+	LastName         *string     `json:"last_name"`
+	State            string      `json:"state"`
+	Role             *wireSlug   `json:"role"`
+	Roles            []wireSlug  `json:"roles"`
+	CustomAttributes struct {
+		Emails []wireEmail `json:"emails"`
+	} `json:"custom_attributes"`
+}
+
+type wireGroup struct {
+	ID             string  `json:"id"`
+	DirectoryID    string  `json:"directory_id"`
+	OrganizationID *string `json:"organization_id"`
+	IdpID          string  `json:"idp_id"`
+	Name           *string `json:"name"`
+}
+
+type wireDirectory struct {
+	ID             string  `json:"id"`
+	OrganizationID *string `json:"organization_id"`
+	Name           *string `json:"name"`
+	Type           string  `json:"type"`
+	State          string  `json:"state"`
+}
+
+type wireMembership struct {
+	DirectoryID string     `json:"directory_id"`
+	User        *wireUser  `json:"user"`
+	Group       *wireGroup `json:"group"`
+}
+
+// Decode decodes one event envelope. It returns an error wrapping ErrMalformed
+// when b is not a JSON event envelope and one wrapping ErrInvalid when a dsync
+// event lacks an id it needs; the message says what is missing. An event of a
+// type dsyncd does not handle decodes without error and reports Ignored.
+func Decode(b []byte) (*Event, error) {
+	var env envelope
+	if err := json.Unmarshal(b, &env); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if env.Event == "" {
+		return nil, fmt.Errorf("%w: no \"event\" type", ErrMalformed)
+	}
+	ev := &Event{ID: env.ID, Type: env.Event}
+	if env.CreatedAt != "" {
+		if t, err := ParseTime(env.CreatedAt); err == nil {
+			ev.CreatedAt = t
+		} else if ev.Type.Handled() {
+			return nil, fmt.Errorf("%w: %s %s: created_at %q: %v", ErrInvalid, ev.Type, ev.ID, env.CreatedAt, err)
+		}
+	}
+	if !ev.Type.Handled() {
+		return ev, nil
+	}
+	if ev.ID == "" {
+		return nil, fmt.Errorf("%w: %s: missing id", ErrInvalid, ev.Type)
+	}
+	if env.CreatedAt == "" {
+		return nil, fmt.Errorf("%w: %s %s: missing created_at", ErrInvalid, ev.Type, ev.ID)
+	}
+	if len(bytes.TrimSpace(env.Data)) == 0 || bytes.Equal(bytes.TrimSpace(env.Data), []byte("null")) {
+		return nil, fmt.Errorf("%w: %s %s: missing data", ErrInvalid, ev.Type, ev.ID)
+	}
+	var err error
+	switch ev.Type {
+	case DirectoryActivated, DirectoryDeleted:
+		err = ev.decodeDirectory(env.Data)
+	case UserCreated, UserUpdated, UserDeleted:
+		err = ev.decodeUser(env.Data)
+	case GroupCreated, GroupUpdated, GroupDeleted:
+		err = ev.decodeGroup(env.Data)
+	case GroupUserAdded, GroupUserRemoved:
+		err = ev.decodeMembership(env.Data)
+	}
+	if err != nil {
+		if errors.Is(err, ErrInvalid) {
+			return nil, fmt.Errorf("%s %s: %w", ev.Type, ev.ID, err)
+		}
+		return nil, fmt.Errorf("%w: %s %s: data: %v", ErrMalformed, ev.Type, ev.ID, err)
+	}
+	return ev, nil
+}
+
+func missing(field string) error { return fmt.Errorf("%w: missing %s", ErrInvalid, field) }
+
+func (ev *Event) decodeDirectory(data []byte) error {
+	var w wireDirectory
+	if err := json.Unmarshal(data, &w); err != nil {
+		return err
+	}
+	if w.ID == "" {
+		return missing("data.id")
+	}
+	ev.Directory = &Directory{ID: w.ID, OrganizationID: deref(w.OrganizationID), Name: deref(w.Name), Type: w.Type, State: w.State}
+	ev.DirectoryID = w.ID
+	return nil
+}
+
+func (ev *Event) decodeUser(data []byte) error {
+	var w wireUser
+	if err := json.Unmarshal(data, &w); err != nil {
+		return err
+	}
+	if w.ID == "" {
+		return missing("data.id")
+	}
+	if w.DirectoryID == "" {
+		return missing("data.directory_id")
+	}
+	ev.User = w.user()
+	ev.DirectoryID = w.DirectoryID
+	return nil
+}
+
+func (ev *Event) decodeGroup(data []byte) error {
+	var w wireGroup
+	if err := json.Unmarshal(data, &w); err != nil {
+		return err
+	}
+	if w.ID == "" {
+		return missing("data.id")
+	}
+	if w.DirectoryID == "" {
+		return missing("data.directory_id")
+	}
+	ev.Group = w.group()
+	ev.DirectoryID = w.DirectoryID
+	return nil
+}
+
+func (ev *Event) decodeMembership(data []byte) error {
+	var w wireMembership
+	if err := json.Unmarshal(data, &w); err != nil {
+		return err
+	}
+	if w.User == nil || w.User.ID == "" {
+		return missing("data.user.id")
+	}
+	if w.Group == nil || w.Group.ID == "" {
+		return missing("data.group.id")
+	}
+	dir := firstNonEmpty(w.DirectoryID, w.User.DirectoryID, w.Group.DirectoryID)
+	if dir == "" {
+		return missing("data.directory_id")
+	}
+	if w.User.DirectoryID == "" {
+		w.User.DirectoryID = dir
+	}
+	if w.Group.DirectoryID == "" {
+		w.Group.DirectoryID = dir
+	}
+	ev.User = w.User.user()
+	ev.Group = w.Group.group()
+	if ev.User.OrganizationID == "" {
+		ev.User.OrganizationID = ev.Group.OrganizationID
+	}
+	if ev.Group.OrganizationID == "" {
+		ev.Group.OrganizationID = ev.User.OrganizationID
+	}
+	ev.DirectoryID = dir
+	return nil
+}
+
+func (w *wireUser) user() *User {
+	u := &User{
+		ID:             w.ID,
+		DirectoryID:    w.DirectoryID,
+		OrganizationID: deref(w.OrganizationID),
+		IdpID:          w.IdpID,
+		Email:          deref(w.Email),
+		FirstName:      deref(w.FirstName),
+		LastName:       deref(w.LastName),
+		State:          w.State,
+	}
+	if u.Email == "" {
+		u.Email = primaryEmail(w.Emails)
+	}
+	if u.Email == "" {
+		u.Email = primaryEmail(w.CustomAttributes.Emails)
+	}
+	seen := map[string]bool{}
+	add := func(s string) {
+		if s != "" && !seen[s] {
+			seen[s] = true
+			u.Roles = append(u.Roles, s)
+		}
+	}
+	if w.Role != nil {
+		add(w.Role.Slug)
+	}
+	for _, r := range w.Roles {
+		add(r.Slug)
+	}
+	slices.Sort(u.Roles)
+	return u
+}
+
+func (w *wireGroup) group() *Group {
+	return &Group{ID: w.ID, DirectoryID: w.DirectoryID, OrganizationID: deref(w.OrganizationID), IdpID: w.IdpID, Name: deref(w.Name)}
+}
+
+// primaryEmail returns the primary entry's value, else the first non-empty one.
+func primaryEmail(list []wireEmail) string {
+	for _, e := range list {
+		if e.Primary && e.Value != "" {
+			return e.Value
+		}
+	}
+	for _, e := range list {
+		if e.Value != "" {
+			return e.Value
+		}
+	}
+	return ""
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+func firstNonEmpty(ss ...string) string {
+	for _, s := range ss {
+		if s != "" {
+			return s
+		}
+	}
+	return ""
+}
+
+var timeLayouts = []string{
+	time.RFC3339Nano,
+	"2006-01-02T15:04:05.999999999Z0700",
+	"2006-01-02 15:04:05.999999999Z07:00",
+	"2006-01-02 15:04:05.999999999Z0700",
+	"2006-01-02 15:04:05.999999999",
+	"2006-01-02T15:04:05.999999999",
+}
+
+// ParseTime parses the created_at layouts WorkOS uses:
+// "2021-06-25T19:07:33.155Z", "2023-04-28 20:05:31.093" (no zone: UTC) and
+// "2021-07-31T05:10:19+0000". The result is in UTC.
+func ParseTime(s string) (time.Time, error) {
+	for _, l := range timeLayouts {
+		if t, err := time.Parse(l, s); err == nil {
+			return t.UTC(), nil
+		}
+	}
+	return time.Time{}, fmt.Errorf("unrecognised timestamp layout")
+}

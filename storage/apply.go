@@ -1,0 +1,437 @@
+package storage
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/dsyncd/dsyncd/events"
+	"github.com/dsyncd/dsyncd/mapping"
+)
+
+// Outcome says what applying one event did.
+type Outcome string
+
+// Outcomes of Apply.
+const (
+	// Applied: the event changed at least one entity.
+	Applied Outcome = "applied"
+	// Duplicate: an event with this id was applied before.
+	Duplicate Outcome = "duplicate"
+	// Stale: every entity the event touches holds newer state; nothing changed.
+	Stale Outcome = "stale"
+	// Ignored: dsyncd does not handle this event type.
+	Ignored Outcome = "ignored"
+	// Deferred: the organisation's sync is paused; the event is kept, in
+	// order, until an operator resumes it.
+	Deferred Outcome = "deferred"
+)
+
+// pruneBatch bounds how many expired processed-id records one Apply removes.
+const pruneBatch = 512
+
+// Apply applies evs, in order, in one bbolt transaction: either every event's
+// effect, processed-id record and audit entries are committed, or none are.
+// It returns one Outcome per event.
+func (s *Store) Apply(evs []*events.Event) ([]Outcome, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]Outcome, len(evs))
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		t := newTxn(tx)
+		now := s.opts.Now()
+		for i, ev := range evs {
+			o, err := s.applyOne(t, ev, now)
+			if err != nil {
+				return fmt.Errorf("apply %s %s: %w", ev.Type, ev.ID, err)
+			}
+			out[i] = o
+		}
+		return s.prune(t, now)
+	})
+	if err != nil {
+		if errors.Is(err, bolt.ErrDatabaseNotOpen) {
+			return nil, ErrClosed
+		}
+		return nil, err
+	}
+	return out, nil
+}
+
+func (s *Store) applyOne(t *txn, ev *events.Event, now time.Time) (Outcome, error) {
+	if ev.Ignored() {
+		return Ignored, nil
+	}
+	if ev.ID == "" {
+		return "", errors.New("event without id")
+	}
+	if t.processed.Get([]byte(ev.ID)) != nil {
+		return Duplicate, nil
+	}
+	c := &change{s: s, t: t, ev: ev, k: toKey(ev.Key()), now: now}
+	var err error
+	switch ev.Type {
+	case events.DirectoryActivated, events.DirectoryDeleted:
+		err = c.directory()
+	case events.UserCreated, events.UserUpdated, events.UserDeleted:
+		err = c.user()
+	case events.GroupCreated, events.GroupUpdated, events.GroupDeleted:
+		err = c.group()
+	case events.GroupUserAdded, events.GroupUserRemoved:
+		err = c.membership()
+	default:
+		return Ignored, nil
+	}
+	if err == nil {
+		err = c.recompute()
+	}
+	if err != nil {
+		return "", err
+	}
+	if err := s.markProcessed(t, ev.ID, now); err != nil {
+		return "", err
+	}
+	if c.changed {
+		return Applied, nil
+	}
+	return Stale, nil
+}
+
+func (s *Store) markProcessed(t *txn, id string, now time.Time) error {
+	ns := uint64(now.UnixNano())
+	if err := t.processed.Put([]byte(id), u64(ns)); err != nil {
+		return err
+	}
+	return t.processedAt.Put(append(u64(ns), id...), nil)
+}
+
+// prune forgets processed event ids older than the retention, a bounded number per call.
+func (s *Store) prune(t *txn, now time.Time) error {
+	limit := uint64(now.Add(-s.opts.ProcessedRetention).UnixNano())
+	c := t.processedAt.Cursor()
+	n := 0
+	for k, _ := c.First(); k != nil && n < pruneBatch; k, _ = c.First() {
+		if len(k) < 8 || beUint64(k[:8]) >= limit {
+			break
+		}
+		if err := t.processed.Delete(k[8:]); err != nil {
+			return err
+		}
+		if err := c.Delete(); err != nil {
+			return err
+		}
+		n++
+	}
+	return nil
+}
+
+func beUint64(b []byte) uint64 {
+	var v uint64
+	for _, c := range b[:8] {
+		v = v<<8 | uint64(c)
+	}
+	return v
+}
+
+// change is the application of one event.
+type change struct {
+	s       *Store
+	t       *txn
+	ev      *events.Event
+	k       key
+	now     time.Time
+	changed bool
+	touched []string // user ids whose badges must be recomputed
+}
+
+func (c *change) touch(ids ...string) { c.touched = append(c.touched, ids...) }
+
+func (c *change) directory() error {
+	d0 := c.ev.Directory
+	d, err := c.t.dir(d0.ID)
+	if err != nil {
+		return err
+	}
+	deleted := c.ev.Type == events.DirectoryDeleted
+	if d == nil {
+		d = &dirRec{}
+	} else if !c.k.newer(d.Key) {
+		// An older dsync.deleted still deprovisions what is older than it.
+		if deleted && c.k.newer(d.DeletedKey) {
+			d.DeletedKey = c.k
+			c.changed = true
+			if err := c.t.putDir(d); err != nil {
+				return err
+			}
+			return c.deprovisionDirectory(d)
+		}
+		return nil
+	}
+	prevOrg := d.OrganizationID
+	prevDeletedKey := d.DeletedKey
+	rec := dirRec{Directory: *d0, Key: c.k, Deleted: deleted, DeletedKey: d.DeletedKey}
+	if rec.OrganizationID == "" {
+		rec.OrganizationID = prevOrg
+	}
+	if rec.Name == "" && deleted {
+		rec.Name = d.Name
+	}
+	if deleted {
+		rec.DeletedKey = c.k
+	}
+	c.changed = true
+	if err := c.t.putDir(&rec); err != nil {
+		return err
+	}
+	if deleted && rec.DeletedKey != prevDeletedKey {
+		return c.deprovisionDirectory(&rec)
+	}
+	if rec.OrganizationID != prevOrg {
+		// Users and groups without an organisation of their own take the
+		// directory's: their badges may depend on it.
+		return eachPrefix(c.t.dirUsers, rec.ID, func(uid string) error { c.touch(uid); return nil })
+	}
+	return nil
+}
+
+// deprovisionDirectory ends every user and group of d older than its
+// deletion, when the policy is deprovision.
+func (c *change) deprovisionDirectory(d *dirRec) error {
+	if c.s.opts.Safeguards.OnDirectoryDeleted != OnDirectoryDeletedDeprovision {
+		return nil
+	}
+	err := eachPrefix(c.t.dirUsers, d.ID, func(uid string) error {
+		u, err := c.t.user(uid)
+		if err != nil || u == nil || !d.DeletedKey.newer(u.Key) {
+			return err
+		}
+		if c.s.breakGlass(u) {
+			return c.s.auditBreakGlass(c.t, c.ev, u, c.now, "directory deprovisioned")
+		}
+		u.Deleted, u.Key, u.DeletedKey = true, d.DeletedKey, maxKey(u.DeletedKey, d.DeletedKey)
+		c.touch(uid)
+		return c.t.putUser(u)
+	})
+	if err != nil {
+		return err
+	}
+	return eachPrefix(c.t.dirGroups, d.ID, func(gid string) error {
+		g, err := c.t.group(gid)
+		if err != nil || g == nil || !d.DeletedKey.newer(g.Key) {
+			return err
+		}
+		g.Deleted, g.Key, g.DeletedKey = true, d.DeletedKey, maxKey(g.DeletedKey, d.DeletedKey)
+		return c.t.putGroup(g)
+	})
+}
+
+// setUser applies the user payload u0 if it is newer than what the store
+// holds. deleted marks a dsync.user.deleted.
+func (c *change) setUser(u0 *events.User, deleted bool) error {
+	floor, err := c.s.floor(c.t, u0.DirectoryID)
+	if err != nil {
+		return err
+	}
+	if !c.k.newer(floor) {
+		return nil
+	}
+	u, err := c.t.user(u0.ID)
+	if err != nil {
+		return err
+	}
+	if u == nil {
+		u = &userRec{}
+	} else if !c.k.newer(u.Key) {
+		return nil
+	}
+	if deleted && c.s.breakGlass(u) {
+		return c.s.auditBreakGlass(c.t, c.ev, u, c.now, "user deleted in the directory")
+	}
+	rec := userRec{User: *u0, Key: c.k, Deleted: deleted, DeletedKey: u.DeletedKey, Grants: u.Grants}
+	if deleted {
+		rec.DeletedKey = c.k
+		if rec.Email == "" {
+			rec.Email = u.Email
+		}
+	}
+	c.changed = true
+	c.touch(rec.ID)
+	return c.t.putUser(&rec)
+}
+
+func (c *change) user() error {
+	return c.setUser(c.ev.User, c.ev.Type == events.UserDeleted)
+}
+
+// setGroup applies the group payload g0 if newer; it returns whether the
+// group's identity (name, idp id, organisation) or existence changed, which
+// can change the badges of all its members.
+func (c *change) setGroup(g0 *events.Group, deleted bool) (bool, error) {
+	floor, err := c.s.floor(c.t, g0.DirectoryID)
+	if err != nil {
+		return false, err
+	}
+	if !c.k.newer(floor) {
+		return false, nil
+	}
+	g, err := c.t.group(g0.ID)
+	if err != nil {
+		return false, err
+	}
+	if g == nil {
+		g = &groupRec{}
+	} else if !c.k.newer(g.Key) {
+		return false, nil
+	}
+	rec := groupRec{Group: *g0, Key: c.k, Deleted: deleted, DeletedKey: g.DeletedKey}
+	if deleted {
+		rec.DeletedKey = c.k
+		if rec.Name == "" {
+			rec.Name = g.Name
+		}
+	}
+	c.changed = true
+	identity := g.Name != rec.Name || g.IdpID != rec.IdpID || g.OrganizationID != rec.OrganizationID || g.Deleted != rec.Deleted
+	return identity, c.t.putGroup(&rec)
+}
+
+func (c *change) touchMembers(groupID string) error {
+	return eachPrefix(c.t.members, groupID, func(uid string) error { c.touch(uid); return nil })
+}
+
+func (c *change) group() error {
+	identity, err := c.setGroup(c.ev.Group, c.ev.Type == events.GroupDeleted)
+	if err != nil || !identity {
+		return err
+	}
+	return c.touchMembers(c.ev.Group.ID)
+}
+
+func (c *change) membership() error {
+	g0, u0 := c.ev.Group, c.ev.User
+	identity, err := c.setGroup(g0, false)
+	if err != nil {
+		return err
+	}
+	if identity {
+		if err := c.touchMembers(g0.ID); err != nil {
+			return err
+		}
+	}
+	if err := c.setUser(u0, false); err != nil {
+		return err
+	}
+	floor, err := c.s.floor(c.t, c.ev.DirectoryID)
+	if err != nil {
+		return err
+	}
+	if !c.k.newer(floor) {
+		return nil
+	}
+	m, err := c.t.member(g0.ID, u0.ID)
+	if err != nil {
+		return err
+	}
+	if m != nil && !c.k.newer(m.Key) {
+		return nil
+	}
+	c.changed = true
+	c.touch(u0.ID)
+	return c.t.putMember(g0.ID, u0.ID, &memberRec{Key: c.k, Present: c.ev.Type == events.GroupUserAdded})
+}
+
+// isMember reports whether u is, in effect, a member of group g: the newest
+// event touching the membership — add, remove, the group's or the user's
+// delete, the directory's deprovisioning — is an add.
+func isMember(m *memberRec, g *groupRec, u *userRec, floor key) bool {
+	if m == nil || g == nil || u == nil || !m.Present || g.Deleted || u.Deleted {
+		return false
+	}
+	return m.Key.newer(maxKey(g.DeletedKey, u.DeletedKey, floor))
+}
+
+// userGroups returns the groups u is a member of, sorted by id.
+func (s *Store) userGroups(t *txn, u *userRec) ([]*groupRec, error) {
+	floor, err := s.floor(t, u.DirectoryID)
+	if err != nil {
+		return nil, err
+	}
+	var out []*groupRec
+	err = eachPrefix(t.membersByUser, u.ID, func(gid string) error {
+		m, err := t.member(gid, u.ID)
+		if err != nil {
+			return err
+		}
+		g, err := t.group(gid)
+		if err != nil {
+			return err
+		}
+		if isMember(m, g, u, floor) {
+			out = append(out, g)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// organization returns the organisation of a user: its own, else its directory's.
+func (s *Store) organization(t *txn, orgID, dirID string) (string, error) {
+	if orgID != "" {
+		return orgID, nil
+	}
+	d, err := t.dir(dirID)
+	if err != nil || d == nil {
+		return "", err
+	}
+	return d.OrganizationID, nil
+}
+
+// subject builds the mapping input for u.
+func (s *Store) subject(t *txn, u *userRec) (mapping.Subject, error) {
+	sub := mapping.Subject{Active: !u.Deleted && isActiveState(u.State), Roles: u.Roles}
+	if !sub.Active {
+		return sub, nil
+	}
+	groups, err := s.userGroups(t, u)
+	if err != nil {
+		return sub, err
+	}
+	for _, g := range groups {
+		org, err := s.organization(t, g.OrganizationID, g.DirectoryID)
+		if err != nil {
+			return sub, err
+		}
+		sub.Groups = append(sub.Groups, mapping.Group{ID: g.ID, IdpID: g.IdpID, Name: g.Name, OrganizationID: org})
+	}
+	return sub, nil
+}
+
+func isActiveState(state string) bool {
+	switch strings.ToLower(state) {
+	case "inactive", "suspended", "deleted":
+		return false
+	}
+	return true
+}
+
+// recompute recomputes the badges of every user the change touched.
+func (c *change) recompute() error {
+	slices.Sort(c.touched)
+	for _, uid := range slices.Compact(c.touched) {
+		u, err := c.t.user(uid)
+		if err != nil {
+			return err
+		}
+		if u == nil {
+			continue
+		}
+		if err := c.s.regrant(c.t, u, c.ev.ID, c.now); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,260 @@
+package storage
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/dsyncd/dsyncd/mapping"
+)
+
+// Snapshot is the canonical export: every list sorted by id, deleted users
+// and groups left out.
+type Snapshot struct {
+	Directories []ExportDirectory `json:"directories"`
+	Users       []ExportUser      `json:"users"`
+	Groups      []ExportGroup     `json:"groups"`
+	Holds       []Hold            `json:"holds"`
+}
+
+// ExportDirectory is a directory in the snapshot. State is "active" or "deleted".
+type ExportDirectory struct {
+	ID             string `json:"id"`
+	OrganizationID string `json:"organization_id"`
+	Name           string `json:"name"`
+	State          string `json:"state"`
+}
+
+// ExportUser is a user in the snapshot.
+type ExportUser struct {
+	ID             string   `json:"id"`
+	DirectoryID    string   `json:"directory_id"`
+	OrganizationID string   `json:"organization_id"`
+	IdpID          string   `json:"idp_id"`
+	Email          string   `json:"email"`
+	FirstName      string   `json:"first_name"`
+	LastName       string   `json:"last_name"`
+	State          string   `json:"state"`
+	Groups         []string `json:"groups"`
+	Badges         []string `json:"badges"`
+}
+
+// ExportGroup is a group in the snapshot.
+type ExportGroup struct {
+	ID             string   `json:"id"`
+	DirectoryID    string   `json:"directory_id"`
+	OrganizationID string   `json:"organization_id"`
+	IdpID          string   `json:"idp_id"`
+	Name           string   `json:"name"`
+	Members        []string `json:"members"`
+}
+
+// MarshalSnapshot renders s as indented, byte-stable JSON with a trailing newline.
+func MarshalSnapshot(s *Snapshot) ([]byte, error) {
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	return append(b, '\n'), nil
+}
+
+// Export returns the canonical snapshot of the store.
+func (s *Store) Export() (*Snapshot, error) {
+	snap := &Snapshot{Directories: []ExportDirectory{}, Users: []ExportUser{}, Groups: []ExportGroup{}, Holds: []Hold{}}
+	err := s.view(func(tx *bolt.Tx) error {
+		t := newTxn(tx)
+		err := t.dirs.ForEach(func(_, v []byte) error {
+			var d dirRec
+			if err := json.Unmarshal(v, &d); err != nil {
+				return err
+			}
+			state := "active"
+			if d.Deleted {
+				state = "deleted"
+			}
+			snap.Directories = append(snap.Directories, ExportDirectory{ID: d.ID, OrganizationID: d.OrganizationID, Name: d.Name, State: state})
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		members := map[string][]string{}
+		err = t.users.ForEach(func(_, v []byte) error {
+			var u userRec
+			if err := json.Unmarshal(v, &u); err != nil {
+				return err
+			}
+			if u.Deleted {
+				return nil
+			}
+			eu, err := s.exportUser(t, &u)
+			if err != nil {
+				return err
+			}
+			for _, g := range eu.Groups {
+				members[g] = append(members[g], u.ID)
+			}
+			snap.Users = append(snap.Users, eu)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		err = t.groups.ForEach(func(_, v []byte) error {
+			var g groupRec
+			if err := json.Unmarshal(v, &g); err != nil {
+				return err
+			}
+			if g.Deleted {
+				return nil
+			}
+			org, err := s.organization(t, g.OrganizationID, g.DirectoryID)
+			if err != nil {
+				return err
+			}
+			m := members[g.ID]
+			if m == nil {
+				m = []string{}
+			}
+			slices.Sort(m)
+			snap.Groups = append(snap.Groups, ExportGroup{ID: g.ID, DirectoryID: g.DirectoryID, OrganizationID: org, IdpID: g.IdpID, Name: g.Name, Members: m})
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		snap.Holds, err = s.holds(t, true)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("storage: export: %w", err)
+	}
+	return snap, nil
+}
+
+func (s *Store) exportUser(t *txn, u *userRec) (ExportUser, error) {
+	org, err := s.organization(t, u.OrganizationID, u.DirectoryID)
+	if err != nil {
+		return ExportUser{}, err
+	}
+	groups, err := s.userGroups(t, u)
+	if err != nil {
+		return ExportUser{}, err
+	}
+	ids := make([]string, 0, len(groups))
+	for _, g := range groups {
+		ids = append(ids, g.ID)
+	}
+	return ExportUser{ID: u.ID, DirectoryID: u.DirectoryID, OrganizationID: org, IdpID: u.IdpID, Email: u.Email,
+		FirstName: u.FirstName, LastName: u.LastName, State: u.State, Groups: ids, Badges: mapping.Badges(u.Grants)}, nil
+}
+
+// UserView is one user with its groups and, for each badge, what grants it.
+type UserView struct {
+	ExportUser
+	Deleted    bool              `json:"deleted"`
+	Roles      []string          `json:"roles"`
+	GroupNames map[string]string `json:"group_names"`
+	Grants     []mapping.Grant   `json:"grants"`
+	UpdatedBy  string            `json:"updated_by_event"`
+	UpdatedAt  time.Time         `json:"updated_at_event"`
+}
+
+// User returns the user with id, or ErrNotFound.
+func (s *Store) User(id string) (*UserView, error) {
+	var out *UserView
+	err := s.view(func(tx *bolt.Tx) error {
+		t := newTxn(tx)
+		u, err := t.user(id)
+		if err != nil {
+			return err
+		}
+		if u == nil {
+			return ErrNotFound
+		}
+		eu, err := s.exportUser(t, u)
+		if err != nil {
+			return err
+		}
+		names := map[string]string{}
+		groups, err := s.userGroups(t, u)
+		if err != nil {
+			return err
+		}
+		for _, g := range groups {
+			names[g.ID] = g.Name
+		}
+		grants := u.Grants
+		if grants == nil {
+			grants = []mapping.Grant{}
+		}
+		roles := u.Roles
+		if roles == nil {
+			roles = []string{}
+		}
+		out = &UserView{ExportUser: eu, Deleted: u.Deleted, Roles: roles, GroupNames: names, Grants: grants,
+			UpdatedBy: u.Key.ID, UpdatedAt: u.Key.time()}
+		return nil
+	})
+	return out, err
+}
+
+// UsersWithBadge returns the live users of directory dirID, sorted by id,
+// holding badge (every live user when badge is empty).
+func (s *Store) UsersWithBadge(dirID, badge string) ([]ExportUser, error) {
+	out := []ExportUser{}
+	err := s.view(func(tx *bolt.Tx) error {
+		t := newTxn(tx)
+		return eachPrefix(t.dirUsers, dirID, func(uid string) error {
+			u, err := t.user(uid)
+			if err != nil || u == nil || u.Deleted {
+				return err
+			}
+			if badge != "" && !slices.Contains(mapping.Badges(u.Grants), badge) {
+				return nil
+			}
+			eu, err := s.exportUser(t, u)
+			if err != nil {
+				return err
+			}
+			out = append(out, eu)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// AuditFilter selects audit entries. Zero fields match everything.
+type AuditFilter struct {
+	UserID         string
+	OrganizationID string
+	Badge          string
+	Since          time.Time
+	Limit          int // 0: no limit (newest last)
+}
+
+// Audit returns the audit entries matching f, oldest first.
+func (s *Store) Audit(f AuditFilter) ([]AuditEntry, error) {
+	out := []AuditEntry{}
+	err := s.view(func(tx *bolt.Tx) error {
+		return tx.Bucket(bktAudit).ForEach(func(_, v []byte) error {
+			var e AuditEntry
+			if err := json.Unmarshal(v, &e); err != nil {
+				return err
+			}
+			if (f.UserID != "" && e.UserID != f.UserID) || (f.OrganizationID != "" && e.OrganizationID != f.OrganizationID) ||
+				(f.Badge != "" && e.Badge != f.Badge) || (!f.Since.IsZero() && e.Time.Before(f.Since)) {
+				return nil
+			}
+			out = append(out, e)
+			return nil
+		})
+	})
+	if f.Limit > 0 && len(out) > f.Limit {
+		out = out[len(out)-f.Limit:]
+	}
+	return out, err
+}

@@ -1,0 +1,218 @@
+package storage
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/dsyncd/dsyncd/events"
+	"github.com/dsyncd/dsyncd/mapping"
+)
+
+// key is the persisted form of events.Key: the ordering key of the newest
+// event that touched a record.
+type key struct {
+	S  int64  `json:"s,omitempty"`
+	N  int32  `json:"n,omitempty"`
+	ID string `json:"id,omitempty"`
+}
+
+func toKey(k events.Key) key {
+	return key{S: k.At.Unix(), N: int32(k.At.Nanosecond()), ID: k.ID}
+}
+
+func (k key) cmp(o key) int {
+	switch {
+	case k.S < o.S:
+		return -1
+	case k.S > o.S:
+		return 1
+	case k.N < o.N:
+		return -1
+	case k.N > o.N:
+		return 1
+	}
+	return strings.Compare(k.ID, o.ID)
+}
+
+func (k key) newer(o key) bool { return k.cmp(o) > 0 }
+
+func maxKey(ks ...key) key {
+	var m key
+	for _, k := range ks {
+		if k.newer(m) {
+			m = k
+		}
+	}
+	return m
+}
+
+func (k key) time() time.Time { return time.Unix(k.S, int64(k.N)).UTC() }
+
+type dirRec struct {
+	events.Directory
+	Key     key  `json:"key"`
+	Deleted bool `json:"deleted,omitempty"`
+	// DeletedKey is the newest dsync.deleted; with on_directory_deleted:
+	// deprovision it ends every user, group and membership older than it.
+	DeletedKey key `json:"deleted_key"`
+}
+
+type userRec struct {
+	events.User
+	Key     key  `json:"key"`
+	Deleted bool `json:"deleted,omitempty"`
+	// DeletedKey is the newest delete that touched the user; it ends every
+	// membership older than it.
+	DeletedKey key             `json:"deleted_key"`
+	Grants     []mapping.Grant `json:"grants,omitempty"`
+}
+
+type groupRec struct {
+	events.Group
+	Key        key  `json:"key"`
+	Deleted    bool `json:"deleted,omitempty"`
+	DeletedKey key  `json:"deleted_key"`
+}
+
+type memberRec struct {
+	Key     key  `json:"key"`
+	Present bool `json:"present"`
+}
+
+func pair(a, b string) []byte {
+	k := make([]byte, 0, len(a)+1+len(b))
+	k = append(k, a...)
+	k = append(k, 0)
+	return append(k, b...)
+}
+
+func splitPair(k []byte) (string, string) {
+	for i, c := range k {
+		if c == 0 {
+			return string(k[:i]), string(k[i+1:])
+		}
+	}
+	return string(k), ""
+}
+
+func u64(v uint64) []byte {
+	b := make([]byte, 8)
+	binary.BigEndian.PutUint64(b, v)
+	return b
+}
+
+func getJSON[T any](b *bolt.Bucket, k []byte) (*T, error) {
+	v := b.Get(k)
+	if v == nil {
+		return nil, nil
+	}
+	var out T
+	if err := json.Unmarshal(v, &out); err != nil {
+		return nil, fmt.Errorf("corrupt record %q: %w", k, err)
+	}
+	return &out, nil
+}
+
+func putJSON(b *bolt.Bucket, k []byte, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return b.Put(k, data)
+}
+
+// txn bundles the buckets of one write transaction.
+type txn struct {
+	tx                                                *bolt.Tx
+	dirs, users, groups, members, membersByUser       *bolt.Bucket
+	dirUsers, dirGroups, processed, processedAt, meta *bolt.Bucket
+	audit, holds, pending                             *bolt.Bucket
+	dirCache                                          map[string]*dirRec
+}
+
+func newTxn(tx *bolt.Tx) *txn {
+	return &txn{
+		tx: tx, dirs: tx.Bucket(bktDirs), users: tx.Bucket(bktUsers), groups: tx.Bucket(bktGroups),
+		members: tx.Bucket(bktMembers), membersByUser: tx.Bucket(bktMembersByUser),
+		dirUsers: tx.Bucket(bktDirUsers), dirGroups: tx.Bucket(bktDirGroups),
+		processed: tx.Bucket(bktProcessed), processedAt: tx.Bucket(bktProcessedAt), meta: tx.Bucket(bktMeta),
+		audit: tx.Bucket(bktAudit), holds: tx.Bucket(bktHolds), pending: tx.Bucket(bktPending),
+		dirCache: map[string]*dirRec{},
+	}
+}
+
+func (t *txn) dir(id string) (*dirRec, error) {
+	if d, ok := t.dirCache[id]; ok {
+		return d, nil
+	}
+	d, err := getJSON[dirRec](t.dirs, []byte(id))
+	if err != nil {
+		return nil, err
+	}
+	t.dirCache[id] = d
+	return d, nil
+}
+
+func (t *txn) putDir(d *dirRec) error {
+	t.dirCache[d.ID] = d
+	return putJSON(t.dirs, []byte(d.ID), d)
+}
+
+func (t *txn) user(id string) (*userRec, error) { return getJSON[userRec](t.users, []byte(id)) }
+
+func (t *txn) putUser(u *userRec) error {
+	if err := t.dirUsers.Put(pair(u.DirectoryID, u.ID), nil); err != nil {
+		return err
+	}
+	return putJSON(t.users, []byte(u.ID), u)
+}
+
+func (t *txn) group(id string) (*groupRec, error) { return getJSON[groupRec](t.groups, []byte(id)) }
+
+func (t *txn) putGroup(g *groupRec) error {
+	if err := t.dirGroups.Put(pair(g.DirectoryID, g.ID), nil); err != nil {
+		return err
+	}
+	return putJSON(t.groups, []byte(g.ID), g)
+}
+
+func (t *txn) member(groupID, userID string) (*memberRec, error) {
+	return getJSON[memberRec](t.members, pair(groupID, userID))
+}
+
+func (t *txn) putMember(groupID, userID string, m *memberRec) error {
+	if err := t.membersByUser.Put(pair(userID, groupID), nil); err != nil {
+		return err
+	}
+	return putJSON(t.members, pair(groupID, userID), m)
+}
+
+// eachPrefix calls fn with the second half of every pair key in b starting with first.
+func eachPrefix(b *bolt.Bucket, first string, fn func(second string) error) error {
+	prefix := pair(first, "")
+	c := b.Cursor()
+	for k, _ := c.Seek(prefix); k != nil && len(k) >= len(prefix) && string(k[:len(prefix)]) == string(prefix); k, _ = c.Next() {
+		if err := fn(string(k[len(prefix):])); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// floor returns the key below which events for entities of directory dirID
+// change nothing: the directory's deprovisioning, if any.
+func (s *Store) floor(t *txn, dirID string) (key, error) {
+	if s.opts.Safeguards.OnDirectoryDeleted != OnDirectoryDeletedDeprovision {
+		return key{}, nil
+	}
+	d, err := t.dir(dirID)
+	if err != nil || d == nil {
+		return key{}, err
+	}
+	return d.DeletedKey, nil
+}

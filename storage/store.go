@@ -1,0 +1,204 @@
+package storage
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/dsyncd/dsyncd/mapping"
+)
+
+// Sentinel errors.
+var (
+	// ErrInUse is returned by Open when another process holds the store file.
+	ErrInUse = errors.New("store in use by another process")
+	// ErrClosed is returned by every method called after Close.
+	ErrClosed = errors.New("store closed")
+	// ErrNotFound is returned when a requested record does not exist.
+	ErrNotFound = errors.New("not found")
+)
+
+// Directory deletion policies (safeguards.on_directory_deleted).
+const (
+	OnDirectoryDeletedKeep        = "keep"
+	OnDirectoryDeletedDeprovision = "deprovision"
+)
+
+// Options configures a Store. The zero value of every field is usable except Path.
+type Options struct {
+	// Path is the bbolt file. It is created with mode 0600 if missing.
+	Path string
+	// OpenTimeout bounds the wait for the file lock; when it expires Open
+	// returns ErrInUse. Zero means 1s.
+	OpenTimeout time.Duration
+	// ProcessedRetention is how long processed event ids are remembered for
+	// deduplication. Zero means 7 days (WorkOS retries for up to 3 days).
+	ProcessedRetention time.Duration
+	// Mapping turns groups and roles into badges.
+	Mapping mapping.Config
+	// Safeguards protect organisations from what sync would otherwise do.
+	Safeguards Safeguards
+	// Now is the clock used for audit times and pruning. Nil means time.Now.
+	Now func() time.Time
+	// NoSync skips fsync on commit. Only for tests and benchmarks that
+	// rebuild a store from scratch.
+	NoSync bool
+}
+
+// Safeguards configures what sync may not do on its own.
+type Safeguards struct {
+	// OnDirectoryDeleted is "keep" (default: users, groups and badges stay as
+	// sync left them) or "deprovision" (they are removed).
+	OnDirectoryDeleted string
+	// BreakGlass lists emails or directory user ids whose badges sync never
+	// removes and whom it never deletes.
+	BreakGlass []string
+	// MaxDeprovisions is the mass-deprovisioning breaker.
+	MaxDeprovisions Breaker
+}
+
+// Breaker pauses an organisation's sync when more of its users than allowed
+// would lose all their badges within Window. A zero Count and Percent disable it.
+type Breaker struct {
+	Count   int
+	Percent float64
+	Window  time.Duration
+}
+
+// Store is dsyncd's state: directories, users, groups, memberships, badges,
+// processed event ids, audit trail and holds, in one bbolt file.
+type Store struct {
+	db   *bolt.DB
+	opts Options
+
+	mu     sync.RWMutex // guards opts.Mapping / opts.Safeguards swaps
+	closed sync.Once
+}
+
+var (
+	bktMeta          = []byte("meta")
+	bktDirs          = []byte("directories")
+	bktUsers         = []byte("users")
+	bktGroups        = []byte("groups")
+	bktMembers       = []byte("members")         // group \x00 user -> memberRec
+	bktMembersByUser = []byte("members_by_user") // user \x00 group -> {}
+	bktDirUsers      = []byte("dir_users")       // dir \x00 user -> {}
+	bktDirGroups     = []byte("dir_groups")      // dir \x00 group -> {}
+	bktProcessed     = []byte("processed")       // event id -> unix nano processed
+	bktProcessedAt   = []byte("processed_at")    // unix nano (8 bytes BE) + event id -> {}
+	bktAudit         = []byte("audit")           // seq (8 bytes BE) -> AuditEntry
+	bktHolds         = []byte("holds")           // seq (8 bytes BE) -> Hold
+	bktPending       = []byte("pending")         // org \x00 key -> raw event (paused orgs)
+	allBuckets       = [][]byte{bktMeta, bktDirs, bktUsers, bktGroups, bktMembers, bktMembersByUser,
+		bktDirUsers, bktDirGroups, bktProcessed, bktProcessedAt, bktAudit, bktHolds, bktPending}
+)
+
+// Open opens (creating if needed) the store at opts.Path.
+func Open(opts Options) (*Store, error) {
+	if opts.Path == "" {
+		return nil, errors.New("storage: no path")
+	}
+	if opts.OpenTimeout <= 0 {
+		opts.OpenTimeout = time.Second
+	}
+	if opts.ProcessedRetention <= 0 {
+		opts.ProcessedRetention = 7 * 24 * time.Hour
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Safeguards.OnDirectoryDeleted == "" {
+		opts.Safeguards.OnDirectoryDeleted = OnDirectoryDeletedKeep
+	}
+	if err := os.MkdirAll(filepath.Dir(opts.Path), 0o700); err != nil {
+		return nil, fmt.Errorf("storage: create directory: %w", err)
+	}
+	db, err := bolt.Open(opts.Path, 0o600, &bolt.Options{Timeout: opts.OpenTimeout, NoSync: opts.NoSync, FreelistType: bolt.FreelistMapType})
+	if err != nil {
+		if errors.Is(err, bolt.ErrTimeout) {
+			return nil, fmt.Errorf("storage: open %s: %w (is another dsyncd running?)", opts.Path, ErrInUse)
+		}
+		return nil, fmt.Errorf("storage: open %s: %w", opts.Path, err)
+	}
+	// bbolt applies the mode only when it creates the file; enforce it.
+	if err := os.Chmod(opts.Path, 0o600); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("storage: chmod %s: %w", opts.Path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range allBuckets {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("storage: init buckets: %w", err)
+	}
+	return &Store{db: db, opts: opts}, nil
+}
+
+// Close closes the store. It is safe to call more than once.
+func (s *Store) Close() error {
+	var err error
+	s.closed.Do(func() { err = s.db.Close() })
+	return err
+}
+
+// Path returns the store file's path.
+func (s *Store) Path() string { return s.opts.Path }
+
+// Mapping returns the mapping in force.
+func (s *Store) Mapping() mapping.Config {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.opts.Mapping
+}
+
+// Check runs bbolt's consistency check and returns every problem found.
+func (s *Store) Check() error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		var errs []error
+		for err := range tx.Check() {
+			errs = append(errs, err)
+		}
+		return errors.Join(errs...)
+	})
+}
+
+// Backup writes a consistent copy of the store to path (mode 0600) while the
+// store stays in use.
+func (s *Store) Backup(path string) error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+		if err != nil {
+			return fmt.Errorf("storage: backup: %w", err)
+		}
+		if _, err := tx.WriteTo(f); err != nil {
+			_ = f.Close()
+			return fmt.Errorf("storage: backup: %w", err)
+		}
+		if err := f.Sync(); err != nil {
+			_ = f.Close()
+			return fmt.Errorf("storage: backup: %w", err)
+		}
+		return f.Close()
+	})
+}
+
+func (s *Store) view(fn func(tx *bolt.Tx) error) error {
+	if err := s.db.View(fn); err != nil {
+		if errors.Is(err, bolt.ErrDatabaseNotOpen) {
+			return ErrClosed
+		}
+		return err
+	}
+	return nil
+}
