@@ -133,24 +133,40 @@ type wireEmail struct {
 	Value   string `json:"value"`
 }
 
+// emailList is a list of emails that decodes anything but a list of email
+// objects as empty: it only serves as a fallback for a null "email", and the
+// deprecated "emails" and customer-mapped custom_attributes.emails must not
+// make a whole event undecodable.
+type emailList []wireEmail
+
+func (l *emailList) UnmarshalJSON(b []byte) error {
+	var v []wireEmail
+	if json.Unmarshal(b, &v) == nil {
+		*l = v
+	} else {
+		*l = nil
+	}
+	return nil
+}
+
 type wireSlug struct {
 	Slug string `json:"slug"`
 }
 
 type wireUser struct {
-	ID               string      `json:"id"`
-	DirectoryID      string      `json:"directory_id"`
-	OrganizationID   *string     `json:"organization_id"`
-	IdpID            string      `json:"idp_id"`
-	Email            *string     `json:"email"`
-	Emails           []wireEmail `json:"emails"`
-	FirstName        *string     `json:"first_name"`
-	LastName         *string     `json:"last_name"`
-	State            string      `json:"state"`
-	Role             *wireSlug   `json:"role"`
-	Roles            []wireSlug  `json:"roles"`
+	ID               string     `json:"id"`
+	DirectoryID      string     `json:"directory_id"`
+	OrganizationID   *string    `json:"organization_id"`
+	IdpID            string     `json:"idp_id"`
+	Email            *string    `json:"email"`
+	Emails           emailList  `json:"emails"`
+	FirstName        *string    `json:"first_name"`
+	LastName         *string    `json:"last_name"`
+	State            string     `json:"state"`
+	Role             *wireSlug  `json:"role"`
+	Roles            []wireSlug `json:"roles"`
 	CustomAttributes struct {
-		Emails []wireEmail `json:"emails"`
+		Emails emailList `json:"emails"`
 	} `json:"custom_attributes"`
 }
 
@@ -190,7 +206,12 @@ func Decode(b []byte) (*Event, error) {
 	}
 	ev := &Event{ID: env.ID, Type: env.Event}
 	if env.CreatedAt != "" {
-		if t, err := ParseTime(env.CreatedAt); err == nil {
+		t, err := ParseTime(env.CreatedAt)
+		if err == nil && t.IsZero() {
+			// A zero instant would make Key.IsZero true and lose to every event.
+			err = errors.New("zero time")
+		}
+		if err == nil {
 			ev.CreatedAt = t
 		} else if ev.Type.Handled() {
 			return nil, fmt.Errorf("%w: %s %s: created_at %q: %v", ErrInvalid, ev.Type, ev.ID, env.CreatedAt, err)
@@ -347,7 +368,7 @@ func (w *wireGroup) group() *Group {
 }
 
 // primaryEmail returns the primary entry's value, else the first non-empty one.
-func primaryEmail(list []wireEmail) string {
+func primaryEmail(list emailList) string {
 	for _, e := range list {
 		if e.Primary && e.Value != "" {
 			return e.Value

@@ -51,6 +51,9 @@ func (s *Store) Apply(evs []*events.Event) ([]Outcome, error) {
 			}
 			out[i] = o
 		}
+		if err := t.flush(); err != nil {
+			return err
+		}
 		return s.prune(t, now)
 	})
 	if err != nil {

@@ -120,7 +120,7 @@ func (s *Store) regrant(t *txn, u *userRec, eventID string, now time.Time) error
 		return nil
 	}
 	u.Grants = want
-	return putJSON(t.users, []byte(u.ID), u)
+	return t.putUser(u)
 }
 
 func grantsEqual(a, b []mapping.Grant) bool {

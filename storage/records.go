@@ -84,6 +84,28 @@ type memberRec struct {
 	Present bool `json:"present"`
 }
 
+// encode renders a membership compactly: present flag, seconds, nanoseconds, event id.
+func (m *memberRec) encode() []byte {
+	b := make([]byte, 13, 13+len(m.Key.ID))
+	if m.Present {
+		b[0] = 1
+	}
+	binary.BigEndian.PutUint64(b[1:], uint64(m.Key.S))
+	binary.BigEndian.PutUint32(b[9:], uint32(m.Key.N))
+	return append(b, m.Key.ID...)
+}
+
+func getMember(b *bolt.Bucket, k []byte) (*memberRec, error) {
+	v := b.Get(k)
+	if v == nil {
+		return nil, nil
+	}
+	if len(v) < 13 {
+		return nil, fmt.Errorf("corrupt membership record %q", k)
+	}
+	return &memberRec{Present: v[0] == 1, Key: key{S: int64(binary.BigEndian.Uint64(v[1:])), N: int32(binary.BigEndian.Uint32(v[9:])), ID: string(v[13:])}}, nil
+}
+
 func pair(a, b string) []byte {
 	k := make([]byte, 0, len(a)+1+len(b))
 	k = append(k, a...)
@@ -126,13 +148,21 @@ func putJSON(b *bolt.Bucket, k []byte, v any) error {
 	return b.Put(k, data)
 }
 
-// txn bundles the buckets of one write transaction.
+// txn bundles the buckets of one transaction and caches the records it
+// reads, decoded: a batch touches the same groups and users many times.
+// Writes go to the cache and reach bbolt in flush, before commit.
 type txn struct {
 	tx                                                *bolt.Tx
 	dirs, users, groups, members, membersByUser       *bolt.Bucket
 	dirUsers, dirGroups, processed, processedAt, meta *bolt.Bucket
 	audit, holds, pending                             *bolt.Bucket
-	dirCache                                          map[string]*dirRec
+
+	dirCache    map[string]*dirRec
+	userCache   map[string]*userRec
+	groupCache  map[string]*groupRec
+	memberCache map[string]*memberRec
+	dirtyUsers  map[string]bool
+	dirtyGroups map[string]bool
 }
 
 func newTxn(tx *bolt.Tx) *txn {
@@ -142,54 +172,93 @@ func newTxn(tx *bolt.Tx) *txn {
 		dirUsers: tx.Bucket(bktDirUsers), dirGroups: tx.Bucket(bktDirGroups),
 		processed: tx.Bucket(bktProcessed), processedAt: tx.Bucket(bktProcessedAt), meta: tx.Bucket(bktMeta),
 		audit: tx.Bucket(bktAudit), holds: tx.Bucket(bktHolds), pending: tx.Bucket(bktPending),
-		dirCache: map[string]*dirRec{},
+		dirCache: map[string]*dirRec{}, userCache: map[string]*userRec{}, groupCache: map[string]*groupRec{},
+		memberCache: map[string]*memberRec{}, dirtyUsers: map[string]bool{}, dirtyGroups: map[string]bool{},
 	}
 }
 
-func (t *txn) dir(id string) (*dirRec, error) {
-	if d, ok := t.dirCache[id]; ok {
-		return d, nil
+// cached returns the record under k in b, decoded once per transaction.
+func cached[T any](cache map[string]*T, b *bolt.Bucket, k string, get func(*bolt.Bucket, []byte) (*T, error)) (*T, error) {
+	if v, ok := cache[k]; ok {
+		return v, nil
 	}
-	d, err := getJSON[dirRec](t.dirs, []byte(id))
+	v, err := get(b, []byte(k))
 	if err != nil {
 		return nil, err
 	}
-	t.dirCache[id] = d
-	return d, nil
+	cache[k] = v
+	return v, nil
 }
+
+func (t *txn) dir(id string) (*dirRec, error) { return cached(t.dirCache, t.dirs, id, getJSON[dirRec]) }
 
 func (t *txn) putDir(d *dirRec) error {
 	t.dirCache[d.ID] = d
 	return putJSON(t.dirs, []byte(d.ID), d)
 }
 
-func (t *txn) user(id string) (*userRec, error) { return getJSON[userRec](t.users, []byte(id)) }
-
-func (t *txn) putUser(u *userRec) error {
-	if err := t.dirUsers.Put(pair(u.DirectoryID, u.ID), nil); err != nil {
-		return err
-	}
-	return putJSON(t.users, []byte(u.ID), u)
+func (t *txn) user(id string) (*userRec, error) {
+	return cached(t.userCache, t.users, id, getJSON[userRec])
 }
 
-func (t *txn) group(id string) (*groupRec, error) { return getJSON[groupRec](t.groups, []byte(id)) }
+func (t *txn) putUser(u *userRec) error {
+	if old, _ := t.userCache[u.ID]; old == nil || old.DirectoryID != u.DirectoryID {
+		if err := t.dirUsers.Put(pair(u.DirectoryID, u.ID), nil); err != nil {
+			return err
+		}
+	}
+	t.userCache[u.ID] = u
+	t.dirtyUsers[u.ID] = true
+	return nil
+}
+
+func (t *txn) group(id string) (*groupRec, error) {
+	return cached(t.groupCache, t.groups, id, getJSON[groupRec])
+}
 
 func (t *txn) putGroup(g *groupRec) error {
-	if err := t.dirGroups.Put(pair(g.DirectoryID, g.ID), nil); err != nil {
-		return err
+	if old, _ := t.groupCache[g.ID]; old == nil || old.DirectoryID != g.DirectoryID {
+		if err := t.dirGroups.Put(pair(g.DirectoryID, g.ID), nil); err != nil {
+			return err
+		}
 	}
-	return putJSON(t.groups, []byte(g.ID), g)
+	t.groupCache[g.ID] = g
+	t.dirtyGroups[g.ID] = true
+	return nil
 }
 
 func (t *txn) member(groupID, userID string) (*memberRec, error) {
-	return getJSON[memberRec](t.members, pair(groupID, userID))
+	return cached(t.memberCache, t.members, string(pair(groupID, userID)), getMember)
 }
 
 func (t *txn) putMember(groupID, userID string, m *memberRec) error {
-	if err := t.membersByUser.Put(pair(userID, groupID), nil); err != nil {
-		return err
+	k := string(pair(groupID, userID))
+	if old, _ := t.memberCache[k]; old == nil {
+		if err := t.membersByUser.Put(pair(userID, groupID), nil); err != nil {
+			return err
+		}
 	}
-	return putJSON(t.members, pair(groupID, userID), m)
+	// Written through: eachPrefix over the members bucket lists a group's
+	// members and must see this transaction's new ones.
+	t.memberCache[k] = m
+	return t.members.Put([]byte(k), m.encode())
+}
+
+// flush writes every record changed in this transaction.
+func (t *txn) flush() error {
+	for id := range t.dirtyUsers {
+		if err := putJSON(t.users, []byte(id), t.userCache[id]); err != nil {
+			return err
+		}
+	}
+	for id := range t.dirtyGroups {
+		if err := putJSON(t.groups, []byte(id), t.groupCache[id]); err != nil {
+			return err
+		}
+	}
+	clear(t.dirtyUsers)
+	clear(t.dirtyGroups)
+	return nil
 }
 
 // eachPrefix calls fn with the second half of every pair key in b starting with first.
