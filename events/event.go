@@ -113,6 +113,10 @@ type Event struct {
 	Directory *Directory // dsync.activated, dsync.deleted
 	User      *User      // dsync.user.*, dsync.group.user_*
 	Group     *Group     // dsync.group.*, dsync.group.user_*
+
+	// Raw is the body the event was decoded from (not copied: the caller
+	// must not reuse the buffer while the event is in use).
+	Raw []byte
 }
 
 // Key returns the event's ordering key.
@@ -204,7 +208,7 @@ func Decode(b []byte) (*Event, error) {
 	if env.Event == "" {
 		return nil, fmt.Errorf("%w: no \"event\" type", ErrMalformed)
 	}
-	ev := &Event{ID: env.ID, Type: env.Event}
+	ev := &Event{ID: env.ID, Type: env.Event, Raw: b}
 	if env.CreatedAt != "" {
 		t, err := ParseTime(env.CreatedAt)
 		if err == nil && t.IsZero() {

@@ -37,16 +37,55 @@ const pruneBatch = 512
 // Apply applies evs, in order, in one bbolt transaction: either every event's
 // effect, processed-id record and audit entries are committed, or none are.
 // It returns one Outcome per event.
+//
+// When an event would trip the mass-deprovisioning breaker of its
+// organisation, the transaction is rolled back and run again with that
+// organisation paused from that event on: the event and the organisation's
+// later events are deferred, the others applied.
 func (s *Store) Apply(evs []*events.Event) ([]Outcome, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
+	trips := map[int]string{} // event index -> organisation paused there
+	for {
+		out, err := s.applyBatch(evs, trips)
+		var trip *errTrip
+		if errors.As(err, &trip) {
+			trips[trip.index] = trip.org
+			continue
+		}
+		if err != nil {
+			if errors.Is(err, bolt.ErrDatabaseNotOpen) {
+				return nil, ErrClosed
+			}
+			return nil, err
+		}
+		return out, nil
+	}
+}
+
+func (s *Store) applyBatch(evs []*events.Event, trips map[int]string) ([]Outcome, error) {
 	out := make([]Outcome, len(evs))
+	var created []Hold
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		t := newTxn(tx)
 		now := s.opts.Now()
 		for i, ev := range evs {
-			o, err := s.applyOne(t, ev, now)
+			if org, ok := trips[i]; ok {
+				if err := s.pause(t, org, ev, now); err != nil {
+					return err
+				}
+				if err := s.deferEvent(t, org, ev, now); err != nil {
+					return err
+				}
+				out[i] = Deferred
+				continue
+			}
+			o, err := s.applyOne(t, ev, now, applyFlags{index: i})
 			if err != nil {
+				var trip *errTrip
+				if errors.As(err, &trip) {
+					return err
+				}
 				return fmt.Errorf("apply %s %s: %w", ev.Type, ev.ID, err)
 			}
 			out[i] = o
@@ -54,29 +93,52 @@ func (s *Store) Apply(evs []*events.Event) ([]Outcome, error) {
 		if err := t.flush(); err != nil {
 			return err
 		}
+		created = t.newHolds
 		return s.prune(t, now)
 	})
-	if err != nil {
-		if errors.Is(err, bolt.ErrDatabaseNotOpen) {
-			return nil, ErrClosed
-		}
-		return nil, err
+	if err == nil {
+		s.notifyHolds(created)
 	}
-	return out, nil
+	return out, err
 }
 
-func (s *Store) applyOne(t *txn, ev *events.Event, now time.Time) (Outcome, error) {
+func (s *Store) notifyHolds(hs []Hold) {
+	if s.opts.OnHold == nil {
+		return
+	}
+	for _, h := range hs {
+		s.opts.OnHold(h)
+	}
+}
+
+// applyFlags modify how one event is applied.
+type applyFlags struct {
+	index int // position in the batch, for breaker trips
+	// resumed: the event was deferred while its organisation was paused and
+	// is applied now by an operator: no duplicate check, no pause check, no breaker.
+	resumed bool
+}
+
+func (s *Store) applyOne(t *txn, ev *events.Event, now time.Time, fl applyFlags) (Outcome, error) {
 	if ev.Ignored() {
 		return Ignored, nil
 	}
 	if ev.ID == "" {
 		return "", errors.New("event without id")
 	}
-	if t.processed.Get([]byte(ev.ID)) != nil {
+	if !fl.resumed && t.processed.Get([]byte(ev.ID)) != nil {
 		return Duplicate, nil
 	}
-	c := &change{s: s, t: t, ev: ev, k: toKey(ev.Key()), now: now}
-	var err error
+	org, err := s.eventOrg(t, ev)
+	if err != nil {
+		return "", err
+	}
+	if !fl.resumed {
+		if paused, err := s.deferIfPaused(t, org, ev, now); err != nil || paused {
+			return Deferred, err
+		}
+	}
+	c := &change{s: s, t: t, ev: ev, k: toKey(ev.Key()), now: now, lostAll: map[string][]string{}}
 	switch ev.Type {
 	case events.DirectoryActivated, events.DirectoryDeleted:
 		err = c.directory()
@@ -92,11 +154,19 @@ func (s *Store) applyOne(t *txn, ev *events.Event, now time.Time) (Outcome, erro
 	if err == nil {
 		err = c.recompute()
 	}
+	if err == nil && !fl.resumed {
+		err = s.checkBreaker(t, c, fl.index)
+	}
+	if err == nil {
+		err = s.reevaluateHolds(t, ev.ID, now)
+	}
 	if err != nil {
 		return "", err
 	}
-	if err := s.markProcessed(t, ev.ID, now); err != nil {
-		return "", err
+	if !fl.resumed {
+		if err := s.markProcessed(t, ev.ID, now); err != nil {
+			return "", err
+		}
 	}
 	if c.changed {
 		return Applied, nil
@@ -149,6 +219,9 @@ type change struct {
 	now     time.Time
 	changed bool
 	touched []string // user ids whose badges must be recomputed
+	// lostAll lists, per organisation, the users this event took from some
+	// badges to none (for the mass-deprovisioning breaker).
+	lostAll map[string][]string
 }
 
 func (c *change) touch(ids ...string) { c.touched = append(c.touched, ids...) }
@@ -432,8 +505,12 @@ func (c *change) recompute() error {
 		if u == nil {
 			continue
 		}
-		if err := c.s.regrant(c.t, u, c.ev.ID, c.now); err != nil {
+		lost, org, err := c.s.regrant(c.t, u, c.ev.ID, c.now, regrantOpts{})
+		if err != nil {
 			return err
+		}
+		if lost {
+			c.lostAll[org] = append(c.lostAll[org], u.ID)
 		}
 	}
 	return nil

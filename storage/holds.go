@@ -2,23 +2,378 @@ package storage
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/dsyncd/dsyncd/events"
 )
 
-// Hold is a change sync did not make on its own: a revocation that would
-// have left an organisation without an admin, or an organisation paused by
-// the mass-deprovisioning breaker.
+// Hold kinds.
+const (
+	// HoldLastAdmin: a revocation that would have left an organisation
+	// without an admin. The user keeps the badge until another admin exists.
+	HoldLastAdmin = "last_admin"
+	// HoldMassDeprovision: the organisation's sync is paused because more
+	// users than allowed would have lost all their badges within the window.
+	HoldMassDeprovision = "mass_deprovision"
+)
+
+// Hold resolutions.
+const (
+	ResolutionReleased = "released" // closed by itself: another admin exists, or the badge is granted again
+	ResolutionApproved = "approved" // an operator approved the held change
+	ResolutionRejected = "rejected" // an operator rejected the held change
+)
+
+// ErrHoldClosed is returned when approving or rejecting a hold that is not open.
+var ErrHoldClosed = errors.New("hold is not open")
+
+// Hold is a change sync did not make on its own.
 type Hold struct {
 	ID             uint64     `json:"id"`
-	Kind           string     `json:"kind"` // "last_admin" or "mass_deprovision"
+	Kind           string     `json:"kind"`
 	OrganizationID string     `json:"organization_id"`
 	UserID         string     `json:"user_id,omitempty"`
 	Badge          string     `json:"badge,omitempty"`
+	Rule           string     `json:"rule,omitempty"`
 	Reason         string     `json:"reason"`
 	EventID        string     `json:"event_id,omitempty"`
 	CreatedAt      time.Time  `json:"created_at"`
+	Deferred       int        `json:"deferred_events,omitempty"` // mass_deprovision: events waiting
 	ClosedAt       *time.Time `json:"closed_at,omitempty"`
-	Resolution     string     `json:"resolution,omitempty"` // "released", "approved", "rejected"
+	Resolution     string     `json:"resolution,omitempty"`
+	ClosedBecause  string     `json:"closed_because,omitempty"`
+}
+
+// Open reports whether the hold is still open.
+func (h *Hold) Open() bool { return h.ClosedAt == nil }
+
+func (s *Store) openNewHold(t *txn, h *Hold) error {
+	id, err := t.holds.NextSequence()
+	if err != nil {
+		return err
+	}
+	h.ID = id
+	if err := putJSON(t.holds, u64(id), h); err != nil {
+		return err
+	}
+	t.newHolds = append(t.newHolds, *h)
+	return t.openHolds.Put(u64(id), nil)
+}
+
+func (s *Store) closeHold(t *txn, h *Hold, resolution, because, eventID string, now time.Time) error {
+	h.ClosedAt, h.Resolution, h.ClosedBecause = &now, resolution, because
+	if err := putJSON(t.holds, u64(h.ID), h); err != nil {
+		return err
+	}
+	if err := t.openHolds.Delete(u64(h.ID)); err != nil {
+		return err
+	}
+	return s.addAudit(t, AuditEntry{Time: now, EventID: eventID, OrganizationID: h.OrganizationID, UserID: h.UserID,
+		Badge: h.Badge, Rule: h.Rule, Action: ActionRelease, Reason: fmt.Sprintf("hold %d (%s) %s: %s", h.ID, h.Kind, resolution, because)})
+}
+
+// eachOpenHold calls fn for every open hold, oldest first.
+func (s *Store) eachOpenHold(t *txn, fn func(h *Hold) error) error {
+	var ids [][]byte
+	if err := t.openHolds.ForEach(func(k, _ []byte) error { ids = append(ids, slices.Clone(k)); return nil }); err != nil {
+		return err
+	}
+	for _, k := range ids {
+		h, err := getJSON[Hold](t.holds, k)
+		if err != nil {
+			return err
+		}
+		if h != nil && h.Open() {
+			if err := fn(h); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// openHold returns the open hold of kind for (org, user), if any.
+func (s *Store) openHold(t *txn, kind, org, userID string) (*Hold, error) {
+	if k, _ := t.openHolds.Cursor().First(); k == nil {
+		return nil, nil
+	}
+	var found *Hold
+	err := s.eachOpenHold(t, func(h *Hold) error {
+		if found == nil && h.Kind == kind && h.OrganizationID == org && h.UserID == userID {
+			found = h
+		}
+		return nil
+	})
+	return found, err
+}
+
+// indexAdmin keeps bucket org_admins in step with whether u holds the admin badge.
+func (s *Store) indexAdmin(t *txn, u *userRec, org string, has bool) error {
+	if u.AdminIndexed && (!has || u.AdminOrg != org) {
+		if err := t.orgAdmins.Delete(pair(u.AdminOrg, u.ID)); err != nil {
+			return err
+		}
+		u.AdminIndexed, u.AdminOrg = false, ""
+		if err := t.putUser(u); err != nil {
+			return err
+		}
+	}
+	if has && !u.AdminIndexed {
+		if err := t.orgAdmins.Put(pair(org, u.ID), nil); err != nil {
+			return err
+		}
+		u.AdminIndexed, u.AdminOrg = true, org
+		return t.putUser(u)
+	}
+	return nil
+}
+
+// otherAdmins counts (up to 1) the admin holders of org other than userID
+// whose badge is not itself held.
+func (s *Store) otherAdmins(t *txn, org, userID string) (int, error) {
+	n := 0
+	err := eachPrefix(t.orgAdmins, org, func(uid string) error {
+		if n > 0 || uid == userID {
+			return nil
+		}
+		h, err := s.openHold(t, HoldLastAdmin, org, uid)
+		if err != nil {
+			return err
+		}
+		if h == nil {
+			n++
+		}
+		return nil
+	})
+	return n, err
+}
+
+// adminCounts returns, per organisation, how many users hold the admin
+// badge without a last-admin hold keeping it.
+func (s *Store) adminCounts(t *txn) (map[string]int, error) {
+	held := map[string]bool{}
+	if err := s.eachOpenHold(t, func(h *Hold) error {
+		if h.Kind == HoldLastAdmin {
+			held[string(pair(h.OrganizationID, h.UserID))] = true
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	out := map[string]int{}
+	err := t.orgAdmins.ForEach(func(k, _ []byte) error {
+		org, _ := splitPair(k)
+		if !held[string(k)] {
+			out[org]++
+		} else if _, ok := out[org]; !ok {
+			out[org] = 0
+		}
+		return nil
+	})
+	return out, err
+}
+
+// reevaluateHolds closes every last-admin hold whose organisation now has
+// another admin, applying the held revocation.
+func (s *Store) reevaluateHolds(t *txn, eventID string, now time.Time) error {
+	if k, _ := t.openHolds.Cursor().First(); k == nil {
+		return nil
+	}
+	return s.eachOpenHold(t, func(h *Hold) error {
+		if h.Kind != HoldLastAdmin {
+			return nil
+		}
+		others, err := s.otherAdmins(t, h.OrganizationID, h.UserID)
+		if err != nil || others == 0 {
+			return err
+		}
+		if err := s.closeHold(t, h, ResolutionReleased, "another admin exists", eventID, now); err != nil {
+			return err
+		}
+		u, err := t.user(h.UserID)
+		if err != nil || u == nil {
+			return err
+		}
+		_, _, err = s.regrant(t, u, eventID, now, regrantOpts{})
+		return err
+	})
+}
+
+// eventOrg returns the organisation an event belongs to: its payload's,
+// else its directory's.
+func (s *Store) eventOrg(t *txn, ev *events.Event) (string, error) {
+	switch {
+	case ev.User != nil && ev.User.OrganizationID != "":
+		return ev.User.OrganizationID, nil
+	case ev.Group != nil && ev.Group.OrganizationID != "":
+		return ev.Group.OrganizationID, nil
+	case ev.Directory != nil && ev.Directory.OrganizationID != "":
+		return ev.Directory.OrganizationID, nil
+	}
+	return s.organization(t, "", ev.DirectoryID)
+}
+
+// errTrip aborts a batch whose event at index would trip org's breaker.
+type errTrip struct {
+	index int
+	org   string
+}
+
+func (e *errTrip) Error() string {
+	return fmt.Sprintf("mass-deprovisioning breaker tripped for %s at event %d", e.org, e.index)
+}
+
+// checkBreaker records the users the change deprovisioned and trips the
+// breaker when an organisation exceeds its allowance within the window.
+func (s *Store) checkBreaker(t *txn, c *change, index int) error {
+	b := s.opts.Safeguards.MaxDeprovisions
+	if len(c.lostAll) == 0 || (b.Count <= 0 && b.Percent <= 0) {
+		return nil
+	}
+	at := c.ev.CreatedAt
+	orgs := make([]string, 0, len(c.lostAll))
+	for org := range c.lostAll {
+		orgs = append(orgs, org)
+	}
+	slices.Sort(orgs)
+	for _, org := range orgs {
+		users := c.lostAll[org]
+		recent, err := s.deprovisionsNear(t, org, at, b.Window)
+		if err != nil {
+			return err
+		}
+		total := recent + len(users)
+		if total > b.Count || b.Count <= 0 {
+			allowed := b.Count
+			if b.Percent > 0 {
+				n, err := s.orgUserCount(t, org)
+				if err != nil {
+					return err
+				}
+				allowed = max(allowed, int(math.Ceil(b.Percent*float64(n)/100)))
+			}
+			if total > allowed {
+				return &errTrip{index: index, org: org}
+			}
+		}
+		for _, uid := range users {
+			k := append(append(pair(org, ""), u64(uint64(at.UnixNano()))...), append([]byte{0}, uid...)...)
+			if err := t.deprov.Put(k, nil); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// deprovisionsNear counts org's recorded deprovisions whose event time is within window of at.
+func (s *Store) deprovisionsNear(t *txn, org string, at time.Time, window time.Duration) (int, error) {
+	prefix := pair(org, "")
+	lo := append(slices.Clone(prefix), u64(uint64(max(at.Add(-window).UnixNano(), 0)))...)
+	hi := uint64(at.Add(window).UnixNano())
+	n := 0
+	c := t.deprov.Cursor()
+	for k, _ := c.Seek(lo); k != nil && len(k) >= len(prefix)+8 && string(k[:len(prefix)]) == string(prefix); k, _ = c.Next() {
+		if beUint64(k[len(prefix):]) > hi {
+			break
+		}
+		n++
+	}
+	return n, nil
+}
+
+// orgUserCount counts the live users of org's directories.
+func (s *Store) orgUserCount(t *txn, org string) (int, error) {
+	n := 0
+	err := t.dirUsers.ForEach(func(k, _ []byte) error {
+		dirID, uid := splitPair(k)
+		d, err := t.dir(dirID)
+		if err != nil {
+			return err
+		}
+		u, err := t.user(uid)
+		if err != nil || u == nil || u.Deleted {
+			return err
+		}
+		uorg := u.OrganizationID
+		if uorg == "" && d != nil {
+			uorg = d.OrganizationID
+		}
+		if uorg == org {
+			n++
+		}
+		return nil
+	})
+	return n, err
+}
+
+// pause opens a mass-deprovisioning hold for org and pauses its sync.
+func (s *Store) pause(t *txn, org string, ev *events.Event, now time.Time) error {
+	if t.paused.Get([]byte(org)) != nil {
+		return nil
+	}
+	b := s.opts.Safeguards.MaxDeprovisions
+	h := &Hold{Kind: HoldMassDeprovision, OrganizationID: org, EventID: ev.ID, CreatedAt: now,
+		Reason: fmt.Sprintf("sync paused: more than %d users (or %.0f%% of the organisation) would lose all their badges within %s; "+
+			"review with `dsyncd plan --org %s`, then `dsyncd resume %s`", b.Count, b.Percent, b.Window, org, org)}
+	if err := s.openNewHold(t, h); err != nil {
+		return err
+	}
+	if err := s.addAudit(t, AuditEntry{Time: now, EventID: ev.ID, OrganizationID: org, Action: ActionHold, Reason: h.Reason + fmt.Sprintf(" (hold %d)", h.ID)}); err != nil {
+		return err
+	}
+	return t.paused.Put([]byte(org), u64(h.ID))
+}
+
+// deferIfPaused keeps ev for later when its organisation is paused.
+func (s *Store) deferIfPaused(t *txn, org string, ev *events.Event, now time.Time) (bool, error) {
+	if t.paused.Get([]byte(org)) == nil {
+		return false, nil
+	}
+	return true, s.deferEvent(t, org, ev, now)
+}
+
+func (s *Store) deferEvent(t *txn, org string, ev *events.Event, now time.Time) error {
+	if len(ev.Raw) == 0 {
+		return errors.New("cannot defer an event without its raw body")
+	}
+	seq, err := t.pending.NextSequence()
+	if err != nil {
+		return err
+	}
+	if err := t.pending.Put(append(pair(org, ""), u64(seq)...), slices.Clone(ev.Raw)); err != nil {
+		return err
+	}
+	if hid := t.paused.Get([]byte(org)); hid != nil {
+		h, err := getJSON[Hold](t.holds, hid)
+		if err != nil {
+			return err
+		}
+		if h != nil {
+			h.Deferred++
+			if err := putJSON(t.holds, hid, h); err != nil {
+				return err
+			}
+		}
+	}
+	return s.markProcessed(t, ev.ID, now)
+}
+
+// Holds returns the holds, open ones only when openOnly, oldest first.
+func (s *Store) Holds(openOnly bool) ([]Hold, error) {
+	var out []Hold
+	err := s.view(func(tx *bolt.Tx) error {
+		var err error
+		out, err = s.holds(newTxn(tx), openOnly)
+		return err
+	})
+	return out, err
 }
 
 // holds lists the holds, open ones only when openOnly.
@@ -29,11 +384,20 @@ func (s *Store) holds(t *txn, openOnly bool) ([]Hold, error) {
 		if err := json.Unmarshal(v, &h); err != nil {
 			return err
 		}
-		if openOnly && h.ClosedAt != nil {
+		if openOnly && !h.Open() {
 			return nil
 		}
 		out = append(out, h)
 		return nil
+	})
+	return out, err
+}
+
+// Paused lists the organisations whose sync is paused.
+func (s *Store) Paused() ([]string, error) {
+	var out []string
+	err := s.view(func(tx *bolt.Tx) error {
+		return tx.Bucket(bktPaused).ForEach(func(k, _ []byte) error { out = append(out, string(k)); return nil })
 	})
 	return out, err
 }

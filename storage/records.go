@@ -70,6 +70,10 @@ type userRec struct {
 	// membership older than it.
 	DeletedKey key             `json:"deleted_key"`
 	Grants     []mapping.Grant `json:"grants,omitempty"`
+	// AdminOrg is the organisation under which the user is indexed as an
+	// admin holder (bucket org_admins), when AdminIndexed.
+	AdminIndexed bool   `json:"admin_indexed,omitempty"`
+	AdminOrg     string `json:"admin_org,omitempty"`
 }
 
 type groupRec struct {
@@ -156,6 +160,8 @@ type txn struct {
 	dirs, users, groups, members, membersByUser       *bolt.Bucket
 	dirUsers, dirGroups, processed, processedAt, meta *bolt.Bucket
 	audit, holds, pending                             *bolt.Bucket
+	openHolds, orgAdmins, deprov, paused              *bolt.Bucket
+	newHolds                                          []Hold
 
 	dirCache    map[string]*dirRec
 	userCache   map[string]*userRec
@@ -172,6 +178,7 @@ func newTxn(tx *bolt.Tx) *txn {
 		dirUsers: tx.Bucket(bktDirUsers), dirGroups: tx.Bucket(bktDirGroups),
 		processed: tx.Bucket(bktProcessed), processedAt: tx.Bucket(bktProcessedAt), meta: tx.Bucket(bktMeta),
 		audit: tx.Bucket(bktAudit), holds: tx.Bucket(bktHolds), pending: tx.Bucket(bktPending),
+		openHolds: tx.Bucket(bktOpenHolds), orgAdmins: tx.Bucket(bktOrgAdmins), deprov: tx.Bucket(bktDeprov), paused: tx.Bucket(bktPaused),
 		dirCache: map[string]*dirRec{}, userCache: map[string]*userRec{}, groupCache: map[string]*groupRec{},
 		memberCache: map[string]*memberRec{}, dirtyUsers: map[string]bool{}, dirtyGroups: map[string]bool{},
 	}

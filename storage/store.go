@@ -43,6 +43,9 @@ type Options struct {
 	Mapping mapping.Config
 	// Safeguards protect organisations from what sync would otherwise do.
 	Safeguards Safeguards
+	// OnHold, if set, is called after a commit for every hold the committed
+	// transaction opened (to log and count them).
+	OnHold func(Hold)
 	// Now is the clock used for audit times and pruning. Nil means time.Now.
 	Now func() time.Time
 	// NoSync skips fsync on commit. Only for tests and benchmarks that
@@ -93,9 +96,14 @@ var (
 	bktProcessedAt   = []byte("processed_at")    // unix nano (8 bytes BE) + event id -> {}
 	bktAudit         = []byte("audit")           // seq (8 bytes BE) -> AuditEntry
 	bktHolds         = []byte("holds")           // seq (8 bytes BE) -> Hold
-	bktPending       = []byte("pending")         // org \x00 key -> raw event (paused orgs)
+	bktPending       = []byte("pending")         // org \x00 seq (8 bytes BE) -> raw event (paused orgs)
+	bktOpenHolds     = []byte("open_holds")      // hold id (8 bytes BE) -> {}
+	bktOrgAdmins     = []byte("org_admins")      // org \x00 user -> {}: holders of the admin badge
+	bktDeprov        = []byte("deprovisions")    // org \x00 event time (8 bytes BE) \x00 user -> {}
+	bktPaused        = []byte("paused")          // org -> hold id (8 bytes BE)
 	allBuckets       = [][]byte{bktMeta, bktDirs, bktUsers, bktGroups, bktMembers, bktMembersByUser,
-		bktDirUsers, bktDirGroups, bktProcessed, bktProcessedAt, bktAudit, bktHolds, bktPending}
+		bktDirUsers, bktDirGroups, bktProcessed, bktProcessedAt, bktAudit, bktHolds, bktPending,
+		bktOpenHolds, bktOrgAdmins, bktDeprov, bktPaused}
 )
 
 // Open opens (creating if needed) the store at opts.Path.
