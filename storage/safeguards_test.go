@@ -1,0 +1,243 @@
+package storage_test
+
+import (
+	"errors"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/dsyncd/dsyncd/mapping"
+	"github.com/dsyncd/dsyncd/storage"
+)
+
+func badgesOf(t *testing.T, st *storage.Store, id string) []string {
+	t.Helper()
+	u, err := st.User(id)
+	if err != nil {
+		t.Fatalf("user %s: %v", id, err)
+	}
+	return u.Badges
+}
+
+func openHolds(t *testing.T, st *storage.Store) []storage.Hold {
+	t.Helper()
+	hs, err := st.Holds(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return hs
+}
+
+func TestLastAdminIsHeldThenReleased(t *testing.T) {
+	var seen []storage.Hold
+	st := MustOpen(t, storage.Options{OnHold: func(h storage.Hold) { seen = append(seen, h) }})
+	admins := grp("g_adm", "App Admins")
+	mustApply(t, st,
+		ev("e1", "dsync.group.user_added", 1, mem(usr("u1", "A", "active"), admins)),
+		ev("e2", "dsync.group.user_added", 2, mem(usr("u2", "B", "active"), admins)),
+		ev("e3", "dsync.group.deleted", 3, admins),
+	)
+	if slices.Contains(badgesOf(t, st, "u1"), "admin") {
+		t.Errorf("u1 kept admin; the first revocation leaves u2 and should apply")
+	}
+	if !slices.Contains(badgesOf(t, st, "u2"), "admin") {
+		t.Fatalf("u2 lost admin: the organisation has no admin left")
+	}
+	hs := openHolds(t, st)
+	if len(hs) != 1 || hs[0].Kind != storage.HoldLastAdmin || hs[0].UserID != "u2" || hs[0].EventID != "e3" || hs[0].OrganizationID != "org_1" {
+		t.Fatalf("holds = %+v, want one last_admin hold for u2 by e3", hs)
+	}
+	if len(seen) != 1 || seen[0].ID != hs[0].ID {
+		t.Fatalf("OnHold saw %+v", seen)
+	}
+	// Another admin appears: the held revocation applies and the hold closes by itself.
+	mustApply(t, st, ev("e4", "dsync.group.user_added", 4, mem(usr("u3", "C", "active"), grp("g_adm2", "App Admins"))))
+	if slices.Contains(badgesOf(t, st, "u2"), "admin") {
+		t.Errorf("u2 still admin after another admin appeared")
+	}
+	if hs := openHolds(t, st); len(hs) != 0 {
+		t.Fatalf("open holds = %+v, want none", hs)
+	}
+	all, _ := st.Holds(false)
+	if len(all) != 1 || all[0].Resolution != storage.ResolutionReleased {
+		t.Fatalf("closed hold = %+v", all)
+	}
+	why, err := st.Audit(storage.AuditFilter{UserID: "u2", Badge: "admin"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	actions := []string{}
+	for _, e := range why {
+		actions = append(actions, e.Action)
+	}
+	if !slices.Equal(actions, []string{"grant", "hold", "release", "revoke"}) {
+		t.Fatalf("u2 admin audit = %v", actions)
+	}
+}
+
+func TestBreakGlassIsNeverRevokedNorDeleted(t *testing.T) {
+	st := MustOpen(t, storage.Options{Safeguards: storage.Safeguards{BreakGlass: []string{"U1@X.EXAMPLE"}}})
+	mustApply(t, st,
+		ev("e1", "dsync.group.user_added", 1, mem(usr("u1", "A", "active"), grp("g_eng", "Eng"))),
+		ev("e2", "dsync.group.user_added", 2, mem(usr("u2", "B", "active"), grp("g_adm", "App Admins"))),
+		ev("e3", "dsync.user.updated", 3, usr("u1", "Renamed", "inactive")),
+		ev("e4", "dsync.user.deleted", 4, usr("u1", "Renamed", "inactive")),
+	)
+	u := findUser(t, st, "u1")
+	if u == nil {
+		t.Fatal("break-glass user was deleted")
+	}
+	if u.FirstName != "Renamed" || !slices.Equal(u.Badges, []string{"engineer", "member"}) {
+		t.Fatalf("break-glass user = %+v, want profile updated and badges kept", u)
+	}
+	entries, _ := st.Audit(storage.AuditFilter{UserID: "u1"})
+	skips := 0
+	for _, e := range entries {
+		if e.Action == storage.ActionSkip {
+			skips++
+		}
+	}
+	if skips < 2 {
+		t.Fatalf("audit = %+v, want the skipped revocations and delete explained", entries)
+	}
+}
+
+func TestMassDeprovisioningPausesOnlyThatOrganisation(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.db")
+	opts := storage.Options{Path: path, Safeguards: storage.Safeguards{MaxDeprovisions: storage.Breaker{Count: 2, Window: 10 * time.Minute}}}
+	st, err := storage.Open(withMapping(opts))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var bodies [][]byte
+	for i, id := range []string{"u1", "u2", "u3", "u4", "u5"} {
+		bodies = append(bodies, ev("c"+id, "dsync.user.created", i, usr(id, id, "active")))
+	}
+	other := usr("o1", "Other", "active")
+	other["organization_id"], other["directory_id"] = "org_2", "dir_2"
+	bodies = append(bodies, ev("co1", "dsync.user.created", 5, other))
+	mustApply(t, st, bodies...)
+	var deact [][]byte
+	for i, id := range []string{"u1", "u2", "u3", "u4"} {
+		deact = append(deact, ev("d"+id, "dsync.user.updated", 100+i, usr(id, id, "inactive")))
+	}
+	other2 := usr("o1", "Other", "inactive")
+	other2["organization_id"], other2["directory_id"] = "org_2", "dir_2"
+	deact = append(deact, ev("do1", "dsync.user.updated", 110, other2))
+	got := mustApply(t, st, deact...)
+	want := []storage.Outcome{storage.Applied, storage.Applied, storage.Deferred, storage.Deferred, storage.Applied}
+	if !slices.Equal(got, want) {
+		t.Fatalf("outcomes = %v, want %v", got, want)
+	}
+	if b := badgesOf(t, st, "u3"); len(b) == 0 {
+		t.Fatalf("u3 lost its badges while org_1 is paused")
+	}
+	if b := badgesOf(t, st, "o1"); len(b) != 0 {
+		t.Fatalf("org_2 should carry on: o1 badges = %v", b)
+	}
+	// Nothing is lost across a restart while paused.
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	st = MustOpen(t, withMapping(opts))
+	if got := mustApply(t, st, ev("d5", "dsync.user.updated", 120, usr("u5", "u5", "inactive"))); got[0] != storage.Deferred {
+		t.Fatalf("event after restart = %v, want deferred", got[0])
+	}
+	hs := openHolds(t, st)
+	if len(hs) != 1 || hs[0].Kind != storage.HoldMassDeprovision || hs[0].OrganizationID != "org_1" || hs[0].Deferred != 3 {
+		t.Fatalf("holds = %+v", hs)
+	}
+	plan, err := st.Resume("org_1", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(plan.Organizations) != 1 || len(plan.Organizations[0].Losses["member"]) != 3 {
+		t.Fatalf("plan = %+v, want 3 users losing member", plan)
+	}
+	if b := badgesOf(t, st, "u3"); len(b) == 0 {
+		t.Fatal("a dry-run resume changed the store")
+	}
+	if _, err := st.Resume("org_1", false); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"u3", "u4", "u5"} {
+		if b := badgesOf(t, st, id); len(b) != 0 {
+			t.Errorf("%s badges after resume = %v", id, b)
+		}
+	}
+	if _, err := st.Resume("org_1", false); !errors.Is(err, storage.ErrNotPaused) {
+		t.Fatalf("second resume err = %v", err)
+	}
+}
+
+func withMapping(o storage.Options) storage.Options {
+	o.Mapping = testMapping
+	return o
+}
+
+func TestMappingChangeNeedsAnUnmapChoice(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		choice     string
+		wantErr    error
+		wantBadges []string
+	}{
+		{"no choice is refused", "", storage.ErrUnmapChoice, []string{"engineer", "member"}},
+		{"keep retains the badge", mapping.OnUnmapKeep, nil, []string{"engineer", "member"}},
+		{"remove revokes the badge", mapping.OnUnmapRemove, nil, []string{"member"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := MustOpen(t, storage.Options{})
+			if _, err := st.ApplyMapping(testMapping, "", false); err != nil {
+				t.Fatal(err)
+			}
+			mustApply(t, st, ev("e1", "dsync.group.user_added", 1, mem(usr("u1", "A", "active"), grp("g_eng", "Eng"))))
+			next := testMapping
+			next.Groups = slices.DeleteFunc(slices.Clone(next.Groups), func(r mapping.GroupRule) bool { return r.ID == "g_eng" })
+			plan, err := st.ApplyMapping(next, tc.choice, false)
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("err = %v, want %v", err, tc.wantErr)
+			}
+			if len(plan.Unmapped) != 1 || plan.Unmapped[0].Users != 1 {
+				t.Fatalf("unmapped = %+v, want the removed rule with 1 user", plan.Unmapped)
+			}
+			if b := badgesOf(t, st, "u1"); !slices.Equal(b, tc.wantBadges) {
+				t.Fatalf("badges = %v, want %v", b, tc.wantBadges)
+			}
+		})
+	}
+}
+
+func TestPlanLeavesNoAdminAndChangesNothing(t *testing.T) {
+	st := MustOpen(t, storage.Options{})
+	if _, err := st.ApplyMapping(testMapping, "", false); err != nil {
+		t.Fatal(err)
+	}
+	mustApply(t, st, ev("e1", "dsync.group.user_added", 1, mem(usr("u1", "A", "active"), grp("g_adm", "App Admins"))))
+	next := testMapping
+	next.Groups = []mapping.GroupRule{{Name: "App Admins", Badges: []string{"staff"}}}
+	plan, err := st.ApplyMapping(next, mapping.OnUnmapRemove, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !plan.LeavesNoAdmin() || plan.Organizations[0].AdminsBefore != 1 || plan.Organizations[0].AdminsAfter != 0 {
+		t.Fatalf("plan = %+v, want org_1 admins 1 -> 0", plan)
+	}
+	if b := badgesOf(t, st, "u1"); !slices.Contains(b, "admin") || slices.Contains(b, "staff") {
+		t.Fatalf("dry run changed badges: %v", b)
+	}
+}
+
+func TestRolesOnlyAdd(t *testing.T) {
+	st := MustOpen(t, storage.Options{})
+	u := usr("u1", "A", "active")
+	u["role"] = map[string]string{"slug": "billing"}
+	mustApply(t, st, ev("e1", "dsync.group.user_added", 1, mem(u, grp("g_eng", "Eng"))))
+	noRoles := usr("u1", "A", "active")
+	noRoles["roles"] = []any{}
+	mustApply(t, st, ev("e2", "dsync.user.updated", 2, noRoles))
+	if b := badgesOf(t, st, "u1"); !slices.Equal(b, []string{"engineer", "member"}) {
+		t.Fatalf("badges after empty roles = %v, want group badges kept", b)
+	}
+}
