@@ -6,6 +6,8 @@ import (
 	"strings"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
+
 	"github.com/dsyncd/dsyncd/events"
 	"github.com/dsyncd/dsyncd/mapping"
 )
@@ -150,7 +152,7 @@ func (s *Store) regrant(t *txn, u *userRec, eventID string, now time.Time, o reg
 				break
 			}
 			h := &Hold{Kind: HoldLastAdmin, OrganizationID: org, UserID: u.ID, Badge: b, Rule: g.Rule,
-				Reason: "revoking " + b + " (" + why + ") would leave organisation " + org + " without an admin",
+				Reason:  "revoking " + b + " (" + why + ") would leave organisation " + org + " without an admin",
 				EventID: eventID, CreatedAt: now}
 			if err := s.openNewHold(t, h); err != nil {
 				return false, "", err
@@ -232,4 +234,12 @@ func revokeReason(u *userRec, sub mapping.Subject) string {
 		return "user " + u.State
 	}
 	return "no rule grants it any more"
+}
+
+// RecordAudit appends an operator's action to the audit trail.
+func (s *Store) RecordAudit(e AuditEntry) error {
+	if e.Time.IsZero() {
+		e.Time = s.opts.Now()
+	}
+	return s.db.Update(func(tx *bolt.Tx) error { return s.addAudit(newTxn(tx), e) })
 }

@@ -210,3 +210,21 @@ func (s *Store) view(fn func(tx *bolt.Tx) error) error {
 	}
 	return nil
 }
+
+// Cursor returns the value stored under name (e.g. the Events API cursor),
+// or "" if none.
+func (s *Store) Cursor(name string) (string, error) {
+	var out string
+	err := s.view(func(tx *bolt.Tx) error {
+		out = string(tx.Bucket(bktMeta).Get([]byte("cursor:" + name)))
+		return nil
+	})
+	return out, err
+}
+
+// SetCursor stores value under name, durably.
+func (s *Store) SetCursor(name, value string) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bktMeta).Put([]byte("cursor:"+name), []byte(value))
+	})
+}

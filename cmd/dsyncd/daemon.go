@@ -1,0 +1,195 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"sync"
+
+	"go.uber.org/zap"
+
+	"github.com/dsyncd/dsyncd/config"
+	"github.com/dsyncd/dsyncd/events"
+	"github.com/dsyncd/dsyncd/queue"
+	"github.com/dsyncd/dsyncd/server"
+	"github.com/dsyncd/dsyncd/storage"
+	"github.com/dsyncd/dsyncd/worker"
+)
+
+// workerDurable is the durable name of the worker's JetStream consumer.
+const workerDurable = "dsyncd-worker"
+
+// daemon is `dsyncd serve`: store, queue, worker and HTTP server, opened in
+// that order and closed in reverse.
+type daemon struct {
+	cfg     config.Config
+	log     *zap.Logger
+	metrics *metrics
+
+	st  *storage.Store
+	q   *queue.Queue
+	w   *worker.Worker
+	srv *server.Server
+
+	workerCancel context.CancelFunc
+	workerDone   chan struct{}
+	mu           sync.Mutex // serialises Reload
+	closeOnce    sync.Once
+	closeErr     error
+}
+
+func newDaemon(cfg config.Config, log *zap.Logger) *daemon {
+	return &daemon{cfg: cfg, log: log, metrics: newMetrics(), workerDone: make(chan struct{})}
+}
+
+func queueOptions(cfg config.Config) queue.Options {
+	return queue.Options{
+		URL:             cfg.NATS.URL,
+		StoreDir:        filepath.Join(cfg.DataDir, "jetstream"),
+		Listen:          cfg.NATS.Listen,
+		SyncInterval:    cfg.NATS.SyncInterval,
+		SyncAlways:      cfg.NATS.SyncAlways,
+		Creds:           cfg.NATS.Creds,
+		User:            cfg.NATS.User,
+		Password:        cfg.NATS.Password,
+		TLSCA:           cfg.NATS.TLSCA,
+		Stream:          cfg.NATS.Stream,
+		SubjectPrefix:   cfg.NATS.SubjectPrefix,
+		DLQStream:       cfg.NATS.DLQStream,
+		Replicas:        cfg.NATS.Replicas,
+		MaxBytes:        cfg.NATS.MaxBytes,
+		MaxAge:          cfg.NATS.MaxAge,
+		DuplicateWindow: cfg.NATS.DuplicateWindow,
+		MaxAckPending:   cfg.Worker.BatchSize * 4,
+	}
+}
+
+// Open starts every component. On error, what was started is closed.
+func (d *daemon) Open(ctx context.Context) (err error) {
+	defer func() {
+		if err != nil {
+			_ = d.Close()
+		}
+	}()
+	if err := checkAdminRule(d.cfg); err != nil {
+		return err
+	}
+	opts := storeOptions(d.cfg, "")
+	opts.OnHold = d.onHold
+	d.st, err = storage.Open(opts)
+	if err != nil {
+		return err
+	}
+	if _, err := d.st.ApplyMapping(d.cfg.Mapping, "", false); err != nil {
+		return fmt.Errorf("mapping: %w", err)
+	}
+	d.q = queue.New(queueOptions(d.cfg), d.log)
+	if err := d.q.Open(ctx); err != nil {
+		return err
+	}
+	d.w = worker.New(d.q, d.st, worker.Options{
+		Durable:      workerDurable,
+		BatchSize:    d.cfg.Worker.BatchSize,
+		MaxAttempts:  d.cfg.Worker.MaxAttempts,
+		RetryBackoff: d.cfg.Worker.RetryBackoff,
+		AckWait:      d.cfg.Worker.AckWait,
+		OnBatch:      d.metrics.observeBatch,
+	}, d.log)
+	wctx, cancel := context.WithCancel(context.Background())
+	d.workerCancel = cancel
+	go func() {
+		defer close(d.workerDone)
+		if err := d.w.Run(wctx); err != nil {
+			d.log.Error("worker stopped", zap.Error(err))
+		}
+	}()
+	verifier := events.NewVerifier(d.cfg.Webhook.Secrets, d.cfg.Webhook.Tolerance)
+	d.srv = server.New(server.Options{
+		Listen:          d.cfg.HTTP.Listen,
+		WebhookPath:     d.cfg.Webhook.Path,
+		WebhookDisabled: !d.cfg.Webhook.Enabled,
+		MaxBodyBytes:    d.cfg.Webhook.MaxBodyBytes,
+		PublishTimeout:  d.cfg.Webhook.PublishTimeout,
+		APIToken:        d.cfg.API.Token,
+		ReadTimeout:     d.cfg.HTTP.ReadTimeout,
+		WriteTimeout:    d.cfg.HTTP.WriteTimeout,
+		Ready:           d.ready,
+		Extra:           d.routes,
+	}, verifier, d.q, d.st, d.log)
+	d.metrics.register(d)
+	return d.srv.Open()
+}
+
+// Addr is the HTTP listener's address.
+func (d *daemon) Addr() string { return d.srv.Addr() }
+
+// ready: store open, JetStream reachable, worker consuming.
+func (d *daemon) ready(ctx context.Context) error {
+	if _, err := d.st.Holds(true); err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	if err := d.q.Ready(ctx); err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	if !d.w.Consuming() {
+		return errors.New("worker: not consuming")
+	}
+	return nil
+}
+
+func (d *daemon) onHold(h storage.Hold) {
+	d.metrics.holdsOpened.WithLabelValues(h.Kind).Inc()
+	d.log.Warn("hold opened", zap.Uint64("hold", h.ID), zap.String("kind", h.Kind), zap.String("organization", h.OrganizationID),
+		zap.String("user", h.UserID), zap.String("badge", h.Badge), zap.String("event_id", h.EventID), zap.String("reason", h.Reason))
+}
+
+// Reload applies a new configuration's mapping (SIGHUP). An invalid one
+// keeps the old mapping; the error says why.
+func (d *daemon) Reload(cfg config.Config) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := checkAdminRule(cfg); err != nil {
+		return err
+	}
+	plan, err := d.st.ApplyMapping(cfg.Mapping, "", false)
+	if err != nil {
+		return err
+	}
+	d.cfg.Mapping = cfg.Mapping
+	d.log.Info("mapping reloaded", zap.Int("organizations_changed", len(plan.Organizations)))
+	return nil
+}
+
+// Close stops accepting requests and finishes in-flight ones, lets the
+// worker finish its batch, drains the queue and closes the store. It is
+// safe to call more than once.
+func (d *daemon) Close() error {
+	d.closeOnce.Do(func() {
+		var errs []error
+		if d.srv != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), d.cfg.HTTP.ShutdownTimeout)
+			errs = append(errs, d.srv.Shutdown(ctx))
+			cancel()
+		}
+		if d.workerCancel != nil {
+			d.workerCancel()
+			<-d.workerDone
+		}
+		if d.q != nil {
+			errs = append(errs, d.q.Close())
+		}
+		if d.st != nil {
+			errs = append(errs, d.st.Close())
+		}
+		d.closeErr = errors.Join(errs...)
+	})
+	return d.closeErr
+}
+
+// routes adds the operator endpoints to the server's mux.
+func (d *daemon) routes(mux *http.ServeMux, authed func(http.HandlerFunc) http.HandlerFunc) {
+	mux.Handle("GET /metrics", d.metrics.handler())
+	d.operatorRoutes(mux, authed)
+}

@@ -1,0 +1,152 @@
+package main
+
+import (
+	"context"
+	"net/http"
+	"runtime/debug"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/dsyncd/dsyncd/worker"
+)
+
+// metrics is dsyncd's Prometheus registry (no global registry).
+type metrics struct {
+	reg          *prometheus.Registry
+	applied      *prometheus.CounterVec
+	parked       prometheus.Counter
+	holdsOpened  *prometheus.CounterVec
+	applyLatency prometheus.Histogram
+	eventAge     prometheus.Histogram
+	batchSize    prometheus.Histogram
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		applied: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "dsyncd_events_total",
+			Help: "Events taken from the stream, by outcome: applied, duplicate, stale, ignored, invalid, deferred."}, []string{"outcome"}),
+		parked: prometheus.NewCounter(prometheus.CounterOpts{Name: "dsyncd_events_parked_total",
+			Help: "Events moved to the dead-letter stream."}),
+		holdsOpened: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "dsyncd_holds_opened_total",
+			Help: "Holds opened by the safeguards, by kind."}, []string{"kind"}),
+		applyLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "dsyncd_apply_batch_seconds",
+			Help: "Time to decode, apply and commit one batch.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
+		eventAge: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "dsyncd_event_age_seconds",
+			Help: "now - created_at of each applied event.", Buckets: prometheus.ExponentialBuckets(0.05, 2, 20)}),
+		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "dsyncd_apply_batch_events",
+			Help: "Events per applied batch.", Buckets: prometheus.ExponentialBuckets(1, 2, 12)}),
+	}
+	for _, o := range []string{"applied", "duplicate", "stale", "ignored", "invalid", "deferred"} {
+		m.applied.WithLabelValues(o)
+	}
+	m.reg.MustRegister(m.applied, m.parked, m.holdsOpened, m.applyLatency, m.eventAge, m.batchSize,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+func (m *metrics) observeBatch(r worker.BatchReport) {
+	c := r.Counts
+	for o, n := range map[string]int{"applied": c.Applied, "duplicate": c.Duplicate, "stale": c.Stale, "ignored": c.Ignored, "invalid": c.Invalid, "deferred": c.Deferred} {
+		if n > 0 {
+			m.applied.WithLabelValues(o).Add(float64(n))
+		}
+	}
+	m.parked.Add(float64(r.Parked))
+	m.applyLatency.Observe(r.Duration.Seconds())
+	m.batchSize.Observe(float64(len(r.CreatedAt)))
+	now := time.Now()
+	for _, t := range r.CreatedAt {
+		m.eventAge.Observe(now.Sub(t).Seconds())
+	}
+}
+
+// register adds the metrics read from the daemon's components at scrape time.
+func (m *metrics) register(d *daemon) {
+	st := d.srv.Stats()
+	counter := func(name, help string, f func() float64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f)
+	}
+	gauge := func(name, help string, f func() float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
+	}
+	scrapeCtx := func() (context.Context, context.CancelFunc) {
+		return context.WithTimeout(context.Background(), 2*time.Second)
+	}
+	version, revision := buildInfo()
+	m.reg.MustRegister(
+		counter("dsyncd_webhooks_received_total", "Webhook requests received.", func() float64 { return float64(st.Received.Load()) }),
+		counter("dsyncd_webhooks_enqueued_total", "Webhook events stored in JetStream (2xx).", func() float64 { return float64(st.Enqueued.Load()) }),
+		counter("dsyncd_webhooks_duplicate_total", "Webhook events JetStream already had (2xx).", func() float64 { return float64(st.Duplicate.Load()) }),
+		counter("dsyncd_webhooks_ignored_total", "Verified webhook events of types dsyncd does not handle (2xx, not stored).", func() float64 { return float64(st.Ignored.Load()) }),
+		&refusedCollector{d: d, desc: prometheus.NewDesc("dsyncd_webhooks_refused_total", "Webhook requests refused, by reason.", []string{"reason"}, nil)},
+		gauge("dsyncd_holds_open", "Open holds (last admin, mass deprovisioning).", func() float64 {
+			hs, err := d.st.Holds(true)
+			if err != nil {
+				return -1
+			}
+			return float64(len(hs))
+		}),
+		gauge("dsyncd_dead_letters", "Events parked in the dead-letter stream.", func() float64 {
+			ctx, cancel := scrapeCtx()
+			defer cancel()
+			dl, err := d.q.DeadLetters(ctx)
+			if err != nil {
+				return -1
+			}
+			return float64(len(dl))
+		}),
+		gauge("dsyncd_consumer_pending", "Events in the stream not yet applied and acknowledged (lag).", func() float64 {
+			ctx, cancel := scrapeCtx()
+			defer cancel()
+			n, err := d.q.Pending(ctx, workerDurable)
+			if err != nil {
+				return -1
+			}
+			return float64(n)
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "dsyncd_build_info", Help: "Build information.",
+			ConstLabels: prometheus.Labels{"version": version, "revision": revision}}, func() float64 { return 1 }),
+	)
+}
+
+type refusedCollector struct {
+	d    *daemon
+	desc *prometheus.Desc
+}
+
+func (c *refusedCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *refusedCollector) Collect(ch chan<- prometheus.Metric) {
+	for reason, n := range c.d.srv.Stats().Refused() {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(n), reason)
+	}
+}
+
+func (m *metrics) handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
+
+// version is set with -ldflags "-X main.version=...".
+var version = ""
+
+func buildInfo() (string, string) {
+	v, rev := version, "unknown"
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		if v == "" {
+			v = bi.Main.Version
+		}
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				rev = s.Value
+			}
+		}
+	}
+	if v == "" {
+		v = "dev"
+	}
+	return v, rev
+}

@@ -1,0 +1,111 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/dsyncd/dsyncd/config"
+)
+
+func (a *app) serveCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "serve --config FILE",
+		Short: "Run the daemon: webhook receiver, JetStream queue, worker and read API",
+		Long: `serve runs dsyncd: the WorkOS webhook receiver, the JetStream queue (an embedded
+nats-server storing under data_dir, or the cluster at nats.url), the worker that applies
+events to the store, and the read API, all on http.listen.
+
+It answers a webhook with 200 only once JetStream has stored the event. On SIGTERM or
+SIGINT it stops accepting requests, finishes those in flight and the batch being applied,
+drains and closes the store; a second signal forces exit. SIGHUP reloads the mapping
+from the configuration file, through the safeguards; an invalid configuration keeps the
+old mapping and logs why.
+
+Under systemd (Type=notify) it sends READY=1 once the store, JetStream and the listener
+are up, WATCHDOG=1 every WatchdogSec/2, and STOPPING=1 on shutdown.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := a.loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			log, err := newLogger(cfg, a.stderr)
+			if err != nil {
+				return err
+			}
+			defer log.Sync() //nolint:errcheck // stderr
+			return a.serve(cmd.Context(), cmd, cfg, log)
+		},
+	}
+	config.BindFlags(cmd.Flags())
+	return cmd
+}
+
+func (a *app) serve(ctx context.Context, cmd *cobra.Command, cfg config.Config, log *zap.Logger) error {
+	d := newDaemon(cfg, log)
+	start := time.Now()
+	if err := d.Open(ctx); err != nil {
+		return err
+	}
+	n := newNotifier()
+	if _, err := n.Notify("READY=1\nSTATUS=serving"); err != nil {
+		log.Warn("systemd notify failed", zap.Error(err))
+	}
+	log.Info("dsyncd ready", zap.String("http", d.Addr()), zap.String("nats", d.q.ClientURL()),
+		zap.String("store", cfg.StorePath()), zap.Duration("startup", time.Since(start)))
+
+	var watchdog <-chan time.Time
+	if iv := n.WatchdogInterval(); iv > 0 {
+		t := time.NewTicker(iv)
+		defer t.Stop()
+		watchdog = t.C
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for done := false; !done; {
+		select {
+		case <-ctx.Done():
+			done = true
+		case <-watchdog:
+			if d.ready(ctx) == nil {
+				_, _ = n.Notify("WATCHDOG=1")
+			}
+		case <-hup:
+			next, err := loadConfig(a.configPath, cmd.Flags(), true)
+			if err == nil {
+				err = d.Reload(next)
+			}
+			if err != nil {
+				log.Error("reload refused, keeping the current mapping", zap.Error(err))
+			}
+		}
+	}
+	log.Info("shutting down")
+	_, _ = n.Notify("STOPPING=1")
+	// A second signal forces exit.
+	force := make(chan os.Signal, 1)
+	signal.Notify(force, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(force)
+	closed := make(chan error, 1)
+	go func() { closed <- d.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			log.Error("shutdown", zap.Error(err))
+			return err
+		}
+		log.Info("stopped cleanly")
+		return nil
+	case <-force:
+		log.Error("second signal: forcing exit")
+		return &exitCodeError{code: exitError, err: errors.New("forced exit on second signal")}
+	}
+}

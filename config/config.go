@@ -1,0 +1,353 @@
+// Package config loads and validates dsyncd's configuration.
+//
+// # Basics
+//
+// Every setting has a key path such as "http.listen" and a default (see
+// Default). Load layers, from lowest to highest precedence:
+//
+//  1. the defaults;
+//  2. an optional YAML file;
+//  3. environment variables named DSYNCD_ + the key path in upper case with
+//     dots replaced by underscores (DSYNCD_HTTP_LISTEN, DSYNCD_WORKOS_API_KEY);
+//  4. command-line flags named by key path (--http.listen), registered by
+//     BindFlags; only flags the user actually set override.
+//
+// Durations are strings such as "500ms", "30s", "3m" or "720h" (a bare 0 is
+// accepted too). Byte sizes are integer numbers of bytes. Lists given in the
+// environment or as one string are split on commas: DSYNCD_WEBHOOK_SECRETS=a,b.
+//
+// # Caveats
+//
+// Load is strict: an unknown key or a value of the wrong type is an error
+// naming the key. It does not check values; call Config.Validate for that,
+// which reports every problem at once. Group and role rules (mapping.groups,
+// mapping.roles) can only be set in the file. An environment variable set
+// to the empty string is ignored, so it cannot blank a value the file sets.
+//
+// The package keeps no global state: every Load uses its own viper instance.
+package config
+
+import (
+	"net/url"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/dsyncd/dsyncd/mapping"
+)
+
+// Config is dsyncd's whole configuration. The mapstructure tags are the key
+// paths' segments.
+type Config struct {
+	// DataDir holds dsyncd's state: the store file (unless store.path is set)
+	// and the embedded NATS server's JetStream files.
+	DataDir string `mapstructure:"data_dir"`
+	// Log configures the logger.
+	Log LogConfig `mapstructure:"log"`
+	// HTTP configures the HTTP server that serves the webhook and the API.
+	HTTP HTTPConfig `mapstructure:"http"`
+	// Webhook configures the WorkOS webhook receiver.
+	Webhook WebhookConfig `mapstructure:"webhook"`
+	// NATS configures the JetStream queue between the webhook and the worker.
+	NATS NATSConfig `mapstructure:"nats"`
+	// API configures the HTTP API.
+	API APIConfig `mapstructure:"api"`
+	// Mapping turns directory groups and roles into badges.
+	Mapping mapping.Config `mapstructure:"mapping"`
+	// Safeguards limit what sync may do on its own.
+	Safeguards SafeguardsConfig `mapstructure:"safeguards"`
+	// Store configures the bbolt store.
+	Store StoreConfig `mapstructure:"store"`
+	// WorkOS configures the WorkOS API client (events polling, reconciliation).
+	WorkOS WorkOSConfig `mapstructure:"workos"`
+	// Events configures polling of the WorkOS Events API.
+	Events EventsConfig `mapstructure:"events"`
+	// Reconcile configures the periodic full reconciliation against WorkOS.
+	Reconcile ReconcileConfig `mapstructure:"reconcile"`
+	// Worker configures the consumer that applies queued events to the store.
+	Worker WorkerConfig `mapstructure:"worker"`
+}
+
+// LogConfig is the log section.
+type LogConfig struct {
+	// Level is the minimum level logged: debug, info, warn or error.
+	Level string `mapstructure:"level"`
+	// Format is json (for machines) or console (for humans).
+	Format string `mapstructure:"format"`
+}
+
+// HTTPConfig is the http section.
+type HTTPConfig struct {
+	// Listen is the host:port the HTTP server listens on.
+	Listen string `mapstructure:"listen"`
+	// ReadTimeout bounds reading a whole request, body included.
+	ReadTimeout time.Duration `mapstructure:"read_timeout"`
+	// WriteTimeout bounds writing a response.
+	WriteTimeout time.Duration `mapstructure:"write_timeout"`
+	// ShutdownTimeout bounds the graceful shutdown of in-flight requests.
+	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`
+}
+
+// WebhookConfig is the webhook section.
+type WebhookConfig struct {
+	// Enabled mounts the webhook receiver on HTTP.Listen.
+	Enabled bool `mapstructure:"enabled"`
+	// Path is the URL path the receiver is mounted on. It starts with "/".
+	Path string `mapstructure:"path"`
+	// Secrets are the WorkOS webhook signing secrets. A signature valid for
+	// any of them is accepted, so secrets can be rotated without downtime.
+	// At least one is required when Enabled.
+	Secrets []string `mapstructure:"secrets"`
+	// Tolerance is how far a signature's timestamp may be from now.
+	Tolerance time.Duration `mapstructure:"tolerance"`
+	// MaxBodyBytes is the largest request body accepted, in bytes.
+	MaxBodyBytes int64 `mapstructure:"max_body_bytes"`
+	// PublishTimeout bounds queueing one event on JetStream before the
+	// receiver answers 503 and lets WorkOS retry.
+	PublishTimeout time.Duration `mapstructure:"publish_timeout"`
+}
+
+// NATSConfig is the nats section.
+type NATSConfig struct {
+	// URL is the NATS server (or comma-separated servers) to use, such as
+	// nats://nats.internal:4222. Empty runs an embedded server that stores
+	// JetStream data under DataDir.
+	URL string `mapstructure:"url"`
+	// Stream is the JetStream stream holding the directory events.
+	Stream string `mapstructure:"stream"`
+	// SubjectPrefix prefixes the stream's subjects (<prefix>.<event type>).
+	SubjectPrefix string `mapstructure:"subject_prefix"`
+	// DLQStream is the stream receiving events that failed
+	// Worker.MaxAttempts times.
+	DLQStream string `mapstructure:"dlq_stream"`
+	// Creds is a NATS credentials (.creds) file, for an external server.
+	Creds string `mapstructure:"creds"`
+	// User is the user name for an external server.
+	User string `mapstructure:"user"`
+	// Password is User's password. Secret.
+	Password string `mapstructure:"password"`
+	// TLSCA is a PEM file of CAs to trust for an external server's certificate.
+	TLSCA string `mapstructure:"tls_ca"`
+	// Replicas is the streams' replication factor, 1 to 5; the embedded
+	// server is a single node and needs 1.
+	Replicas int `mapstructure:"replicas"`
+	// SyncInterval is how often the embedded server fsyncs JetStream data.
+	SyncInterval time.Duration `mapstructure:"sync_interval"`
+	// SyncAlways makes the embedded server fsync every write (slower, safest).
+	SyncAlways bool `mapstructure:"sync_always"`
+	// MaxBytes caps the stream's size in bytes. 0 means unlimited.
+	MaxBytes int64 `mapstructure:"max_bytes"`
+	// MaxAge is the stream's retention: keep it long enough to rebuild the
+	// store from the stream. 0 means unlimited.
+	MaxAge time.Duration `mapstructure:"max_age"`
+	// DuplicateWindow is how long JetStream deduplicates an event id
+	// (WorkOS retries deliveries for up to 3 days). At most MaxAge.
+	DuplicateWindow time.Duration `mapstructure:"duplicate_window"`
+	// Listen is the host:port the embedded server accepts clients on. Empty
+	// means 127.0.0.1 on a random port. Only used when URL is empty.
+	Listen string `mapstructure:"listen"`
+}
+
+// APIConfig is the api section.
+type APIConfig struct {
+	// Token is the bearer token the HTTP API requires. Secret.
+	Token string `mapstructure:"token"`
+}
+
+// StoreConfig is the store section.
+type StoreConfig struct {
+	// Path is the bbolt file. Empty means <data_dir>/dsyncd.db; see
+	// Config.StorePath.
+	Path string `mapstructure:"path"`
+	// ProcessedRetention is how long processed event ids are remembered for
+	// deduplication; at least 72h because WorkOS retries for up to 3 days.
+	ProcessedRetention time.Duration `mapstructure:"processed_retention"`
+	// OpenTimeout bounds the wait for the store's file lock.
+	OpenTimeout time.Duration `mapstructure:"open_timeout"`
+}
+
+// WorkerConfig is the worker section.
+type WorkerConfig struct {
+	// BatchSize is how many queued events the worker fetches at once, 1 to 10000.
+	BatchSize int `mapstructure:"batch_size"`
+	// MaxAttempts is how many times an event is tried before it goes to
+	// NATS.DLQStream; at least 1.
+	MaxAttempts int `mapstructure:"max_attempts"`
+	// AckWait is how long JetStream waits for an ack before redelivering.
+	AckWait time.Duration `mapstructure:"ack_wait"`
+	// RetryBackoff is the delay before a failed event is retried.
+	RetryBackoff time.Duration `mapstructure:"retry_backoff"`
+}
+
+// SafeguardsConfig is the safeguards section.
+type SafeguardsConfig struct {
+	// OnDirectoryDeleted is keep (users, groups and badges stay as sync left
+	// them) or deprovision (they are removed) when a directory is deleted.
+	OnDirectoryDeleted string `mapstructure:"on_directory_deleted"`
+	// AllowNoAdminRule accepts a mapping in which no group or role rule
+	// grants mapping.admin_badge; see Config.Warnings.
+	AllowNoAdminRule bool `mapstructure:"allow_no_admin_rule"`
+	// BreakGlass lists emails or directory user ids whose badges sync never
+	// removes and whom it never deletes.
+	BreakGlass []string `mapstructure:"break_glass"`
+	// MaxDeprovisions is the mass-deprovisioning breaker.
+	MaxDeprovisions MaxDeprovisionsConfig `mapstructure:"max_deprovisions"`
+}
+
+// MaxDeprovisionsConfig pauses an organisation's sync when more of its users
+// than allowed would lose all their badges within Window. A zero Count and
+// Percent disable it.
+type MaxDeprovisionsConfig struct {
+	// Count is the most users that may be deprovisioned within Window.
+	Count int `mapstructure:"count"`
+	// Percent is the most users, as a percentage (0 to 100) of the
+	// organisation's users, that may be deprovisioned within Window.
+	Percent float64 `mapstructure:"percent"`
+	// Window is the sliding window Count and Percent apply to.
+	Window time.Duration `mapstructure:"window"`
+}
+
+// WorkOSConfig is the workos section.
+type WorkOSConfig struct {
+	// APIKey is the WorkOS API key (sk_...), required by events polling and
+	// reconciliation. Secret: prefer DSYNCD_WORKOS_API_KEY.
+	APIKey string `mapstructure:"api_key"`
+	// Endpoint is the WorkOS API base URL.
+	Endpoint string `mapstructure:"endpoint"`
+}
+
+// EventsConfig is the events section.
+type EventsConfig struct {
+	// PollInterval is how often the WorkOS Events API is polled, as a
+	// complement or an alternative to webhooks. 0 turns polling off.
+	PollInterval time.Duration `mapstructure:"poll_interval"`
+	// Start is where polling starts the first time: "now" or an RFC 3339 time.
+	Start string `mapstructure:"start"`
+}
+
+// ReconcileConfig is the reconcile section.
+type ReconcileConfig struct {
+	// Interval is how often every directory is fully compared with WorkOS.
+	// 0 turns reconciliation off.
+	Interval time.Duration `mapstructure:"interval"`
+}
+
+// Default returns the configuration used for every key that is not set.
+// It is valid once a webhook secret is added.
+func Default() Config {
+	return Config{
+		DataDir: "./data",
+		Log:     LogConfig{Level: "info", Format: "json"},
+		HTTP: HTTPConfig{
+			Listen:          "127.0.0.1:8080",
+			ReadTimeout:     10 * time.Second,
+			WriteTimeout:    10 * time.Second,
+			ShutdownTimeout: 15 * time.Second,
+		},
+		Webhook: WebhookConfig{
+			Enabled:        true,
+			Path:           "/webhooks/workos",
+			Tolerance:      3 * time.Minute,
+			MaxBodyBytes:   1 << 20,
+			PublishTimeout: 5 * time.Second,
+		},
+		NATS: NATSConfig{
+			Stream:          "DSYNC",
+			SubjectPrefix:   "dsync",
+			DLQStream:       "DSYNC_DLQ",
+			Replicas:        1,
+			SyncInterval:    time.Second,
+			MaxBytes:        1 << 30,
+			MaxAge:          720 * time.Hour,
+			DuplicateWindow: 24 * time.Hour,
+		},
+		Mapping: mapping.Config{
+			AdminBadge:    "admin",
+			DefaultBadges: []string{"member"},
+		},
+		Safeguards: SafeguardsConfig{
+			OnDirectoryDeleted: OnDirectoryDeletedKeep,
+			MaxDeprovisions: MaxDeprovisionsConfig{
+				Count:   25,
+				Percent: 10,
+				Window:  10 * time.Minute,
+			},
+		},
+		Store: StoreConfig{
+			ProcessedRetention: 168 * time.Hour,
+			OpenTimeout:        time.Second,
+		},
+		WorkOS: WorkOSConfig{Endpoint: "https://api.workos.com"},
+		Events: EventsConfig{Start: EventsStartNow},
+		Worker: WorkerConfig{
+			BatchSize:    256,
+			MaxAttempts:  5,
+			AckWait:      30 * time.Second,
+			RetryBackoff: time.Second,
+		},
+	}
+}
+
+// Values of safeguards.on_directory_deleted.
+const (
+	OnDirectoryDeletedKeep        = "keep"
+	OnDirectoryDeletedDeprovision = "deprovision"
+)
+
+// EventsStartNow is the events.start value that starts polling at the
+// current time.
+const EventsStartNow = "now"
+
+// StorePath returns store.path, or <data_dir>/dsyncd.db when it is empty.
+func (c Config) StorePath() string {
+	if c.Store.Path != "" {
+		return c.Store.Path
+	}
+	return filepath.Join(c.DataDir, "dsyncd.db")
+}
+
+// redacted replaces a secret's value in Redacted.
+const redacted = "REDACTED"
+
+// Redacted returns a copy of c fit for printing: webhook.secrets,
+// nats.password, api.token, workos.api_key and any user info in nats.url are
+// replaced by "REDACTED" (empty values stay empty, so it still shows which
+// are set). c is not modified.
+func (c Config) Redacted() Config {
+	r := c
+	r.Webhook.Secrets = slices.Clone(c.Webhook.Secrets)
+	for i, s := range r.Webhook.Secrets {
+		if s != "" {
+			r.Webhook.Secrets[i] = redacted
+		}
+	}
+	for _, s := range []*string{&r.NATS.Password, &r.API.Token, &r.WorkOS.APIKey} {
+		if *s != "" {
+			*s = redacted
+		}
+	}
+	if r.NATS.URL != "" {
+		urls := strings.Split(r.NATS.URL, ",")
+		for i, raw := range urls {
+			u, err := url.Parse(strings.TrimSpace(raw))
+			if err != nil {
+				// Unparsable: it may hold anything, hide it all.
+				urls[i] = redacted
+				continue
+			}
+			switch _, hasPassword := u.User.Password(); {
+			case hasPassword:
+				u.User = url.UserPassword(u.User.Username(), redacted)
+			case u.User != nil:
+				// A lone user name may be a NATS token.
+				u.User = url.User(redacted)
+			default:
+				continue
+			}
+			urls[i] = u.String()
+		}
+		r.NATS.URL = strings.Join(urls, ",")
+	}
+	return r
+}

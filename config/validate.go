@@ -1,0 +1,246 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Validate returns nil, or an *Error listing every problem of c, one per
+// line, each "key: problem".
+func (c Config) Validate() error {
+	if p := c.Problems(); len(p) > 0 {
+		return &Error{Problems: p}
+	}
+	return nil
+}
+
+// Problems returns every problem of c, each "key: problem", in key order of
+// the Config struct. It is empty when c is valid.
+func (c Config) Problems() []string {
+	var v validator
+
+	v.check(strings.TrimSpace(c.DataDir) != "", "data_dir", "must not be empty")
+
+	v.oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
+	v.oneOf("log.format", c.Log.Format, "json", "console")
+
+	v.hostPort("http.listen", c.HTTP.Listen, true) // port 0: a random port (tests)
+	v.positive("http.read_timeout", c.HTTP.ReadTimeout)
+	v.positive("http.write_timeout", c.HTTP.WriteTimeout)
+	v.positive("http.shutdown_timeout", c.HTTP.ShutdownTimeout)
+
+	v.check(strings.HasPrefix(c.Webhook.Path, "/"), "webhook.path", fmt.Sprintf("%q must start with /", c.Webhook.Path))
+	if c.Webhook.Enabled && len(c.Webhook.Secrets) == 0 {
+		v.add("webhook.secrets", "at least one secret is required when webhook.enabled is true (set "+EnvVar("webhook.secrets")+")")
+	}
+	for i, s := range c.Webhook.Secrets {
+		v.check(strings.TrimSpace(s) != "", fmt.Sprintf("webhook.secrets[%d]", i), "must not be empty")
+	}
+	v.positive("webhook.tolerance", c.Webhook.Tolerance)
+	v.check(c.Webhook.MaxBodyBytes > 0, "webhook.max_body_bytes", fmt.Sprintf("must be > 0, got %d", c.Webhook.MaxBodyBytes))
+	v.positive("webhook.publish_timeout", c.Webhook.PublishTimeout)
+
+	embedded := c.NATS.URL == ""
+	if !embedded {
+		for _, raw := range strings.Split(c.NATS.URL, ",") {
+			v.natsURL("nats.url", strings.TrimSpace(raw))
+		}
+	}
+	v.streamName("nats.stream", c.NATS.Stream)
+	v.streamName("nats.dlq_stream", c.NATS.DLQStream)
+	if c.NATS.Stream != "" && c.NATS.Stream == c.NATS.DLQStream {
+		v.add("nats.dlq_stream", "must differ from nats.stream")
+	}
+	v.subjectPrefix("nats.subject_prefix", c.NATS.SubjectPrefix)
+	if embedded {
+		for _, k := range []struct{ key, val string }{
+			{"nats.creds", c.NATS.Creds}, {"nats.user", c.NATS.User},
+			{"nats.password", c.NATS.Password}, {"nats.tls_ca", c.NATS.TLSCA},
+		} {
+			v.check(k.val == "", k.key, "only used with an external server; set nats.url or leave it empty")
+		}
+	} else {
+		v.check(c.NATS.Listen == "", "nats.listen", "only used by the embedded server; leave it empty when nats.url is set")
+		v.check(c.NATS.Password == "" || c.NATS.User != "", "nats.password", "needs nats.user")
+		v.check(c.NATS.Creds == "" || c.NATS.User == "", "nats.creds", "cannot be combined with nats.user")
+	}
+	switch {
+	case c.NATS.Replicas < 1 || c.NATS.Replicas > 5:
+		v.add("nats.replicas", fmt.Sprintf("must be between 1 and 5, got %d", c.NATS.Replicas))
+	case embedded && c.NATS.Replicas != 1:
+		v.add("nats.replicas", "must be 1 with the embedded server (nats.url empty)")
+	}
+	if !c.NATS.SyncAlways {
+		v.positive("nats.sync_interval", c.NATS.SyncInterval)
+	} else {
+		v.nonNegative("nats.sync_interval", c.NATS.SyncInterval)
+	}
+	v.check(c.NATS.MaxBytes >= 0, "nats.max_bytes", fmt.Sprintf("must be >= 0 (0 = unlimited), got %d", c.NATS.MaxBytes))
+	v.nonNegative("nats.max_age", c.NATS.MaxAge)
+	v.positive("nats.duplicate_window", c.NATS.DuplicateWindow)
+	if c.NATS.MaxAge > 0 && c.NATS.DuplicateWindow > c.NATS.MaxAge {
+		v.add("nats.duplicate_window", fmt.Sprintf("%s must not exceed nats.max_age (%s)", c.NATS.DuplicateWindow, c.NATS.MaxAge))
+	}
+	if c.NATS.Listen != "" {
+		v.hostPort("nats.listen", c.NATS.Listen, true)
+	}
+
+	for _, err := range c.Mapping.Validate() {
+		v.problems = append(v.problems, err.Error())
+	}
+
+	v.oneOf("safeguards.on_directory_deleted", c.Safeguards.OnDirectoryDeleted,
+		OnDirectoryDeletedKeep, OnDirectoryDeletedDeprovision)
+	for i, b := range c.Safeguards.BreakGlass {
+		v.check(strings.TrimSpace(b) != "", fmt.Sprintf("safeguards.break_glass[%d]", i), "must not be empty")
+	}
+	md := c.Safeguards.MaxDeprovisions
+	v.check(md.Count >= 0, "safeguards.max_deprovisions.count", fmt.Sprintf("must be >= 0 (0 = no count limit), got %d", md.Count))
+	v.check(md.Percent >= 0 && md.Percent <= 100, "safeguards.max_deprovisions.percent",
+		fmt.Sprintf("must be between 0 and 100, got %g", md.Percent))
+	if md.Count > 0 || md.Percent > 0 {
+		v.positive("safeguards.max_deprovisions.window", md.Window)
+	} else {
+		v.nonNegative("safeguards.max_deprovisions.window", md.Window)
+	}
+
+	v.nonNegative("store.processed_retention", c.Store.ProcessedRetention)
+	if c.Store.ProcessedRetention > 0 && c.Store.ProcessedRetention < 72*time.Hour {
+		v.add("store.processed_retention", fmt.Sprintf("must be at least 72h (WorkOS retries deliveries for up to 3 days), got %s", c.Store.ProcessedRetention))
+	}
+	v.positive("store.open_timeout", c.Store.OpenTimeout)
+
+	if c.WorkOS.APIKey == "" && (c.Events.PollInterval > 0 || c.Reconcile.Interval > 0) {
+		v.add("workos.api_key", "required when events.poll_interval or reconcile.interval is set (set "+EnvVar("workos.api_key")+")")
+	}
+	if u, err := url.Parse(c.WorkOS.Endpoint); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		v.add("workos.endpoint", fmt.Sprintf("%q is not an http(s) URL", c.WorkOS.Endpoint))
+	}
+
+	v.nonNegative("events.poll_interval", c.Events.PollInterval)
+	if c.Events.PollInterval > 0 && c.Events.PollInterval < time.Second {
+		v.add("events.poll_interval", fmt.Sprintf("must be 0 (off) or at least 1s, got %s", c.Events.PollInterval))
+	}
+	if c.Events.Start != EventsStartNow {
+		if _, err := time.Parse(time.RFC3339, c.Events.Start); err != nil {
+			v.add("events.start", fmt.Sprintf("%q is not %q or an RFC 3339 time like 2024-01-02T15:04:05Z", c.Events.Start, EventsStartNow))
+		}
+	}
+
+	v.nonNegative("reconcile.interval", c.Reconcile.Interval)
+	if c.Reconcile.Interval > 0 && c.Reconcile.Interval < time.Minute {
+		v.add("reconcile.interval", fmt.Sprintf("must be 0 (off) or at least 1m, got %s", c.Reconcile.Interval))
+	}
+
+	v.check(c.Worker.BatchSize >= 1 && c.Worker.BatchSize <= 10000, "worker.batch_size",
+		fmt.Sprintf("must be between 1 and 10000, got %d", c.Worker.BatchSize))
+	v.check(c.Worker.MaxAttempts >= 1, "worker.max_attempts", fmt.Sprintf("must be >= 1, got %d", c.Worker.MaxAttempts))
+	v.positive("worker.ack_wait", c.Worker.AckWait)
+	v.nonNegative("worker.retry_backoff", c.Worker.RetryBackoff)
+
+	return v.problems
+}
+
+// Warnings returns what is valid but probably unintended, each "key: note",
+// for the caller to log (or refuse). In particular, a mapping in which no
+// rule grants mapping.admin_badge is a warning unless
+// safeguards.allow_no_admin_rule is set: it is not a Validate problem so that
+// the defaults stay valid.
+func (c Config) Warnings() []string {
+	var w []string
+	if !c.Safeguards.AllowNoAdminRule && !c.Mapping.GrantsAdmin() {
+		w = append(w, fmt.Sprintf("mapping: no group or role rule grants the admin badge %q; add one, or set safeguards.allow_no_admin_rule: true", c.Mapping.AdminBadge))
+	}
+	if !c.Webhook.Enabled && c.Events.PollInterval == 0 && c.Reconcile.Interval == 0 {
+		w = append(w, "webhook.enabled: false, and events.poll_interval and reconcile.interval are 0s: nothing will feed directory changes")
+	}
+	return w
+}
+
+// validator collects problems.
+type validator struct {
+	problems []string
+}
+
+func (v *validator) add(key, problem string) {
+	v.problems = append(v.problems, key+": "+problem)
+}
+
+func (v *validator) check(ok bool, key, problem string) {
+	if !ok {
+		v.add(key, problem)
+	}
+}
+
+func (v *validator) oneOf(key, val string, allowed ...string) {
+	if !slices.Contains(allowed, val) {
+		v.add(key, fmt.Sprintf("%q is not one of %s", val, strings.Join(allowed, ", ")))
+	}
+}
+
+func (v *validator) positive(key string, d time.Duration) {
+	if d <= 0 {
+		v.add(key, fmt.Sprintf("must be > 0, got %s", d))
+	}
+}
+
+func (v *validator) nonNegative(key string, d time.Duration) {
+	if d < 0 {
+		v.add(key, fmt.Sprintf("must be >= 0, got %s", d))
+	}
+}
+
+// hostPort checks a listen address such as "127.0.0.1:8080" or ":8080".
+// Port 0 (random) is accepted only when zeroPortOK.
+func (v *validator) hostPort(key, addr string, zeroPortOK bool) {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		v.add(key, fmt.Sprintf("%q is not host:port", addr))
+		return
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 0 || n > 65535 || (n == 0 && !zeroPortOK) {
+		v.add(key, fmt.Sprintf("%q has an invalid port", addr))
+	}
+}
+
+// natsURL checks one server URL of nats.url.
+func (v *validator) natsURL(key, raw string) {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		v.add(key, fmt.Sprintf("%q is not a URL like nats://host:4222", raw))
+		return
+	}
+	switch u.Scheme {
+	case "nats", "tls", "ws", "wss":
+	default:
+		v.add(key, fmt.Sprintf("%q: scheme must be nats, tls, ws or wss", u.Redacted()))
+	}
+}
+
+// streamName checks a JetStream stream name.
+func (v *validator) streamName(key, name string) {
+	switch {
+	case name == "":
+		v.add(key, "must not be empty")
+	case strings.ContainsAny(name, " \t\r\n.*>/\\"):
+		v.add(key, fmt.Sprintf("%q must not contain whitespace, '.', '*', '>', '/' or '\\'", name))
+	}
+}
+
+// subjectPrefix checks a NATS subject prefix such as "dsync" or "acme.dsync".
+func (v *validator) subjectPrefix(key, prefix string) {
+	switch {
+	case prefix == "":
+		v.add(key, "must not be empty")
+	case strings.ContainsAny(prefix, " \t\r\n*>"):
+		v.add(key, fmt.Sprintf("%q must not contain whitespace, '*' or '>'", prefix))
+	case slices.Contains(strings.Split(prefix, "."), ""):
+		v.add(key, fmt.Sprintf("%q has an empty token (leading, trailing or double '.')", prefix))
+	}
+}

@@ -1,0 +1,718 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+)
+
+// Defaults applied by [New] to zero-valued [Options] fields.
+const (
+	DefaultStream          = "DSYNC"
+	DefaultSubjectPrefix   = "dsync"
+	DefaultDLQStream       = "DSYNC_DLQ"
+	DefaultDuplicateWindow = time.Hour
+	DefaultConnectTimeout  = 5 * time.Second
+	DefaultReconnectWait   = time.Second
+	DefaultMaxAckPending   = 1024
+)
+
+// How long Open waits at most for the embedded server to accept clients when
+// its context has no deadline.
+const defaultStartTimeout = time.Minute
+
+// How long Close waits at most for the connection to drain.
+const drainTimeout = 10 * time.Second
+
+var (
+	// ErrNotOpen is returned by every operation on a Queue that is not open:
+	// before Open succeeded, or after Close.
+	ErrNotOpen = errors.New("queue: not open")
+
+	// ErrAlreadyOpen is returned by Open on a Queue that is open or opening.
+	ErrAlreadyOpen = errors.New("queue: already open")
+
+	// ErrInvalidOptions is wrapped by Open's errors about unusable Options.
+	ErrInvalidOptions = errors.New("queue: invalid options")
+
+	// ErrNotFound is wrapped by errors about a dead letter or consumer that
+	// does not exist.
+	ErrNotFound = errors.New("queue: not found")
+)
+
+// Options configures a Queue. Zero values take the defaults documented per
+// field.
+type Options struct {
+	// URL of an external NATS server with JetStream, e.g.
+	// "nats://nats.internal:4222" (a comma-separated list is allowed).
+	// Empty: run an embedded nats-server in this process.
+	URL string
+
+	// StoreDir is the embedded server's JetStream store directory, e.g.
+	// "<data_dir>/jetstream". Required when URL is empty, unused otherwise.
+	StoreDir string
+
+	// Listen is the embedded server's "host:port" for client connections.
+	// Empty means 127.0.0.1 on a random free port; port 0 means a random
+	// port too; an empty host (":4222") means every interface.
+	Listen string
+
+	// SyncInterval is how often the embedded server fsyncs JetStream files
+	// (nats-server's default, 2 minutes, when zero). See the package doc's
+	// Caveats for what a 2xx promises.
+	SyncInterval time.Duration
+
+	// SyncAlways makes the embedded server fsync every JetStream write before
+	// acknowledging it: no loss on power failure, slower publishes.
+	SyncAlways bool
+
+	// MaxMemory is the embedded server's JetStream memory limit in bytes;
+	// zero lets nats-server choose (75% of the system memory).
+	MaxMemory int64
+
+	// MaxStore is the embedded server's JetStream file storage limit in
+	// bytes; zero lets nats-server choose (up to 1 TB, bounded by free disk).
+	MaxStore int64
+
+	// Creds is the path of a NATS credentials (JWT + nkey) file for an
+	// external server. Invalid with the embedded server.
+	Creds string
+
+	// User and Password authenticate to an external server. With the
+	// embedded server they become its only user, which the Queue itself
+	// connects as too.
+	User     string
+	Password string
+
+	// TLSCA is the path of a PEM CA bundle to verify an external server's
+	// TLS certificate. Invalid with the embedded server.
+	TLSCA string
+
+	// Stream is the name of the main stream. Default "DSYNC".
+	Stream string
+
+	// SubjectPrefix is the first token(s) of the main stream's subjects; the
+	// stream holds "<SubjectPrefix>.>". Default "dsync".
+	SubjectPrefix string
+
+	// DLQStream is the name of the dead-letter stream, which holds the
+	// subjects "<DLQStream>.>"; that namespace must not overlap
+	// SubjectPrefix. Default "DSYNC_DLQ".
+	DLQStream string
+
+	// Replicas is the number of replicas of both streams (clustered external
+	// servers only; the embedded server supports 1). Default 1.
+	Replicas int
+
+	// MaxBytes limits the size of each stream in bytes; a full stream
+	// refuses new messages (DiscardNew). Zero or negative: unlimited, bounded
+	// only by the server's JetStream storage limit.
+	MaxBytes int64
+
+	// MaxAge expires main stream messages older than this. Zero keeps them
+	// forever, which rebuilding the store with Each needs. Dead letters never
+	// expire.
+	MaxAge time.Duration
+
+	// DuplicateWindow is how long JetStream remembers message ids to drop
+	// duplicate publishes. Default one hour, cut to MaxAge if that is shorter.
+	DuplicateWindow time.Duration
+
+	// ConnectTimeout bounds the initial TCP/TLS connection and is the
+	// JetStream API timeout for calls whose context has no deadline.
+	// Default 5 s.
+	ConnectTimeout time.Duration
+
+	// ReconnectWait is the pause between reconnection attempts (which go on
+	// forever). Default 1 s.
+	ReconnectWait time.Duration
+
+	// MaxAckPending is the most messages a consumer from Consumer may have
+	// delivered but unacknowledged; make it a few times the worker's batch
+	// size. Default 1024.
+	MaxAckPending int
+}
+
+// Queue is dsyncd's JetStream event queue. Its methods are safe for
+// concurrent use.
+type Queue struct {
+	opts Options
+	log  *zap.Logger
+
+	mu      sync.RWMutex
+	st      *state // nil unless open
+	opening bool
+}
+
+// state is what an open Queue holds.
+type state struct {
+	srv    *server.Server // nil with an external server
+	nc     *nats.Conn
+	closed chan struct{} // closed by the connection's ClosedHandler
+	js     jetstream.JetStream
+	main   jetstream.Stream
+	dlq    jetstream.Stream
+	url    string
+}
+
+// New returns a Queue for opts with defaults filled in. It does no I/O and
+// never fails: Open reports bad options.
+func New(opts Options, log *zap.Logger) *Queue {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	if opts.Stream == "" {
+		opts.Stream = DefaultStream
+	}
+	if opts.SubjectPrefix == "" {
+		opts.SubjectPrefix = DefaultSubjectPrefix
+	}
+	if opts.DLQStream == "" {
+		opts.DLQStream = DefaultDLQStream
+	}
+	if opts.Replicas <= 0 {
+		opts.Replicas = 1
+	}
+	if opts.MaxBytes <= 0 {
+		opts.MaxBytes = -1
+	}
+	if opts.DuplicateWindow <= 0 {
+		opts.DuplicateWindow = DefaultDuplicateWindow
+		if opts.MaxAge > 0 && opts.MaxAge < opts.DuplicateWindow {
+			opts.DuplicateWindow = opts.MaxAge
+		}
+	}
+	if opts.ConnectTimeout <= 0 {
+		opts.ConnectTimeout = DefaultConnectTimeout
+	}
+	if opts.ReconnectWait <= 0 {
+		opts.ReconnectWait = DefaultReconnectWait
+	}
+	if opts.MaxAckPending <= 0 {
+		opts.MaxAckPending = DefaultMaxAckPending
+	}
+	return &Queue{opts: opts, log: log.Named("queue")}
+}
+
+// Options returns the options in effect, defaults filled in.
+func (q *Queue) Options() Options { return q.opts }
+
+func (q *Queue) validate() error {
+	o := q.opts
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: %s", ErrInvalidOptions, fmt.Sprintf(format, a...))
+	}
+	if o.URL == "" {
+		if o.StoreDir == "" {
+			return bad("StoreDir is required for the embedded server")
+		}
+		if o.Creds != "" || o.TLSCA != "" {
+			return bad("Creds and TLSCA apply to an external server only")
+		}
+		if o.Replicas > 1 {
+			return bad("the embedded server supports Replicas 1, not %d", o.Replicas)
+		}
+	}
+	if o.Password != "" && o.User == "" {
+		return bad("Password without User")
+	}
+	for _, n := range []string{o.Stream, o.DLQStream} {
+		if !validName(n) {
+			return bad("stream name %q must not contain '.', '*', '>', '/', '\\' or white space", n)
+		}
+	}
+	if o.Stream == o.DLQStream {
+		return bad("Stream and DLQStream are both %q", o.Stream)
+	}
+	for _, t := range strings.Split(o.SubjectPrefix, ".") {
+		if t == "" || !validName(t) {
+			return bad("SubjectPrefix %q is not a literal subject", o.SubjectPrefix)
+		}
+	}
+	if o.SubjectPrefix == o.DLQStream || strings.HasPrefix(o.SubjectPrefix, o.DLQStream+".") {
+		return bad("SubjectPrefix %q overlaps the dead-letter subjects %q", o.SubjectPrefix, o.DLQStream+".>")
+	}
+	if o.MaxAge > 0 && o.DuplicateWindow > o.MaxAge {
+		return bad("DuplicateWindow %s exceeds MaxAge %s", o.DuplicateWindow, o.MaxAge)
+	}
+	return nil
+}
+
+// validName reports whether s is usable as a stream or consumer name (and
+// so as a subject token).
+func validName(s string) bool {
+	return s != "" && !strings.ContainsAny(s, ".*>/\\ \t\r\n")
+}
+
+// Open starts the embedded server (when Options.URL is empty), connects, and
+// creates or updates the main and dead-letter streams. On error everything it
+// started is stopped again. A closed Queue may be opened again.
+func (q *Queue) Open(ctx context.Context) (err error) {
+	q.mu.Lock()
+	if q.st != nil || q.opening {
+		q.mu.Unlock()
+		return ErrAlreadyOpen
+	}
+	q.opening = true
+	q.mu.Unlock()
+	defer func() {
+		q.mu.Lock()
+		q.opening = false
+		q.mu.Unlock()
+	}()
+
+	if err := q.validate(); err != nil {
+		return err
+	}
+	st := &state{closed: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			st.shutdown(q.log)
+		}
+	}()
+
+	st.url = q.opts.URL
+	if st.url == "" {
+		if st.srv, st.url, err = q.startServer(ctx); err != nil {
+			return err
+		}
+	}
+	if st.nc, err = q.connect(st.url, st.closed); err != nil {
+		return fmt.Errorf("queue: connect to %s: %w", redact(st.url), err)
+	}
+	if st.js, err = jetstream.New(st.nc, jetstream.WithDefaultTimeout(q.opts.ConnectTimeout)); err != nil {
+		return fmt.Errorf("queue: jetstream: %w", err)
+	}
+	if st.main, err = st.js.CreateOrUpdateStream(ctx, q.mainConfig()); err != nil {
+		return fmt.Errorf("queue: create or update stream %s: %w", q.opts.Stream, err)
+	}
+	if st.dlq, err = st.js.CreateOrUpdateStream(ctx, q.dlqConfig()); err != nil {
+		return fmt.Errorf("queue: create or update stream %s: %w", q.opts.DLQStream, err)
+	}
+
+	q.mu.Lock()
+	q.st = st
+	q.mu.Unlock()
+	q.log.Info("queue open",
+		zap.String("url", redact(st.url)),
+		zap.Bool("embedded", st.srv != nil),
+		zap.String("stream", q.opts.Stream),
+		zap.String("dlq_stream", q.opts.DLQStream))
+	return nil
+}
+
+// mainConfig is the main stream's configuration. DiscardNew: a full stream
+// refuses publishes (the receiver answers 503 and WorkOS retries) rather than
+// dropping old events that may not have been applied yet.
+func (q *Queue) mainConfig() jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        q.opts.Stream,
+		Description: "dsyncd: WorkOS Directory Sync events",
+		Subjects:    []string{q.opts.SubjectPrefix + ".>"},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     jetstream.FileStorage,
+		Discard:     jetstream.DiscardNew,
+		MaxBytes:    q.opts.MaxBytes,
+		MaxAge:      q.opts.MaxAge,
+		MaxMsgs:     -1,
+		MaxMsgSize:  -1,
+		Duplicates:  q.opts.DuplicateWindow,
+		Replicas:    q.opts.Replicas,
+	}
+}
+
+// dlqConfig is the dead-letter stream's configuration: like the main stream,
+// but dead letters never expire (an operator deals with each).
+func (q *Queue) dlqConfig() jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        q.opts.DLQStream,
+		Description: "dsyncd: dead-lettered events",
+		Subjects:    []string{q.opts.DLQStream + ".>"},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     jetstream.FileStorage,
+		Discard:     jetstream.DiscardNew,
+		MaxBytes:    q.opts.MaxBytes,
+		MaxMsgs:     -1,
+		MaxMsgSize:  -1,
+		Duplicates:  q.opts.DuplicateWindow,
+		Replicas:    q.opts.Replicas,
+	}
+}
+
+// startServer runs the embedded nats-server and waits until it accepts
+// clients. It returns the server and the URL to connect to.
+func (q *Queue) startServer(ctx context.Context) (*server.Server, string, error) {
+	host, port := "127.0.0.1", server.RANDOM_PORT
+	if q.opts.Listen != "" {
+		h, p, err := net.SplitHostPort(q.opts.Listen)
+		if err != nil {
+			return nil, "", fmt.Errorf("%w: Listen %q: %v", ErrInvalidOptions, q.opts.Listen, err)
+		}
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 0 || n > 65535 {
+			return nil, "", fmt.Errorf("%w: Listen %q: bad port", ErrInvalidOptions, q.opts.Listen)
+		}
+		if n == 0 {
+			n = server.RANDOM_PORT // nats-server takes 0 as its default port, 4222
+		}
+		host, port = h, n
+		if host == "" {
+			host = "0.0.0.0"
+		}
+	}
+	if ip := net.ParseIP(host); (ip == nil || !ip.IsLoopback()) && host != "localhost" && q.opts.User == "" {
+		q.log.Warn("embedded NATS server listens beyond loopback without authentication; set a user and password",
+			zap.String("listen", net.JoinHostPort(host, strconv.Itoa(port))))
+	}
+	sopts := &server.Options{
+		ServerName:         "dsyncd",
+		Host:               host,
+		Port:               port,
+		Username:           q.opts.User,
+		Password:           q.opts.Password,
+		NoSigs:             true, // the daemon handles SIGTERM itself
+		JetStream:          true,
+		StoreDir:           q.opts.StoreDir,
+		SyncInterval:       q.opts.SyncInterval,
+		SyncAlways:         q.opts.SyncAlways,
+		JetStreamMaxMemory: q.opts.MaxMemory,
+		JetStreamMaxStore:  q.opts.MaxStore,
+	}
+	srv, err := server.NewServer(sopts)
+	if err != nil {
+		return nil, "", fmt.Errorf("queue: embedded server: %w", err)
+	}
+	slog := q.log.Named("nats-server")
+	srv.SetLogger(serverLogger{slog.Sugar()}, slog.Core().Enabled(zap.DebugLevel), false)
+	srv.Start()
+
+	wait := defaultStartTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		wait = time.Until(dl)
+	}
+	if !srv.ReadyForConnections(wait) {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+		if err := ctx.Err(); err != nil {
+			return nil, "", fmt.Errorf("queue: embedded server not ready: %w", err)
+		}
+		return nil, "", fmt.Errorf("queue: embedded server not ready within %s", wait)
+	}
+	if !srv.JetStreamEnabled() {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+		return nil, "", errors.New("queue: embedded server started without JetStream (see its log)")
+	}
+	addr, ok := srv.Addr().(*net.TCPAddr)
+	if !ok {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+		return nil, "", errors.New("queue: embedded server has no TCP address")
+	}
+	chost := host
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		chost = "127.0.0.1"
+		if ip.To4() == nil {
+			chost = "::1"
+		}
+	}
+	u := url.URL{Scheme: "nats", Host: net.JoinHostPort(chost, strconv.Itoa(addr.Port))}
+	return srv, u.String(), nil
+}
+
+// connect dials url; closed is closed once the connection is closed for good.
+func (q *Queue) connect(url string, closed chan struct{}) (*nats.Conn, error) {
+	var once sync.Once
+	opts := []nats.Option{
+		nats.Name("dsyncd"),
+		nats.Timeout(q.opts.ConnectTimeout),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(q.opts.ReconnectWait),
+		// No buffering while disconnected: publishes fail at once instead of
+		// being sent after the caller already answered 503.
+		nats.ReconnectBufSize(-1),
+		nats.DrainTimeout(drainTimeout),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				q.log.Warn("NATS disconnected", zap.Error(err))
+			} else {
+				q.log.Debug("NATS disconnected")
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			q.log.Info("NATS reconnected", zap.String("url", redact(nc.ConnectedUrl())))
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			f := []zap.Field{zap.Error(err)}
+			if sub != nil {
+				f = append(f, zap.String("subject", sub.Subject))
+			}
+			q.log.Error("NATS async error", f...)
+		}),
+		nats.ClosedHandler(func(*nats.Conn) { once.Do(func() { close(closed) }) }),
+	}
+	if q.opts.User != "" {
+		opts = append(opts, nats.UserInfo(q.opts.User, q.opts.Password))
+	}
+	if q.opts.Creds != "" {
+		opts = append(opts, nats.UserCredentials(q.opts.Creds))
+	}
+	if q.opts.TLSCA != "" {
+		opts = append(opts, nats.RootCAs(q.opts.TLSCA))
+	}
+	return nats.Connect(url, opts...)
+}
+
+// shutdown drains the connection and stops the embedded server, whatever of
+// them exists.
+func (st *state) shutdown(log *zap.Logger) {
+	if st.nc != nil {
+		if err := st.nc.Drain(); err != nil {
+			st.nc.Close()
+		}
+		select {
+		case <-st.closed:
+		case <-time.After(drainTimeout + time.Second):
+			log.Warn("NATS connection did not drain in time; closing")
+			st.nc.Close()
+		}
+	}
+	if st.srv != nil {
+		st.srv.Shutdown()
+		st.srv.WaitForShutdown()
+	}
+}
+
+// Close drains the connection and shuts the embedded server down. It is safe
+// to call more than once, and on a Queue that never opened.
+func (q *Queue) Close() error {
+	q.mu.Lock()
+	st := q.st
+	q.st = nil
+	q.mu.Unlock()
+	if st == nil {
+		return nil
+	}
+	st.shutdown(q.log)
+	q.log.Info("queue closed")
+	return nil
+}
+
+func (q *Queue) state() (*state, error) {
+	q.mu.RLock()
+	defer q.mu.RUnlock()
+	if q.st == nil {
+		return nil, ErrNotOpen
+	}
+	return q.st, nil
+}
+
+// ClientURL is the URL clients connect to: the embedded server's address with
+// its actual port, or Options.URL. Empty when the Queue is not open.
+func (q *Queue) ClientURL() string {
+	st, err := q.state()
+	if err != nil {
+		return ""
+	}
+	return st.url
+}
+
+// Publish stores data under Subject(directoryID, eventType) with msgID as
+// Nats-Msg-Id, and returns once JetStream acknowledged it. duplicate reports
+// that JetStream already held a message with that id (within the duplicate
+// window) and stored nothing. An empty msgID disables deduplication. Publish
+// gives up at ctx's deadline (ConnectTimeout when ctx has none) and fails at
+// once while disconnected.
+func (q *Queue) Publish(ctx context.Context, directoryID, eventType, msgID string, data []byte) (duplicate bool, err error) {
+	st, err := q.state()
+	if err != nil {
+		return false, err
+	}
+	opts := []jetstream.PublishOpt{jetstream.WithExpectStream(q.opts.Stream)}
+	if msgID != "" {
+		opts = append(opts, jetstream.WithMsgID(msgID))
+	}
+	ack, err := st.js.Publish(ctx, q.Subject(directoryID, eventType), data, opts...)
+	if err != nil {
+		return false, fmt.Errorf("queue: publish: %w", err)
+	}
+	return ack.Duplicate, nil
+}
+
+// Ready reports whether JetStream answers and the main stream exists.
+func (q *Queue) Ready(ctx context.Context) error {
+	st, err := q.state()
+	if err != nil {
+		return err
+	}
+	if s := st.nc.Status(); s != nats.CONNECTED {
+		return fmt.Errorf("queue: NATS connection %s", s)
+	}
+	if _, err := st.main.Info(ctx); err != nil {
+		return fmt.Errorf("queue: stream %s: %w", q.opts.Stream, err)
+	}
+	return nil
+}
+
+// StreamInfo returns the main stream's current info and state.
+func (q *Queue) StreamInfo(ctx context.Context) (*jetstream.StreamInfo, error) {
+	st, err := q.state()
+	if err != nil {
+		return nil, err
+	}
+	info, err := st.main.Info(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("queue: stream %s: %w", q.opts.Stream, err)
+	}
+	return info, nil
+}
+
+// Consumer creates, or updates, the durable pull consumer named durable on
+// the main stream: explicit acks, redelivery after ackWait (the server's
+// default, 30 s, when zero), at most Options.MaxAckPending unacknowledged
+// messages, and unlimited deliveries: the worker decides when to Park.
+func (q *Queue) Consumer(ctx context.Context, durable string, ackWait time.Duration) (jetstream.Consumer, error) {
+	st, err := q.state()
+	if err != nil {
+		return nil, err
+	}
+	if !validName(durable) {
+		return nil, fmt.Errorf("%w: consumer name %q", ErrInvalidOptions, durable)
+	}
+	c, err := st.js.CreateOrUpdateConsumer(ctx, q.opts.Stream, jetstream.ConsumerConfig{
+		Durable:       durable,
+		Description:   "dsyncd worker",
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       ackWait,
+		MaxDeliver:    -1,
+		MaxAckPending: q.opts.MaxAckPending,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("queue: consumer %s: %w", durable, err)
+	}
+	return c, nil
+}
+
+// Pending is the consumer's lag: messages not yet delivered plus messages
+// delivered but not yet acknowledged.
+func (q *Queue) Pending(ctx context.Context, consumer string) (uint64, error) {
+	st, err := q.state()
+	if err != nil {
+		return 0, err
+	}
+	c, err := st.main.Consumer(ctx, consumer)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return 0, fmt.Errorf("%w: consumer %s", ErrNotFound, consumer)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("queue: consumer %s: %w", consumer, err)
+	}
+	info := c.CachedInfo()
+	return info.NumPending + uint64(info.NumAckPending), nil
+}
+
+// Each calls fn for every message in the main stream, in stream order, up to
+// the last sequence present when Each started; messages published meanwhile
+// are not visited. It stops at fn's first error and returns it.
+func (q *Queue) Each(ctx context.Context, fn func(seq uint64, subject string, data []byte) error) error {
+	st, err := q.state()
+	if err != nil {
+		return err
+	}
+	info, err := st.main.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("queue: stream %s: %w", q.opts.Stream, err)
+	}
+	if info.State.Msgs == 0 {
+		return nil
+	}
+	last := info.State.LastSeq
+
+	c, err := st.main.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		DeliverPolicy:     jetstream.DeliverAllPolicy,
+		InactiveThreshold: time.Minute,
+	})
+	if err != nil {
+		return fmt.Errorf("queue: ordered consumer: %w", err)
+	}
+	it, err := c.Messages()
+	if err != nil {
+		return fmt.Errorf("queue: ordered consumer: %w", err)
+	}
+	defer it.Stop()
+
+	for {
+		msg, err := q.next(ctx, it)
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			// Nothing came for a while: the messages up to last may have been
+			// deleted since Each started. Stop when none are left.
+			ci, err := c.Info(ctx)
+			if err != nil {
+				return fmt.Errorf("queue: ordered consumer: %w", err)
+			}
+			if ci.NumPending == 0 {
+				return nil
+			}
+			continue
+		}
+		if err != nil {
+			if cerr := ctx.Err(); cerr != nil {
+				return cerr
+			}
+			return fmt.Errorf("queue: read stream: %w", err)
+		}
+		md, err := msg.Metadata()
+		if err != nil {
+			return fmt.Errorf("queue: read stream: %w", err)
+		}
+		seq := md.Sequence.Stream
+		if seq > last {
+			return nil
+		}
+		if err := fn(seq, msg.Subject(), msg.Data()); err != nil {
+			return err
+		}
+		if seq >= last || md.NumPending == 0 {
+			return nil
+		}
+	}
+}
+
+// next waits for the iterator's next message a few seconds at most.
+func (q *Queue) next(ctx context.Context, it jetstream.MessagesContext) (jetstream.Msg, error) {
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	return it.Next(jetstream.NextContext(wctx))
+}
+
+// redact hides a password in a URL for logs and errors.
+func redact(s string) string {
+	u, err := url.Parse(s)
+	if err != nil || u.User == nil {
+		return s
+	}
+	return u.Redacted()
+}
+
+// serverLogger routes the embedded nats-server's log to zap: errors and
+// warnings as such, everything else at debug level.
+type serverLogger struct{ s *zap.SugaredLogger }
+
+func (l serverLogger) Noticef(format string, v ...any) { l.s.Debugf(format, v...) }
+func (l serverLogger) Warnf(format string, v ...any)   { l.s.Warnf(format, v...) }
+func (l serverLogger) Fatalf(format string, v ...any)  { l.s.Errorf(format, v...) }
+func (l serverLogger) Errorf(format string, v ...any)  { l.s.Errorf(format, v...) }
+func (l serverLogger) Debugf(format string, v ...any)  { l.s.Debugf(format, v...) }
+func (l serverLogger) Tracef(format string, v ...any)  { l.s.Debugf(format, v...) }

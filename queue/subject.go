@@ -1,0 +1,57 @@
+package queue
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+)
+
+// maxToken is the longest subject token Subject makes, in bytes.
+const maxToken = 128
+
+// Subject is the subject Publish stores an event under:
+// "<SubjectPrefix>.<directoryID>.<eventType>", each of the two tokens
+// sanitised by replacing '.', '*', '>', white space, control characters and
+// invalid UTF-8 with '_' (an empty token becomes "_"), so that no directory id
+// can add tokens or wildcards. A token longer than 128 bytes is cut and
+// suffixed with a hash of the original. Event types lose their dots:
+// "dsync.user.created" becomes "dsync_user_created".
+func (q *Queue) Subject(directoryID, eventType string) string {
+	return q.opts.SubjectPrefix + "." + token(directoryID) + "." + token(eventType)
+}
+
+// token sanitises s into one literal subject token.
+func token(s string) string {
+	if s == "" {
+		return "_"
+	}
+	var b strings.Builder
+	b.Grow(len(s))
+	for i, r := range s {
+		switch {
+		case r == '.' || r == '*' || r == '>' || unicode.IsSpace(r) || unicode.IsControl(r):
+			b.WriteByte('_')
+		case r == utf8.RuneError:
+			if _, size := utf8.DecodeRuneInString(s[i:]); size <= 1 {
+				b.WriteByte('_') // invalid byte
+			} else {
+				b.WriteRune(r) // a literal U+FFFD
+			}
+		default:
+			b.WriteRune(r)
+		}
+	}
+	t := b.String()
+	if len(t) <= maxToken {
+		return t
+	}
+	sum := sha256.Sum256([]byte(s))
+	suffix := "~" + hex.EncodeToString(sum[:8])
+	cut := maxToken - len(suffix)
+	for cut > 0 && !utf8.RuneStart(t[cut]) {
+		cut--
+	}
+	return t[:cut] + suffix
+}

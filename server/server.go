@@ -1,0 +1,418 @@
+// Package server is dsyncd's HTTP face: the WorkOS webhook receiver, the
+// read API (/v1) and the health endpoints, on one listener.
+//
+// # Basics
+//
+// The receiver verifies the WorkOS-Signature header against every configured
+// secret, decodes the event, and publishes it to JetStream with the event id
+// as the message id. It answers 200 only after JetStream acknowledged the
+// message (a duplicate ack is a 200 too); 503 when JetStream does not answer
+// in time, so WorkOS retries. It never answers 2xx for an event that is not
+// stored.
+//
+// # Caveats
+//
+// Without an API token the /v1 endpoints answer loopback clients only.
+package server
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/dsyncd/dsyncd/events"
+	"github.com/dsyncd/dsyncd/storage"
+)
+
+// Publisher stores an event durably; queue.Queue implements it.
+type Publisher interface {
+	Publish(ctx context.Context, directoryID, eventType, msgID string, data []byte) (duplicate bool, err error)
+}
+
+// Options configures a Server. Zero values take the documented defaults.
+type Options struct {
+	// Listen is the TCP address, e.g. "127.0.0.1:8080" or "127.0.0.1:0".
+	Listen string
+	// WebhookPath is where WorkOS posts. Default "/webhooks/workos".
+	WebhookPath string
+	// WebhookDisabled turns the receiver off (404), for products that only poll.
+	WebhookDisabled bool
+	// MaxBodyBytes caps a webhook body; larger ones get 413. Default 1 MiB.
+	MaxBodyBytes int64
+	// PublishTimeout bounds the wait for JetStream's ack; past it, 503. Default 5s.
+	PublishTimeout time.Duration
+	// APIToken, when set, is required as "Authorization: Bearer <token>" on /v1.
+	// When empty, /v1 answers loopback clients only.
+	APIToken string
+	// ReadTimeout and WriteTimeout bound each request. Defaults 10s.
+	ReadTimeout, WriteTimeout time.Duration
+	// Ready reports whether the daemon can do its work (store open,
+	// JetStream reachable, worker consuming); /readyz answers 503 with its error.
+	Ready func(ctx context.Context) error
+	// Extra registers more handlers on the same mux (metrics, operations).
+	Extra func(mux *http.ServeMux, authed func(http.HandlerFunc) http.HandlerFunc)
+}
+
+// Stats counts what the receiver did. Refused is keyed by reason.
+type Stats struct {
+	Received, Enqueued, Duplicate, Ignored atomic.Uint64
+	mu                                     sync.Mutex
+	refused                                map[string]uint64
+}
+
+// Refused returns a copy of the refusal counts by reason.
+func (s *Stats) Refused() map[string]uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]uint64, len(s.refused))
+	for k, v := range s.refused {
+		out[k] = v
+	}
+	return out
+}
+
+func (s *Stats) refuse(reason string) {
+	s.mu.Lock()
+	if s.refused == nil {
+		s.refused = map[string]uint64{}
+	}
+	s.refused[reason]++
+	s.mu.Unlock()
+}
+
+// Server serves the receiver, the read API and the health endpoints.
+type Server struct {
+	opts     Options
+	verifier *events.Verifier
+	pub      Publisher
+	st       *storage.Store
+	log      *zap.Logger
+	stats    Stats
+
+	ln        net.Listener
+	srv       *http.Server
+	done      chan struct{}
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// New returns a Server. It does no I/O.
+func New(opts Options, verifier *events.Verifier, pub Publisher, st *storage.Store, log *zap.Logger) *Server {
+	if opts.WebhookPath == "" {
+		opts.WebhookPath = "/webhooks/workos"
+	}
+	if opts.MaxBodyBytes <= 0 {
+		opts.MaxBodyBytes = 1 << 20
+	}
+	if opts.PublishTimeout <= 0 {
+		opts.PublishTimeout = 5 * time.Second
+	}
+	if opts.ReadTimeout <= 0 {
+		opts.ReadTimeout = 10 * time.Second
+	}
+	if opts.WriteTimeout <= 0 {
+		opts.WriteTimeout = 10 * time.Second
+	}
+	return &Server{opts: opts, verifier: verifier, pub: pub, st: st, log: log.Named("http"), done: make(chan struct{})}
+}
+
+// Stats returns the receiver's counters.
+func (s *Server) Stats() *Stats { return &s.stats }
+
+// Handler returns the server's routes.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	if !s.opts.WebhookDisabled {
+		mux.HandleFunc(s.opts.WebhookPath, s.handleWebhook)
+	}
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", s.handleReady)
+	mux.HandleFunc("GET /v1/export", s.authed(s.handleExport))
+	mux.HandleFunc("GET /v1/users/{id}", s.authed(s.handleUser))
+	mux.HandleFunc("GET /v1/directories/{id}/users", s.authed(s.handleDirectoryUsers))
+	mux.HandleFunc("GET /v1/audit", s.authed(s.handleAudit))
+	if s.opts.Extra != nil {
+		s.opts.Extra(mux, s.authed)
+	}
+	return mux
+}
+
+// Open binds the listener (synchronously, so ":0" has a port when it
+// returns) and starts serving in the background.
+func (s *Server) Open() error {
+	ln, err := net.Listen("tcp", s.opts.Listen)
+	if err != nil {
+		return fmt.Errorf("http: listen %s: %w", s.opts.Listen, err)
+	}
+	s.ln = ln
+	s.srv = &http.Server{
+		Handler:           s.Handler(),
+		ReadTimeout:       s.opts.ReadTimeout,
+		ReadHeaderTimeout: s.opts.ReadTimeout,
+		WriteTimeout:      s.opts.WriteTimeout,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          zap.NewStdLog(s.log.Named("net")),
+	}
+	go func() {
+		defer close(s.done)
+		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("serve", zap.Error(err))
+		}
+	}()
+	s.log.Info("listening", zap.String("addr", ln.Addr().String()), zap.String("webhook_path", s.opts.WebhookPath))
+	return nil
+}
+
+// Addr returns the bound address, e.g. "127.0.0.1:41234".
+func (s *Server) Addr() string {
+	if s.ln == nil {
+		return ""
+	}
+	return s.ln.Addr().String()
+}
+
+// URL returns "http://" + Addr().
+func (s *Server) URL() string { return "http://" + s.Addr() }
+
+// Shutdown stops accepting connections and waits, until ctx ends, for
+// in-flight requests to finish. It is safe to call more than once.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.closeOnce.Do(func() {
+		if s.srv == nil {
+			return
+		}
+		s.closeErr = s.srv.Shutdown(ctx)
+		if s.closeErr != nil {
+			s.closeErr = errors.Join(s.closeErr, s.srv.Close())
+		}
+		<-s.done
+	})
+	return s.closeErr
+}
+
+// Close shuts down with a 15s grace.
+func (s *Server) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	return s.Shutdown(ctx)
+}
+
+// Refusal reasons, as counted and logged.
+const (
+	ReasonMethod       = "method_not_allowed"
+	ReasonContentType  = "unsupported_content_type"
+	ReasonTooLarge     = "body_too_large"
+	ReasonBodyRead     = "body_unreadable"
+	ReasonNotSigned    = "not_signed"
+	ReasonMalformedSig = "malformed_signature"
+	ReasonStale        = "stale_signature"
+	ReasonBadSignature = "bad_signature"
+	ReasonNotEvent     = "not_an_event"
+	ReasonInvalidEvent = "invalid_event"
+	ReasonQueue        = "queue_unavailable"
+)
+
+func (s *Server) refuse(w http.ResponseWriter, r *http.Request, status int, reason string, err error) {
+	s.stats.refuse(reason)
+	fields := []zap.Field{zap.Int("status", status), zap.String("reason", reason), zap.String("remote", r.RemoteAddr)}
+	if err != nil {
+		fields = append(fields, zap.String("detail", err.Error()))
+	}
+	s.log.Warn("webhook refused", fields...)
+	writeJSON(w, status, map[string]string{"error": reason})
+}
+
+func (s *Server) handleWebhook(w http.ResponseWriter, r *http.Request) {
+	s.stats.Received.Add(1)
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		s.refuse(w, r, http.StatusMethodNotAllowed, ReasonMethod, nil)
+		return
+	}
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		mt, _, err := mime.ParseMediaType(ct)
+		if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
+			s.refuse(w, r, http.StatusUnsupportedMediaType, ReasonContentType, fmt.Errorf("content type %q", ct))
+			return
+		}
+	}
+	if r.ContentLength > s.opts.MaxBodyBytes {
+		s.refuse(w, r, http.StatusRequestEntityTooLarge, ReasonTooLarge, fmt.Errorf("content length %d", r.ContentLength))
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			s.refuse(w, r, http.StatusRequestEntityTooLarge, ReasonTooLarge, nil)
+			return
+		}
+		s.refuse(w, r, http.StatusBadRequest, ReasonBodyRead, err)
+		return
+	}
+	if err := s.verifier.Verify(r.Header.Get(events.HeaderName), body); err != nil {
+		reason := ReasonBadSignature
+		switch {
+		case errors.Is(err, events.ErrNotSigned):
+			reason = ReasonNotSigned
+		case errors.Is(err, events.ErrMalformedSignature):
+			reason = ReasonMalformedSig
+		case errors.Is(err, events.ErrStale):
+			reason = ReasonStale
+		}
+		s.refuse(w, r, http.StatusUnauthorized, reason, err)
+		return
+	}
+	ev, err := events.Decode(body)
+	if err != nil {
+		reason := ReasonNotEvent
+		if errors.Is(err, events.ErrInvalid) {
+			reason = ReasonInvalidEvent
+		}
+		s.refuse(w, r, http.StatusBadRequest, reason, err)
+		return
+	}
+	if ev.Ignored() {
+		s.stats.Ignored.Add(1)
+		s.log.Debug("event type not handled, acknowledged", zap.String("event_id", ev.ID), zap.String("type", string(ev.Type)))
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ignored"})
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.opts.PublishTimeout)
+	defer cancel()
+	dup, err := s.pub.Publish(ctx, ev.DirectoryID, string(ev.Type), ev.ID, body)
+	if err != nil {
+		w.Header().Set("Retry-After", "5")
+		s.refuse(w, r, http.StatusServiceUnavailable, ReasonQueue, err)
+		return
+	}
+	if dup {
+		s.stats.Duplicate.Add(1)
+		writeJSON(w, http.StatusOK, map[string]string{"status": "duplicate"})
+		return
+	}
+	s.stats.Enqueued.Add(1)
+	writeJSON(w, http.StatusOK, map[string]string{"status": "enqueued"})
+}
+
+func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
+	if s.opts.Ready != nil {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := s.opts.Ready(ctx); err != nil {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": err.Error()})
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+// authed guards a /v1 handler: a bearer token when one is configured
+// (compared in constant time), else loopback clients only.
+func (s *Server) authed(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if s.opts.APIToken != "" {
+			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+			if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(s.opts.APIToken)) != 1 {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="dsyncd"`)
+				writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or wrong bearer token"})
+				return
+			}
+		} else if !isLoopback(r.RemoteAddr) {
+			writeJSON(w, http.StatusForbidden, map[string]string{"error": "api.token is not set: /v1 answers loopback clients only"})
+			return
+		}
+		h(w, r)
+	}
+}
+
+func isLoopback(remote string) bool {
+	host, _, err := net.SplitHostPort(remote)
+	if err != nil {
+		host = remote
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func (s *Server) handleExport(w http.ResponseWriter, _ *http.Request) {
+	snap, err := s.st.Export()
+	if err != nil {
+		s.internal(w, err)
+		return
+	}
+	b, err := storage.MarshalSnapshot(snap)
+	if err != nil {
+		s.internal(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(b)
+}
+
+func (s *Server) handleUser(w http.ResponseWriter, r *http.Request) {
+	u, err := s.st.User(r.PathValue("id"))
+	if errors.Is(err, storage.ErrNotFound) {
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no such user"})
+		return
+	}
+	if err != nil {
+		s.internal(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, u)
+}
+
+func (s *Server) handleDirectoryUsers(w http.ResponseWriter, r *http.Request) {
+	users, err := s.st.UsersWithBadge(r.PathValue("id"), r.URL.Query().Get("badge"))
+	if err != nil {
+		s.internal(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"users": users})
+}
+
+func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	f := storage.AuditFilter{UserID: q.Get("user"), OrganizationID: q.Get("org"), Badge: q.Get("badge")}
+	if v := q.Get("since"); v != "" {
+		t, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "since: want an RFC 3339 time"})
+			return
+		}
+		f.Since = t
+	}
+	entries, err := s.st.Audit(f)
+	if err != nil {
+		s.internal(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"entries": entries})
+}
+
+func (s *Server) internal(w http.ResponseWriter, err error) {
+	s.log.Error("request failed", zap.Error(err))
+	writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "internal error"})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}

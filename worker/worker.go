@@ -1,0 +1,275 @@
+// Package worker applies queued WorkOS events to the store.
+//
+// The live worker is a durable JetStream pull consumer. It takes messages in
+// stream order, decodes them and applies them in batches through
+// storage.Store.Apply — the same path Replay uses for files — and
+// acknowledges each message only after the transaction that applied it has
+// committed. A message that cannot be decoded, or whose event keeps failing to
+// apply, is parked in the dead-letter stream with the reason; a store that
+// cannot be written (disk full, read-only) is retried with backoff, forever,
+// without acknowledging anything.
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/dsyncd/dsyncd/events"
+	"github.com/dsyncd/dsyncd/queue"
+	"github.com/dsyncd/dsyncd/storage"
+)
+
+// Options configures a Worker. Zero values take the documented defaults.
+type Options struct {
+	// Durable is the consumer's durable name. Default "dsyncd-worker".
+	Durable string
+	// BatchSize is the most events applied in one transaction. Default 256.
+	BatchSize int
+	// MaxAttempts is how many times an event that fails to apply is tried
+	// before it is parked. Default 5.
+	MaxAttempts int
+	// RetryBackoff is the first wait after a failure; it doubles up to 30s. Default 1s.
+	RetryBackoff time.Duration
+	// AckWait is how long JetStream waits for an ack before redelivering. Default 30s.
+	AckWait time.Duration
+	// FetchWait is how long one pull waits for messages. Default 1s.
+	FetchWait time.Duration
+	// OnBatch, if set, is called after each committed batch (for metrics).
+	OnBatch func(BatchReport)
+}
+
+// BatchReport describes one committed batch.
+type BatchReport struct {
+	Counts   Counts
+	Parked   int
+	Duration time.Duration
+	// CreatedAt are the created_at times of the applied events (for event-age metrics).
+	CreatedAt []time.Time
+}
+
+// Worker consumes the stream and applies events to the store.
+type Worker struct {
+	q    *queue.Queue
+	st   *storage.Store
+	log  *zap.Logger
+	opts Options
+
+	consuming atomic.Bool
+	healthy   atomic.Bool
+}
+
+// New returns a Worker. It does no I/O.
+func New(q *queue.Queue, st *storage.Store, opts Options, log *zap.Logger) *Worker {
+	if opts.Durable == "" {
+		opts.Durable = "dsyncd-worker"
+	}
+	if opts.BatchSize <= 0 {
+		opts.BatchSize = 256
+	}
+	if opts.MaxAttempts <= 0 {
+		opts.MaxAttempts = 5
+	}
+	if opts.RetryBackoff <= 0 {
+		opts.RetryBackoff = time.Second
+	}
+	if opts.AckWait <= 0 {
+		opts.AckWait = 30 * time.Second
+	}
+	if opts.FetchWait <= 0 {
+		opts.FetchWait = time.Second
+	}
+	return &Worker{q: q, st: st, log: log.Named("worker"), opts: opts}
+}
+
+// Consuming reports whether the worker is attached to its consumer and its
+// last batch (if any) committed.
+func (w *Worker) Consuming() bool { return w.consuming.Load() && w.healthy.Load() }
+
+// Run consumes until ctx is cancelled. It finishes the batch being applied
+// before returning. It returns nil on cancellation.
+func (w *Worker) Run(ctx context.Context) error {
+	var cons jetstream.Consumer
+	backoff := w.opts.RetryBackoff
+	for {
+		var err error
+		cons, err = w.q.Consumer(ctx, w.opts.Durable, w.opts.AckWait)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		w.log.Warn("consumer not ready, retrying", zap.Error(err), zap.Duration("in", backoff))
+		if !sleep(ctx, backoff) {
+			return nil
+		}
+		backoff = min(backoff*2, 30*time.Second)
+	}
+	w.consuming.Store(true)
+	w.healthy.Store(true)
+	defer w.consuming.Store(false)
+	w.log.Info("consuming", zap.String("durable", w.opts.Durable), zap.Int("batch_size", w.opts.BatchSize))
+	backoff = w.opts.RetryBackoff
+	for ctx.Err() == nil {
+		batch, err := cons.Fetch(w.opts.BatchSize, jetstream.FetchMaxWait(w.opts.FetchWait))
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			w.log.Warn("fetch failed, retrying", zap.Error(err), zap.Duration("in", backoff))
+			if !sleep(ctx, backoff) {
+				return nil
+			}
+			backoff = min(backoff*2, 30*time.Second)
+			continue
+		}
+		backoff = w.opts.RetryBackoff
+		// Apply what has arrived as soon as the channel runs dry, so a
+		// trickle of events lands at once and a flood is batched.
+		var msgs []jetstream.Msg
+		for m := range batch.Messages() {
+			msgs = append(msgs, m)
+			if len(batch.Messages()) == 0 {
+				w.process(msgs)
+				msgs = msgs[:0]
+			}
+		}
+		if len(msgs) > 0 {
+			w.process(msgs)
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			w.log.Debug("fetch ended", zap.Error(err))
+		}
+	}
+	return nil
+}
+
+// process applies one batch. It never returns an error: every message ends
+// acknowledged (applied or parked) or left for redelivery (nak with delay).
+func (w *Worker) process(msgs []jetstream.Msg) {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var rep BatchReport
+	evs := make([]*events.Event, 0, len(msgs))
+	valid := make([]jetstream.Msg, 0, len(msgs))
+	for _, m := range msgs {
+		ev, err := events.Decode(m.Data())
+		if err != nil {
+			// Poison: retrying cannot help.
+			rep.Counts.Invalid++
+			if w.park(ctx, m, "undecodable event: "+err.Error(), 1) {
+				rep.Parked++
+			}
+			continue
+		}
+		evs = append(evs, ev)
+		valid = append(valid, m)
+	}
+	if len(evs) == 0 {
+		w.report(rep, start)
+		return
+	}
+	outs, err := w.st.Apply(evs)
+	if err == nil {
+		for i, m := range valid {
+			rep.Counts.Add(outs[i])
+			rep.CreatedAt = append(rep.CreatedAt, evs[i].CreatedAt)
+			w.ack(m)
+		}
+		w.healthy.Store(true)
+		w.report(rep, start)
+		return
+	}
+	if environmental(err) {
+		// Nothing was committed. Leave every message for redelivery and
+		// tell readiness; the stream keeps them.
+		w.healthy.Store(false)
+		w.log.Error("store not writable, events stay queued", zap.Error(err), zap.Int("events", len(evs)))
+		for _, m := range valid {
+			_ = m.NakWithDelay(w.opts.RetryBackoff)
+		}
+		return
+	}
+	// A batch failed for a reason tied to its events: apply one by one to
+	// find the culprit(s), and park those that have used their attempts.
+	w.log.Warn("batch failed, applying its events one by one", zap.Error(err), zap.Int("events", len(evs)))
+	for i, m := range valid {
+		outs, err := w.st.Apply(evs[i : i+1])
+		if err == nil {
+			rep.Counts.Add(outs[0])
+			rep.CreatedAt = append(rep.CreatedAt, evs[i].CreatedAt)
+			w.ack(m)
+			continue
+		}
+		attempts := 1
+		if md, mdErr := m.Metadata(); mdErr == nil {
+			attempts = int(md.NumDelivered)
+		}
+		if environmental(err) || attempts < w.opts.MaxAttempts {
+			w.log.Warn("event failed to apply, will retry", zap.String("event_id", evs[i].ID), zap.Int("attempt", attempts), zap.Error(err))
+			_ = m.NakWithDelay(w.opts.RetryBackoff * time.Duration(1<<min(attempts, 5)))
+			continue
+		}
+		if w.park(ctx, m, fmt.Sprintf("apply failed after %d attempts: %v", attempts, err), attempts) {
+			rep.Parked++
+		}
+	}
+	w.report(rep, start)
+}
+
+func (w *Worker) report(rep BatchReport, start time.Time) {
+	rep.Duration = time.Since(start)
+	if w.opts.OnBatch != nil {
+		w.opts.OnBatch(rep)
+	}
+}
+
+func (w *Worker) ack(m jetstream.Msg) {
+	if err := m.Ack(); err != nil {
+		// The effect is committed; a redelivery will be a duplicate.
+		w.log.Debug("ack failed", zap.Error(err))
+	}
+}
+
+// park moves m to the dead-letter stream and acknowledges it. If parking
+// fails the message is left for redelivery: it is never dropped.
+func (w *Worker) park(ctx context.Context, m jetstream.Msg, reason string, attempts int) bool {
+	if err := w.q.Park(ctx, m, reason, attempts); err != nil {
+		w.log.Error("could not park event, leaving it queued", zap.String("subject", m.Subject()), zap.Error(err))
+		_ = m.NakWithDelay(w.opts.RetryBackoff)
+		return false
+	}
+	w.log.Warn("event parked in dead-letter stream", zap.String("subject", m.Subject()), zap.String("reason", reason))
+	w.ack(m)
+	return true
+}
+
+// environmental reports whether err comes from the store's environment
+// (disk full, read-only file system, closed store) rather than from the
+// events: such errors are retried without counting attempts.
+func environmental(err error) bool {
+	var errno syscall.Errno
+	var pe *fs.PathError
+	return errors.As(err, &errno) || errors.As(err, &pe) || errors.Is(err, storage.ErrClosed) || errors.Is(err, os.ErrPermission)
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
