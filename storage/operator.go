@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"strings"
 	"time"
@@ -441,4 +442,41 @@ func (s *Store) DecideHold(id uint64, approve, dryRun bool) (*Plan, error) {
 		plan.Applied = counts
 	}
 	return plan, err
+}
+
+// Preview says what applying evs would do, without changing the store.
+func (s *Store) Preview(evs []*events.Event) (*Plan, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	counts := Counts{}
+	plan, err := s.simulate(func(t *txn, now time.Time) error {
+		for i, ev := range evs {
+			o, err := s.applyOne(t, ev, now, applyFlags{index: i})
+			var trip *errTrip
+			if errors.As(err, &trip) {
+				counts["would_pause"]++
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			counts[o]++
+		}
+		return nil
+	}, false)
+	if plan != nil {
+		plan.Applied = counts
+	}
+	return plan, err
+}
+
+// BackupTo writes a consistent copy of the store to w while it stays in use.
+func (s *Store) BackupTo(w io.Writer) (int64, error) {
+	var n int64
+	err := s.view(func(tx *bolt.Tx) error {
+		var err error
+		n, err = tx.WriteTo(w)
+		return err
+	})
+	return n, err
 }
