@@ -17,7 +17,20 @@ type Snapshot struct {
 	Directories []ExportDirectory `json:"directories"`
 	Users       []ExportUser      `json:"users"`
 	Groups      []ExportGroup     `json:"groups"`
-	Holds       []Hold            `json:"holds"`
+	Holds       []ExportHold      `json:"holds"`
+}
+
+// ExportHold is an open hold in the snapshot (without times, so that the
+// snapshot stays byte-stable).
+type ExportHold struct {
+	ID             uint64 `json:"id"`
+	Kind           string `json:"kind"`
+	OrganizationID string `json:"organization_id"`
+	UserID         string `json:"user_id,omitempty"`
+	Badge          string `json:"badge,omitempty"`
+	EventID        string `json:"event_id,omitempty"`
+	Deferred       int    `json:"deferred_events,omitempty"`
+	Reason         string `json:"reason"`
 }
 
 // ExportDirectory is a directory in the snapshot. State is "active" or "deleted".
@@ -63,7 +76,7 @@ func MarshalSnapshot(s *Snapshot) ([]byte, error) {
 
 // Export returns the canonical snapshot of the store.
 func (s *Store) Export() (*Snapshot, error) {
-	snap := &Snapshot{Directories: []ExportDirectory{}, Users: []ExportUser{}, Groups: []ExportGroup{}, Holds: []Hold{}}
+	snap := &Snapshot{Directories: []ExportDirectory{}, Users: []ExportUser{}, Groups: []ExportGroup{}, Holds: []ExportHold{}}
 	err := s.view(func(tx *bolt.Tx) error {
 		t := newTxn(tx)
 		err := t.dirs.ForEach(func(_, v []byte) error {
@@ -126,7 +139,11 @@ func (s *Store) Export() (*Snapshot, error) {
 		if err != nil {
 			return err
 		}
-		snap.Holds, err = s.holds(t, true)
+		hs, err := s.holds(t, true)
+		for _, h := range hs {
+			snap.Holds = append(snap.Holds, ExportHold{ID: h.ID, Kind: h.Kind, OrganizationID: h.OrganizationID, UserID: h.UserID,
+				Badge: h.Badge, EventID: h.EventID, Deferred: h.Deferred, Reason: h.Reason})
+		}
 		return err
 	})
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -36,6 +37,8 @@ type daemon struct {
 	workerCancel context.CancelFunc
 	workerDone   chan struct{}
 	mu           sync.Mutex // serialises Reload
+	// clock, when set, replaces time.Now for signature checks (tests).
+	clock func() time.Time
 	closeOnce    sync.Once
 	closeErr     error
 }
@@ -106,6 +109,9 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 		}
 	}()
 	verifier := events.NewVerifier(d.cfg.Webhook.Secrets, d.cfg.Webhook.Tolerance)
+	if d.clock != nil {
+		verifier = verifier.WithClock(d.clock)
+	}
 	d.srv = server.New(server.Options{
 		Listen:          d.cfg.HTTP.Listen,
 		WebhookPath:     d.cfg.Webhook.Path,
