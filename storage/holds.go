@@ -319,9 +319,13 @@ func (s *Store) pause(t *txn, org string, ev *events.Event, now time.Time) error
 		return nil
 	}
 	b := s.opts.Safeguards.MaxDeprovisions
+	limit := fmt.Sprintf("%d users", b.Count)
+	if b.Percent > 0 {
+		limit = fmt.Sprintf("%d users or %g%% of the organisation, whichever is more,", b.Count, b.Percent)
+	}
 	h := &Hold{Kind: HoldMassDeprovision, OrganizationID: org, EventID: ev.ID, CreatedAt: now,
-		Reason: fmt.Sprintf("sync paused: more than %d users (or %.0f%% of the organisation) would lose all their badges within %s; "+
-			"review with `dsyncd plan --org %s`, then `dsyncd resume %s`", b.Count, b.Percent, b.Window, org, org)}
+		Reason: fmt.Sprintf("sync paused: more than %s would lose all their badges within %s; "+
+			"review with `dsyncd plan --org %s`, then `dsyncd resume %s`", limit, b.Window, org, org)}
 	if err := s.openNewHold(t, h); err != nil {
 		return err
 	}
