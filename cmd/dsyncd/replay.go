@@ -44,6 +44,9 @@ names another; a store held by a running "dsyncd serve" cannot be replayed into.
 				return err
 			}
 			defer st.Close()
+			if _, err := st.ApplyMapping(cfg.Mapping, "", false); err != nil {
+				return fmt.Errorf("mapping: %w", err)
+			}
 			counts, bad, err := worker.Replay(st, raws)
 			if err != nil {
 				return err

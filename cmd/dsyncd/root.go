@@ -83,7 +83,8 @@ Configuration comes from a YAML file (--config), then DSYNCD_* environment varia
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().StringVarP(&a.configPath, "config", "c", "", "configuration file (YAML)")
-	root.AddCommand(a.replayCommand(), a.exportCommand(), a.serveCommand(), a.versionCommand())
+	root.AddCommand(a.replayCommand(), a.exportCommand(), a.serveCommand(), a.versionCommand(),
+		a.planCommand(), a.applyCommand(), a.resumeCommand())
 	return root
 }
 

@@ -1,0 +1,251 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/dsyncd/dsyncd/config"
+	"github.com/dsyncd/dsyncd/storage"
+)
+
+func (a *app) planCommand() *cobra.Command {
+	var org, onUnmap, format, server string
+	cmd := &cobra.Command{
+		Use:   "plan --config NEW.yaml [--on-unmap keep|remove] | plan --org ORG",
+		Short: "Preview a mapping change, or what resuming a paused organisation would do",
+		Long: `plan shows, per organisation, who would gain and who would lose each badge, the number of
+admins before and after, and the holds the change would open — without changing anything.
+
+With --config NEW.yaml it previews applying NEW.yaml's mapping to the store. A group rule
+that NEW.yaml no longer has needs a choice, --on-unmap keep (its badges stay, retained) or
+remove (they are revoked, under the last-admin safeguard), or on_unmap set on the rule
+before it was removed; without one, plan lists the rules and how many users they concern
+and exits 1.
+
+With --org ORG it previews "dsyncd resume ORG": the events deferred while the
+mass-deprovisioning breaker paused ORG.
+
+Exit status: 0, 1 on error, 2 if the change would leave an organisation without an admin
+(the safeguard would hold those revocations).`,
+		Example: `  dsyncd plan --config /etc/dsyncd/new.yaml
+  dsyncd plan --config new.yaml --on-unmap keep --format json
+  dsyncd plan --org org_01EZTR6WYX1A0DSE2CYMGXQ24Y`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := a.loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			var plan *storage.Plan
+			if org != "" {
+				if server != "" {
+					plan, err = apiPlan(cmd, server, "/v1/organizations/"+url.PathEscape(org)+"/resume?dry_run=true", cfg.API.Token)
+				} else {
+					err = a.withStore(cfg, func(st *storage.Store) error {
+						plan, err = st.Resume(org, true)
+						return err
+					})
+				}
+			} else {
+				if err := checkAdminRule(cfg); err != nil {
+					return err
+				}
+				err = a.withStore(cfg, func(st *storage.Store) error {
+					plan, err = st.ApplyMapping(cfg.Mapping, onUnmap, true)
+					return err
+				})
+			}
+			if plan != nil {
+				if perr := printPlan(a.stdout, plan, format); perr != nil {
+					return perr
+				}
+			}
+			if err != nil {
+				return err
+			}
+			if plan.LeavesNoAdmin() {
+				return &exitCodeError{code: exitNoAdmin, err: errors.New("the change would leave an organisation without an admin")}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&org, "org", "", "preview resuming this paused organisation")
+	cmd.Flags().StringVar(&onUnmap, "on-unmap", "", "keep|remove: what happens to the badges of removed group rules")
+	cmd.Flags().StringVar(&format, "format", "text", "text|json")
+	cmd.Flags().StringVar(&a.dbPath, "db", "", "store file (default: store.path from the configuration)")
+	cmd.Flags().StringVar(&server, "server", "", "with --org: ask a running dsyncd at this URL")
+	return cmd
+}
+
+func (a *app) applyCommand() *cobra.Command {
+	var onUnmap, format string
+	cmd := &cobra.Command{
+		Use:   "apply --config NEW.yaml [--on-unmap keep|remove]",
+		Short: "Apply a mapping change to the store, through the safeguards",
+		Long: `apply makes NEW.yaml's mapping the one in force and recomputes every user's badges through
+the safeguards (last admin, break-glass), recording every change in the audit trail. It
+prints what it did in the format of "plan". Removed group rules need --on-unmap keep|remove
+(or on_unmap on the rule), as for plan.
+
+apply works on a stopped store. For a running "dsyncd serve", edit its configuration file
+and send SIGHUP (systemctl reload dsyncd): the daemon applies the new mapping the same way,
+and keeps the old one if the new configuration is invalid.`,
+		Example: `  dsyncd plan --config new.yaml && dsyncd apply --config new.yaml`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := a.loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			if err := checkAdminRule(cfg); err != nil {
+				return err
+			}
+			return a.withStore(cfg, func(st *storage.Store) error {
+				plan, err := st.ApplyMapping(cfg.Mapping, onUnmap, false)
+				if plan != nil {
+					if perr := printPlan(a.stdout, plan, format); perr != nil {
+						return perr
+					}
+				}
+				return err
+			})
+		},
+	}
+	cmd.Flags().StringVar(&onUnmap, "on-unmap", "", "keep|remove: what happens to the badges of removed group rules")
+	cmd.Flags().StringVar(&format, "format", "text", "text|json")
+	cmd.Flags().StringVar(&a.dbPath, "db", "", "store file (default: store.path from the configuration)")
+	return cmd
+}
+
+func (a *app) resumeCommand() *cobra.Command {
+	var server, format string
+	cmd := &cobra.Command{
+		Use:   "resume ORG",
+		Short: "Resume an organisation paused by the mass-deprovisioning breaker",
+		Long: `resume applies, in order, the events deferred while the mass-deprovisioning breaker paused
+ORG — through the other safeguards — closes its hold and lets its sync carry on. Preview it
+first with "dsyncd plan --org ORG". To drop the deferred events instead, reject the hold
+(POST /v1/holds/{id}/reject).
+
+With --server it asks a running dsyncd; otherwise it works on the stopped store.`,
+		Example: `  dsyncd plan --org org_01XYZ
+  dsyncd resume org_01XYZ --server http://127.0.0.1:8080`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := a.loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			var plan *storage.Plan
+			if server != "" {
+				plan, err = apiPlan(cmd, server, "/v1/organizations/"+url.PathEscape(args[0])+"/resume", cfg.API.Token)
+			} else {
+				err = a.withStore(cfg, func(st *storage.Store) error {
+					plan, err = st.Resume(args[0], false)
+					return err
+				})
+			}
+			if err != nil {
+				return err
+			}
+			return printPlan(a.stdout, plan, format)
+		},
+	}
+	cmd.Flags().StringVar(&server, "server", "", "base URL of a running dsyncd")
+	cmd.Flags().StringVar(&format, "format", "text", "text|json")
+	cmd.Flags().StringVar(&a.dbPath, "db", "", "store file (default: store.path from the configuration)")
+	return cmd
+}
+
+// withStore opens the configured store (or --db) for fn.
+func (a *app) withStore(cfg config.Config, fn func(st *storage.Store) error) error {
+	st, err := storage.Open(storeOptions(cfg, a.dbPath))
+	if errors.Is(err, storage.ErrInUse) {
+		return fmt.Errorf("%w: a running dsyncd serve holds it; use --server, or stop it first", err)
+	}
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	return fn(st)
+}
+
+func apiPlan(cmd *cobra.Command, server, path, token string) (*storage.Plan, error) {
+	b, err := apiDo(cmd.Context(), http.MethodPost, server, path, token)
+	if err != nil {
+		return nil, err
+	}
+	var p storage.Plan
+	if err := json.Unmarshal(b, &p); err != nil {
+		return nil, fmt.Errorf("decode plan: %w", err)
+	}
+	return &p, nil
+}
+
+// printPlan renders a plan for people (text) or machines (json).
+func printPlan(w io.Writer, p *storage.Plan, format string) error {
+	if format == "json" {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(p)
+	}
+	var b strings.Builder
+	if len(p.Organizations) == 0 {
+		b.WriteString("no badge changes\n")
+	}
+	for _, o := range p.Organizations {
+		name := o.Organization
+		if name == "" {
+			name = "(no organisation)"
+		}
+		fmt.Fprintf(&b, "organisation %s: admins %d -> %d\n", name, o.AdminsBefore, o.AdminsAfter)
+		for _, side := range []struct {
+			sign string
+			m    map[string][]string
+		}{{"+", o.Gains}, {"-", o.Losses}} {
+			badges := make([]string, 0, len(side.m))
+			for badge := range side.m {
+				badges = append(badges, badge)
+			}
+			slices.Sort(badges)
+			for _, badge := range badges {
+				fmt.Fprintf(&b, "  %s %s (%d): %s\n", side.sign, badge, len(side.m[badge]), strings.Join(side.m[badge], ", "))
+			}
+		}
+		for _, k := range o.Kept {
+			fmt.Fprintf(&b, "  = %s kept for %s: %s\n", k.Badge, k.UserID, k.Reason)
+		}
+		for _, h := range o.Holds {
+			fmt.Fprintf(&b, "  hold (%s): %s\n", h.Kind, h.Reason)
+		}
+	}
+	for _, u := range p.Unmapped {
+		choice := u.Choice
+		if choice == "" {
+			choice = "NOT GIVEN (use --on-unmap keep|remove)"
+		}
+		fmt.Fprintf(&b, "removed rule %s: %d users hold badges through it; on_unmap: %s\n", u.Rule, u.Users, choice)
+	}
+	if len(p.Applied) > 0 {
+		keys := make([]string, 0, len(p.Applied))
+		for k := range p.Applied {
+			keys = append(keys, string(k))
+		}
+		slices.Sort(keys)
+		parts := make([]string, 0, len(keys))
+		for _, k := range keys {
+			parts = append(parts, fmt.Sprintf("%s %d", k, p.Applied[storage.Outcome(k)]))
+		}
+		fmt.Fprintf(&b, "events: %s\n", strings.Join(parts, ", "))
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
