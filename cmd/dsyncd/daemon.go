@@ -38,9 +38,9 @@ type daemon struct {
 	workerDone   chan struct{}
 	mu           sync.Mutex // serialises Reload
 	// clock, when set, replaces time.Now for signature checks (tests).
-	clock func() time.Time
-	closeOnce    sync.Once
-	closeErr     error
+	clock     func() time.Time
+	closeOnce sync.Once
+	closeErr  error
 }
 
 func newDaemon(cfg config.Config, log *zap.Logger) *daemon {
