@@ -139,7 +139,7 @@ func (s *Store) indexAdmin(t *txn, u *userRec, org string, has bool) error {
 func (s *Store) otherAdmins(t *txn, org, userID string) (int, error) {
 	n := 0
 	err := eachPrefix(t.orgAdmins, org, func(uid string) error {
-		if n > 0 || uid == userID {
+		if uid == userID {
 			return nil
 		}
 		h, err := s.openHold(t, HoldLastAdmin, org, uid)
@@ -148,6 +148,7 @@ func (s *Store) otherAdmins(t *txn, org, userID string) (int, error) {
 		}
 		if h == nil {
 			n++
+			return errStop
 		}
 		return nil
 	})

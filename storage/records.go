@@ -1,8 +1,10 @@
 package storage
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -268,12 +270,19 @@ func (t *txn) flush() error {
 	return nil
 }
 
-// eachPrefix calls fn with the second half of every pair key in b starting with first.
+// errStop ends an eachPrefix walk early without error.
+var errStop = errors.New("stop")
+
+// eachPrefix calls fn with the second half of every pair key in b starting
+// with first, until fn returns an error (errStop ends the walk quietly).
 func eachPrefix(b *bolt.Bucket, first string, fn func(second string) error) error {
 	prefix := pair(first, "")
 	c := b.Cursor()
-	for k, _ := c.Seek(prefix); k != nil && len(k) >= len(prefix) && string(k[:len(prefix)]) == string(prefix); k, _ = c.Next() {
+	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
 		if err := fn(string(k[len(prefix):])); err != nil {
+			if errors.Is(err, errStop) {
+				return nil
+			}
 			return err
 		}
 	}
