@@ -96,14 +96,14 @@ func (s *Store) Export() (*Snapshot, error) {
 		}
 		members := map[string][]string{}
 		err = t.users.ForEach(func(_, v []byte) error {
-			var u userRec
-			if err := json.Unmarshal(v, &u); err != nil {
+			u, err := decodeUser(v)
+			if err != nil {
 				return err
 			}
 			if u.Deleted {
 				return nil
 			}
-			eu, err := s.exportUser(t, &u)
+			eu, err := s.exportUser(t, u)
 			if err != nil {
 				return err
 			}
@@ -117,8 +117,8 @@ func (s *Store) Export() (*Snapshot, error) {
 			return err
 		}
 		err = t.groups.ForEach(func(_, v []byte) error {
-			var g groupRec
-			if err := json.Unmarshal(v, &g); err != nil {
+			g, err := decodeGroup(v)
+			if err != nil {
 				return err
 			}
 			if g.Deleted {

@@ -274,8 +274,8 @@ func getMappingUnlocked(s *Store) (*mapping.Config, error) {
 func (s *Store) countRuleUsers(rules []UnmapPlan) error {
 	return s.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bktUsers).ForEach(func(_, v []byte) error {
-			var u userRec
-			if err := json.Unmarshal(v, &u); err != nil {
+			u, err := decodeUser(v)
+			if err != nil {
 				return err
 			}
 			if u.Deleted {

@@ -112,6 +112,30 @@ func getMember(b *bolt.Bucket, k []byte) (*memberRec, error) {
 	return &memberRec{Present: v[0] == 1, Key: key{S: int64(binary.BigEndian.Uint64(v[1:])), N: int32(binary.BigEndian.Uint32(v[9:])), ID: string(v[13:])}}, nil
 }
 
+func getUser(b *bolt.Bucket, k []byte) (*userRec, error) {
+	v := b.Get(k)
+	if v == nil {
+		return nil, nil
+	}
+	u, err := decodeUser(v)
+	if err != nil {
+		return nil, fmt.Errorf("user %q: %w", k, err)
+	}
+	return u, nil
+}
+
+func getGroup(b *bolt.Bucket, k []byte) (*groupRec, error) {
+	v := b.Get(k)
+	if v == nil {
+		return nil, nil
+	}
+	g, err := decodeGroup(v)
+	if err != nil {
+		return nil, fmt.Errorf("group %q: %w", k, err)
+	}
+	return g, nil
+}
+
 func pair(a, b string) []byte {
 	k := make([]byte, 0, len(a)+1+len(b))
 	k = append(k, a...)
@@ -207,7 +231,7 @@ func (t *txn) putDir(d *dirRec) error {
 }
 
 func (t *txn) user(id string) (*userRec, error) {
-	return cached(t.userCache, t.users, id, getJSON[userRec])
+	return cached(t.userCache, t.users, id, getUser)
 }
 
 func (t *txn) putUser(u *userRec) error {
@@ -222,7 +246,7 @@ func (t *txn) putUser(u *userRec) error {
 }
 
 func (t *txn) group(id string) (*groupRec, error) {
-	return cached(t.groupCache, t.groups, id, getJSON[groupRec])
+	return cached(t.groupCache, t.groups, id, getGroup)
 }
 
 func (t *txn) putGroup(g *groupRec) error {
@@ -256,12 +280,12 @@ func (t *txn) putMember(groupID, userID string, m *memberRec) error {
 // flush writes every record changed in this transaction.
 func (t *txn) flush() error {
 	for id := range t.dirtyUsers {
-		if err := putJSON(t.users, []byte(id), t.userCache[id]); err != nil {
+		if err := t.users.Put([]byte(id), t.userCache[id].encode()); err != nil {
 			return err
 		}
 	}
 	for id := range t.dirtyGroups {
-		if err := putJSON(t.groups, []byte(id), t.groupCache[id]); err != nil {
+		if err := t.groups.Put([]byte(id), t.groupCache[id].encode()); err != nil {
 			return err
 		}
 	}
