@@ -278,7 +278,9 @@ func (s *Server) handleWebhook(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, r, http.StatusUnauthorized, reason, err)
 		return
 	}
-	ev, err := events.Decode(body)
+	// Only the id, type and directory are needed here: the worker decodes
+	// the whole event (and parks it if it cannot).
+	ev, err := events.Peek(body)
 	if err != nil {
 		reason := ReasonNotEvent
 		if errors.Is(err, events.ErrInvalid) {
@@ -287,7 +289,7 @@ func (s *Server) handleWebhook(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, r, http.StatusBadRequest, reason, err)
 		return
 	}
-	if ev.Ignored() {
+	if !ev.Type.Handled() {
 		s.stats.Ignored.Add(1)
 		s.log.Debug("event type not handled, acknowledged", zap.String("event_id", ev.ID), zap.String("type", string(ev.Type)))
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ignored"})

@@ -1,0 +1,89 @@
+package events
+
+import (
+	"encoding/json"
+	"fmt"
+)
+
+// Header is what the webhook receiver needs of an event to store it: its id,
+// its type and its directory.
+type Header struct {
+	ID          string
+	Type        Type
+	DirectoryID string
+}
+
+type peekRef struct {
+	ID          string `json:"id"`
+	DirectoryID string `json:"directory_id"`
+}
+
+type peekEnvelope struct {
+	ID        string `json:"id"`
+	Event     Type   `json:"event"`
+	CreatedAt string `json:"created_at"`
+	Data      *struct {
+		ID          string   `json:"id"`
+		DirectoryID string   `json:"directory_id"`
+		User        *peekRef `json:"user"`
+		Group       *peekRef `json:"group"`
+	} `json:"data"`
+}
+
+// Peek checks b the way Decode does — the same errors for the same bodies as
+// far as ids, type and created_at go — but extracts only the Header, for the
+// webhook hot path. Fields Decode also checks (their JSON types) are left to
+// the worker, which parks what it cannot decode.
+func Peek(b []byte) (Header, error) {
+	var env peekEnvelope
+	if err := json.Unmarshal(b, &env); err != nil {
+		return Header{}, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if env.Event == "" {
+		return Header{}, fmt.Errorf("%w: no \"event\" type", ErrMalformed)
+	}
+	h := Header{ID: env.ID, Type: env.Event}
+	if !h.Type.Handled() {
+		return h, nil
+	}
+	if h.ID == "" {
+		return Header{}, fmt.Errorf("%w: %s: missing id", ErrInvalid, h.Type)
+	}
+	if env.CreatedAt == "" {
+		return Header{}, fmt.Errorf("%w: %s %s: missing created_at", ErrInvalid, h.Type, h.ID)
+	}
+	if t, err := ParseTime(env.CreatedAt); err != nil || t.IsZero() {
+		return Header{}, fmt.Errorf("%w: %s %s: created_at %q is not a timestamp", ErrInvalid, h.Type, h.ID, env.CreatedAt)
+	}
+	d := env.Data
+	if d == nil {
+		return Header{}, fmt.Errorf("%w: %s %s: missing data", ErrInvalid, h.Type, h.ID)
+	}
+	miss := func(f string) (Header, error) {
+		return Header{}, fmt.Errorf("%s %s: %w", h.Type, h.ID, missing(f))
+	}
+	switch h.Type {
+	case DirectoryActivated, DirectoryDeleted:
+		if d.ID == "" {
+			return miss("data.id")
+		}
+		h.DirectoryID = d.ID
+	case GroupUserAdded, GroupUserRemoved:
+		if d.User == nil || d.User.ID == "" {
+			return miss("data.user.id")
+		}
+		if d.Group == nil || d.Group.ID == "" {
+			return miss("data.group.id")
+		}
+		h.DirectoryID = firstNonEmpty(d.DirectoryID, d.User.DirectoryID, d.Group.DirectoryID)
+	default:
+		if d.ID == "" {
+			return miss("data.id")
+		}
+		h.DirectoryID = d.DirectoryID
+	}
+	if h.DirectoryID == "" {
+		return miss("data.directory_id")
+	}
+	return h, nil
+}
