@@ -495,24 +495,28 @@ func isActiveState(state string) bool {
 	return true
 }
 
-// recompute recomputes the badges of every user the change touched.
+// recompute recomputes, as one change, the badges of every user the event touched.
 func (c *change) recompute() error {
 	slices.Sort(c.touched)
+	var users []*userRec
 	for _, uid := range slices.Compact(c.touched) {
 		u, err := c.t.user(uid)
 		if err != nil {
 			return err
 		}
-		if u == nil {
-			continue
+		if u != nil {
+			users = append(users, u)
 		}
-		lost, org, err := c.s.regrant(c.t, u, c.ev.ID, c.now, regrantOpts{})
-		if err != nil {
-			return err
-		}
-		if lost {
-			c.lostAll[org] = append(c.lostAll[org], u.ID)
-		}
+	}
+	if len(users) == 0 {
+		return nil
+	}
+	lost, err := c.s.regrant(c.t, users, c.ev.ID, c.now, regrantOpts{})
+	if err != nil {
+		return err
+	}
+	for org, ids := range lost {
+		c.lostAll[org] = append(c.lostAll[org], ids...)
 	}
 	return nil
 }

@@ -79,32 +79,99 @@ const (
 )
 
 type regrantOpts struct {
-	// forceRevokeAdmin applies an admin revocation even when it leaves the
+	// forceRevokeAdmin applies admin revocations even when they leave the
 	// organisation without an admin (an operator approved the hold).
 	forceRevokeAdmin bool
 }
 
-// regrant recomputes u's grants from the mapping, applies the safeguards
-// (break-glass, last admin, retained and held grants), stores the result and
-// audits every badge gained, lost, held or kept. It reports whether u went
-// from some badges to none, and u's organisation.
-func (s *Store) regrant(t *txn, u *userRec, eventID string, now time.Time, o regrantOpts) (lostAll bool, org string, err error) {
+// grantPlan is one user's new grants, before the last-admin safeguard.
+type grantPlan struct {
+	u         *userRec
+	org       string
+	sub       mapping.Subject
+	want      []mapping.Grant
+	skips     []AuditEntry // revocations break-glass did not apply
+	holdAdmin bool         // set by the last-admin safeguard
+}
+
+// regrant recomputes the grants of users together, as one change: the
+// mapping, retained and held grants and break-glass per user, then the
+// last-admin safeguard per organisation over the whole change — if the
+// change would take an organisation's admins from one or more to none, every
+// admin revocation of that organisation in the change is held. It stores the
+// results, audits every badge gained, lost, held or kept, and returns, per
+// organisation, the users that went from some badges to none.
+func (s *Store) regrant(t *txn, users []*userRec, eventID string, now time.Time, o regrantOpts) (map[string][]string, error) {
+	admin := s.opts.Mapping.AdminBadge
+	plans := make([]*grantPlan, 0, len(users))
+	type flow struct{ lose, gain []*grantPlan }
+	flows := map[string]*flow{}
+	for _, u := range users {
+		p, err := s.planGrants(t, u, eventID, now)
+		if err != nil {
+			return nil, err
+		}
+		plans = append(plans, p)
+		had := slices.Contains(mapping.Badges(u.Grants), admin)
+		wants := slices.Contains(mapping.Badges(p.want), admin)
+		if had != wants {
+			f := flows[p.org]
+			if f == nil {
+				f = &flow{}
+				flows[p.org] = f
+			}
+			if had {
+				f.lose = append(f.lose, p)
+			} else {
+				f.gain = append(f.gain, p)
+			}
+		}
+	}
+	if !o.forceRevokeAdmin {
+		for org, f := range flows {
+			if len(f.lose) == 0 {
+				continue
+			}
+			before, err := s.adminHolders(t, org)
+			if err != nil {
+				return nil, err
+			}
+			if before >= 1 && before-len(f.lose)+len(f.gain) <= 0 {
+				for _, p := range f.lose {
+					p.holdAdmin = true
+				}
+			}
+		}
+	}
+	lost := map[string][]string{}
+	for _, p := range plans {
+		lostAll, err := s.commitGrants(t, p, eventID, now)
+		if err != nil {
+			return nil, err
+		}
+		if lostAll {
+			lost[p.org] = append(lost[p.org], p.u.ID)
+		}
+	}
+	return lost, nil
+}
+
+// planGrants computes u's grants from the mapping, its retained grants, an
+// open last-admin hold, and break-glass.
+func (s *Store) planGrants(t *txn, u *userRec, eventID string, now time.Time) (*grantPlan, error) {
 	sub, err := s.subject(t, u)
 	if err != nil {
-		return false, "", err
+		return nil, err
 	}
-	m := &s.opts.Mapping
-	want := m.Grants(sub)
-	org, err = s.organization(t, u.OrganizationID, u.DirectoryID)
+	org, err := s.organization(t, u.OrganizationID, u.DirectoryID)
 	if err != nil {
-		return false, "", err
+		return nil, err
 	}
-	base := AuditEntry{Time: now, EventID: eventID, OrganizationID: org, DirectoryID: u.DirectoryID, UserID: u.ID}
-	var entries []AuditEntry
+	p := &grantPlan{u: u, org: org, sub: sub, want: s.opts.Mapping.Grants(sub)}
 	if sub.Active {
 		for _, g := range u.Grants {
-			if g.Source == SourceRetained && !slices.Contains(mapping.Badges(want), g.Badge) {
-				want = append(want, g)
+			if g.Source == SourceRetained && !slices.Contains(mapping.Badges(p.want), g.Badge) {
+				p.want = append(p.want, g)
 			}
 		}
 	}
@@ -112,59 +179,70 @@ func (s *Store) regrant(t *txn, u *userRec, eventID string, now time.Time, o reg
 	// or the mapping grants it again.
 	hold, err := s.openHold(t, HoldLastAdmin, org, u.ID)
 	if err != nil {
-		return false, "", err
+		return nil, err
 	}
 	if hold != nil {
-		if slices.Contains(mapping.Badges(want), hold.Badge) {
+		if slices.Contains(mapping.Badges(p.want), hold.Badge) {
 			if err := s.closeHold(t, hold, ResolutionReleased, "the mapping grants the badge again", eventID, now); err != nil {
-				return false, "", err
+				return nil, err
 			}
 		} else {
-			want = append(want, mapping.Grant{Badge: hold.Badge, Rule: hold.Rule, Source: SourceHeld})
+			p.want = append(p.want, mapping.Grant{Badge: hold.Badge, Rule: hold.Rule, Source: SourceHeld})
 		}
 	}
-	oldBadges := mapping.Badges(u.Grants)
-	wantBadges := mapping.Badges(want)
-	for _, b := range oldBadges {
-		if slices.Contains(wantBadges, b) {
-			continue
-		}
-		g := firstGrant(u.Grants, b)
-		e := base
-		e.Badge, e.Rule, e.Group, e.Role = b, g.Rule, g.Group, g.Role
-		why := revokeReason(u, sub)
-		switch {
-		case s.breakGlass(u):
+	if s.breakGlass(u) {
+		wantBadges := mapping.Badges(p.want)
+		for _, b := range mapping.Badges(u.Grants) {
+			if slices.Contains(wantBadges, b) {
+				continue
+			}
 			for _, og := range u.Grants {
 				if og.Badge == b {
 					og.Source = SourceBreakGlass
-					want = append(want, og)
+					p.want = append(p.want, og)
 				}
 			}
-			e.Action, e.Reason = ActionSkip, "revocation not applied, break-glass account ("+why+")"
-		case b == m.AdminBadge && !o.forceRevokeAdmin:
-			others, err := s.otherAdmins(t, org, u.ID)
-			if err != nil {
-				return false, "", err
-			}
-			if others > 0 {
-				e.Action, e.Reason = ActionRevoke, why
-				break
-			}
-			h := &Hold{Kind: HoldLastAdmin, OrganizationID: org, UserID: u.ID, Badge: b, Rule: g.Rule,
-				Reason:  "revoking " + b + " (" + why + ") would leave organisation " + org + " without an admin",
-				EventID: eventID, CreatedAt: now}
-			if err := s.openNewHold(t, h); err != nil {
-				return false, "", err
-			}
-			want = append(want, mapping.Grant{Badge: b, Rule: g.Rule, Group: g.Group, Role: g.Role, Source: SourceHeld})
-			e.Action, e.Reason = ActionHold, h.Reason+fmt.Sprintf(" (hold %d)", h.ID)
-		default:
-			e.Action, e.Reason = ActionRevoke, why
+			g := firstGrant(u.Grants, b)
+			p.skips = append(p.skips, AuditEntry{Time: now, EventID: eventID, OrganizationID: org, DirectoryID: u.DirectoryID, UserID: u.ID,
+				Badge: b, Rule: g.Rule, Group: g.Group, Role: g.Role, Action: ActionSkip,
+				Reason: "revocation not applied, break-glass account (" + revokeReason(u, sub) + ")"})
 		}
+	}
+	return p, nil
+}
+
+// commitGrants stores p's grants (with a held admin grant when the
+// safeguard said so) and audits the difference.
+func (s *Store) commitGrants(t *txn, p *grantPlan, eventID string, now time.Time) (lostAll bool, err error) {
+	u, admin := p.u, s.opts.Mapping.AdminBadge
+	base := AuditEntry{Time: now, EventID: eventID, OrganizationID: p.org, DirectoryID: u.DirectoryID, UserID: u.ID}
+	want := p.want
+	entries := p.skips
+	if p.holdAdmin {
+		g := firstGrant(u.Grants, admin)
+		h := &Hold{Kind: HoldLastAdmin, OrganizationID: p.org, UserID: u.ID, Badge: admin, Rule: g.Rule,
+			Reason: "revoking " + admin + " (" + revokeReason(u, p.sub) + ") would leave organisation " + p.org + " without an admin",
+			EventID: eventID, CreatedAt: now}
+		if err := s.openNewHold(t, h); err != nil {
+			return false, err
+		}
+		want = append(want, mapping.Grant{Badge: admin, Rule: g.Rule, Group: g.Group, Role: g.Role, Source: SourceHeld})
+		e := base
+		e.Badge, e.Action, e.Rule, e.Group, e.Role = admin, ActionHold, g.Rule, g.Group, g.Role
+		e.Reason = h.Reason + fmt.Sprintf(" (hold %d)", h.ID)
 		entries = append(entries, e)
 	}
-	for _, b := range mapping.Badges(want) {
+	oldBadges := mapping.Badges(u.Grants)
+	finalBadges := mapping.Badges(want)
+	for _, b := range oldBadges {
+		if !slices.Contains(finalBadges, b) {
+			g := firstGrant(u.Grants, b)
+			e := base
+			e.Badge, e.Action, e.Rule, e.Group, e.Role, e.Reason = b, ActionRevoke, g.Rule, g.Group, g.Role, revokeReason(u, p.sub)
+			entries = append(entries, e)
+		}
+	}
+	for _, b := range finalBadges {
 		if !slices.Contains(oldBadges, b) {
 			g := firstGrant(want, b)
 			e := base
@@ -173,28 +251,34 @@ func (s *Store) regrant(t *txn, u *userRec, eventID string, now time.Time, o reg
 			entries = append(entries, e)
 		}
 	}
-	slices.SortFunc(want, func(a, b mapping.Grant) int {
-		return strings.Compare(a.Badge+"\x00"+a.Rule+"\x00"+a.Group+"\x00"+a.Role+"\x00"+a.Source, b.Badge+"\x00"+b.Rule+"\x00"+b.Group+"\x00"+b.Role+"\x00"+b.Source)
-	})
-	want = slices.Compact(want)
 	for _, e := range entries {
 		if err := s.addAudit(t, e); err != nil {
-			return false, "", err
+			return false, err
 		}
 	}
-	finalBadges := mapping.Badges(want)
+	slices.SortFunc(want, compareGrants)
+	want = slices.Compact(want)
 	lostAll = len(oldBadges) > 0 && len(finalBadges) == 0
-	if err := s.indexAdmin(t, u, org, slices.Contains(finalBadges, m.AdminBadge)); err != nil {
-		return false, "", err
+	if err := s.indexAdmin(t, u, p.org, slices.Contains(finalBadges, admin)); err != nil {
+		return false, err
 	}
 	if grantsEqual(u.Grants, want) {
-		return lostAll, org, nil
+		return lostAll, nil
 	}
 	if len(want) == 0 {
 		want = nil
 	}
 	u.Grants = want
-	return lostAll, org, t.putUser(u)
+	return lostAll, t.putUser(u)
+}
+
+func compareGrants(a, b mapping.Grant) int {
+	for _, c := range [][2]string{{a.Badge, b.Badge}, {a.Rule, b.Rule}, {a.Group, b.Group}, {a.Role, b.Role}, {a.Source, b.Source}} {
+		if r := strings.Compare(c[0], c[1]); r != 0 {
+			return r
+		}
+	}
+	return 0
 }
 
 func grantsEqual(a, b []mapping.Grant) bool {

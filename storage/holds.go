@@ -134,21 +134,22 @@ func (s *Store) indexAdmin(t *txn, u *userRec, org string, has bool) error {
 	return nil
 }
 
-// otherAdmins counts (up to 1) the admin holders of org other than userID
-// whose badge is not itself held.
-func (s *Store) otherAdmins(t *txn, org, userID string) (int, error) {
+// adminHolders counts the holders of the admin badge in org whose badge is
+// not itself kept by a last-admin hold.
+func (s *Store) adminHolders(t *txn, org string) (int, error) {
+	held := map[string]bool{}
+	if err := s.eachOpenHold(t, func(h *Hold) error {
+		if h.Kind == HoldLastAdmin && h.OrganizationID == org {
+			held[h.UserID] = true
+		}
+		return nil
+	}); err != nil {
+		return 0, err
+	}
 	n := 0
 	err := eachPrefix(t.orgAdmins, org, func(uid string) error {
-		if uid == userID {
-			return nil
-		}
-		h, err := s.openHold(t, HoldLastAdmin, org, uid)
-		if err != nil {
-			return err
-		}
-		if h == nil {
+		if !held[uid] {
 			n++
-			return errStop
 		}
 		return nil
 	})
@@ -180,30 +181,49 @@ func (s *Store) adminCounts(t *txn) (map[string]int, error) {
 	return out, err
 }
 
-// reevaluateHolds closes every last-admin hold whose organisation now has
-// another admin, applying the held revocation.
+// reevaluateHolds closes the last-admin holds of every organisation that
+// now has another admin, applying the held revocations.
 func (s *Store) reevaluateHolds(t *txn, eventID string, now time.Time) error {
 	if k, _ := t.openHolds.Cursor().First(); k == nil {
 		return nil
 	}
-	return s.eachOpenHold(t, func(h *Hold) error {
-		if h.Kind != HoldLastAdmin {
-			return nil
+	byOrg := map[string][]*Hold{}
+	if err := s.eachOpenHold(t, func(h *Hold) error {
+		if h.Kind == HoldLastAdmin {
+			byOrg[h.OrganizationID] = append(byOrg[h.OrganizationID], h)
 		}
-		others, err := s.otherAdmins(t, h.OrganizationID, h.UserID)
-		if err != nil || others == 0 {
-			return err
-		}
-		if err := s.closeHold(t, h, ResolutionReleased, "another admin exists", eventID, now); err != nil {
-			return err
-		}
-		u, err := t.user(h.UserID)
-		if err != nil || u == nil {
-			return err
-		}
-		_, _, err = s.regrant(t, u, eventID, now, regrantOpts{})
+		return nil
+	}); err != nil {
 		return err
-	})
+	}
+	orgs := make([]string, 0, len(byOrg))
+	for org := range byOrg {
+		orgs = append(orgs, org)
+	}
+	slices.Sort(orgs)
+	for _, org := range orgs {
+		n, err := s.adminHolders(t, org)
+		if err != nil || n == 0 {
+			return err
+		}
+		var users []*userRec
+		for _, h := range byOrg[org] {
+			if err := s.closeHold(t, h, ResolutionReleased, "another admin exists", eventID, now); err != nil {
+				return err
+			}
+			u, err := t.user(h.UserID)
+			if err != nil {
+				return err
+			}
+			if u != nil {
+				users = append(users, u)
+			}
+		}
+		if _, err := s.regrant(t, users, eventID, now, regrantOpts{}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // eventOrg returns the organisation an event belongs to: its payload's,

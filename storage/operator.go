@@ -233,19 +233,25 @@ func (s *Store) ApplyMapping(m mapping.Config, onUnmap string, dryRun bool) (*Pl
 		if err != nil {
 			return err
 		}
+		users := make([]*userRec, 0, len(ids))
 		for _, id := range ids {
 			u, err := t.user(id)
-			if err != nil || u == nil {
+			if err != nil {
 				return err
+			}
+			if u == nil || u.Deleted {
+				continue
 			}
 			for i, g := range u.Grants {
 				if choice, ok := removed[g.Rule]; ok && choice == mapping.OnUnmapKeep && g.Source == "group" {
 					u.Grants[i].Source = SourceRetained
 				}
 			}
-			if _, _, err := s.regrant(t, u, EventMappingChange, now, regrantOpts{}); err != nil {
-				return err
-			}
+			users = append(users, u)
+		}
+		// One change: the last-admin safeguard looks at the whole mapping change.
+		if _, err := s.regrant(t, users, EventMappingChange, now, regrantOpts{}); err != nil {
+			return err
 		}
 		if err := s.reevaluateHolds(t, EventMappingChange, now); err != nil {
 			return err
@@ -435,7 +441,7 @@ func (s *Store) DecideHold(id uint64, approve, dryRun bool) (*Plan, error) {
 				return err
 			}
 		}
-		_, _, err = s.regrant(t, u, "", now, regrantOpts{forceRevokeAdmin: approve})
+		_, err = s.regrant(t, []*userRec{u}, "", now, regrantOpts{forceRevokeAdmin: approve})
 		return err
 	}, !dryRun)
 	if plan != nil {

@@ -66,6 +66,12 @@ func queueOptions(cfg config.Config) queue.Options {
 		MaxAge:          cfg.NATS.MaxAge,
 		DuplicateWindow: cfg.NATS.DuplicateWindow,
 		MaxAckPending:   cfg.Worker.BatchSize * 4,
+		// Explicit limits for the embedded server: streams are file-backed
+		// (memory only for bookkeeping); the store may hold the stream and
+		// the dead letters at their cap. An unlimited stream (max_bytes 0)
+		// leaves the disk limit to the server's default (a share of the disk).
+		MaxMemory: 256 << 20,
+		MaxStore:  2 * cfg.NATS.MaxBytes,
 	}
 }
 
