@@ -323,12 +323,6 @@ func (ev *Event) decodeMembership(data []byte) error {
 	}
 	ev.User = w.User.user()
 	ev.Group = w.Group.group()
-	if ev.User.OrganizationID == "" {
-		ev.User.OrganizationID = ev.Group.OrganizationID
-	}
-	if ev.Group.OrganizationID == "" {
-		ev.Group.OrganizationID = ev.User.OrganizationID
-	}
 	ev.DirectoryID = dir
 	return nil
 }

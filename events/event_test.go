@@ -374,13 +374,13 @@ func TestDecodeRolesAndMemberships(t *testing.T) {
 			t.Errorf("directories %q, %q, %q", ev.DirectoryID, ev.User.DirectoryID, ev.Group.DirectoryID)
 		}
 	})
-	t.Run("a membership shares a missing organization between user and group", func(t *testing.T) {
+	t.Run("a membership keeps the user's missing organization as sent", func(t *testing.T) {
 		b := edit(t, "dsync_group_user_removed.json", func(ev map[string]any) {
 			d := obj(ev["data"])
 			obj(d["user"])["organization_id"] = nil
 		})
-		if ev := mustDecode(t, b); ev.User.OrganizationID != "org_01EZTR6WYX1A0DSE2CYMGXQ24Y" {
-			t.Errorf("User.OrganizationID = %q", ev.User.OrganizationID)
+		if ev := mustDecode(t, b); ev.User.OrganizationID != "" || ev.Group.OrganizationID != "org_01EZTR6WYX1A0DSE2CYMGXQ24Y" {
+			t.Errorf("User.OrganizationID = %q, Group.OrganizationID = %q", ev.User.OrganizationID, ev.Group.OrganizationID)
 		}
 	})
 }

@@ -124,16 +124,12 @@ func (s *Store) Export() (*Snapshot, error) {
 			if g.Deleted {
 				return nil
 			}
-			org, err := s.organization(t, g.OrganizationID, g.DirectoryID)
-			if err != nil {
-				return err
-			}
 			m := members[g.ID]
 			if m == nil {
 				m = []string{}
 			}
 			slices.Sort(m)
-			snap.Groups = append(snap.Groups, ExportGroup{ID: g.ID, DirectoryID: g.DirectoryID, OrganizationID: org, IdpID: g.IdpID, Name: g.Name, Members: m})
+			snap.Groups = append(snap.Groups, ExportGroup{ID: g.ID, DirectoryID: g.DirectoryID, OrganizationID: g.OrganizationID, IdpID: g.IdpID, Name: g.Name, Members: m})
 			return nil
 		})
 		if err != nil {
@@ -152,11 +148,9 @@ func (s *Store) Export() (*Snapshot, error) {
 	return snap, nil
 }
 
+// exportUser renders u as the snapshot shows it: its fields as WorkOS sent
+// them (no organisation is made up for a user whose payloads had none).
 func (s *Store) exportUser(t *txn, u *userRec) (ExportUser, error) {
-	org, err := s.organization(t, u.OrganizationID, u.DirectoryID)
-	if err != nil {
-		return ExportUser{}, err
-	}
 	groups, err := s.userGroups(t, u)
 	if err != nil {
 		return ExportUser{}, err
@@ -165,7 +159,7 @@ func (s *Store) exportUser(t *txn, u *userRec) (ExportUser, error) {
 	for _, g := range groups {
 		ids = append(ids, g.ID)
 	}
-	return ExportUser{ID: u.ID, DirectoryID: u.DirectoryID, OrganizationID: org, IdpID: u.IdpID, Email: u.Email,
+	return ExportUser{ID: u.ID, DirectoryID: u.DirectoryID, OrganizationID: u.OrganizationID, IdpID: u.IdpID, Email: u.Email,
 		FirstName: u.FirstName, LastName: u.LastName, State: u.State, Groups: ids, Badges: mapping.Badges(u.Grants)}, nil
 }
 
