@@ -620,7 +620,19 @@ func (q *Queue) Pending(ctx context.Context, consumer string) (uint64, error) {
 		return 0, fmt.Errorf("queue: consumer %s: %w", consumer, err)
 	}
 	info := c.CachedInfo()
-	return info.NumPending + uint64(info.NumAckPending), nil
+	pending := info.NumPending + uint64(info.NumAckPending)
+	// Right after a delivery the server can report neither pending nor
+	// ack-pending for a message not yet acknowledged: the ack floor tells.
+	if pending == 0 {
+		si, err := st.main.Info(ctx)
+		if err != nil {
+			return 0, fmt.Errorf("queue: stream info: %w", err)
+		}
+		if last := si.State.LastSeq; last > info.AckFloor.Stream && si.State.Msgs > 0 && last >= si.State.FirstSeq {
+			pending = last - max(info.AckFloor.Stream, si.State.FirstSeq-1)
+		}
+	}
+	return pending, nil
 }
 
 // Each calls fn for every message in the main stream, in stream order, up to

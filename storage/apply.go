@@ -328,7 +328,7 @@ func (c *change) setUser(u0 *events.User, deleted bool) error {
 		c.changed = true // not stale: the skip is audited
 		return c.s.auditBreakGlass(c.t, c.ev, u, c.now, "user deleted in the directory")
 	}
-	rec := userRec{User: *u0, Key: c.k, Deleted: deleted, DeletedKey: u.DeletedKey, Grants: u.Grants}
+	rec := userRec{User: *u0, Key: c.k, Deleted: deleted, DeletedKey: u.DeletedKey, Grants: u.Grants, AdminIndexed: u.AdminIndexed, AdminOrg: u.AdminOrg}
 	if deleted {
 		rec.DeletedKey = c.k
 		if rec.Email == "" {

@@ -221,7 +221,7 @@ func (s *Store) commitGrants(t *txn, p *grantPlan, eventID string, now time.Time
 	if p.holdAdmin {
 		g := firstGrant(u.Grants, admin)
 		h := &Hold{Kind: HoldLastAdmin, OrganizationID: p.org, UserID: u.ID, Badge: admin, Rule: g.Rule,
-			Reason: "revoking " + admin + " (" + revokeReason(u, p.sub) + ") would leave organisation " + p.org + " without an admin",
+			Reason:  "revoking " + admin + " (" + revokeReason(u, p.sub) + ") would leave organisation " + p.org + " without an admin",
 			EventID: eventID, CreatedAt: now}
 		if err := s.openNewHold(t, h); err != nil {
 			return false, err

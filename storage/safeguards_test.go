@@ -244,3 +244,22 @@ func TestRolesOnlyAdd(t *testing.T) {
 		t.Fatalf("badges after empty roles = %v, want group badges kept", b)
 	}
 }
+
+// TestLastAdminCountSurvivesMembershipPayloads: membership events rewrite
+// the user record; the admin index must stay right through them.
+func TestLastAdminCountSurvivesMembershipPayloads(t *testing.T) {
+	st := MustOpen(t, storage.Options{})
+	admins := grp("g_adm", "App Admins")
+	mustApply(t, st,
+		ev("e1", "dsync.group.user_added", 1, mem(usr("u1", "A", "active"), admins)),
+		ev("e2", "dsync.group.user_added", 2, mem(usr("u2", "B", "active"), admins)),
+		ev("e3", "dsync.group.user_removed", 3, mem(usr("u2", "B", "active"), admins)),
+		ev("e4", "dsync.group.user_removed", 4, mem(usr("u1", "A", "active"), admins)),
+	)
+	if slices.Contains(badgesOf(t, st, "u2"), "admin") {
+		t.Fatal("u2's revocation left u1 and should have applied")
+	}
+	if !slices.Contains(badgesOf(t, st, "u1"), "admin") || len(openHolds(t, st)) != 1 {
+		t.Fatalf("u1, the last admin, lost the badge (holds %+v)", openHolds(t, st))
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"github.com/dsyncd/dsyncd/config"
 	"github.com/dsyncd/dsyncd/events"
 	"github.com/dsyncd/dsyncd/queue"
+	"github.com/dsyncd/dsyncd/reconcile"
 	"github.com/dsyncd/dsyncd/server"
 	"github.com/dsyncd/dsyncd/storage"
 	"github.com/dsyncd/dsyncd/worker"
@@ -33,6 +34,7 @@ type daemon struct {
 	q   *queue.Queue
 	w   *worker.Worker
 	srv *server.Server
+	bg  *reconcile.Background // Events API poller and periodic reconcile, when configured
 
 	workerCancel context.CancelFunc
 	workerDone   chan struct{}
@@ -114,6 +116,7 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 			d.log.Error("worker stopped", zap.Error(err))
 		}
 	}()
+	d.bg = reconcile.StartBackground(d.cfg, d.q, d.st, d.log)
 	verifier := events.NewVerifier(d.cfg.Webhook.Secrets, d.cfg.Webhook.Tolerance)
 	if d.clock != nil {
 		verifier = verifier.WithClock(d.clock)
@@ -185,6 +188,7 @@ func (d *daemon) Close() error {
 			errs = append(errs, d.srv.Shutdown(ctx))
 			cancel()
 		}
+		d.bg.Stop()
 		if d.workerCancel != nil {
 			d.workerCancel()
 			<-d.workerDone

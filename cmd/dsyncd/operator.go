@@ -5,9 +5,11 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/dsyncd/dsyncd/queue"
 	"github.com/dsyncd/dsyncd/storage"
 )
 
@@ -87,6 +89,28 @@ func (d *daemon) operatorRoutes(mux *http.ServeMux, authed func(http.HandlerFunc
 		}
 		d.reply(w, map[string]any{"dropped": n}, err)
 	}))
+	mux.HandleFunc("GET /v1/backup", authed(d.handleBackup))
+}
+
+// handleBackup streams a consistent copy of the store (one bbolt read
+// transaction) while the daemon keeps serving. A failure after the first
+// byte aborts the response, so that the client sees a broken transfer rather
+// than a short file with status 200.
+func (d *daemon) handleBackup(w http.ResponseWriter, r *http.Request) {
+	// A large store over a slow link outlasts http.write_timeout.
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Time{})
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Disposition", `attachment; filename="dsyncd.db"`)
+	n, err := d.st.BackupTo(w)
+	switch {
+	case err == nil:
+		d.log.Info("backup streamed", zap.Int64("bytes", n), zap.String("remote", r.RemoteAddr))
+	case n == 0:
+		d.reply(w, nil, err)
+	default:
+		d.log.Error("backup aborted", zap.Int64("bytes_sent", n), zap.Error(err))
+		panic(http.ErrAbortHandler)
+	}
 }
 
 func dropAudit(msgID, subject, reason string) storage.AuditEntry {
@@ -98,7 +122,7 @@ func (d *daemon) reply(w http.ResponseWriter, v any, err error) {
 	switch {
 	case err == nil:
 		writeJSON(w, http.StatusOK, v)
-	case errors.Is(err, storage.ErrNotFound):
+	case errors.Is(err, storage.ErrNotFound), errors.Is(err, queue.ErrNotFound):
 		writeError(w, http.StatusNotFound, err.Error())
 	case errors.Is(err, storage.ErrHoldClosed), errors.Is(err, storage.ErrNotPaused), errors.Is(err, storage.ErrUnmapChoice):
 		writeError(w, http.StatusConflict, err.Error())

@@ -84,7 +84,9 @@ Configuration comes from a YAML file (--config), then DSYNCD_* environment varia
 	}
 	root.PersistentFlags().StringVarP(&a.configPath, "config", "c", "", "configuration file (YAML)")
 	root.AddCommand(a.replayCommand(), a.exportCommand(), a.serveCommand(), a.versionCommand(),
-		a.planCommand(), a.applyCommand(), a.resumeCommand())
+		a.planCommand(), a.applyCommand(), a.resumeCommand(),
+		a.holdsCommand(), a.auditCommand(), a.whyCommand(), a.dlqCommand(), a.backupCommand(), a.rebuildCommand(), a.checkConfigCommand(),
+		a.reconcileCommand())
 	return root
 }
 

@@ -1,0 +1,261 @@
+package reconcile
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/dsyncd/dsyncd/events"
+)
+
+// Cursor names under which the poller keeps its place in the store.
+const (
+	// CursorEvents is the id of the last event of the last page JetStream acknowledged.
+	CursorEvents = "events"
+	// CursorEventsStart is the range_start the first poll resolved events.start
+	// to, kept so that polls before the first event do not move it.
+	CursorEventsStart = "events.start"
+)
+
+// StartNow is the Options.Start that starts polling at the first poll's time.
+const StartNow = "now"
+
+// DefaultPublishTimeout bounds the wait for JetStream's ack of one event.
+const DefaultPublishTimeout = 10 * time.Second
+
+// Publisher stores an event durably, deduplicating by msgID; *queue.Queue
+// implements it.
+type Publisher interface {
+	Publish(ctx context.Context, directoryID, eventType, msgID string, data []byte) (duplicate bool, err error)
+}
+
+// CursorStore keeps named cursors durably; *storage.Store implements it.
+type CursorStore interface {
+	Cursor(name string) (string, error)
+	SetCursor(name, value string) error
+}
+
+// Options configures a Poller.
+type Options struct {
+	ClientOptions
+	// Interval is the pause between two polls (each poll reads every page
+	// there is). Zero means 30s.
+	Interval time.Duration
+	// Start is where the very first poll starts, when no cursor is stored:
+	// "now" (the default) or an RFC 3339 time within the API's retention.
+	Start string
+	// PublishTimeout bounds the wait for JetStream's ack of one event.
+	PublishTimeout time.Duration
+	// Now is the clock. Nil means time.Now.
+	Now func() time.Time
+}
+
+// PollerStats counts what the poller did since it was created.
+type PollerStats struct {
+	Polls      uint64 `json:"polls"`
+	Failures   uint64 `json:"failures"`
+	Pages      uint64 `json:"pages"`
+	Published  uint64 `json:"published"`
+	Duplicates uint64 `json:"duplicates"` // already on the stream (e.g. delivered by webhook)
+	Invalid    uint64 `json:"invalid"`    // skipped: not decodable as a dsync event
+	Ignored    uint64 `json:"ignored"`    // skipped: a type dsyncd does not apply
+}
+
+// Poller reads the WorkOS Events API and publishes every dsync event onto
+// the stream, with the event id as Nats-Msg-Id, so that an event delivered
+// both by webhook and by the poller is stored once. It stores its cursor
+// only after JetStream acknowledged every event of a page.
+//
+// An event that does not decode (events.Decode: malformed, or missing an id
+// it needs) is skipped, counted and logged with its id and reason: it could
+// never be applied, and holding the cursor on it would stop the poller for
+// good.
+type Poller struct {
+	opts   Options
+	client *Client
+	pub    Publisher
+	cursor CursorStore
+	log    *zap.Logger
+	types  []string
+
+	polls, failures, pages, published, duplicates, invalid, ignored atomic.Uint64
+}
+
+// New returns a Poller. It does no I/O.
+func New(opts Options, pub Publisher, cursor CursorStore, log *zap.Logger) *Poller {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	if opts.Interval <= 0 {
+		opts.Interval = 30 * time.Second
+	}
+	if opts.Start == "" {
+		opts.Start = StartNow
+	}
+	if opts.PublishTimeout <= 0 {
+		opts.PublishTimeout = DefaultPublishTimeout
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	var types []string
+	for _, t := range events.HandledTypes() {
+		types = append(types, string(t))
+	}
+	log = log.Named("poller")
+	return &Poller{opts: opts, client: NewClient(opts.ClientOptions, log), pub: pub, cursor: cursor, log: log, types: types}
+}
+
+// Stats returns the poller's counters.
+func (p *Poller) Stats() PollerStats {
+	return PollerStats{Polls: p.polls.Load(), Failures: p.failures.Load(), Pages: p.pages.Load(),
+		Published: p.published.Load(), Duplicates: p.duplicates.Load(), Invalid: p.invalid.Load(), Ignored: p.ignored.Load()}
+}
+
+// Run polls at once, then every Interval after the previous poll ended,
+// until ctx is cancelled; it returns nil then. A failed poll is logged and
+// tried again at the next interval (each request has already been retried).
+func (p *Poller) Run(ctx context.Context) error {
+	p.log.Info("polling the WorkOS Events API", zap.Duration("interval", p.opts.Interval), zap.String("endpoint", redactURL(p.client.opts.Endpoint)))
+	for {
+		if err := p.Poll(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			p.log.Error("events poll failed; retrying at the next interval", zap.Error(err))
+		}
+		if sleep(ctx, p.opts.Interval) != nil {
+			return nil
+		}
+	}
+}
+
+// Poll reads every page of events after the stored cursor and publishes
+// them, storing the cursor after each page. It stops at the first error,
+// with the cursor on the last page fully acknowledged.
+func (p *Poller) Poll(ctx context.Context) error {
+	p.polls.Add(1)
+	err := p.poll(ctx)
+	if err != nil && ctx.Err() == nil {
+		p.failures.Add(1)
+	}
+	return err
+}
+
+func (p *Poller) poll(ctx context.Context) error {
+	after, err := p.cursor.Cursor(CursorEvents)
+	if err != nil {
+		return fmt.Errorf("read events cursor: %w", err)
+	}
+	start := ""
+	if after == "" {
+		if start, err = p.rangeStart(); err != nil {
+			return err
+		}
+	}
+	for ctx.Err() == nil {
+		page, err := p.client.ListEvents(ctx, p.types, after, start)
+		if err != nil {
+			return fmt.Errorf("list events: %w", err)
+		}
+		p.pages.Add(1)
+		if len(page.Events) == 0 {
+			return nil
+		}
+		last, err := p.publishPage(ctx, page.Events)
+		if err != nil {
+			return err
+		}
+		next := page.After
+		if next == "" || next == after {
+			next = last // the end of the list: go on from its last event
+		}
+		if next == "" || next == after {
+			return fmt.Errorf("events page without a cursor to go on from (after %q)", after)
+		}
+		if err := p.cursor.SetCursor(CursorEvents, next); err != nil {
+			return fmt.Errorf("store events cursor: %w", err)
+		}
+		p.log.Debug("events page published", zap.Int("events", len(page.Events)), zap.String("cursor", next))
+		after, start = next, ""
+		if len(page.Events) < p.client.opts.PageSize {
+			return nil // caught up
+		}
+	}
+	return ctx.Err()
+}
+
+// rangeStart resolves events.start once and keeps it, so that "now" means
+// the first poll's time even if nothing happens for a while.
+func (p *Poller) rangeStart() (string, error) {
+	s, err := p.cursor.Cursor(CursorEventsStart)
+	if err != nil {
+		return "", fmt.Errorf("read events start: %w", err)
+	}
+	if s != "" {
+		return s, nil
+	}
+	var at time.Time
+	if p.opts.Start == StartNow {
+		at = p.opts.Now()
+	} else if at, err = time.Parse(time.RFC3339, p.opts.Start); err != nil {
+		return "", fmt.Errorf("events.start %q: not %q or an RFC 3339 time", p.opts.Start, StartNow)
+	}
+	s = at.UTC().Format("2006-01-02T15:04:05.000Z07:00")
+	if err := p.cursor.SetCursor(CursorEventsStart, s); err != nil {
+		return "", fmt.Errorf("store events start: %w", err)
+	}
+	p.log.Info("first poll of the Events API", zap.String("range_start", s))
+	return s, nil
+}
+
+// publishPage publishes each event of a page, as the API sent it, and
+// returns the id of the page's last event.
+func (p *Poller) publishPage(ctx context.Context, page []json.RawMessage) (string, error) {
+	last := ""
+	for _, raw := range page {
+		id := envelopeID(raw)
+		if id != "" {
+			last = id
+		}
+		ev, err := events.Decode(raw)
+		if err != nil {
+			p.invalid.Add(1)
+			p.log.Warn("event from the Events API skipped: it cannot be applied", zap.String("event_id", id), zap.Error(err))
+			continue
+		}
+		if ev.Ignored() {
+			p.ignored.Add(1)
+			continue
+		}
+		pctx, cancel := context.WithTimeout(ctx, p.opts.PublishTimeout)
+		dup, err := p.pub.Publish(pctx, ev.DirectoryID, string(ev.Type), ev.ID, raw)
+		cancel()
+		if err != nil {
+			return "", fmt.Errorf("publish %s %s: %w", ev.Type, ev.ID, err)
+		}
+		if dup {
+			p.duplicates.Add(1)
+		} else {
+			p.published.Add(1)
+		}
+	}
+	if last == "" {
+		return "", errors.New("events page without event ids")
+	}
+	return last, nil
+}
+
+// envelopeID returns an event's id, whether or not it decodes as a dsync event.
+func envelopeID(raw []byte) string {
+	var e struct {
+		ID string `json:"id"`
+	}
+	_ = json.Unmarshal(raw, &e)
+	return e.ID
+}
