@@ -227,3 +227,17 @@ func oneLine(s string, max int) string {
 	}
 	return s
 }
+
+// DeadLetterCount returns how many events the dead-letter stream holds,
+// without reading them (for metrics).
+func (q *Queue) DeadLetterCount(ctx context.Context) (uint64, error) {
+	st, err := q.state()
+	if err != nil {
+		return 0, err
+	}
+	info, err := st.dlq.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("queue: dead-letter stream info: %w", err)
+	}
+	return info.State.Msgs, nil
+}

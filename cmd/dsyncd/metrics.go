@@ -93,11 +93,11 @@ func (m *metrics) register(d *daemon) {
 		gauge("dsyncd_dead_letters", "Events parked in the dead-letter stream.", func() float64 {
 			ctx, cancel := scrapeCtx()
 			defer cancel()
-			dl, err := d.q.DeadLetters(ctx)
+			n, err := d.q.DeadLetterCount(ctx)
 			if err != nil {
 				return -1
 			}
-			return float64(len(dl))
+			return float64(n)
 		}),
 		gauge("dsyncd_consumer_pending", "Events in the stream not yet applied and acknowledged (lag).", func() float64 {
 			ctx, cancel := scrapeCtx()

@@ -75,9 +75,14 @@ func (a *app) serve(ctx context.Context, cmd *cobra.Command, cfg config.Config, 
 		case <-ctx.Done():
 			done = true
 		case <-watchdog:
-			if d.ready(ctx) == nil {
-				_, _ = n.Notify("WATCHDOG=1")
+			// The main loop is alive: ping. Readiness goes into STATUS so
+			// that an outage of NATS or the disk is visible without systemd
+			// restarting a daemon that is waiting for them to come back.
+			status := "STATUS=serving"
+			if err := d.ready(ctx); err != nil {
+				status = "STATUS=degraded: " + err.Error()
 			}
+			_, _ = n.Notify("WATCHDOG=1\n" + status)
 		case <-hup:
 			next, err := loadConfig(a.configPath, cmd.Flags(), true)
 			if err == nil {
