@@ -22,9 +22,10 @@ build: deps ## Build bin/dsyncd
 run: build ## Run the daemon on the embedded NATS server with config/example.yaml
 	$(BIN) serve --config $(CONFIG)
 
-test: deps ## Run every test with the race detector, then each fuzz target briefly
+test: deps ## Every test with the race detector, each fuzz target briefly, and the short soak
 	$(GO) test -race -count=1 ./...
 	$(MAKE) --no-print-directory fuzz FUZZTIME=5s
+	$(MAKE) --no-print-directory soak-short
 
 test-short: deps ## Quick tests (fewer seeds, no fuzzing)
 	$(GO) test -short -count=1 ./...
@@ -39,23 +40,26 @@ bench: deps ## Benchmarks: replay of a 100k-event stream (events/s), verify, dec
 	$(GO) test -run='^$$' -bench=. -benchmem ./events/
 
 bench-e2e: build ## Load test the whole path (HTTP in -> applied) on loopback
-	$(GO) run ./cmd/dsyncd-load -users 100000 -groups 1000 -concurrency 64
+	$(GO) run ./cmd/dsyncd-load -bin $(BIN) -users 100000 -groups 1000 -memberships 3 -concurrency 64
 
-soak: build ## Kill/flood/starve harness (long run); exits non-zero on any loss
-	$(GO) run ./cmd/dsyncd-soak -kills 25 -duration 5m
+soak: build ## Kill/flood/starve harness (long run, ~15 min); exits non-zero on any loss
+	$(GO) run ./cmd/dsyncd-soak -bin $(BIN) -kills 25 -duration 2m -load-duration 5m -fuzz 30s
 
-soak-short: build ## Short soak, as CI runs it
-	$(GO) run ./cmd/dsyncd-soak -kills 20 -duration 90s
+soak-short: build ## Short soak, as CI runs it (< 3 min); exits non-zero on any loss
+	$(GO) run ./cmd/dsyncd-soak -bin $(BIN) -short -kills 20 -duration 45s
 
 lint: ## gofmt check and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-install: build ## Install binary, systemd unit and example config (as root)
+install: build ## Install binary, systemd unit, service user and (if absent) config and env file (as root)
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/dsyncd
 	install -D -m 0644 deploy/dsyncd.service $(DESTDIR)/etc/systemd/system/dsyncd.service
-	install -D -m 0640 config/example.yaml $(DESTDIR)/etc/dsyncd/dsyncd.yaml
-	@echo "Put secrets in /etc/dsyncd/dsyncd.env (DSYNCD_WEBHOOK_SECRETS=...), then: systemctl daemon-reload && systemctl enable --now dsyncd"
+	install -D -m 0644 deploy/dsyncd.sysusers $(DESTDIR)/usr/lib/sysusers.d/dsyncd.conf
+	@# An upgrade never overwrites the operator's configuration or secrets.
+	test -e $(DESTDIR)/etc/dsyncd/dsyncd.yaml || install -D -m 0640 deploy/dsyncd.yaml $(DESTDIR)/etc/dsyncd/dsyncd.yaml
+	test -e $(DESTDIR)/etc/dsyncd/dsyncd.env || install -D -m 0600 deploy/dsyncd.env.example $(DESTDIR)/etc/dsyncd/dsyncd.env
+	@echo "Set the secrets in /etc/dsyncd/dsyncd.env, then: systemd-sysusers && chgrp dsyncd /etc/dsyncd/dsyncd.yaml && systemctl daemon-reload && systemctl enable --now dsyncd"
 
 clean: ## Remove build output
 	rm -rf bin

@@ -1,0 +1,301 @@
+// Command dsyncd-load load-tests the whole webhook path on loopback: HTTP in,
+// signature check, JetStream, worker, store. It is what `make bench-e2e` runs.
+//
+// It starts `dsyncd serve` itself (-bin; temporary data directory, embedded
+// NATS, a random loopback port, log level warn, a mapping with an App Admins
+// rule) unless -url points at a running daemon, generates a synthetic
+// directory's initial sync with events/synth (-users, -groups, -memberships,
+// -changes), signs every body with events.Sign at the moment it is posted, and
+// posts the events in created_at order from -concurrency keep-alive
+// connections, retrying any non-2xx answer with exponential backoff like
+// WorkOS. It then polls GET /metrics until dsyncd_consumer_pending is 0 and
+// dsyncd_events_total has counted every event, and prints:
+//
+//   - webhook requests/s and events/s until the last 2xx;
+//   - p50/p99/max time to 2xx, per request and per event (retries included);
+//   - the time until the last event was applied, and the apply rate;
+//   - the daemon's peak RSS (VmHWM from /proc/<pid>/status), when it started it;
+//   - a few samples of the consumer lag.
+//
+// -sync-always runs the daemon with DSYNCD_NATS_SYNC_ALWAYS=true to measure
+// the cost of an fsync per stored event. Everything is bounded by -timeout.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/dsyncd/dsyncd/cmd/dsyncd-load/harness"
+	"github.com/dsyncd/dsyncd/events/synth"
+)
+
+type options struct {
+	bin         string
+	url         string
+	secret      string
+	users       int
+	groups      int
+	memberships int
+	changes     int
+	concurrency int
+	seed        uint64
+	syncAlways  bool
+	timeout     time.Duration
+	keep        bool
+}
+
+func main() {
+	var o options
+	flag.StringVar(&o.bin, "bin", "bin/dsyncd", "dsyncd binary to start (ignored with -url)")
+	flag.StringVar(&o.url, "url", "", "base URL of a running dsyncd (e.g. http://127.0.0.1:8080); empty starts one")
+	flag.StringVar(&o.secret, "secret", "whsec_dsyncd_load", "webhook secret (with -url: one the running daemon accepts)")
+	flag.IntVar(&o.users, "users", 100000, "directory users in the initial sync")
+	flag.IntVar(&o.groups, "groups", 1000, "directory groups in the initial sync")
+	flag.IntVar(&o.memberships, "memberships", 3, "groups each user joins in the initial sync")
+	flag.IntVar(&o.changes, "changes", 0, "random lifecycle events after the initial sync")
+	flag.IntVar(&o.concurrency, "concurrency", 64, "concurrent posters (keep-alive connections)")
+	flag.Uint64Var(&o.seed, "seed", 1, "synthetic stream seed")
+	flag.BoolVar(&o.syncAlways, "sync-always", false, "run the daemon with DSYNCD_NATS_SYNC_ALWAYS=true (fsync every stored event)")
+	flag.DurationVar(&o.timeout, "timeout", 20*time.Minute, "bound on the whole run")
+	flag.BoolVar(&o.keep, "keep", false, "keep the temporary data directory")
+	flag.Parse()
+	if o.concurrency < 1 || o.users < 0 || o.groups < 0 || o.memberships < 0 || o.changes < 0 {
+		fmt.Fprintln(os.Stderr, "dsyncd-load: counts must be >= 0 and -concurrency >= 1")
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, cancel := context.WithTimeout(ctx, o.timeout)
+	err := run(ctx, o)
+	cancel()
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "dsyncd-load:", err)
+		os.Exit(1)
+	}
+}
+
+type lagSample struct {
+	at                        time.Duration
+	acked, processed, pending float64
+}
+
+func run(ctx context.Context, o options) error {
+	t0 := time.Now()
+	stream := synth.Stream(synth.Options{Seed: o.seed, Users: o.users, Groups: o.groups, MembershipsPerUser: o.memberships, Changes: o.changes})
+	genTime := time.Since(t0)
+	var bytesTotal int64
+	for _, e := range stream {
+		bytesTotal += int64(len(e.Body))
+	}
+	fmt.Printf("generated %d events (%s of JSON, %.0f B/event) in %s\n", len(stream), harness.MiB(bytesTotal), float64(bytesTotal)/float64(max(1, len(stream))), genTime.Round(time.Millisecond))
+
+	base := o.url
+	var d *harness.Daemon
+	ctl := harness.NewClient(4, 15*time.Second)
+	if base == "" {
+		dir, err := os.MkdirTemp("", "dsyncd-load-")
+		if err != nil {
+			return err
+		}
+		if o.keep {
+			fmt.Println("data directory:", dir)
+		} else {
+			defer os.RemoveAll(dir)
+		}
+		port, err := harness.FreePort()
+		if err != nil {
+			return err
+		}
+		listen := fmt.Sprintf("127.0.0.1:%d", port)
+		cfg := filepath.Join(dir, "dsyncd.yaml")
+		if err := harness.WriteConfig(cfg, harness.Config{DataDir: filepath.Join(dir, "data"), Listen: listen, Secret: o.secret, AdminRule: true}); err != nil {
+			return err
+		}
+		d = &harness.Daemon{Bin: o.bin, Config: cfg, Listen: listen, LogPath: filepath.Join(dir, "dsyncd.log")}
+		if o.syncAlways {
+			d.Env = append(d.Env, "DSYNCD_NATS_SYNC_ALWAYS=true")
+		}
+		if err := d.Start(); err != nil {
+			return err
+		}
+		defer func() {
+			if d.Running() {
+				_ = d.Kill()
+			}
+		}()
+		rctx, cancel := context.WithTimeout(ctx, time.Minute)
+		err = d.WaitReady(rctx, ctl)
+		cancel()
+		if err != nil {
+			return err
+		}
+		base = d.URL()
+	} else if code, _, err := harness.Get(ctx, ctl, base+"/readyz"); err != nil || code != 200 {
+		return fmt.Errorf("%s/readyz: %d %v", base, code, err)
+	}
+	before, err := harness.Scrape(ctx, ctl, base)
+	if err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+
+	p := &harness.Poster{Client: harness.NewClient(o.concurrency, 30*time.Second), URL: base + "/webhooks/workos", Secret: o.secret}
+	retry := harness.Retry{First: 100 * time.Millisecond, Max: 2 * time.Second, MaxAttempts: 20}
+	var (
+		next        atomic.Int64
+		requests    atomic.Int64
+		non2xx      atomic.Int64
+		transport   atomic.Int64
+		failed      atomic.Int64
+		acked       atomic.Int64
+		mu          sync.Mutex
+		reqLat      = make([]time.Duration, 0, len(stream)+1024)
+		eventLat    = make([]time.Duration, 0, len(stream))
+		lastAckTime time.Time
+	)
+	// Lag sampler: once a second, what has been acknowledged, processed and is pending.
+	var samples []lagSample
+	sampleDone := make(chan struct{})
+	sctx, stopSampler := context.WithCancel(ctx)
+	start := time.Now()
+	go func() {
+		defer close(sampleDone)
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-sctx.Done():
+				return
+			case <-tick.C:
+			}
+			if m, err := harness.Scrape(sctx, ctl, base); err == nil {
+				samples = append(samples, lagSample{at: time.Since(start), acked: float64(acked.Load()),
+					processed: m.Processed() - before.Processed(), pending: m.Pending()})
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	for range o.concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			local := make([]time.Duration, 0, 1024)
+			for ctx.Err() == nil {
+				i := next.Add(1) - 1
+				if i >= int64(len(stream)) {
+					break
+				}
+				dl := p.Deliver(ctx, stream[i].Body, retry, func(a harness.Attempt) {
+					requests.Add(1)
+					switch {
+					case a.Err != nil:
+						transport.Add(1)
+					case a.Status/100 != 2:
+						non2xx.Add(1)
+					}
+					local = append(local, a.End.Sub(a.Start))
+				})
+				if !dl.Delivered() {
+					failed.Add(1)
+					continue
+				}
+				acked.Add(1)
+				mu.Lock()
+				eventLat = append(eventLat, dl.Took)
+				if now := time.Now(); now.After(lastAckTime) {
+					lastAckTime = now
+				}
+				mu.Unlock()
+			}
+			mu.Lock()
+			reqLat = append(reqLat, local...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	ingest := lastAckTime.Sub(start)
+	if err := ctx.Err(); err != nil {
+		stopSampler()
+		<-sampleDone
+		return fmt.Errorf("posting interrupted after %d of %d events: %w", acked.Load(), len(stream), err)
+	}
+	if n := failed.Load(); n > 0 {
+		stopSampler()
+		<-sampleDone
+		return fmt.Errorf("%d events never got a 2xx after %d attempts", n, retry.MaxAttempts)
+	}
+	final, err := harness.WaitDrained(ctx, ctl, base, before.Processed()+float64(len(stream)))
+	appliedAt := time.Since(start)
+	stopSampler()
+	<-sampleDone
+	if err != nil {
+		return fmt.Errorf("waiting for the worker: %w", err)
+	}
+
+	var st harness.ProcStatus
+	var stopTook time.Duration
+	if d != nil {
+		st, _ = d.Status()
+		t := time.Now()
+		if err := d.Stop(time.Minute); err != nil {
+			return err
+		}
+		stopTook = time.Since(t)
+	}
+
+	n := float64(len(stream))
+	mode := "embedded NATS, sync_interval 1s (default)"
+	if o.syncAlways {
+		mode = "embedded NATS, sync_always (fsync per event)"
+	}
+	if o.url != "" {
+		mode = "running daemon at " + o.url
+	}
+	fmt.Printf("\ndsyncd-load: %d users, %d groups, %d memberships/user, %d changes -> %d events; %d posters; %s\n\n",
+		o.users, o.groups, o.memberships, o.changes, len(stream), o.concurrency, mode)
+	t := harness.Table{Header: []string{"metric", "value"}}
+	t.Add("webhook requests", fmt.Sprintf("%d (%d non-2xx, %d transport errors)", requests.Load(), non2xx.Load(), transport.Load()))
+	t.Add("ingest: requests/s", fmt.Sprintf("%.0f", float64(requests.Load())/ingest.Seconds()))
+	t.Add("ingest: events/s (2xx)", fmt.Sprintf("%.0f", n/ingest.Seconds()))
+	t.Add("ingest: time to last 2xx", ingest.Round(time.Millisecond))
+	t.Add("request latency p50 / p99 / max", fmt.Sprintf("%s / %s / %s", harness.Ms(harness.Percentile(reqLat, 50)), harness.Ms(harness.Percentile(reqLat, 99)), harness.Ms(harness.Percentile(reqLat, 100))))
+	t.Add("time to 2xx per event p50 / p99 / max", fmt.Sprintf("%s / %s / %s", harness.Ms(harness.Percentile(eventLat, 50)), harness.Ms(harness.Percentile(eventLat, 99)), harness.Ms(harness.Percentile(eventLat, 100))))
+	t.Add("time until last event applied", appliedAt.Round(time.Millisecond))
+	t.Add("end-to-end events/s (applied)", fmt.Sprintf("%.0f", n/appliedAt.Seconds()))
+	t.Add("worker outcomes", fmt.Sprintf("applied %.0f, stale %.0f, duplicate %.0f, invalid %.0f",
+		final.Outcome("applied")-before.Outcome("applied"), final.Outcome("stale")-before.Outcome("stale"),
+		final.Outcome("duplicate")-before.Outcome("duplicate"), final.Outcome("invalid")-before.Outcome("invalid")))
+	if d != nil {
+		t.Add("daemon peak RSS (VmHWM)", harness.MiB(st.VmHWM))
+		t.Add("daemon RSS at end (anon + file)", fmt.Sprintf("%s (%s + %s)", harness.MiB(st.VmRSS), harness.MiB(st.RssAnon), harness.MiB(st.RssFile)))
+		t.Add("graceful stop (SIGTERM)", stopTook.Round(time.Millisecond))
+	} else {
+		t.Add("daemon peak RSS", "n/a (-url: not our process)")
+	}
+	t.Print(os.Stdout)
+
+	if len(samples) > 0 {
+		fmt.Println("\nconsumer lag (sampled):")
+		lt := harness.Table{Header: []string{"t", "acknowledged", "processed", "pending"}}
+		step := max(1, len(samples)/10)
+		for i := 0; i < len(samples); i += step {
+			s := samples[i]
+			lt.Add(s.at.Round(time.Second), fmt.Sprintf("%.0f", s.acked), fmt.Sprintf("%.0f", s.processed), fmt.Sprintf("%.0f", s.pending))
+		}
+		if s := samples[len(samples)-1]; (len(samples)-1)%step != 0 {
+			lt.Add(s.at.Round(time.Second), fmt.Sprintf("%.0f", s.acked), fmt.Sprintf("%.0f", s.processed), fmt.Sprintf("%.0f", s.pending))
+		}
+		lt.Print(os.Stdout)
+	}
+	if v := non2xx.Load() + transport.Load(); v > 0 {
+		fmt.Printf("\nnote: %d requests were answered non-2xx or failed and were retried\n", v)
+	}
+	return nil
+}
