@@ -94,6 +94,10 @@ func New(q *queue.Queue, st *storage.Store, opts Options, log *zap.Logger) *Work
 // last batch (if any) committed.
 func (w *Worker) Consuming() bool { return w.consuming.Load() && w.healthy.Load() }
 
+// Attached reports whether the worker is attached to its consumer, even if
+// the store cannot be written for now (events then wait in the stream).
+func (w *Worker) Attached() bool { return w.consuming.Load() }
+
 // Run consumes until ctx is cancelled. It finishes the batch being applied
 // before returning. It returns nil on cancellation.
 func (w *Worker) Run(ctx context.Context) error {
@@ -119,6 +123,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer w.consuming.Store(false)
 	w.log.Info("consuming", zap.String("durable", w.opts.Durable), zap.Int("batch_size", w.opts.BatchSize))
 	backoff = w.opts.RetryBackoff
+	storeBackoff := w.opts.RetryBackoff
 	for ctx.Err() == nil {
 		batch, err := cons.Fetch(w.opts.BatchSize, jetstream.FetchMaxWait(w.opts.FetchWait))
 		if err != nil {
@@ -136,15 +141,26 @@ func (w *Worker) Run(ctx context.Context) error {
 		// Apply what has arrived as soon as the channel runs dry, so a
 		// trickle of events lands at once and a flood is batched.
 		var msgs []jetstream.Msg
+		storeDown := false
 		for m := range batch.Messages() {
 			msgs = append(msgs, m)
 			if len(batch.Messages()) == 0 {
-				w.process(msgs)
+				storeDown = !w.process(msgs) || storeDown
 				msgs = msgs[:0]
 			}
 		}
 		if len(msgs) > 0 {
-			w.process(msgs)
+			storeDown = !w.process(msgs) || storeDown
+		}
+		if storeDown {
+			// The store cannot be written: back off (up to 30s) rather
+			// than spin through the stream.
+			if !sleep(ctx, storeBackoff) {
+				return nil
+			}
+			storeBackoff = min(storeBackoff*2, 30*time.Second)
+		} else {
+			storeBackoff = w.opts.RetryBackoff
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 			w.log.Debug("fetch ended", zap.Error(err))
@@ -155,7 +171,8 @@ func (w *Worker) Run(ctx context.Context) error {
 
 // process applies one batch. It never returns an error: every message ends
 // acknowledged (applied or parked) or left for redelivery (nak with delay).
-func (w *Worker) process(msgs []jetstream.Msg) {
+// It returns false when the store could not be written at all.
+func (w *Worker) process(msgs []jetstream.Msg) bool {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -177,7 +194,7 @@ func (w *Worker) process(msgs []jetstream.Msg) {
 	}
 	if len(evs) == 0 {
 		w.report(rep, start)
-		return
+		return true
 	}
 	outs, err := w.st.Apply(evs)
 	if err == nil {
@@ -188,7 +205,7 @@ func (w *Worker) process(msgs []jetstream.Msg) {
 		}
 		w.healthy.Store(true)
 		w.report(rep, start)
-		return
+		return true
 	}
 	if environmental(err) {
 		// Nothing was committed. Leave every message for redelivery and
@@ -198,7 +215,7 @@ func (w *Worker) process(msgs []jetstream.Msg) {
 		for _, m := range valid {
 			_ = m.NakWithDelay(w.opts.RetryBackoff)
 		}
-		return
+		return false
 	}
 	// A batch failed for a reason tied to its events: apply one by one to
 	// find the culprit(s), and park those that have used their attempts.
@@ -225,6 +242,7 @@ func (w *Worker) process(msgs []jetstream.Msg) {
 		}
 	}
 	w.report(rep, start)
+	return true
 }
 
 func (w *Worker) report(rep BatchReport, start time.Time) {

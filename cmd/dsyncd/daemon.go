@@ -148,7 +148,9 @@ func (d *daemon) ready(ctx context.Context) error {
 	if err := d.q.Ready(ctx); err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
-	if !d.w.Consuming() {
+	// A worker waiting for a full or read-only disk is still ready: webhooks
+	// are stored in JetStream meanwhile (dsyncd_consumer_pending shows it).
+	if !d.w.Attached() {
 		return errors.New("worker: not consuming")
 	}
 	return nil

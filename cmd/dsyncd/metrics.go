@@ -108,7 +108,19 @@ func (m *metrics) register(d *daemon) {
 			}
 			return float64(n)
 		}),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "dsyncd_build_info", Help: "Build information.",
+		gauge("dsyncd_stream_bytes", "Bytes held by the event stream; at nats.max_bytes new webhooks get 503.", func() float64 {
+			ctx, cancel := scrapeCtx()
+			defer cancel()
+			info, err := d.q.StreamInfo(ctx)
+			if err != nil {
+				return -1
+			}
+			return float64(info.State.Bytes)
+		}),
+		gauge("dsyncd_stream_max_bytes", "The event stream's size cap (nats.max_bytes; 0 = unlimited).", func() float64 {
+			return float64(d.cfg.NATS.MaxBytes)
+		}),
+				prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "dsyncd_build_info", Help: "Build information.",
 			ConstLabels: prometheus.Labels{"version": version, "revision": revision}}, func() float64 { return 1 }),
 	)
 }

@@ -81,6 +81,8 @@ func (a *app) serve(ctx context.Context, cmd *cobra.Command, cfg config.Config, 
 			status := "STATUS=serving"
 			if err := d.ready(ctx); err != nil {
 				status = "STATUS=degraded: " + err.Error()
+			} else if !d.w.Consuming() {
+				status = "STATUS=degraded: the store cannot be written; events wait in JetStream"
 			}
 			_, _ = n.Notify("WATCHDOG=1\n" + status)
 		case <-hup:
