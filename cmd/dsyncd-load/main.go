@@ -28,6 +28,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -48,6 +49,7 @@ type options struct {
 	concurrency int
 	seed        uint64
 	syncAlways  bool
+	daemonEnv   string
 	timeout     time.Duration
 	keep        bool
 }
@@ -64,6 +66,7 @@ func main() {
 	flag.IntVar(&o.concurrency, "concurrency", 64, "concurrent posters (keep-alive connections)")
 	flag.Uint64Var(&o.seed, "seed", 1, "synthetic stream seed")
 	flag.BoolVar(&o.syncAlways, "sync-always", false, "run the daemon with DSYNCD_NATS_SYNC_ALWAYS=true (fsync every stored event)")
+	flag.StringVar(&o.daemonEnv, "daemon-env", "", "extra KEY=VALUE[,KEY=VALUE] for the daemon only, e.g. GOMEMLIMIT=150MiB")
 	flag.DurationVar(&o.timeout, "timeout", 20*time.Minute, "bound on the whole run")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary data directory")
 	flag.Parse()
@@ -122,6 +125,9 @@ func run(ctx context.Context, o options) error {
 		d = &harness.Daemon{Bin: o.bin, Config: cfg, Listen: listen, LogPath: filepath.Join(dir, "dsyncd.log")}
 		if o.syncAlways {
 			d.Env = append(d.Env, "DSYNCD_NATS_SYNC_ALWAYS=true")
+		}
+		if o.daemonEnv != "" {
+			d.Env = append(d.Env, strings.Split(o.daemonEnv, ",")...)
 		}
 		if err := d.Start(); err != nil {
 			return err

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -48,7 +49,16 @@ are up, WATCHDOG=1 every WatchdogSec/2, and STOPPING=1 on shutdown.`,
 	return cmd
 }
 
+// defaultMemoryLimit is serve's soft Go memory limit when GOMEMLIMIT is unset.
+const defaultMemoryLimit = 128 << 20
+
 func (a *app) serve(ctx context.Context, cmd *cobra.Command, cfg config.Config, log *zap.Logger) error {
+	// A soft memory limit keeps the heap near its live size under load (the
+	// garbage of decoding is large, the live state small: the store is
+	// memory-mapped, not on the heap). GOMEMLIMIT overrides it.
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(defaultMemoryLimit)
+	}
 	d := newDaemon(cfg, log)
 	start := time.Now()
 	if err := d.Open(ctx); err != nil {
