@@ -17,6 +17,8 @@ import (
 	"github.com/workos/workos-go/v4/pkg/directorysync"
 	"github.com/workos/workos-go/v4/pkg/workos_errors"
 	"go.uber.org/zap"
+
+	"github.com/dsyncd/dsyncd/events"
 )
 
 // Defaults of ClientOptions.
@@ -278,14 +280,9 @@ func (c *Client) ListEvents(ctx context.Context, types []string, after, rangeSta
 	return EventsPage{Events: p.Data, After: p.after()}, nil
 }
 
-// Directory is a WorkOS directory as the API lists it.
-type Directory struct {
-	ID             string `json:"id"`
-	OrganizationID string `json:"organization_id"`
-	Name           string `json:"name"`
-	Type           string `json:"type"`
-	State          string `json:"state"`
-}
+// Directory is a WorkOS directory as the API lists it: the same fields as
+// the directory of a dsync.activated event.
+type Directory = events.Directory
 
 // ListDirectories lists every directory, or those of organization org.
 func (c *Client) ListDirectories(ctx context.Context, org string) ([]Directory, error) {
