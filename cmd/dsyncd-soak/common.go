@@ -78,6 +78,31 @@ func (e *env) newDaemon(dir string, c harness.Config, extraEnv ...string) (*harn
 	return &harness.Daemon{Bin: e.bin, Config: cfg, Env: extraEnv, Listen: c.Listen, LogPath: filepath.Join(dir, "dsyncd.log")}, nil
 }
 
+// boot creates a daemon under dir (as newDaemon), computes the in-order
+// golden export of stream when stream is not nil, and starts it. The caller
+// defers stop(d).
+func (e *env) boot(ctx context.Context, dir string, c harness.Config, stream []synth.Event, extraEnv ...string) (*harness.Daemon, []byte, error) {
+	d, err := e.newDaemon(dir, c, extraEnv...)
+	if err != nil {
+		return nil, nil, err
+	}
+	var golden []byte
+	if stream != nil {
+		if golden, err = e.golden(ctx, d, dir, stream); err != nil {
+			return nil, nil, fmt.Errorf("golden: %w", err)
+		}
+	}
+	return d, golden, e.start(ctx, d)
+}
+
+// stop kills d if it still runs (phases stop it gracefully themselves when
+// they need to).
+func stop(d *harness.Daemon) {
+	if d.Running() {
+		_ = d.Kill()
+	}
+}
+
 // start starts d and waits for /readyz.
 func (e *env) start(ctx context.Context, d *harness.Daemon) error {
 	if err := d.Start(); err != nil {

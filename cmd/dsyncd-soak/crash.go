@@ -30,25 +30,12 @@ func (e *env) crashPhase(ctx context.Context, o options) *result {
 	r.note("stream: %d users, %d groups, %d memberships/user, %d changes = %d events; %d deliveries (shuffled, ~15%% duplicates)",
 		so.Users, so.Groups, so.MembershipsPerUser, so.Changes, len(stream), len(deliveries))
 
-	d, err := e.newDaemon(dir, harness.Config{AckWait: 5 * time.Second})
+	d, golden, err := e.boot(ctx, dir, harness.Config{AckWait: 5 * time.Second}, stream)
 	if err != nil {
 		r.fail("%v", err)
 		return r
 	}
-	golden, err := e.golden(ctx, d, dir, stream)
-	if err != nil {
-		r.fail("golden: %v", err)
-		return r
-	}
-	if err := e.start(ctx, d); err != nil {
-		r.fail("%v", err)
-		return r
-	}
-	defer func() {
-		if d.Running() {
-			_ = d.Kill()
-		}
-	}()
+	defer stop(d)
 
 	// Scrape the worker's counters often, and right before each kill: the
 	// per-lifetime maxima add up to a lower bound of what was processed.

@@ -231,20 +231,12 @@ func (e *env) hostilePhase(ctx context.Context, _ options) *result {
 		r.fail("%v", err)
 		return r
 	}
-	d, err := e.newDaemon(dir, harness.Config{ReadTimeout: hostileReadTimeout})
+	d, _, err := e.boot(ctx, dir, harness.Config{ReadTimeout: hostileReadTimeout}, nil)
 	if err != nil {
 		r.fail("%v", err)
 		return r
 	}
-	if err := e.start(ctx, d); err != nil {
-		r.fail("%v", err)
-		return r
-	}
-	defer func() {
-		if d.Running() {
-			_ = d.Kill()
-		}
-	}()
+	defer stop(d)
 	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
 	var wrong []string
 	resets := 0

@@ -75,25 +75,12 @@ func (e *env) outagePhase(ctx context.Context, o options) *result {
 		nsMu.Unlock()
 	}()
 	natsURL := fmt.Sprintf("nats://127.0.0.1:%d", port)
-	d, err := e.newDaemon(dir, harness.Config{AckWait: 5 * time.Second}, "DSYNCD_NATS_URL="+natsURL)
+	d, golden, err := e.boot(ctx, dir, harness.Config{AckWait: 5 * time.Second}, stream, "DSYNCD_NATS_URL="+natsURL)
 	if err != nil {
 		r.fail("%v", err)
 		return r
 	}
-	golden, err := e.golden(ctx, d, dir, stream)
-	if err != nil {
-		r.fail("golden: %v", err)
-		return r
-	}
-	if err := e.start(ctx, d); err != nil {
-		r.fail("%v", err)
-		return r
-	}
-	defer func() {
-		if d.Running() {
-			_ = d.Kill()
-		}
-	}()
+	defer stop(d)
 
 	dl := newDelivery(true)
 	p := &harness.Poster{Client: harness.NewClient(8, 15*time.Second), URL: d.WebhookURL(), Secret: secret}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -75,25 +74,12 @@ func (e *env) storeFaultPhase(ctx context.Context, o options) *result {
 	first, second := bodiesOf(stream[:half]), bodiesOf(stream[half:])
 	r.events = len(stream)
 
-	d, err := e.newDaemon(dir, harness.Config{AckWait: 5 * time.Second}, "DSYNCD_STORE_PATH="+storePath)
+	d, golden, err := e.boot(ctx, dir, harness.Config{AckWait: 5 * time.Second}, stream, "DSYNCD_STORE_PATH="+storePath)
 	if err != nil {
 		r.fail("%v", err)
 		return r
 	}
-	golden, err := e.golden(ctx, d, dir, stream)
-	if err != nil {
-		r.fail("golden: %v", err)
-		return r
-	}
-	if err := e.start(ctx, d); err != nil {
-		r.fail("%v", err)
-		return r
-	}
-	defer func() {
-		if d.Running() {
-			_ = d.Kill()
-		}
-	}()
+	defer stop(d)
 	dl := newDelivery(false)
 	p := &harness.Poster{Client: harness.NewClient(8, 15*time.Second), URL: d.WebhookURL(), Secret: secret}
 	pctx, cancelPost := context.WithTimeout(ctx, 3*time.Minute)
@@ -127,18 +113,19 @@ func (e *env) storeFaultPhase(ctx context.Context, o options) *result {
 		r.fail("%d deliveries never got a 2xx although JetStream had space", len(dl.failed))
 	}
 
-	// The fault must bite: the worker cannot commit, reports not ready, and
-	// keeps the events in the stream.
+	// The fault must bite: the worker cannot commit, says so
+	// (dsyncd_store_writable 0; /readyz stays 200: webhooks are still
+	// stored), and keeps the events in the stream.
 	var bit bool
 	var reason string
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) && ctx.Err() == nil && d.Running() {
-		code, body, err := harness.Get(ctx, e.ctl, d.URL()+"/readyz")
-		if err == nil && code == 503 {
-			bit, reason = true, strings.TrimSpace(string(body))
+		m, err := harness.Scrape(ctx, e.ctl, d.URL())
+		if err == nil && m["dsyncd_store_writable"] == 0 {
+			code, _, _ := harness.Get(ctx, e.ctl, d.URL()+"/readyz")
+			bit, reason = true, fmt.Sprintf("(dsyncd_store_writable 0, /readyz %d)", code)
 			break
 		}
-		m, err := harness.Scrape(ctx, e.ctl, d.URL())
 		if err == nil && m.Pending() == 0 && m.Processed() >= float64(len(stream)) {
 			break // everything fit in bbolt's free pages: the fault did not bite
 		}
@@ -155,7 +142,7 @@ func (e *env) storeFaultPhase(ctx context.Context, o options) *result {
 		r.fail("the store never failed: with %d KiB filled, every commit still fit (make the second half larger)", filled>>10)
 		return r
 	}
-	r.note("fault bit %s after the fill: /readyz 503 %s", time.Since(faultAt).Round(time.Millisecond), reason)
+	r.note("fault bit %s after the fill %s", time.Since(faultAt).Round(time.Millisecond), reason)
 	// Hold the fault; nothing may be acknowledged meanwhile.
 	hold := 3 * time.Second
 	if !o.short {

@@ -49,20 +49,12 @@ func (e *env) sustainPhase(ctx context.Context, o options) *result {
 	}
 	// The stream grows by ~1 KiB per event: lift the 1 GiB default cap so the
 	// run measures dsyncd, not DiscardNew.
-	d, err := e.newDaemon(dir, harness.Config{MaxBytes: -1})
+	d, _, err := e.boot(ctx, dir, harness.Config{MaxBytes: -1}, nil)
 	if err != nil {
 		r.fail("%v", err)
 		return r
 	}
-	if err := e.start(ctx, d); err != nil {
-		r.fail("%v", err)
-		return r
-	}
-	defer func() {
-		if d.Running() {
-			_ = d.Kill()
-		}
-	}()
+	defer stop(d)
 	gctx, stopGen := context.WithCancel(ctx)
 	defer stopGen()
 	src := bodies(gctx)

@@ -108,7 +108,13 @@ func (m *metrics) register(d *daemon) {
 			}
 			return float64(n)
 		}),
-		gauge("dsyncd_stream_bytes", "Bytes held by the event stream; at nats.max_bytes new webhooks get 503.", func() float64 {
+		gauge("dsyncd_store_writable", "1 while the worker's last commit succeeded; 0 while the store cannot be written (disk full, read-only): events wait in JetStream.", func() float64 {
+			if d.w.Consuming() || !d.w.Attached() {
+				return 1
+			}
+			return 0
+		}),
+				gauge("dsyncd_stream_bytes", "Bytes held by the event stream; at nats.max_bytes new webhooks get 503.", func() float64 {
 			ctx, cancel := scrapeCtx()
 			defer cancel()
 			info, err := d.q.StreamInfo(ctx)
