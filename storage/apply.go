@@ -236,8 +236,9 @@ func (c *change) directory() error {
 	if d == nil {
 		d = &dirRec{}
 	} else if !c.k.newer(d.Key) {
-		// An older dsync.deleted still deprovisions what is older than it.
-		if deleted && c.k.newer(d.DeletedKey) {
+		// An older dsync.deleted still deprovisions what is older than it;
+		// with keep it changes nothing: stale.
+		if deleted && c.k.newer(d.DeletedKey) && c.s.opts.Safeguards.OnDirectoryDeleted == OnDirectoryDeletedDeprovision {
 			d.DeletedKey = c.k
 			c.changed = true
 			if err := c.t.putDir(d); err != nil {
@@ -264,7 +265,9 @@ func (c *change) directory() error {
 		return err
 	}
 	if deleted && rec.DeletedKey != prevDeletedKey {
-		return c.deprovisionDirectory(&rec)
+		if err := c.deprovisionDirectory(&rec); err != nil {
+			return err
+		}
 	}
 	if rec.OrganizationID != prevOrg {
 		// Users and groups without an organisation of their own take the
@@ -282,8 +285,14 @@ func (c *change) deprovisionDirectory(d *dirRec) error {
 	}
 	err := eachPrefix(c.t.dirUsers, d.ID, func(uid string) error {
 		u, err := c.t.user(uid)
-		if err != nil || u == nil || !d.DeletedKey.newer(u.Key) {
+		if err != nil || u == nil {
 			return err
+		}
+		// A user newer than the deletion stays, but its memberships older
+		// than the deletion end: its badges change too.
+		c.touch(uid)
+		if !d.DeletedKey.newer(u.Key) {
+			return nil
 		}
 		if c.s.breakGlass(u) {
 			return c.s.auditBreakGlass(c.t, c.ev, u, c.now, "directory deprovisioned")
@@ -322,6 +331,11 @@ func (c *change) setUser(u0 *events.User, deleted bool) error {
 	if u == nil {
 		u = &userRec{}
 	} else if !c.k.newer(u.Key) {
+		if deleted && c.k.newer(u.DeletedKey) && !c.s.breakGlass(u) {
+			// An older delete leaves the newer state of the user alone but
+			// still ends every membership older than it.
+			return c.lateUserDelete(u, floor)
+		}
 		return nil
 	}
 	if deleted && c.s.breakGlass(u) {
@@ -362,6 +376,11 @@ func (c *change) setGroup(g0 *events.Group, deleted bool) (bool, error) {
 	if g == nil {
 		g = &groupRec{}
 	} else if !c.k.newer(g.Key) {
+		if deleted && c.k.newer(g.DeletedKey) {
+			// An older delete leaves the newer state of the group alone but
+			// still ends every membership older than it.
+			return false, c.lateGroupDelete(g, floor)
+		}
 		return false, nil
 	}
 	rec := groupRec{Group: *g0, Key: c.k, Deleted: deleted, DeletedKey: g.DeletedKey}
@@ -372,8 +391,77 @@ func (c *change) setGroup(g0 *events.Group, deleted bool) (bool, error) {
 		}
 	}
 	c.changed = true
-	identity := g.Name != rec.Name || g.IdpID != rec.IdpID || g.OrganizationID != rec.OrganizationID || g.Deleted != rec.Deleted
+	identity := g.Name != rec.Name || g.IdpID != rec.IdpID || g.OrganizationID != rec.OrganizationID || g.Deleted != rec.Deleted ||
+		rec.DeletedKey != g.DeletedKey
 	return identity, c.t.putGroup(&rec)
+}
+
+// lateUserDelete records a dsync.user.deleted older than the user's state:
+// the memberships older than it end. It changes something when one of
+// them was not already ended by a newer event.
+func (c *change) lateUserDelete(u *userRec, floor key) error {
+	err := eachPrefix(c.t.membersByUser, u.ID, func(gid string) error {
+		m, err := c.t.member(gid, u.ID)
+		if err != nil || m == nil {
+			return err
+		}
+		g, err := c.t.group(gid)
+		if err != nil {
+			return err
+		}
+		if c.k.newer(memberKey(m, g, u, floor)) {
+			c.changed = true
+			return errStop
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	u.DeletedKey = c.k
+	c.touch(u.ID)
+	return c.t.putUser(u)
+}
+
+// lateGroupDelete is lateUserDelete for a dsync.group.deleted.
+func (c *change) lateGroupDelete(g *groupRec, floor key) error {
+	err := eachPrefix(c.t.members, g.ID, func(uid string) error {
+		m, err := c.t.member(g.ID, uid)
+		if err != nil || m == nil {
+			return err
+		}
+		u, err := c.t.user(uid)
+		if err != nil {
+			return err
+		}
+		if c.k.newer(memberKey(m, g, u, floor)) {
+			c.changed = true
+		}
+		c.touch(uid)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	g.DeletedKey = c.k
+	return c.t.putGroup(g)
+}
+
+// memberKey is the key of the newest event that touched a membership: its
+// own add or remove, its group's or user's delete, its directory's
+// deprovisioning.
+func memberKey(m *memberRec, g *groupRec, u *userRec, floor key) key {
+	k := floor
+	if m != nil {
+		k = maxKey(k, m.Key)
+	}
+	if g != nil {
+		k = maxKey(k, g.DeletedKey)
+	}
+	if u != nil {
+		k = maxKey(k, u.DeletedKey)
+	}
+	return k
 }
 
 func (c *change) touchMembers(groupID string) error {
@@ -416,8 +504,20 @@ func (c *change) membership() error {
 	if m != nil && !c.k.newer(m.Key) {
 		return nil
 	}
-	c.changed = true
-	c.touch(u0.ID)
+	g, err := c.t.group(g0.ID)
+	if err != nil {
+		return err
+	}
+	u, err := c.t.user(u0.ID)
+	if err != nil {
+		return err
+	}
+	// A membership event older than its user's or group's delete changes
+	// nothing (it is stale for the membership), though it is recorded.
+	if c.k.newer(memberKey(m, g, u, floor)) {
+		c.changed = true
+		c.touch(u0.ID)
+	}
 	return c.t.putMember(g0.ID, u0.ID, &memberRec{Key: c.k, Present: c.ev.Type == events.GroupUserAdded})
 }
 
