@@ -328,18 +328,25 @@ func (c *change) setUser(u0 *events.User, deleted bool) error {
 	if err != nil {
 		return err
 	}
+	// A break-glass account is recognised by what the store holds or by
+	// the payload: a delete may be the first event about it.
+	payload := &userRec{User: *u0}
+	breakGlass := deleted && (c.s.breakGlass(payload) || (u != nil && c.s.breakGlass(u)))
 	if u == nil {
 		u = &userRec{}
 	} else if !c.k.newer(u.Key) {
-		if deleted && c.k.newer(u.DeletedKey) && !c.s.breakGlass(u) {
+		if deleted && c.k.newer(u.DeletedKey) && !breakGlass {
 			// An older delete leaves the newer state of the user alone but
 			// still ends every membership older than it.
 			return c.lateUserDelete(u, floor)
 		}
 		return nil
 	}
-	if deleted && c.s.breakGlass(u) {
+	if breakGlass {
 		c.changed = true // not stale: the skip is audited
+		if u.ID == "" {
+			u = payload
+		}
 		return c.s.auditBreakGlass(c.t, c.ev, u, c.now, "user deleted in the directory")
 	}
 	rec := userRec{User: *u0, Key: c.k, Deleted: deleted, DeletedKey: u.DeletedKey, Grants: u.Grants, AdminIndexed: u.AdminIndexed, AdminOrg: u.AdminOrg}

@@ -263,3 +263,20 @@ func TestLastAdminCountSurvivesMembershipPayloads(t *testing.T) {
 		t.Fatalf("u1, the last admin, lost the badge (holds %+v)", openHolds(t, st))
 	}
 }
+
+func TestBreakGlassDeleteArrivingFirstLeavesNoTombstone(t *testing.T) {
+	for _, bg := range []string{"u1", "u1@x.example"} {
+		st := MustOpen(t, storage.Options{Safeguards: storage.Safeguards{BreakGlass: []string{bg}}})
+		mustApply(t, st,
+			ev("e2", "dsync.user.deleted", 2, usr("u1", "Ann", "inactive")), // delivered before the create
+			ev("e1", "dsync.user.created", 1, usr("u1", "Ann", "active")),
+		)
+		if u := findUser(t, st, "u1"); u == nil || !slices.Equal(u.Badges, []string{"member"}) {
+			t.Fatalf("break-glass %q: user = %+v, want kept with [member]: sync never deletes a break-glass account", bg, u)
+		}
+		entries, _ := st.Audit(storage.AuditFilter{UserID: "u1"})
+		if !slices.ContainsFunc(entries, func(e storage.AuditEntry) bool { return e.Action == storage.ActionSkip && e.EventID == "e2" }) {
+			t.Fatalf("break-glass %q: audit %+v does not explain the skipped delete", bg, entries)
+		}
+	}
+}
