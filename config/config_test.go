@@ -655,3 +655,65 @@ func checkErr(t *testing.T, err error, want []string) {
 		}
 	}
 }
+
+// TestCheckListsEveryProblem: Check reports the load problems (unknown keys,
+// wrong types) together with the validation problems of the keys that
+// decoded, and nothing about a key whose value could not be decoded.
+func TestCheckListsEveryProblem(t *testing.T) {
+	clearEnv(t)
+	path := writeFile(t, `http:
+  listn: 127.0.0.1:1
+webhook:
+  tolerance: 3 minutes
+  secrets: []
+nats:
+  replicas: -1
+log:
+  level: loud
+worker:
+  batch_size: many
+`)
+	_, problems, undecoded, err := Check(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"http.listn: unknown key (did you mean http.listen?)",
+		`webhook.tolerance: invalid duration "3 minutes"`,
+		`worker.batch_size: "many" is not an integer`,
+		`log.level: "loud" is not one of`,
+		"webhook.secrets: at least one secret is required",
+		"nats.replicas: must be between 1 and 5, got -1",
+	}
+	all := strings.Join(problems, "\n")
+	for _, w := range want {
+		if !strings.Contains(all, w) {
+			t.Errorf("problems lack %q:\n%s", w, all)
+		}
+	}
+	if len(problems) != len(want) {
+		t.Errorf("%d problems, want %d (none about the undecoded keys' zero values):\n%s", len(problems), len(want), all)
+	}
+	if strings.Join(undecoded, ",") != "webhook.tolerance,worker.batch_size" && strings.Join(undecoded, ",") != "worker.batch_size,webhook.tolerance" {
+		t.Errorf("undecoded = %q", undecoded)
+	}
+	if _, err := Load(path, nil); err == nil || !strings.Contains(err.Error(), "webhook.tolerance") {
+		t.Errorf("Load = %v, want the load problems", err)
+	}
+	for _, tc := range []struct {
+		key  string
+		keys []string
+		want bool
+	}{
+		{"mapping.groups[0]", []string{"mapping.groups[0].badges"}, true},
+		{"mapping", []string{"mapping.groups[0].badges"}, true},
+		{"mapping.groups[0].badges[1]", []string{"mapping.groups"}, true},
+		{"webhook.tolerance", []string{"webhook.tolerance"}, true},
+		{"webhook.tolerances", []string{"webhook.tolerance"}, false},
+		{"webhook.secrets", []string{"webhook.tolerance", ""}, false},
+	} {
+		if got := Related(tc.key, tc.keys); got != tc.want {
+			t.Errorf("Related(%q, %q) = %v, want %v", tc.key, tc.keys, got, tc.want)
+		}
+	}
+}

@@ -39,6 +39,54 @@ func (e *Error) Error() string { return strings.Join(e.Problems, "\n") }
 // type (an *Error listing every such problem, or the file's read error). It
 // does not call Validate.
 func Load(path string, flags *pflag.FlagSet) (Config, error) {
+	c, problems, _, err := load(path, flags)
+	if err != nil {
+		return Config{}, err
+	}
+	if len(problems) > 0 {
+		return Config{}, &Error{Problems: problems}
+	}
+	return c, nil
+}
+
+// Check loads the configuration as Load does and returns every problem at
+// once, each "key: problem": Load's (unknown keys, values of the wrong type)
+// and then Validate's, leaving out those about a key that failed to decode
+// (its value is unknown). cfg is what decoded: use it only for reporting
+// when problems is not empty; undecoded lists the keys whose value could not
+// be decoded. err is for a file that cannot be read.
+func Check(path string, flags *pflag.FlagSet) (cfg Config, problems, undecoded []string, err error) {
+	c, problems, undecoded, err := load(path, flags)
+	if err != nil {
+		return Config{}, nil, nil, err
+	}
+	for _, p := range c.Problems() {
+		if !Related(ProblemKey(p), undecoded) {
+			problems = append(problems, p)
+		}
+	}
+	return c, problems, undecoded, nil
+}
+
+// ProblemKey returns the key a "key: problem" line is about.
+func ProblemKey(problem string) string {
+	k, _, _ := strings.Cut(problem, ": ")
+	return k
+}
+
+// Related reports whether key is one of keys, or a part or a parent of one
+// ("mapping.groups[0]" is related to "mapping.groups[0].badges" and to "mapping").
+func Related(key string, keys []string) bool {
+	under := func(a, b string) bool { // a is b or inside b
+		return a == b || strings.HasPrefix(a, b+".") || strings.HasPrefix(a, b+"[")
+	}
+	return slices.ContainsFunc(keys, func(k string) bool { return under(key, k) || under(k, key) })
+}
+
+// load reads the configuration over Default. It returns what decoded, the
+// problems of unknown keys and undecodable values (sorted), and the keys
+// whose value could not be decoded.
+func load(path string, flags *pflag.FlagSet) (c Config, problems, failed []string, err error) {
 	v := viper.New()
 	ks := keys()
 	def := reflect.ValueOf(Default())
@@ -51,14 +99,14 @@ func Load(path string, flags *pflag.FlagSet) (Config, error) {
 		// defaults mention the key.
 		if k.kind != kindRules {
 			if err := v.BindEnv(k.key, EnvVar(k.key)); err != nil {
-				return Config{}, fmt.Errorf("config: bind %s: %w", k.key, err)
+				return Config{}, nil, nil, fmt.Errorf("config: bind %s: %w", k.key, err)
 			}
 		}
 		if flags != nil {
 			if f := flags.Lookup(k.key); f != nil {
 				// viper only uses the flag's value when it was set.
 				if err := v.BindPFlag(k.key, f); err != nil {
-					return Config{}, fmt.Errorf("config: bind --%s: %w", k.key, err)
+					return Config{}, nil, nil, fmt.Errorf("config: bind --%s: %w", k.key, err)
 				}
 			}
 		}
@@ -67,28 +115,26 @@ func Load(path string, flags *pflag.FlagSet) (Config, error) {
 		v.SetConfigFile(path)
 		v.SetConfigType("yaml")
 		if err := v.ReadInConfig(); err != nil {
-			return Config{}, fmt.Errorf("config: read %s: %w", path, err)
+			return Config{}, nil, nil, fmt.Errorf("config: read %s: %w", path, err)
 		}
 	}
 
 	unknown := unknownKeys(v.AllKeys(), ks)
-	var c Config
-	var problems []string
 	for _, u := range unknown {
 		problems = append(problems, u.problem)
 	}
 	if err := v.UnmarshalExact(&c, viper.DecodeHook(decodeHook)); err != nil {
 		for _, p := range decodeProblems(err) {
+			if p.msg != "unknown key" {
+				failed = append(failed, p.key)
+			}
 			if !slices.ContainsFunc(unknown, func(u unknownKey) bool { return u.covers(p.key) }) {
 				problems = append(problems, p.String())
 			}
 		}
 	}
-	if len(problems) > 0 {
-		slices.Sort(problems)
-		return Config{}, &Error{Problems: slices.Compact(problems)}
-	}
-	return c, nil
+	slices.Sort(problems)
+	return c, slices.Compact(problems), failed, nil
 }
 
 // BindFlags registers on fs one flag per scalar key (every key but the lists

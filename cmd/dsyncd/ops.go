@@ -1323,22 +1323,22 @@ EXIT STATUS
 // checkConfig returns every problem and warning of the configuration at
 // path (with the environment and the flags). err is for a file that cannot be read.
 func checkConfig(path string, cmd *cobra.Command) (problems, warnings []string, err error) {
-	cfg, err := config.Load(path, cmd.Flags())
+	cfg, problems, undecoded, err := config.Check(path, cmd.Flags())
 	if err != nil {
-		var ce *config.Error
-		if errors.As(err, &ce) {
-			return ce.Problems, nil, nil
-		}
 		return nil, nil, err
 	}
-	problems = cfg.Problems()
-	adminErr := checkAdminRule(cfg)
+	var adminErr error
+	// The admin rule is judged on a mapping that decoded.
+	mappingDecoded := !slices.ContainsFunc([]string{"mapping", "safeguards.allow_no_admin_rule"}, func(k string) bool { return config.Related(k, undecoded) })
+	if mappingDecoded {
+		adminErr = checkAdminRule(cfg)
+	}
 	if adminErr != nil {
 		problems = append(problems, adminErr.Error())
 	}
 	for _, w := range cfg.Warnings() {
 		// The admin rule warning is the problem above when serve refuses it.
-		if adminErr != nil && strings.HasPrefix(w, "mapping:") && strings.Contains(w, "admin") {
+		if (adminErr != nil || !mappingDecoded) && strings.HasPrefix(w, "mapping:") && strings.Contains(w, "admin") {
 			continue
 		}
 		warnings = append(warnings, w)

@@ -488,13 +488,24 @@ mapping:
 		t.Errorf("the admin rule is reported twice:\n%s", out)
 	}
 
-	// Keys the loader does not know, and values of the wrong type.
-	unknown := writeFile(t, dir, "unknown.yaml", "htp:\n  listen: x\nworker:\n  batch_size: many\n")
+	// Keys the loader does not know and values of the wrong type, listed
+	// with the problems of the keys that decoded.
+	unknown := writeFile(t, dir, "unknown.yaml", "htp:\n  listen: x\nworker:\n  batch_size: many\nlog:\n  level: loud\n")
 	code, out, _ = runCLI(t, "check-config", "--config", unknown, "--format", "json")
 	var res struct{ Problems, Warnings []string }
 	mustf(t, json.Unmarshal([]byte(out), &res), "check-config json: %s", out)
-	if code != 1 || len(res.Problems) != 2 || !strings.Contains(strings.Join(res.Problems, "\n"), "htp") || !strings.Contains(strings.Join(res.Problems, "\n"), "worker.batch_size") {
-		t.Errorf("check-config on unknown keys: exit %d, %+v", code, res)
+	all := strings.Join(res.Problems, "\n")
+	if code != 1 || len(res.Problems) != 5 {
+		t.Errorf("check-config on unknown keys: exit %d, %d problems, want 1 and 5: %+v", code, len(res.Problems), res)
+	}
+	for _, key := range []string{"htp.listen: unknown key", "worker.batch_size: ", "log.level: ", "webhook.secrets: ", "mapping: no group or role rule grants admin_badge"} {
+		if !strings.Contains(all, key) {
+			t.Errorf("check-config on unknown keys lacks %q: %+v", key, res)
+		}
+	}
+	// serve refuses the same file naming every problem.
+	if code, _, errOut := runCLI(t, "serve", "--config", unknown); code != 1 || !strings.Contains(errOut, "htp.listen: unknown key") || !strings.Contains(errOut, "log.level: ") {
+		t.Errorf("serve on a bad file: exit %d\n%s", code, errOut)
 	}
 
 	// A good file passes, with its warnings.

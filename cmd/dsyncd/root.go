@@ -97,12 +97,12 @@ func (a *app) loadConfig(cmd *cobra.Command) (config.Config, error) {
 }
 
 func loadConfig(path string, flags *pflag.FlagSet, needSecrets bool) (config.Config, error) {
-	cfg, err := config.Load(path, flags)
+	cfg, all, _, err := config.Check(path, flags)
 	if err != nil {
 		return cfg, err
 	}
 	var problems []string
-	for _, p := range cfg.Problems() {
+	for _, p := range all {
 		if !needSecrets && strings.HasPrefix(p, "webhook.secrets") {
 			continue
 		}
