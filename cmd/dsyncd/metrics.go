@@ -114,7 +114,7 @@ func (m *metrics) register(d *daemon) {
 			}
 			return 0
 		}),
-				gauge("dsyncd_stream_bytes", "Bytes held by the event stream; at nats.max_bytes new webhooks get 503.", func() float64 {
+		gauge("dsyncd_stream_bytes", "Bytes held by the event stream; at nats.max_bytes new webhooks get 503.", func() float64 {
 			ctx, cancel := scrapeCtx()
 			defer cancel()
 			info, err := d.q.StreamInfo(ctx)
@@ -126,7 +126,7 @@ func (m *metrics) register(d *daemon) {
 		gauge("dsyncd_stream_max_bytes", "The event stream's size cap (nats.max_bytes; 0 = unlimited).", func() float64 {
 			return float64(d.cfg.NATS.MaxBytes)
 		}),
-				prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "dsyncd_build_info", Help: "Build information.",
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "dsyncd_build_info", Help: "Build information.",
 			ConstLabels: prometheus.Labels{"version": version, "revision": revision}}, func() float64 { return 1 }),
 	)
 }
