@@ -265,21 +265,35 @@ func (s *Store) checkBreaker(t *txn, c *change, index int) error {
 	slices.Sort(orgs)
 	for _, org := range orgs {
 		users := c.lostAll[org]
-		recent, err := s.deprovisionsNear(t, org, at, b.Window)
+		recentUsers, err := s.deprovisionsNear(t, org, at, b.Window)
 		if err != nil {
 			return err
 		}
-		total := recent + len(users)
+		total := len(recentUsers) + len(users)
 		if total > b.Count || b.Count <= 0 {
-			allowed := b.Count
+			allowed := float64(b.Count)
 			if b.Percent > 0 {
 				n, err := s.orgUserCount(t, org)
 				if err != nil {
 					return err
 				}
-				allowed = max(allowed, int(math.Ceil(b.Percent*float64(n)/100)))
+				// The organisation's users before the wave: those the
+				// deprovisionings within the window (this change's too)
+				// deleted still count, or every delete would make the
+				// allowance smaller.
+				deleted := map[string]bool{}
+				for _, uid := range append(recentUsers, users...) {
+					if u, err := t.user(uid); err != nil {
+						return err
+					} else if u != nil && u.Deleted {
+						deleted[uid] = true
+					}
+				}
+				n += len(deleted)
+				// "More than 10% of 25 users" is 3 or more, not 4.
+				allowed = math.Max(allowed, b.Percent*float64(n)/100)
 			}
-			if total > allowed {
+			if float64(total) > allowed {
 				return &errTrip{index: index, org: org}
 			}
 		}
@@ -293,20 +307,23 @@ func (s *Store) checkBreaker(t *txn, c *change, index int) error {
 	return nil
 }
 
-// deprovisionsNear counts org's recorded deprovisions whose event time is within window of at.
-func (s *Store) deprovisionsNear(t *txn, org string, at time.Time, window time.Duration) (int, error) {
+// deprovisionsNear returns the users of org's recorded deprovisions whose
+// event time is within window of at (a user deprovisioned twice is listed twice).
+func (s *Store) deprovisionsNear(t *txn, org string, at time.Time, window time.Duration) ([]string, error) {
 	prefix := pair(org, "")
 	lo := append(slices.Clone(prefix), u64(uint64(max(at.Add(-window).UnixNano(), 0)))...)
 	hi := uint64(at.Add(window).UnixNano())
-	n := 0
+	var out []string
 	c := t.deprov.Cursor()
 	for k, _ := c.Seek(lo); k != nil && len(k) >= len(prefix)+8 && string(k[:len(prefix)]) == string(prefix); k, _ = c.Next() {
 		if beUint64(k[len(prefix):]) > hi {
 			break
 		}
-		n++
+		if len(k) > len(prefix)+9 {
+			out = append(out, string(k[len(prefix)+9:]))
+		}
 	}
-	return n, nil
+	return out, nil
 }
 
 // orgUserCount counts the live users of org's directories.

@@ -2,6 +2,7 @@ package storage_test
 
 import (
 	"errors"
+	"fmt"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -278,5 +279,54 @@ func TestBreakGlassDeleteArrivingFirstLeavesNoTombstone(t *testing.T) {
 		if !slices.ContainsFunc(entries, func(e storage.AuditEntry) bool { return e.Action == storage.ActionSkip && e.EventID == "e2" }) {
 			t.Fatalf("break-glass %q: audit %+v does not explain the skipped delete", bg, entries)
 		}
+	}
+}
+
+// breakerStore opens a store with breaker b and n active users of org_1.
+func breakerStore(t *testing.T, n int, b storage.Breaker) *storage.Store {
+	t.Helper()
+	st := MustOpen(t, storage.Options{Safeguards: storage.Safeguards{MaxDeprovisions: b}})
+	var bodies [][]byte
+	for i := range n {
+		bodies = append(bodies, ev(fmt.Sprintf("c%02d", i), "dsync.user.created", 0, usr(fmt.Sprintf("u%02d", i), "A", "active")))
+	}
+	mustApply(t, st, bodies...)
+	return st
+}
+
+func TestBreakerPercentTripsOnMoreThanTheExactShare(t *testing.T) {
+	// 10% of 25 users is 2.5: the third user losing everything is more than that.
+	st := breakerStore(t, 25, storage.Breaker{Percent: 10, Window: 10 * time.Minute})
+	var out []storage.Outcome
+	for i := range 3 {
+		out = append(out, mustApply(t, st, ev(fmt.Sprintf("d%02d", i), "dsync.user.updated", 10+i, usr(fmt.Sprintf("u%02d", i), "A", "inactive")))...)
+	}
+	if want := []storage.Outcome{storage.Applied, storage.Applied, storage.Deferred}; !slices.Equal(out, want) {
+		t.Fatalf("outcomes = %v, want %v", out, want)
+	}
+}
+
+func TestBreakerPercentCountsTheUsersItsDeletesRemoved(t *testing.T) {
+	// 10% of 20 users is 2: two deletes are within the allowance even though
+	// the organisation has 18 users left; the third is not.
+	st := breakerStore(t, 20, storage.Breaker{Percent: 10, Window: 10 * time.Minute})
+	var out []storage.Outcome
+	for i := range 3 {
+		out = append(out, mustApply(t, st, ev(fmt.Sprintf("d%02d", i), "dsync.user.deleted", 10+i, usr(fmt.Sprintf("u%02d", i), "A", "inactive")))...)
+	}
+	if want := []storage.Outcome{storage.Applied, storage.Applied, storage.Deferred}; !slices.Equal(out, want) {
+		t.Fatalf("outcomes = %v, want %v", out, want)
+	}
+}
+
+func TestBreakerWindowIsMeasuredOnCreatedAt(t *testing.T) {
+	st := breakerStore(t, 10, storage.Breaker{Count: 1, Window: time.Minute})
+	out := mustApply(t, st,
+		ev("d0", "dsync.user.updated", 10, usr("u00", "A", "inactive")),
+		ev("d1", "dsync.user.updated", 71, usr("u01", "A", "inactive")),  // 61s later: a new window
+		ev("d2", "dsync.user.updated", 100, usr("u02", "A", "inactive")), // 29s after d1: two within a minute
+	)
+	if want := []storage.Outcome{storage.Applied, storage.Applied, storage.Deferred}; !slices.Equal(out, want) {
+		t.Fatalf("outcomes = %v, want %v", out, want)
 	}
 }
