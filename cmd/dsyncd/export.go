@@ -6,53 +6,44 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/dsyncd/dsyncd/config"
-	"github.com/dsyncd/dsyncd/storage"
 )
 
 func (a *app) exportCommand() *cobra.Command {
-	var server string
+	var f opsFlags
 	cmd := &cobra.Command{
-		Use:   "export [--config FILE] [--db FILE | --server URL]",
+		Use:   "export [--config FILE] [--db FILE | --server URL | --offline]",
 		Short: "Print the canonical snapshot of the store as JSON",
 		Long: `export prints the store's canonical snapshot: directories, users (with their groups and
 badges), groups (with their members) and open holds, each list sorted by id, byte-stable.
 Deleted users and groups are not listed; a directory's state is "active" or "deleted".
 
-Offline it reads the store file (--db, default store.path); with --server it asks a
-running "dsyncd serve" (GET /v1/export), sending api.token as a bearer token if set.`,
+With --db FILE it reads that store file. Otherwise it asks the running "dsyncd serve"
+(GET /v1/export) at --server URL, or by default at http://<http.listen>, sending
+api.token as a bearer token if set; when nothing listens there (serve is stopped) it
+reads the store file (store.path). --offline reads the file without trying the API.`,
+		Example: `  dsyncd export --config /etc/dsyncd/dsyncd.yaml > snapshot.json
+  dsyncd export --server http://127.0.0.1:8080
+  dsyncd export --config config/example.yaml --db /tmp/try.db`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := a.loadConfig(cmd)
 			if err != nil {
 				return err
 			}
-			if server != "" {
-				body, err := apiGet(cmd.Context(), server, "/v1/export", cfg.API.Token)
+			return a.withBackend(cmd.Context(), cfg, &f, func(b backend) error {
+				body, err := b.export(cmd.Context())
 				if err != nil {
 					return err
 				}
 				_, err = a.stdout.Write(body)
 				return err
-			}
-			st, err := storage.Open(storeOptions(cfg, a.dbPath))
-			if err != nil {
-				return err
-			}
-			defer st.Close()
-			snap, err := st.Export()
-			if err != nil {
-				return err
-			}
-			b, err := storage.MarshalSnapshot(snap)
-			if err != nil {
-				return err
-			}
-			_, err = a.stdout.Write(b)
-			return err
+			})
 		},
 	}
-	cmd.Flags().StringVar(&a.dbPath, "db", "", "store file (default: store.path from the configuration)")
-	cmd.Flags().StringVar(&server, "server", "", "base URL of a running dsyncd serve, e.g. http://127.0.0.1:8080")
+	f.format = "table" // not used: the snapshot is JSON
+	cmd.Flags().StringVar(&a.dbPath, "db", "", "store file to read (default: the running daemon, else store.path)")
+	cmd.Flags().StringVar(&f.server, "server", "", "base URL of a running dsyncd serve (default: http://<http.listen>, falling back to the store file)")
+	cmd.Flags().BoolVar(&f.offline, "offline", false, "do not use the API: read the store file; serve must be stopped")
 	return cmd
 }
 

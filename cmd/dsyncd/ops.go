@@ -92,6 +92,8 @@ type backend interface {
 	replayAll(ctx context.Context) ([]uint64, error)
 	drop(ctx context.Context, seq uint64) error
 	backup(ctx context.Context, w io.Writer) (int64, error)
+	// export returns the canonical snapshot, as GET /v1/export.
+	export(ctx context.Context) ([]byte, error)
 	// online reports whether the operations go through a running daemon.
 	online() bool
 }
@@ -109,6 +111,13 @@ func (a *app) withBackend(ctx context.Context, cfg config.Config, f *opsFlags, f
 		return fn(o)
 	}
 	if f.offline {
+		return offline("")
+	}
+	if a.dbPath != "" {
+		// --db names a store file: read it, not whatever serve runs.
+		if f.server != "" {
+			return errors.New("--db and --server exclude each other")
+		}
 		return offline("")
 	}
 	server := f.server
@@ -312,6 +321,19 @@ func (c *apiClient) backup(ctx context.Context, w io.Writer) (int64, error) {
 		return n, fmt.Errorf("GET /v1/backup: %w", err)
 	}
 	return n, nil
+}
+
+func (c *apiClient) export(ctx context.Context) ([]byte, error) {
+	resp, err := c.send(ctx, http.MethodGet, "/v1/export")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("GET /v1/export: %w", err)
+	}
+	return b, nil
 }
 
 // ---------------------------------------------------------------- offline
@@ -532,6 +554,18 @@ func (o *offlineBackend) backup(_ context.Context, w io.Writer) (int64, error) {
 		return 0, err
 	}
 	return st.BackupTo(w)
+}
+
+func (o *offlineBackend) export(context.Context) ([]byte, error) {
+	st, err := o.store()
+	if err != nil {
+		return nil, err
+	}
+	snap, err := st.Export()
+	if err != nil {
+		return nil, err
+	}
+	return storage.MarshalSnapshot(snap)
 }
 
 // ---------------------------------------------------------------- output

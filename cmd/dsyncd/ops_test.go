@@ -229,6 +229,14 @@ func TestOperationsOnlineThenOffline(t *testing.T) {
 		t.Errorf("audit --org table = %q", online["audit org"])
 	}
 
+	// export goes through the running daemon's API by default.
+	if got, want := cli(t, 0, append([]string{"export"}, c...)...), snapshotJSON(t, d.st); got != want {
+		t.Errorf("export through the daemon:\n%s\nwant the live export:\n%s", got, want)
+	}
+	if out := cli(t, 1, append([]string{"export", "--db", d.cfg.StorePath(), "--server", "http://" + d.Addr()}, c...)...); !strings.Contains(out, "exclude each other") {
+		t.Errorf("export --db --server: %q", out)
+	}
+
 	// --offline while serve holds the store: refused, clearly.
 	if out := cli(t, 1, append([]string{"holds", "--offline"}, c...)...); !strings.Contains(out, "drop --offline") {
 		t.Errorf("holds --offline while serving: %q", out)
@@ -317,6 +325,9 @@ func TestOperationsOnlineThenOffline(t *testing.T) {
 		if got := cli(t, 0, append(args, c...)...); got != online[name] {
 			t.Errorf("%s offline:\n%s\nonline:\n%s", name, got, online[name])
 		}
+	}
+	if got := cli(t, 0, append([]string{"export"}, c...)...); got != live {
+		t.Errorf("export offline:\n%s\nwant the live export:\n%s", got, live)
 	}
 	var off struct {
 		DeadLetters []dlqView `json:"dead_letters"`
