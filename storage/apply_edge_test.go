@@ -1,6 +1,7 @@
 package storage_test
 
 import (
+	"bytes"
 	"slices"
 	"testing"
 
@@ -106,5 +107,27 @@ func TestOlderDirectoryDeletionWithKeepIsStale(t *testing.T) {
 	out := mustApply(t, st, ev("e2", "dsync.activated", 2, dir), ev("e1", "dsync.deleted", 1, dir))
 	if out[1] != storage.Stale {
 		t.Fatalf("older dsync.deleted with keep = %s, want stale", out[1])
+	}
+}
+
+func TestEqualInstantsInTheThreeLayoutsAreOrderedByEventID(t *testing.T) {
+	body := func(id, at, first string) []byte {
+		b := ev(id, "dsync.user.updated", 0, usr("u1", first, "active"))
+		out := bytes.Replace(b, []byte(`"2024-01-01T00:00:00Z"`), []byte(`"`+at+`"`), 1)
+		if bytes.Equal(out, b) {
+			t.Fatalf("created_at not replaced in %s", b)
+		}
+		return out
+	}
+	// The same instant, 2024-01-01 10:00:00.5 UTC, in each layout WorkOS uses.
+	a := body("event_A", "2024-01-01T10:00:00.500Z", "A")
+	b := body("event_B", "2024-01-01 10:00:00.500", "B")
+	c := body("event_C", "2024-01-01T12:00:00.5+0200", "C")
+	for _, order := range [][][]byte{{a, b, c}, {c, b, a}, {b, c, a}} {
+		st := MustOpen(t, storage.Options{})
+		mustApply(t, st, order...)
+		if u := findUser(t, st, "u1"); u.FirstName != "C" {
+			t.Fatalf("first name %q, want C: equal instants are ordered by event id", u.FirstName)
+		}
 	}
 }

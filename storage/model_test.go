@@ -14,8 +14,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -661,6 +663,9 @@ func TestModelRandomStreamsExportWhatTheNaiveFoldComputes(t *testing.T) {
 	seeds := 300
 	if testing.Short() {
 		seeds = 60
+	}
+	if n, err := strconv.Atoi(os.Getenv("DSYNCD_MODEL_SEEDS")); err == nil {
+		seeds = n
 	}
 	for seed := uint64(1); seed <= uint64(seeds); seed++ {
 		r := rand.New(rand.NewPCG(seed, 7))
