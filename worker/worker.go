@@ -65,6 +65,18 @@ type Worker struct {
 
 	consuming atomic.Bool
 	healthy   atomic.Bool
+
+	// blocked holds, per directory, the event that failed to apply and
+	// waits for its retry: the directory's later events wait behind it, so
+	// that each directory's events apply in stream order. Only Run's
+	// goroutine touches it.
+	blocked map[string]blockedEvent
+}
+
+// blockedEvent is an event waiting for a retry.
+type blockedEvent struct {
+	seq   uint64    // its sequence in the stream
+	until time.Time // when it is redelivered
 }
 
 // New returns a Worker. It does no I/O.
@@ -87,7 +99,7 @@ func New(q *queue.Queue, st *storage.Store, opts Options, log *zap.Logger) *Work
 	if opts.FetchWait <= 0 {
 		opts.FetchWait = time.Second
 	}
-	return &Worker{q: q, st: st, log: log.Named("worker"), opts: opts}
+	return &Worker{q: q, st: st, log: log.Named("worker"), opts: opts, blocked: map[string]blockedEvent{}}
 }
 
 // Consuming reports whether the worker is attached to its consumer and its
@@ -192,6 +204,16 @@ func (w *Worker) process(msgs []jetstream.Msg) bool {
 		evs = append(evs, ev)
 		valid = append(valid, m)
 	}
+	// Events of a directory whose earlier event waits for a retry wait too.
+	kept := 0
+	for i, m := range valid {
+		if w.holdBack(evs[i].DirectoryID, m) {
+			continue
+		}
+		evs[kept], valid[kept] = evs[i], m
+		kept++
+	}
+	evs, valid = evs[:kept], valid[:kept]
 	if len(evs) == 0 {
 		w.report(rep, start)
 		return true
@@ -202,6 +224,7 @@ func (w *Worker) process(msgs []jetstream.Msg) bool {
 			rep.Counts.Add(outs[i])
 			rep.CreatedAt = append(rep.CreatedAt, evs[i].CreatedAt)
 			w.ack(m)
+			w.unblock(evs[i].DirectoryID, m)
 		}
 		w.healthy.Store(true)
 		w.report(rep, start)
@@ -221,11 +244,16 @@ func (w *Worker) process(msgs []jetstream.Msg) bool {
 	// find the culprit(s), and park those that have used their attempts.
 	w.log.Warn("batch failed, applying its events one by one", zap.Error(err), zap.Int("events", len(evs)))
 	for i, m := range valid {
+		dir := evs[i].DirectoryID
+		if w.holdBack(dir, m) {
+			continue
+		}
 		outs, err := w.st.Apply(evs[i : i+1])
 		if err == nil {
 			rep.Counts.Add(outs[0])
 			rep.CreatedAt = append(rep.CreatedAt, evs[i].CreatedAt)
 			w.ack(m)
+			w.unblock(dir, m)
 			continue
 		}
 		attempts := 1
@@ -233,16 +261,61 @@ func (w *Worker) process(msgs []jetstream.Msg) bool {
 			attempts = int(md.NumDelivered)
 		}
 		if environmental(err) || attempts < w.opts.MaxAttempts {
-			w.log.Warn("event failed to apply, will retry", zap.String("event_id", evs[i].ID), zap.Int("attempt", attempts), zap.Error(err))
-			_ = m.NakWithDelay(w.opts.RetryBackoff * time.Duration(1<<min(attempts, 5)))
+			delay := w.opts.RetryBackoff * time.Duration(1<<min(attempts, 5))
+			w.log.Warn("event failed to apply, will retry", zap.String("event_id", evs[i].ID), zap.Int("attempt", attempts),
+				zap.Duration("in", delay), zap.Error(err))
+			_ = m.NakWithDelay(delay)
+			if seq, ok := streamSeq(m); ok {
+				w.blocked[dir] = blockedEvent{seq: seq, until: time.Now().Add(delay)}
+			}
 			continue
 		}
 		if w.park(ctx, m, fmt.Sprintf("apply failed after %d attempts: %v", attempts, err), attempts) {
 			rep.Parked++
+			w.unblock(dir, m)
 		}
 	}
 	w.report(rep, start)
 	return true
+}
+
+// holdBack naks m, an event of directory dir, when an earlier event of dir
+// waits for a retry, so that it is redelivered after that one. It reports
+// whether it did.
+func (w *Worker) holdBack(dir string, m jetstream.Msg) bool {
+	b, ok := w.blocked[dir]
+	if !ok {
+		return false
+	}
+	if time.Now().After(b.until.Add(w.opts.AckWait + 30*time.Second)) {
+		// Long overdue: that event left the stream (deleted, aged out).
+		delete(w.blocked, dir)
+		return false
+	}
+	seq, ok := streamSeq(m)
+	if !ok || seq <= b.seq {
+		return false
+	}
+	_ = m.NakWithDelay(max(time.Until(b.until), 0) + w.opts.RetryBackoff)
+	return true
+}
+
+// unblock releases dir's later events once m, the event they waited
+// behind, is applied or parked.
+func (w *Worker) unblock(dir string, m jetstream.Msg) {
+	if b, ok := w.blocked[dir]; ok {
+		if seq, ok := streamSeq(m); ok && seq == b.seq {
+			delete(w.blocked, dir)
+		}
+	}
+}
+
+func streamSeq(m jetstream.Msg) (uint64, bool) {
+	md, err := m.Metadata()
+	if err != nil {
+		return 0, false
+	}
+	return md.Sequence.Stream, true
 }
 
 func (w *Worker) report(rep BatchReport, start time.Time) {

@@ -3,7 +3,9 @@ package worker_test
 import (
 	"context"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,7 +24,9 @@ type rig struct {
 	ctx context.Context
 }
 
-func newRig(t *testing.T) *rig {
+func newRig(t *testing.T) *rig { return newRigWith(t, nil) }
+
+func newRigWith(t *testing.T, edit func(*worker.Options)) *rig {
 	t.Helper()
 	dir := t.TempDir()
 	log := zaptest.NewLogger(t)
@@ -37,7 +41,11 @@ func newRig(t *testing.T) *rig {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = st.Close() })
-	w := worker.New(q, st, worker.Options{BatchSize: 16, MaxAttempts: 2, RetryBackoff: 20 * time.Millisecond, FetchWait: 100 * time.Millisecond}, log)
+	opts := worker.Options{BatchSize: 16, MaxAttempts: 2, RetryBackoff: 20 * time.Millisecond, FetchWait: 100 * time.Millisecond}
+	if edit != nil {
+		edit(&opts)
+	}
+	w := worker.New(q, st, opts, log)
 	wctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() { defer close(done); _ = w.Run(wctx) }()
@@ -45,9 +53,11 @@ func newRig(t *testing.T) *rig {
 	return &rig{q: q, st: st, w: w, ctx: ctx}
 }
 
-func (r *rig) publish(t *testing.T, id, body string) {
+func (r *rig) publish(t *testing.T, id, body string) { r.publishIn(t, "dir_1", id, body) }
+
+func (r *rig) publishIn(t *testing.T, dir, id, body string) {
 	t.Helper()
-	if _, err := r.q.Publish(r.ctx, "dir_1", "dsync.user.created", id, []byte(body)); err != nil {
+	if _, err := r.q.Publish(r.ctx, dir, "dsync.user.created", id, []byte(body)); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -102,5 +112,65 @@ func TestUnwritableStoreAcknowledgesNothing(t *testing.T) {
 	}
 	if dl, _ := r.q.DeadLetters(r.ctx); len(dl) != 0 {
 		t.Fatalf("an event was parked because the store was down: %+v", dl)
+	}
+}
+
+// TestFailingEventIsRetriedThenParkedInDirectoryOrder: an event the store
+// refuses (a user id longer than bbolt's largest key) is retried, then parked
+// with the reason after worker.max_attempts; the later events of its
+// directory wait behind it, those of other directories do not.
+func TestFailingEventIsRetriedThenParkedInDirectoryOrder(t *testing.T) {
+	var mu sync.Mutex
+	var reports []worker.BatchReport
+	r := newRigWith(t, func(o *worker.Options) {
+		o.OnBatch = func(rep worker.BatchReport) {
+			mu.Lock()
+			defer mu.Unlock()
+			reports = append(reports, rep)
+		}
+	})
+	eventually(t, "consuming", r.w.Consuming)
+	huge := strings.Repeat("x", 40000)
+	r.publish(t, "e1", `{"id":"e1","event":"dsync.user.created","created_at":"2024-01-01T00:00:00Z","data":{"id":"u1","directory_id":"dir_1","state":"active"}}`)
+	r.publish(t, "bad", `{"id":"bad","event":"dsync.user.created","created_at":"2024-01-02T00:00:00Z","data":{"id":"`+huge+`","directory_id":"dir_1","state":"active"}}`)
+	r.publish(t, "e3", `{"id":"e3","event":"dsync.user.created","created_at":"2024-01-03T00:00:00Z","data":{"id":"u3","directory_id":"dir_1","state":"active"}}`)
+	r.publishIn(t, "dir_2", "e4", `{"id":"e4","event":"dsync.user.created","created_at":"2024-01-04T00:00:00Z","data":{"id":"u4","directory_id":"dir_2","state":"active"}}`)
+	eventually(t, "everything acknowledged", func() bool {
+		n, err := r.q.Pending(r.ctx, "dsyncd-worker")
+		return err == nil && n == 0
+	})
+	dl, err := r.q.DeadLetters(r.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dl) != 1 || dl[0].MsgID != "bad" || dl[0].Attempts != 2 || !strings.Contains(dl[0].Reason, "apply failed after 2 attempts") {
+		t.Fatalf("dead letters = %+v, want the failing event after 2 attempts, with its reason", dl)
+	}
+	snap, err := r.st.Export()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, u := range snap.Users {
+		ids = append(ids, u.ID)
+	}
+	if strings.Join(ids, ",") != "u1,u3,u4" {
+		t.Fatalf("users = %v, want u1, u3 and u4", ids)
+	}
+	// In which report (batch) each event was applied, and the bad one parked.
+	mu.Lock()
+	defer mu.Unlock()
+	at := func(day int) int {
+		want := time.Date(2024, 1, day, 0, 0, 0, 0, time.UTC)
+		return slices.IndexFunc(reports, func(rep worker.BatchReport) bool {
+			return slices.ContainsFunc(rep.CreatedAt, want.Equal)
+		})
+	}
+	parked := slices.IndexFunc(reports, func(rep worker.BatchReport) bool { return rep.Parked > 0 })
+	if parked < 0 || at(3) < parked {
+		t.Errorf("e3 applied in batch %d, before its directory's earlier event was parked (batch %d): directory order lost", at(3), parked)
+	}
+	if at(4) < 0 || at(4) >= parked {
+		t.Errorf("e4 (another directory) applied in batch %d, not before the parking (batch %d): it waited for no reason", at(4), parked)
 	}
 }
