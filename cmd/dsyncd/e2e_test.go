@@ -141,6 +141,8 @@ func postConcurrently(t *testing.T, d *daemon, bodies [][]byte, workers int) {
 
 func TestShuffledConcurrentDeliveryExportsTheInOrderGolden(t *testing.T) {
 	cfg := orderFreeConfig(t)
+	const apiToken = "api-token-e2e-must-not-be-logged"
+	cfg.API.Token = apiToken
 	stream := synth.Stream(synth.Options{Seed: 7, Users: 80, Groups: 10, MembershipsPerUser: 2, Changes: 600})
 	inOrder := make([][]byte, len(stream))
 	for i, e := range stream {
@@ -155,11 +157,22 @@ func TestShuffledConcurrentDeliveryExportsTheInOrderGolden(t *testing.T) {
 	if got := apiGetT(t, d, "/v1/export"); !bytes.Equal(got, want) {
 		t.Fatalf("export after shuffled concurrent delivery differs from the in-order golden (%d vs %d bytes)", len(got), len(want))
 	}
-	if strings.Contains(logs.String(), testSecret) {
-		t.Fatal("the webhook secret appears in the logs")
+	// Refusals are logged too: a forged delivery and a wrong API token.
+	body := stream[0].Body
+	if code, _ := post(t, "http://"+d.Addr()+cfg.Webhook.Path, events.Sign("whsec_forged", time.Now(), body), body); code != http.StatusUnauthorized {
+		t.Fatalf("forged delivery = %d, want 401", code)
 	}
-	if strings.Contains(logs.String(), "synth.example") {
-		t.Fatal("an event body (a user's email) appears in the logs")
+	if _, err := apiGet(context.Background(), "http://"+d.Addr(), "/v1/export", "wrong-"+apiToken); err == nil {
+		t.Fatal("/v1/export with a wrong token succeeded")
+	}
+	out := logs.String()
+	if !strings.Contains(out, `"reason":"bad_signature"`) {
+		t.Fatalf("the forged delivery was not logged:\n%s", out)
+	}
+	for what, leak := range map[string]string{"the webhook secret": testSecret, "the API token": apiToken, "an event body (a user's email)": "synth.example"} {
+		if strings.Contains(out, leak) {
+			t.Errorf("%s appears in the logs", what)
+		}
 	}
 }
 
@@ -264,8 +277,24 @@ func TestReadAPIAndHealth(t *testing.T) {
 	if len(list.Users) != 1 || list.Users[0].ID != "directory_user_1" {
 		t.Fatalf("admins of dir_1 = %+v", list.Users)
 	}
+	// A duplicate and a refusal, for their counters.
+	postSigned(t, d, []byte(`{"id":"event_1","event":"dsync.group.user_added","created_at":"2024-01-01T00:00:00Z","data":{"directory_id":"dir_1","user":`+user+`,"group":`+admins+`}}`))
+	if code, _ := post(t, base+cfg.Webhook.Path, "", []byte(`{}`)); code != http.StatusUnauthorized {
+		t.Fatalf("unsigned post = %d, want 401", code)
+	}
 	metrics := string(apiGetT(t, d, "/metrics"))
-	for _, m := range []string{`dsyncd_webhooks_ignored_total 1`, `dsyncd_events_total{outcome="applied"} 1`, `dsyncd_consumer_pending 0`, `dsyncd_build_info{`} {
+	// Every metric of the Operations issue: webhooks received / refused by
+	// reason / enqueued / ignored; events applied / duplicate / stale /
+	// invalid; holds open; dead letters; consumer pending; apply latency;
+	// event age at apply; build info.
+	for _, m := range []string{
+		`dsyncd_webhooks_received_total 4`, `dsyncd_webhooks_refused_total{reason="not_signed"} 1`,
+		`dsyncd_webhooks_enqueued_total 1`, `dsyncd_webhooks_duplicate_total 1`, `dsyncd_webhooks_ignored_total 1`,
+		`dsyncd_events_total{outcome="applied"} 1`, `dsyncd_events_total{outcome="duplicate"} 0`,
+		`dsyncd_events_total{outcome="stale"} 0`, `dsyncd_events_total{outcome="invalid"} 0`,
+		`dsyncd_holds_open 0`, `dsyncd_dead_letters 0`, `dsyncd_consumer_pending 0`,
+		`dsyncd_apply_batch_seconds_count 1`, `dsyncd_event_age_seconds_count 1`, `dsyncd_build_info{`,
+	} {
 		if !strings.Contains(metrics, m) {
 			t.Errorf("metrics lack %q", m)
 		}
