@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -331,5 +332,19 @@ func TestExternalNATS(t *testing.T) {
 	code, _ := post(t, "http://"+d.Addr()+cfg.Webhook.Path, events.Sign(testSecret, time.Now(), []byte(`{"id":"event_down","event":"dsync.user.created","created_at":"2024-01-01T00:00:01Z","data":{"id":"u_down","directory_id":"d"}}`)), []byte(`{"id":"event_down","event":"dsync.user.created","created_at":"2024-01-01T00:00:01Z","data":{"id":"u_down","directory_id":"d"}}`))
 	if code != http.StatusServiceUnavailable {
 		t.Fatalf("post with NATS down = %d, want 503", code)
+	}
+	// Readiness says so, and why; liveness does not change.
+	resp, err := httpClient.Get("http://" + d.Addr() + "/readyz")
+	mustf(t, err, "GET /readyz")
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(b), "jetstream") {
+		t.Fatalf("/readyz with NATS down = %d %s, want 503 naming jetstream", resp.StatusCode, b)
+	}
+	resp, err = httpClient.Get("http://" + d.Addr() + "/healthz")
+	mustf(t, err, "GET /healthz")
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("/healthz with NATS down = %d, want 200", resp.StatusCode)
 	}
 }
