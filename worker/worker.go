@@ -4,7 +4,9 @@
 // stream order, decodes them and applies them in batches through
 // storage.Store.Apply — the same path Replay uses for files — and
 // acknowledges each message only after the transaction that applied it has
-// committed. A message that cannot be decoded, or whose event keeps failing to
+// committed. When an event fails to apply, the later events of its directory
+// wait behind its retries, so each directory's events apply in stream order;
+// other directories carry on. A message that cannot be decoded, or whose event keeps failing to
 // apply, is parked in the dead-letter stream with the reason; a store that
 // cannot be written (disk full, read-only) is retried with backoff, forever,
 // without acknowledging anything.

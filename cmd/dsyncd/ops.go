@@ -44,8 +44,9 @@ WHERE IT READS
   sending api.token as a bearer token when one is configured. Without --server it
   first tries the API at http://<http.listen> from the configuration and, if the
   connection is refused (serve is not running), opens the store under data_dir
-  directly (and, for dead letters, the embedded JetStream). --offline skips the API.
-  A store held by a running serve cannot be opened offline.`
+  directly (and, for dead letters, the embedded JetStream). --offline skips the API;
+  so does --db FILE, which reads that store file. A store held by a running serve
+  cannot be opened offline.`
 
 const exitStatusHelp = `
 
