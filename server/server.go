@@ -16,12 +16,12 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"mime"
 	"net"
 	"net/http"
@@ -255,7 +255,10 @@ func (s *Server) handleWebhook(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, r, http.StatusRequestEntityTooLarge, ReasonTooLarge, fmt.Errorf("content length %d", r.ContentLength))
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes))
+	buf := getBodyBuffer()
+	defer putBodyBuffer(buf)
+	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes))
+	body := buf.Bytes()
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
@@ -310,6 +313,26 @@ func (s *Server) handleWebhook(w http.ResponseWriter, r *http.Request) {
 	}
 	s.stats.Enqueued.Add(1)
 	writeJSON(w, http.StatusOK, map[string]string{"status": "enqueued"})
+}
+
+// bodyBuffers recycles webhook bodies: a body is only needed until
+// JetStream acknowledged it (the NATS client copies it when publishing), and
+// reading each into a fresh, growing slice was the receiver's largest
+// allocation.
+var bodyBuffers = sync.Pool{New: func() any { return bytes.NewBuffer(make([]byte, 0, 4<<10)) }}
+
+// maxPooledBody is the largest buffer kept for reuse; a rare big body is
+// left to the garbage collector.
+const maxPooledBody = 64 << 10
+
+func getBodyBuffer() *bytes.Buffer { return bodyBuffers.Get().(*bytes.Buffer) }
+
+func putBodyBuffer(b *bytes.Buffer) {
+	if b.Cap() > maxPooledBody {
+		return
+	}
+	b.Reset()
+	bodyBuffers.Put(b)
 }
 
 func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {

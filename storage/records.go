@@ -198,7 +198,7 @@ type txn struct {
 }
 
 func newTxn(tx *bolt.Tx) *txn {
-	return &txn{
+	t := &txn{
 		tx: tx, dirs: tx.Bucket(bktDirs), users: tx.Bucket(bktUsers), groups: tx.Bucket(bktGroups),
 		members: tx.Bucket(bktMembers), membersByUser: tx.Bucket(bktMembersByUser),
 		dirUsers: tx.Bucket(bktDirUsers), dirGroups: tx.Bucket(bktDirGroups),
@@ -208,6 +208,10 @@ func newTxn(tx *bolt.Tx) *txn {
 		dirCache: map[string]*dirRec{}, userCache: map[string]*userRec{}, groupCache: map[string]*groupRec{},
 		memberCache: map[string]*memberRec{}, dirtyUsers: map[string]bool{}, dirtyGroups: map[string]bool{},
 	}
+	// Keys of these buckets only grow (sequence numbers, processing times):
+	// full pages instead of bbolt's half-full splits halve their size.
+	t.audit.FillPercent, t.holds.FillPercent, t.processedAt.FillPercent = 1, 1, 1
+	return t
 }
 
 // cached returns the record under k in b, decoded once per transaction.
