@@ -23,10 +23,9 @@
 //
 //   - the main stream ([Options.Stream], default "DSYNC") on the subjects
 //     "<SubjectPrefix>.>" (default "dsync.>"). [Queue.Publish] stores each
-//     event under "<SubjectPrefix>.<directoryID>.<eventType>", each token
-//     sanitised by [Queue.Subject] (dots become underscores, so
-//     "dsync.user.created" is the token "dsync_user_created"), with the
-//     event id as Nats-Msg-Id so JetStream drops a redelivered webhook within
+//     event under "<SubjectPrefix>.<directoryID>.<eventType>" (e.g.
+//     "dsync.directory_01ABC.dsync.user.created"), each token sanitised by
+//     [Queue.Subject] (the directory id is one token), with the event id as Nats-Msg-Id so JetStream drops a redelivered webhook within
 //     [Options.DuplicateWindow].
 //   - the dead-letter stream ([Options.DLQStream], default "DSYNC_DLQ") on
 //     "<DLQStream>.>", a namespace disjoint from the main stream's.

@@ -132,7 +132,7 @@ func publishConsume(t *testing.T, q *Queue) {
 		t.Fatalf("Pending = %d, %v; want 1, nil", n, err)
 	}
 	m := fetch(t, c, 1)[0]
-	if want := "dsync.directory_1.dsync_user_created"; m.Subject() != want {
+	if want := "dsync.directory_1.dsync.user.created"; m.Subject() != want {
 		t.Errorf("subject %q, want %q", m.Subject(), want)
 	}
 	if !bytes.Equal(m.Data(), data) {
@@ -337,7 +337,7 @@ func TestSubject(t *testing.T) {
 	q := New(Options{}, nil)
 	long := strings.Repeat("x", 300)
 	for _, tc := range []struct{ dir, typ, want string }{
-		{"directory_01", "dsync.user.created", "dsync.directory_01.dsync_user_created"},
+		{"directory_01", "dsync.user.created", "dsync.directory_01.dsync.user.created"},
 		{"dir.with.dots", "t", "dsync.dir_with_dots.t"},
 		{"*", "t", "dsync._.t"},
 		{">", "t", "dsync._.t"},
@@ -345,6 +345,7 @@ func TestSubject(t *testing.T) {
 		{"a b\tc\r\nd", "t", "dsync.a_b_c__d.t"},
 		{"ü\xffé", "t", "dsync.ü_é.t"},
 		{"a.*.>", "x>y", "dsync.a____.x_y"},
+		{"d", "dsync..group.*", "dsync.d.dsync._.group._"},
 	} {
 		if got := q.Subject(tc.dir, tc.typ); got != tc.want {
 			t.Errorf("Subject(%q, %q) = %q, want %q", tc.dir, tc.typ, got, tc.want)
@@ -403,7 +404,7 @@ func TestDeadLetters(t *testing.T) {
 		t.Fatalf("DeadLetters = %+v, want 2", dls)
 	}
 	d := dls[0]
-	if d.Subject != "dsync.dir_1.dsync_group_created" || d.MsgID != "evt_1" || d.StreamSeq != 1 ||
+	if d.Subject != "dsync.dir_1.dsync.group.created" || d.MsgID != "evt_1" || d.StreamSeq != 1 ||
 		d.Reason != "boom: line two" || d.Attempts != 5 || string(d.Data) != "evt_1" ||
 		d.ParkedAt.Before(before) || d.ParkedAt.After(time.Now()) {
 		t.Errorf("dead letter %+v", d)
@@ -476,7 +477,7 @@ func TestEach(t *testing.T) {
 		if want := fmt.Sprintf("evt_%03d", seq); string(data) != want {
 			t.Errorf("seq %d holds %q, want %q", seq, data, want)
 		}
-		if want := fmt.Sprintf("dsync.dir_%d.dsync_user_updated", seq%3); subject != want {
+		if want := fmt.Sprintf("dsync.dir_%d.dsync.user.updated", seq%3); subject != want {
 			t.Errorf("seq %d subject %q, want %q", seq, subject, want)
 		}
 		if seq == 1 {

@@ -12,14 +12,23 @@ import (
 const maxToken = 128
 
 // Subject is the subject Publish stores an event under:
-// "<SubjectPrefix>.<directoryID>.<eventType>", each of the two tokens
-// sanitised by replacing '.', '*', '>', white space, control characters and
-// invalid UTF-8 with '_' (an empty token becomes "_"), so that no directory id
-// can add tokens or wildcards. A token longer than 128 bytes is cut and
-// suffixed with a hash of the original. Event types lose their dots:
-// "dsync.user.created" becomes "dsync_user_created".
+// "<SubjectPrefix>.<directoryID>.<eventType>", e.g.
+// "dsync.directory_01ABC.dsync.user.created". The directory id is one token
+// and each dot-separated part of the event type one more, every token
+// sanitised by replacing '.' (in the directory id), '*', '>', white space,
+// control characters and invalid UTF-8 with '_' (an empty token becomes "_"),
+// so that no id or type can add wildcards, nor a directory id tokens. A token
+// longer than 128 bytes is cut and suffixed with a hash of the original.
 func (q *Queue) Subject(directoryID, eventType string) string {
-	return q.opts.SubjectPrefix + "." + token(directoryID) + "." + token(eventType)
+	var b strings.Builder
+	b.WriteString(q.opts.SubjectPrefix)
+	b.WriteByte('.')
+	b.WriteString(token(directoryID))
+	for part := range strings.SplitSeq(eventType, ".") {
+		b.WriteByte('.')
+		b.WriteString(token(part))
+	}
+	return b.String()
 }
 
 // token sanitises s into one literal subject token.
