@@ -44,8 +44,13 @@ func (c *Counts) Merge(o Counts) {
 }
 
 func (c Counts) String() string {
-	return fmt.Sprintf("applied %d, duplicate %d, stale %d, ignored %d, invalid %d, deferred %d",
-		c.Applied, c.Duplicate, c.Stale, c.Ignored, c.Invalid, c.Deferred)
+	s := fmt.Sprintf("applied %d, duplicate %d, stale %d, ignored %d, invalid %d",
+		c.Applied, c.Duplicate, c.Stale, c.Ignored, c.Invalid)
+	if c.Deferred > 0 {
+		// Only a paused organisation defers events (safeguards).
+		s += fmt.Sprintf(", deferred %d", c.Deferred)
+	}
+	return s
 }
 
 // InvalidEvent is an event that could not be decoded, with where it came from and why.
