@@ -22,7 +22,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dsyncd/dsyncd/events"
 	"github.com/dsyncd/dsyncd/mapping"
 	"github.com/dsyncd/dsyncd/storage"
 )
@@ -613,19 +612,7 @@ func storeRun(t *testing.T, bodies [][]byte, deprovision bool, r *rand.Rand) ([]
 	var counts []storage.Outcome
 	for i := 0; i < len(bodies); {
 		n := 1 + r.IntN(8)
-		var evs []*events.Event
-		for _, b := range bodies[i:min(i+n, len(bodies))] {
-			ev, err := events.Decode(b)
-			if err != nil {
-				t.Fatalf("decode %s: %v", b, err)
-			}
-			evs = append(evs, ev)
-		}
-		out, err := st.Apply(evs)
-		if err != nil {
-			t.Fatalf("apply: %v", err)
-		}
-		counts = append(counts, out...)
+		counts = append(counts, mustApply(t, st, bodies[i:min(i+n, len(bodies))]...)...)
 		i += n
 	}
 	return mustExport(t, st), counts
