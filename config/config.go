@@ -141,8 +141,12 @@ type NATSConfig struct {
 	// MaxAge is the stream's retention: keep it long enough to rebuild the
 	// store from the stream. 0 means unlimited.
 	MaxAge time.Duration `mapstructure:"max_age"`
-	// DuplicateWindow is how long JetStream deduplicates an event id
-	// (WorkOS retries deliveries for up to 3 days). At most MaxAge.
+	// DuplicateWindow is how long JetStream deduplicates an event id. The
+	// store deduplicates by event id for store.processed_retention anyway;
+	// the window only keeps near-simultaneous copies (webhook and poller, a
+	// retried request) out of the stream. JetStream holds every id of the
+	// window in memory (~75 bytes each), so a long window costs memory in
+	// proportion to the event rate. At most MaxAge.
 	DuplicateWindow time.Duration `mapstructure:"duplicate_window"`
 	// Listen is the host:port the embedded server accepts clients on. Empty
 	// means 127.0.0.1 on a random port. Only used when URL is empty.
@@ -260,7 +264,7 @@ func Default() Config {
 			SyncInterval:    time.Second,
 			MaxBytes:        1 << 30,
 			MaxAge:          720 * time.Hour,
-			DuplicateWindow: 24 * time.Hour,
+			DuplicateWindow: 2 * time.Minute,
 		},
 		Mapping: mapping.Config{
 			AdminBadge:    "admin",

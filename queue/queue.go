@@ -22,7 +22,7 @@ const (
 	DefaultStream          = "DSYNC"
 	DefaultSubjectPrefix   = "dsync"
 	DefaultDLQStream       = "DSYNC_DLQ"
-	DefaultDuplicateWindow = time.Hour
+	DefaultDuplicateWindow = 2 * time.Minute
 	DefaultConnectTimeout  = 5 * time.Second
 	DefaultReconnectWait   = time.Second
 	DefaultMaxAckPending   = 1024
@@ -126,7 +126,8 @@ type Options struct {
 	MaxAge time.Duration
 
 	// DuplicateWindow is how long JetStream remembers message ids to drop
-	// duplicate publishes. Default one hour, cut to MaxAge if that is shorter.
+	// duplicate publishes; it holds each id of the window in memory. Default
+	// two minutes (nats-server's default), cut to MaxAge if that is shorter.
 	DuplicateWindow time.Duration
 
 	// ConnectTimeout bounds the initial TCP/TLS connection and is the

@@ -152,7 +152,7 @@ func checkStore(path string) error {
 // under storeDir in process (the daemon must be stopped).
 func streamIDs(ctx context.Context, url, storeDir string) (msgs int, ids map[string]bool, err error) {
 	// The daemon's stream settings (config defaults), so Open changes nothing.
-	q := queue.New(queue.Options{URL: url, StoreDir: storeDir, MaxBytes: 1 << 30, MaxAge: 720 * time.Hour, DuplicateWindow: 24 * time.Hour}, zap.NewNop())
+	q := queue.New(queue.Options{URL: url, StoreDir: storeDir, MaxBytes: 1 << 30, MaxAge: 720 * time.Hour, DuplicateWindow: queue.DefaultDuplicateWindow}, zap.NewNop())
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	if err := q.Open(ctx); err != nil {
