@@ -194,6 +194,11 @@ func (e *env) sustainPhase(ctx context.Context, o options) *result {
 	r.note("request latency p50 %s, p99 %s, max %s; drained %s after the load stopped; peak RSS %s",
 		harness.Ms(harness.Percentile(lat, 50)), harness.Ms(harness.Percentile(lat, 99)), harness.Ms(harness.Percentile(lat, 100)),
 		drained.Round(100*time.Millisecond), harness.MiB(st.VmHWM))
+	if achieved := float64(sacked.Load()) / sustained.Seconds(); achieved < 0.95*rate {
+		// Not a failure (nothing is lost, no request refused) but not the
+		// load asked for: say so rather than let the table imply it.
+		r.note("BELOW TARGET: the posters reached %.0f%% of the %.0f/s asked for; on a shared machine the daemon's answers (its worker applying into a growing store) bound the rate", 100*achieved/rate, rate)
+	}
 	if serrs.Load() > 0 {
 		r.fail("%d requests were not answered 2xx at 80%% of the ceiling", serrs.Load())
 	}
