@@ -258,8 +258,8 @@ func TestInvalidOptions(t *testing.T) {
 		})
 	}
 	// The default duplicate window shrinks to a short MaxAge.
-	if o := New(Options{MaxAge: time.Minute}, nil).Options(); o.DuplicateWindow != time.Minute {
-		t.Errorf("DuplicateWindow = %s, want 1m", o.DuplicateWindow)
+	if o := New(Options{MaxAge: 10 * time.Second}, nil).Options(); o.DuplicateWindow != 10*time.Second {
+		t.Errorf("DuplicateWindow = %s, want 10s", o.DuplicateWindow)
 	}
 }
 

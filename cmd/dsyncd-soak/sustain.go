@@ -14,14 +14,19 @@ import (
 	"github.com/dsyncd/dsyncd/events/synth"
 )
 
-// bodies streams an endless supply of distinct events: directory after
-// directory (one synth seed each), until ctx ends.
+// bodies streams an endless supply of distinct events, until ctx ends:
+// directory after directory (one synth seed each), each an initial sync of
+// 2,000 users followed by 40,000 lifecycle changes. Steady-state load is
+// mostly changes to people a store already holds (a new customer's initial
+// sync is a burst, which the ceiling run and bench-e2e measure); a stream of
+// nothing but initial syncs would measure a store growing by a user every
+// four events instead.
 func bodies(ctx context.Context) <-chan []byte {
 	out := make(chan []byte, 20000)
 	go func() {
 		defer close(out)
 		for seed := uint64(1000); ctx.Err() == nil; seed++ {
-			for _, ev := range synth.Stream(synth.Options{Seed: seed, Users: 3000, Groups: 30, MembershipsPerUser: 2, Changes: 3000}) {
+			for _, ev := range synth.Stream(synth.Options{Seed: seed, Users: 2000, Groups: 20, MembershipsPerUser: 2, Changes: 40000}) {
 				select {
 				case out <- ev.Body:
 				case <-ctx.Done():
