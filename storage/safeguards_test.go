@@ -294,28 +294,28 @@ func breakerStore(t *testing.T, n int, b storage.Breaker) *storage.Store {
 	return st
 }
 
-func TestBreakerPercentTripsOnMoreThanTheExactShare(t *testing.T) {
-	// 10% of 25 users is 2.5: the third user losing everything is more than that.
-	st := breakerStore(t, 25, storage.Breaker{Percent: 10, Window: 10 * time.Minute})
-	var out []storage.Outcome
-	for i := range 3 {
-		out = append(out, mustApply(t, st, ev(fmt.Sprintf("d%02d", i), "dsync.user.updated", 10+i, usr(fmt.Sprintf("u%02d", i), "A", "inactive")))...)
-	}
-	if want := []storage.Outcome{storage.Applied, storage.Applied, storage.Deferred}; !slices.Equal(out, want) {
-		t.Fatalf("outcomes = %v, want %v", out, want)
-	}
-}
-
-func TestBreakerPercentCountsTheUsersItsDeletesRemoved(t *testing.T) {
-	// 10% of 20 users is 2: two deletes are within the allowance even though
-	// the organisation has 18 users left; the third is not.
-	st := breakerStore(t, 20, storage.Breaker{Percent: 10, Window: 10 * time.Minute})
-	var out []storage.Outcome
-	for i := range 3 {
-		out = append(out, mustApply(t, st, ev(fmt.Sprintf("d%02d", i), "dsync.user.deleted", 10+i, usr(fmt.Sprintf("u%02d", i), "A", "inactive")))...)
-	}
-	if want := []storage.Outcome{storage.Applied, storage.Applied, storage.Deferred}; !slices.Equal(out, want) {
-		t.Fatalf("outcomes = %v, want %v", out, want)
+func TestBreakerPercent(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		users int
+		typ   string
+	}{
+		// 10% of 25 users is 2.5: the third user losing everything is more than that.
+		{"trips on more than the exact share", 25, "dsync.user.updated"},
+		// 10% of 20 users is 2: two deletes are within the allowance even
+		// though the organisation has 18 users left; the third is not.
+		{"counts the users its deletes removed", 20, "dsync.user.deleted"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := breakerStore(t, tc.users, storage.Breaker{Percent: 10, Window: 10 * time.Minute})
+			var out []storage.Outcome
+			for i := range 3 {
+				out = append(out, mustApply(t, st, ev(fmt.Sprintf("d%02d", i), tc.typ, 10+i, usr(fmt.Sprintf("u%02d", i), "A", "inactive")))...)
+			}
+			if want := []storage.Outcome{storage.Applied, storage.Applied, storage.Deferred}; !slices.Equal(out, want) {
+				t.Fatalf("outcomes = %v, want %v", out, want)
+			}
+		})
 	}
 }
 
