@@ -132,19 +132,38 @@ func (p *serveProcess) waitExit(t *testing.T, within time.Duration) int {
 // the body has been sent: a request in flight.
 type halfPosted struct {
 	conn net.Conn
+	r    *bufio.Reader
 	rest []byte
 }
 
+// postHalf sends a webhook's headers with "Expect: 100-continue" and waits
+// for the 100 Continue that net/http sends when the handler starts reading
+// the body, so the request is in the server's hands (not merely queued in
+// the listener's backlog) before the first half of the body goes out.
 func postHalf(t *testing.T, addr string, body []byte) *halfPosted {
 	t.Helper()
 	conn, err := net.Dial("tcp", addr)
 	mustf(t, err, "dial")
 	t.Cleanup(func() { conn.Close() })
+	_, err = fmt.Fprintf(conn, "POST /webhooks/workos HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n%s: %s\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n",
+		addr, events.HeaderName, events.Sign(testSecret, time.Now(), body), len(body))
+	mustf(t, err, "write the headers")
+	mustf(t, conn.SetReadDeadline(time.Now().Add(30*time.Second)), "deadline")
+	r := bufio.NewReader(conn)
+	for {
+		line, err := r.ReadString('\n')
+		mustf(t, err, "read 100 Continue")
+		if strings.TrimSpace(line) == "" {
+			break
+		}
+		if !strings.HasPrefix(line, "HTTP/1.1 100") && !strings.Contains(line, ":") {
+			t.Fatalf("answer to the headers: %q, want 100 Continue", line)
+		}
+	}
 	half := len(body) / 2
-	_, err = fmt.Fprintf(conn, "POST /webhooks/workos HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n%s: %s\r\nContent-Length: %d\r\n\r\n%s",
-		addr, events.HeaderName, events.Sign(testSecret, time.Now(), body), len(body), body[:half])
+	_, err = conn.Write(body[:half])
 	mustf(t, err, "write the first half")
-	return &halfPosted{conn: conn, rest: body[half:]}
+	return &halfPosted{conn: conn, r: r, rest: body[half:]}
 }
 
 // finish sends the rest of the body and returns the answer's status line.
@@ -153,7 +172,7 @@ func (h *halfPosted) finish(t *testing.T) string {
 	_, err := h.conn.Write(h.rest)
 	mustf(t, err, "write the rest")
 	mustf(t, h.conn.SetReadDeadline(time.Now().Add(30*time.Second)), "deadline")
-	status, err := bufio.NewReader(h.conn).ReadString('\n')
+	status, err := h.r.ReadString('\n')
 	mustf(t, err, "read the answer")
 	return strings.TrimSpace(status)
 }
