@@ -43,13 +43,20 @@ func (e *env) crashPhase(ctx context.Context, o options) *result {
 		mu        sync.Mutex
 		lifetimes []harness.Metrics
 		current   harness.Metrics
+		gen       int // the lifetime a scrape belongs to
 	)
 	scrape := func(timeout time.Duration) {
+		mu.Lock()
+		g := gen
+		mu.Unlock()
 		sctx, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
 		if m, err := harness.Scrape(sctx, e.ctl, d.URL()); err == nil {
 			mu.Lock()
-			if current == nil || m.Processed() >= current.Processed() {
+			// A scrape that began before a kill may be answered by the old
+			// process and land after endLifetime: counting it in the new
+			// lifetime would count the old one's events twice.
+			if g == gen && (current == nil || m.Processed() >= current.Processed()) {
 				current = m
 			}
 			mu.Unlock()
@@ -61,6 +68,7 @@ func (e *env) crashPhase(ctx context.Context, o options) *result {
 			lifetimes = append(lifetimes, current)
 		}
 		current = nil
+		gen++
 		mu.Unlock()
 	}
 	sctx, stopScraper := context.WithCancel(ctx)
