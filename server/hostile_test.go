@@ -214,6 +214,8 @@ func hostileCases() []hostileCase {
 		{name: "Content-Type multipart -> 415", ctype: "multipart/form-data; boundary=x", header: sign, body: valid, want: 415, reason: server.ReasonContentType},
 		{name: "Content-Type unparsable -> 415", ctype: "application/json; charset", header: sign, body: valid, want: 415, reason: server.ReasonContentType},
 		{name: "Content-Type application/jsonx -> 415", ctype: "application/jsonx", header: sign, body: valid, want: 415, reason: server.ReasonContentType},
+		{name: "unsigned form post -> 401 not_signed, not 415", ctype: "application/x-www-form-urlencoded", body: valid, want: 401, reason: server.ReasonNotSigned},
+		{name: "forged text/plain post -> 401 bad_signature, not 415", ctype: "text/plain", header: func(b []byte) string { return events.Sign("whsec_wrong", time.Now(), b) }, body: valid, want: 401, reason: server.ReasonBadSignature},
 		{name: "GET -> 405", method: http.MethodGet, header: sign, body: nil, want: 405, reason: server.ReasonMethod},
 		{name: "PUT -> 405", method: http.MethodPut, header: sign, body: valid, want: 405, reason: server.ReasonMethod},
 		{name: "DELETE -> 405", method: http.MethodDelete, header: sign, want: 405, reason: server.ReasonMethod},

@@ -244,13 +244,6 @@ func (s *Server) handleWebhook(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, r, http.StatusMethodNotAllowed, ReasonMethod, nil)
 		return
 	}
-	if ct := r.Header.Get("Content-Type"); ct != "" {
-		mt, _, err := mime.ParseMediaType(ct)
-		if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
-			s.refuse(w, r, http.StatusUnsupportedMediaType, ReasonContentType, fmt.Errorf("content type %q", ct))
-			return
-		}
-	}
 	if r.ContentLength > s.opts.MaxBodyBytes {
 		s.refuse(w, r, http.StatusRequestEntityTooLarge, ReasonTooLarge, fmt.Errorf("content length %d", r.ContentLength))
 		return
@@ -280,6 +273,15 @@ func (s *Server) handleWebhook(w http.ResponseWriter, r *http.Request) {
 		}
 		s.refuse(w, r, http.StatusUnauthorized, reason, err)
 		return
+	}
+	// The content type is judged only for a signed body, so that every
+	// forged or unsigned request gets its 401 whatever it claims to be.
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		mt, _, err := mime.ParseMediaType(ct)
+		if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
+			s.refuse(w, r, http.StatusUnsupportedMediaType, ReasonContentType, fmt.Errorf("content type %q", ct))
+			return
+		}
 	}
 	// Only the id, type and directory are needed here: the worker decodes
 	// the whole event (and parks it if it cannot).
