@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/dsyncd/dsyncd/cmd/dsyncd-load/harness"
+	"github.com/dsyncd/dsyncd/config"
 	"github.com/dsyncd/dsyncd/events"
 	"github.com/dsyncd/dsyncd/events/synth"
 	"github.com/dsyncd/dsyncd/queue"
@@ -152,7 +153,8 @@ func checkStore(path string) error {
 // under storeDir in process (the daemon must be stopped).
 func streamIDs(ctx context.Context, url, storeDir string) (msgs int, ids map[string]bool, err error) {
 	// The daemon's stream settings (config defaults), so Open changes nothing.
-	q := queue.New(queue.Options{URL: url, StoreDir: storeDir, MaxBytes: 1 << 30, MaxAge: 720 * time.Hour, DuplicateWindow: queue.DefaultDuplicateWindow}, zap.NewNop())
+	def := config.Default().NATS
+	q := queue.New(queue.Options{URL: url, StoreDir: storeDir, MaxBytes: def.MaxBytes, MaxAge: def.MaxAge, DuplicateWindow: def.DuplicateWindow}, zap.NewNop())
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	if err := q.Open(ctx); err != nil {
