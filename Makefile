@@ -34,7 +34,7 @@ test-short: deps ## Quick tests (fewer seeds, no fuzzing)
 	$(GO) test -short -count=1 ./...
 
 fuzz: ## Run each fuzz target for FUZZTIME (a duration, default 10s, or a count such as 100000x)
-	@for t in FuzzParseSignatureHeader FuzzVerify FuzzDecode; do \
+	@for t in FuzzParseSignatureHeader FuzzVerify FuzzDecode FuzzScanAgrees; do \
 		$(GO) test -run='^$$' -fuzz="^$$t$$" -fuzztime=$(FUZZTIME) ./events/ || exit 1; done
 	$(GO) test -run='^$$' -fuzz='^FuzzApply$$' -fuzztime=$(FUZZTIME_APPLY) ./storage/
 

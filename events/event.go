@@ -202,8 +202,11 @@ type wireMembership struct {
 // type dsyncd does not handle decodes without error and reports Ignored.
 func Decode(b []byte) (*Event, error) {
 	var env envelope
-	if err := json.Unmarshal(b, &env); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	if !scanEnvelope(b, &env) {
+		env = envelope{}
+		if err := json.Unmarshal(b, &env); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+		}
 	}
 	if env.Event == "" {
 		return nil, fmt.Errorf("%w: no \"event\" type", ErrMalformed)
@@ -257,8 +260,11 @@ func missing(field string) error { return fmt.Errorf("%w: missing %s", ErrInvali
 
 func (ev *Event) decodeDirectory(data []byte) error {
 	var w wireDirectory
-	if err := json.Unmarshal(data, &w); err != nil {
-		return err
+	if !scanData(data, func(s *scanner) bool { return s.wireDirectoryObject(0, &w) }) {
+		w = wireDirectory{}
+		if err := json.Unmarshal(data, &w); err != nil {
+			return err
+		}
 	}
 	if w.ID == "" {
 		return missing("data.id")
@@ -270,8 +276,11 @@ func (ev *Event) decodeDirectory(data []byte) error {
 
 func (ev *Event) decodeUser(data []byte) error {
 	var w wireUser
-	if err := json.Unmarshal(data, &w); err != nil {
-		return err
+	if !scanData(data, func(s *scanner) bool { return s.wireUserObject(0, &w) }) {
+		w = wireUser{}
+		if err := json.Unmarshal(data, &w); err != nil {
+			return err
+		}
 	}
 	if w.ID == "" {
 		return missing("data.id")
@@ -286,8 +295,11 @@ func (ev *Event) decodeUser(data []byte) error {
 
 func (ev *Event) decodeGroup(data []byte) error {
 	var w wireGroup
-	if err := json.Unmarshal(data, &w); err != nil {
-		return err
+	if !scanData(data, func(s *scanner) bool { return s.wireGroupObject(0, &w) }) {
+		w = wireGroup{}
+		if err := json.Unmarshal(data, &w); err != nil {
+			return err
+		}
 	}
 	if w.ID == "" {
 		return missing("data.id")
@@ -302,8 +314,11 @@ func (ev *Event) decodeGroup(data []byte) error {
 
 func (ev *Event) decodeMembership(data []byte) error {
 	var w wireMembership
-	if err := json.Unmarshal(data, &w); err != nil {
-		return err
+	if !scanData(data, func(s *scanner) bool { return s.wireMembershipObject(0, &w) }) {
+		w = wireMembership{}
+		if err := json.Unmarshal(data, &w); err != nil {
+			return err
+		}
 	}
 	if w.User == nil || w.User.ID == "" {
 		return missing("data.user.id")

@@ -18,16 +18,18 @@ type peekRef struct {
 	DirectoryID string `json:"directory_id"`
 }
 
+type peekData struct {
+	ID          string   `json:"id"`
+	DirectoryID string   `json:"directory_id"`
+	User        *peekRef `json:"user"`
+	Group       *peekRef `json:"group"`
+}
+
 type peekEnvelope struct {
-	ID        string `json:"id"`
-	Event     Type   `json:"event"`
-	CreatedAt string `json:"created_at"`
-	Data      *struct {
-		ID          string   `json:"id"`
-		DirectoryID string   `json:"directory_id"`
-		User        *peekRef `json:"user"`
-		Group       *peekRef `json:"group"`
-	} `json:"data"`
+	ID        string    `json:"id"`
+	Event     Type      `json:"event"`
+	CreatedAt string    `json:"created_at"`
+	Data      *peekData `json:"data"`
 }
 
 // Peek checks b the way Decode does — the same errors for the same bodies as
@@ -36,8 +38,11 @@ type peekEnvelope struct {
 // the worker, which parks what it cannot decode.
 func Peek(b []byte) (Header, error) {
 	var env peekEnvelope
-	if err := json.Unmarshal(b, &env); err != nil {
-		return Header{}, fmt.Errorf("%w: %v", ErrMalformed, err)
+	if !scanPeek(b, &env) {
+		env = peekEnvelope{}
+		if err := json.Unmarshal(b, &env); err != nil {
+			return Header{}, fmt.Errorf("%w: %v", ErrMalformed, err)
+		}
 	}
 	if env.Event == "" {
 		return Header{}, fmt.Errorf("%w: no \"event\" type", ErrMalformed)
