@@ -22,7 +22,7 @@ const (
 	DefaultStream          = "DSYNC"
 	DefaultSubjectPrefix   = "dsync"
 	DefaultDLQStream       = "DSYNC_DLQ"
-	DefaultDuplicateWindow = 30 * time.Second
+	DefaultDuplicateWindow = 2 * time.Second
 	DefaultConnectTimeout  = 5 * time.Second
 	DefaultReconnectWait   = time.Second
 	DefaultMaxAckPending   = 1024
@@ -127,7 +127,7 @@ type Options struct {
 
 	// DuplicateWindow is how long JetStream remembers message ids to drop
 	// duplicate publishes; it holds each id of the window in memory. Default
-	// 30 seconds, cut to MaxAge if that is shorter.
+	// 2 seconds, cut to MaxAge if that is shorter.
 	DuplicateWindow time.Duration
 
 	// ConnectTimeout bounds the initial TCP/TLS connection and is the

@@ -258,8 +258,8 @@ func TestInvalidOptions(t *testing.T) {
 		})
 	}
 	// The default duplicate window shrinks to a short MaxAge.
-	if o := New(Options{MaxAge: 10 * time.Second}, nil).Options(); o.DuplicateWindow != 10*time.Second {
-		t.Errorf("DuplicateWindow = %s, want 10s", o.DuplicateWindow)
+	if o := New(Options{MaxAge: time.Second}, nil).Options(); o.DuplicateWindow != time.Second {
+		t.Errorf("DuplicateWindow = %s, want 1s", o.DuplicateWindow)
 	}
 }
 

@@ -46,7 +46,7 @@ func newRig(tb testing.TB, log *zap.Logger) *rig {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	q := queue.New(queue.Options{StoreDir: tb.TempDir()}, log)
+	q := queue.New(queue.Options{StoreDir: tb.TempDir(), DuplicateWindow: time.Minute}, log)
 	if err := q.Open(ctx); err != nil {
 		tb.Fatalf("queue open: %v", err)
 	}
