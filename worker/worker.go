@@ -45,6 +45,13 @@ type Options struct {
 	AckWait time.Duration
 	// FetchWait is how long one pull waits for messages. Default 1s.
 	FetchWait time.Duration
+	// CommitInterval is the least time between two commits while events
+	// keep arriving: what arrives meanwhile joins the next batch, so a
+	// flood is applied in fewer, larger transactions (each commit writes
+	// the tree's touched pages and fsyncs). A full batch, or an event
+	// arriving after a quiet spell, commits at once. Default 5ms; negative
+	// commits whenever the fetched messages run dry.
+	CommitInterval time.Duration
 	// OnBatch, if set, is called after each committed batch (for metrics).
 	OnBatch func(BatchReport)
 }
@@ -101,6 +108,9 @@ func New(q *queue.Queue, st *storage.Store, opts Options, log *zap.Logger) *Work
 	if opts.FetchWait <= 0 {
 		opts.FetchWait = time.Second
 	}
+	if opts.CommitInterval == 0 {
+		opts.CommitInterval = 5 * time.Millisecond
+	}
 	return &Worker{q: q, st: st, log: log.Named("worker"), opts: opts, blocked: map[string]blockedEvent{}}
 }
 
@@ -138,6 +148,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.log.Info("consuming", zap.String("durable", w.opts.Durable), zap.Int("batch_size", w.opts.BatchSize))
 	backoff = w.opts.RetryBackoff
 	storeBackoff := w.opts.RetryBackoff
+	var lastCommit time.Time
 	for ctx.Err() == nil {
 		batch, err := cons.Fetch(w.opts.BatchSize, jetstream.FetchMaxWait(w.opts.FetchWait))
 		if err != nil {
@@ -152,20 +163,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			continue
 		}
 		backoff = w.opts.RetryBackoff
-		// Apply what has arrived as soon as the channel runs dry, so a
-		// trickle of events lands at once and a flood is batched.
-		var msgs []jetstream.Msg
-		storeDown := false
-		for m := range batch.Messages() {
-			msgs = append(msgs, m)
-			if len(batch.Messages()) == 0 {
-				storeDown = !w.process(msgs) || storeDown
-				msgs = msgs[:0]
-			}
-		}
-		if len(msgs) > 0 {
-			storeDown = !w.process(msgs) || storeDown
-		}
+		storeDown := w.drain(batch, &lastCommit)
 		if storeDown {
 			// The store cannot be written: back off (up to 30s) rather
 			// than spin through the stream.
@@ -181,6 +179,58 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// drain applies the messages of one fetch as they arrive: when they run dry
+// (a trickle lands at once), when a batch is full, and otherwise at most
+// every CommitInterval (a flood is batched). It reports whether the store
+// could not be written.
+func (w *Worker) drain(batch jetstream.MessageBatch, lastCommit *time.Time) (storeDown bool) {
+	var msgs []jetstream.Msg
+	var timer *time.Timer
+	var due <-chan time.Time
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	flush := func() {
+		if len(msgs) > 0 {
+			storeDown = !w.process(msgs) || storeDown
+			msgs = msgs[:0]
+			*lastCommit = time.Now()
+		}
+		due = nil
+	}
+	in := batch.Messages()
+	for in != nil || len(msgs) > 0 {
+		select {
+		case m, ok := <-in:
+			if !ok {
+				in = nil
+				flush()
+				continue
+			}
+			msgs = append(msgs, m)
+			if len(msgs) < w.opts.BatchSize && len(in) > 0 {
+				continue
+			}
+			wait := w.opts.CommitInterval - time.Since(*lastCommit)
+			if len(msgs) >= w.opts.BatchSize || wait <= 0 {
+				flush()
+			} else if due == nil {
+				if timer == nil {
+					timer = time.NewTimer(wait)
+				} else {
+					timer.Reset(wait)
+				}
+				due = timer.C
+			}
+		case <-due:
+			flush()
+		}
+	}
+	return storeDown
 }
 
 // process applies one batch. It never returns an error: every message ends

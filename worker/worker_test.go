@@ -4,6 +4,7 @@ import (
 	"context"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -172,5 +173,52 @@ func TestFailingEventIsRetriedThenParkedInDirectoryOrder(t *testing.T) {
 	}
 	if at(4) < 0 || at(4) >= parked {
 		t.Errorf("e4 (another directory) applied in batch %d, not before the parking (batch %d): it waited for no reason", at(4), parked)
+	}
+}
+
+// TestATrickleLandsAtOnceAndAFloodIsBatched: an event arriving after a
+// quiet spell is applied at once, not when the pull ends; events arriving
+// back to back are applied in a few large transactions, not one each.
+func TestATrickleLandsAtOnceAndAFloodIsBatched(t *testing.T) {
+	var mu sync.Mutex
+	var batches, applied int
+	r := newRigWith(t, func(o *worker.Options) {
+		o.BatchSize = 1000
+		o.FetchWait = 4 * time.Second
+		o.CommitInterval = 300 * time.Millisecond
+		o.OnBatch = func(rep worker.BatchReport) {
+			mu.Lock()
+			defer mu.Unlock()
+			batches++
+			applied += rep.Counts.Applied
+		}
+	})
+	body := func(i int) (string, string) {
+		id := "e" + strconv.Itoa(i)
+		return id, `{"id":"` + id + `","event":"dsync.user.created","created_at":"2024-01-01T00:00:00Z","data":{"id":"u` +
+			strconv.Itoa(i) + `","directory_id":"dir_1","state":"active"}}`
+	}
+	counts := func() (int, int) {
+		mu.Lock()
+		defer mu.Unlock()
+		return batches, applied
+	}
+
+	start := time.Now()
+	id, b := body(0)
+	r.publish(t, id, b)
+	eventually(t, "the first event applied", func() bool { _, a := counts(); return a == 1 })
+	if took := time.Since(start); took > 2*time.Second {
+		t.Fatalf("a lone event took %s to apply: it waited for the pull to end", took)
+	}
+
+	const flood = 300
+	for i := 1; i <= flood; i++ {
+		id, b := body(i)
+		r.publish(t, id, b)
+	}
+	eventually(t, "the flood applied", func() bool { _, a := counts(); return a == 1+flood })
+	if b, _ := counts(); b-1 > flood/10 {
+		t.Errorf("%d events published back to back were applied in %d transactions, want at most %d", flood, b-1, flood/10)
 	}
 }
