@@ -211,6 +211,9 @@ func newTxn(tx *bolt.Tx) *txn {
 	// Keys of these buckets only grow (sequence numbers, processing times):
 	// full pages instead of bbolt's half-full splits halve their size.
 	t.audit.FillPercent, t.holds.FillPercent, t.processedAt.FillPercent = 1, 1, 1
+	for _, b := range []*bolt.Bucket{t.users, t.members, t.membersByUser, t.dirUsers, t.processed, t.groups, t.dirGroups} {
+		b.FillPercent = 0.9
+	}
 	return t
 }
 
