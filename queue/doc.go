@@ -64,12 +64,15 @@
 // at once, and a publish that failed is never sent later behind the caller's
 // back. A publish sent just before the client noticed waits for its context's
 // deadline; the server may or may not have stored it, so the caller's retry
-// (WorkOS redelivering after a 503) relies on the duplicate window. Acks the worker sends while disconnected are lost too, so
-// those messages are redelivered after AckWait: the worker must apply events
-// idempotently, which it must anyway since delivery is at least once.
+// (WorkOS redelivering after a 503) may store the event a second time, which
+// the store's deduplication by event id absorbs. Acks the worker sends while
+// disconnected are lost too, so those messages are redelivered after AckWait:
+// the worker must apply events idempotently, which it must anyway since
+// delivery is at least once.
 //
-// Duplicates. Deduplication by Nats-Msg-Id only covers DuplicateWindow; a
-// webhook retried later is stored again. Replayed dead letters get a new id
+// Duplicates. Deduplication by Nats-Msg-Id only covers DuplicateWindow
+// (default 2s: JetStream holds the window's ids in memory); a webhook
+// retried later is stored again. Replayed dead letters get a new id
 // ("<msgID>:replay:<dlqSeq>") so the window does not swallow them.
 //
 // Subjects are for routing and filtering only: sanitising maps different
