@@ -461,9 +461,9 @@ func (s *scanner) boolField(dst *bool) bool {
 	return false
 }
 
-// arrayOf scans a value decoded into a slice: null leaves it nil, an array
-// calls elem for each element (with the cursor at it) after growing the
-// slice by one, through add; anything else fails.
+// arrayOf scans a value decoded into a slice: null leaves it nil; an array
+// calls start (which sets an empty, non-nil slice, as encoding/json does),
+// then elem for each element with the cursor at it; anything else fails.
 func (s *scanner) arrayOf(depth int, start func(), elem func() bool) bool {
 	switch s.peekByte() {
 	case 'n':
