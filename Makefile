@@ -8,7 +8,7 @@ FUZZTIME  ?= 10s
 FUZZTIME_APPLY ?= $(FUZZTIME)
 PREFIX    ?= /usr/local
 
-.PHONY: help build run test test-short bench bench-e2e fuzz lint soak soak-short install deps clean
+.PHONY: help build run test test-short bench bench-e2e bench-e2e-external fuzz lint soak soak-short install deps clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -44,6 +44,10 @@ bench: deps ## Benchmarks: replay of a 100k-event stream (events/s), verify, dec
 
 bench-e2e: build ## Load test the whole path (HTTP in -> applied) on loopback
 	$(GO) run ./cmd/dsyncd-load -bin $(BIN) -users 100000 -groups 1000 -memberships 3 -concurrency 64
+
+bench-e2e-external: build ## The same, with NATS in its own process (nats.url): memory reported per process
+	$(GO) build -o bin/nats-server github.com/nats-io/nats-server/v2
+	$(GO) run ./cmd/dsyncd-load -bin $(BIN) -nats-server bin/nats-server -users 100000 -groups 1000 -memberships 3 -concurrency 64
 
 soak: build ## Kill/flood/starve harness (long run, ~15 min); exits non-zero on any loss
 	$(GO) run ./cmd/dsyncd-soak -bin $(BIN) -kills 25 -duration 2m -load-duration 5m -fuzz 30s

@@ -18,7 +18,11 @@
 //   - a few samples of the consumer lag.
 //
 // -sync-always runs the daemon with DSYNCD_NATS_SYNC_ALWAYS=true to measure
-// the cost of an fsync per stored event. Everything is bounded by -timeout.
+// the cost of an fsync per stored event. -nats-server BIN runs that
+// nats-server binary as a separate process (a random loopback port, its store
+// in the temporary directory, the same sync policy) and points the daemon at
+// it with DSYNCD_NATS_URL, so that the two processes' memory is reported
+// apart: `make bench-e2e-external`. Everything is bounded by -timeout.
 package main
 
 import (
@@ -49,6 +53,7 @@ type options struct {
 	concurrency int
 	seed        uint64
 	syncAlways  bool
+	natsServer  string
 	daemonEnv   string
 	timeout     time.Duration
 	keep        bool
@@ -66,6 +71,7 @@ func main() {
 	flag.IntVar(&o.concurrency, "concurrency", 64, "concurrent posters (keep-alive connections)")
 	flag.Uint64Var(&o.seed, "seed", 1, "synthetic stream seed")
 	flag.BoolVar(&o.syncAlways, "sync-always", false, "run the daemon with DSYNCD_NATS_SYNC_ALWAYS=true (fsync every stored event)")
+	flag.StringVar(&o.natsServer, "nats-server", "", "nats-server binary to run as the daemon's external NATS (nats.url); empty: the embedded server")
 	flag.StringVar(&o.daemonEnv, "daemon-env", "", "extra KEY=VALUE[,KEY=VALUE] for the daemon only, e.g. GOMEMLIMIT=150MiB")
 	flag.DurationVar(&o.timeout, "timeout", 20*time.Minute, "bound on the whole run")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary data directory")
@@ -101,7 +107,7 @@ func run(ctx context.Context, o options) error {
 	fmt.Printf("generated %d events (%s of JSON, %.0f B/event) in %s\n", len(stream), harness.MiB(bytesTotal), float64(bytesTotal)/float64(max(1, len(stream))), genTime.Round(time.Millisecond))
 
 	base := o.url
-	var d *harness.Daemon
+	var d, ns *harness.Daemon
 	ctl := harness.NewClient(4, 15*time.Second)
 	if base == "" {
 		dir, err := os.MkdirTemp("", "dsyncd-load-")
@@ -125,6 +131,17 @@ func run(ctx context.Context, o options) error {
 		d = &harness.Daemon{Bin: o.bin, Config: cfg, Listen: listen, LogPath: filepath.Join(dir, "dsyncd.log")}
 		if o.syncAlways {
 			d.Env = append(d.Env, "DSYNCD_NATS_SYNC_ALWAYS=true")
+		}
+		if o.natsServer != "" {
+			if ns, err = startNATS(ctx, o, dir); err != nil {
+				return err
+			}
+			defer func() {
+				if ns.Running() {
+					_ = ns.Kill()
+				}
+			}()
+			d.Env = append(d.Env, "DSYNCD_NATS_URL=nats://"+ns.Listen)
 		}
 		if o.daemonEnv != "" {
 			d.Env = append(d.Env, strings.Split(o.daemonEnv, ",")...)
@@ -245,8 +262,11 @@ func run(ctx context.Context, o options) error {
 		return fmt.Errorf("waiting for the worker: %w", err)
 	}
 
-	var st harness.ProcStatus
+	var st, nst harness.ProcStatus
 	var stopTook time.Duration
+	if ns != nil {
+		nst, _ = ns.Status()
+	}
 	if d != nil {
 		st, _ = d.Status()
 		t := time.Now()
@@ -255,11 +275,19 @@ func run(ctx context.Context, o options) error {
 		}
 		stopTook = time.Since(t)
 	}
+	if ns != nil {
+		if err := ns.Stop(time.Minute); err != nil {
+			return err
+		}
+	}
 
 	n := float64(len(stream))
 	mode := "embedded NATS, sync_interval 1s (default)"
 	if o.syncAlways {
 		mode = "embedded NATS, sync_always (fsync per event)"
+	}
+	if o.natsServer != "" {
+		mode = strings.Replace(mode, "embedded NATS", "external nats-server "+o.natsServer, 1)
 	}
 	if o.url != "" {
 		mode = "running daemon at " + o.url
@@ -282,6 +310,10 @@ func run(ctx context.Context, o options) error {
 		t.Add("daemon peak RSS (VmHWM)", harness.MiB(st.VmHWM))
 		t.Add("daemon RSS at end (anon + file)", fmt.Sprintf("%s (%s + %s)", harness.MiB(st.VmRSS), harness.MiB(st.RssAnon), harness.MiB(st.RssFile)))
 		t.Add("graceful stop (SIGTERM)", stopTook.Round(time.Millisecond))
+		if ns != nil {
+			t.Add("nats-server peak RSS (VmHWM)", harness.MiB(nst.VmHWM))
+			t.Add("nats-server RSS at end (anon + file)", fmt.Sprintf("%s (%s + %s)", harness.MiB(nst.VmRSS), harness.MiB(nst.RssAnon), harness.MiB(nst.RssFile)))
+		}
 	} else {
 		t.Add("daemon peak RSS", "n/a (-url: not our process)")
 	}
@@ -304,4 +336,34 @@ func run(ctx context.Context, o options) error {
 		fmt.Printf("\nnote: %d requests were answered non-2xx or failed and were retried\n", v)
 	}
 	return nil
+}
+
+// startNATS runs o.natsServer on a free loopback port with JetStream storing
+// under dir, fsyncing as the embedded default does (every second, or every
+// message with -sync-always), and waits until it accepts connections.
+func startNATS(ctx context.Context, o options, dir string) (*harness.Daemon, error) {
+	port, err := harness.FreePort()
+	if err != nil {
+		return nil, err
+	}
+	sync := "1s"
+	if o.syncAlways {
+		sync = "always"
+	}
+	conf := filepath.Join(dir, "nats-server.conf")
+	body := fmt.Sprintf("listen: \"127.0.0.1:%d\"\njetstream {\n  store_dir: %q\n  sync_interval: %s\n}\n", port, filepath.Join(dir, "nats"), sync)
+	if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
+		return nil, err
+	}
+	ns := &harness.Daemon{Bin: o.natsServer, Args: []string{"-c", conf}, Listen: fmt.Sprintf("127.0.0.1:%d", port), LogPath: filepath.Join(dir, "nats-server.log")}
+	if err := ns.Start(); err != nil {
+		return nil, err
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := ns.WaitListening(wctx, ns.Listen); err != nil {
+		_ = ns.Kill()
+		return nil, err
+	}
+	return ns, nil
 }

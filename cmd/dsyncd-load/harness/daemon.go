@@ -117,10 +117,13 @@ safeguards:
 }
 
 // Daemon is one `dsyncd serve` subprocess. Start it again after Kill or Stop
-// to restart it on the same configuration, data and port.
+// to restart it on the same configuration, data and port. With Args set it
+// runs Bin with those arguments instead (e.g. a nats-server); WaitReady and
+// the URLs are then meaningless, use WaitListening.
 type Daemon struct {
 	Bin     string   // path of the dsyncd binary
 	Config  string   // --config file
+	Args    []string // arguments instead of `serve --config Config`
 	Env     []string // extra KEY=VALUE pairs, on top of the current environment
 	Listen  string   // http.listen, e.g. 127.0.0.1:41234
 	LogPath string   // stdout and stderr are appended here
@@ -153,7 +156,11 @@ func (d *Daemon) Start() error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(d.Bin, "serve", "--config", d.Config)
+	args := d.Args
+	if args == nil {
+		args = []string{"serve", "--config", d.Config}
+	}
+	cmd := exec.Command(d.Bin, args...)
 	cmd.Env = append(os.Environ(), d.Env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -238,6 +245,28 @@ func (d *Daemon) WaitReady(ctx context.Context, c *http.Client) error {
 	}
 }
 
+// WaitListening polls until addr accepts TCP connections, the process exits,
+// or ctx ends.
+func (d *Daemon) WaitListening(ctx context.Context, addr string) error {
+	exited := d.Exited()
+	var dialer net.Dialer
+	for {
+		dctx, cancel := context.WithTimeout(ctx, time.Second)
+		conn, err := dialer.DialContext(dctx, "tcp", addr)
+		cancel()
+		if err == nil {
+			return conn.Close()
+		}
+		select {
+		case <-exited:
+			return fmt.Errorf("harness: %s exited before it listened on %s (%v); log: %s\n%s", d.Bin, addr, d.ExitErr(), d.LogPath, Tail(d.LogPath, 20))
+		case <-ctx.Done():
+			return fmt.Errorf("harness: %s not listening on %s: %w; log: %s\n%s", d.Bin, addr, ctx.Err(), d.LogPath, Tail(d.LogPath, 20))
+		case <-time.After(25 * time.Millisecond):
+		}
+	}
+}
+
 // Kill sends SIGKILL and waits for the process to exit.
 func (d *Daemon) Kill() error {
 	pid := d.PID()
@@ -251,7 +280,7 @@ func (d *Daemon) Kill() error {
 	case <-d.Exited():
 		return nil
 	case <-time.After(30 * time.Second):
-		return errors.New("harness: dsyncd did not die within 30s of SIGKILL")
+		return fmt.Errorf("harness: %s did not die within 30s of SIGKILL", d.Bin)
 	}
 }
 
@@ -268,13 +297,13 @@ func (d *Daemon) Stop(timeout time.Duration) error {
 	select {
 	case <-d.Exited():
 		if err := d.ExitErr(); err != nil {
-			return fmt.Errorf("harness: dsyncd exited with %v after SIGTERM; log: %s", err, d.LogPath)
+			return fmt.Errorf("harness: %s exited with %v after SIGTERM; log: %s", d.Bin, err, d.LogPath)
 		}
 		return nil
 	case <-time.After(timeout):
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 		<-d.Exited()
-		return fmt.Errorf("harness: dsyncd did not stop within %s of SIGTERM (killed)", timeout)
+		return fmt.Errorf("harness: %s did not stop within %s of SIGTERM (killed)", d.Bin, timeout)
 	}
 }
 
