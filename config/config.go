@@ -169,6 +169,9 @@ type StoreConfig struct {
 	// ProcessedRetention is how long processed event ids are remembered for
 	// deduplication; at least 72h because WorkOS retries for up to 3 days.
 	ProcessedRetention time.Duration `mapstructure:"processed_retention"`
+	// AuditRetention is how long audit entries are kept; zero keeps them
+	// forever. Badges outlive the entries that explain them.
+	AuditRetention time.Duration `mapstructure:"audit_retention"`
 	// OpenTimeout bounds the wait for the store's file lock.
 	OpenTimeout time.Duration `mapstructure:"open_timeout"`
 }

@@ -498,6 +498,7 @@ func TestValidate(t *testing.T) {
 				c.Events.Start = "yesterday"
 				c.WorkOS.Endpoint = "api.workos.com"
 				c.Store.ProcessedRetention = time.Hour
+				c.Store.AuditRetention = -time.Hour
 			},
 			wantErr: []string{
 				"webhook.path: \"webhooks\" must start with /",
@@ -511,6 +512,7 @@ func TestValidate(t *testing.T) {
 				"events.start: \"yesterday\" is not",
 				"workos.endpoint:",
 				"store.processed_retention: must be at least 72h",
+				"store.audit_retention: must be >= 0",
 			},
 		},
 		{

@@ -211,6 +211,7 @@ func usages() map[string]string {
 		"safeguards.max_deprovisions.window":  "deprovisioning breaker window",
 		"store.path":                          "store file (empty = <data_dir>/dsyncd.db)",
 		"store.processed_retention":           "how long processed event ids are remembered",
+		"store.audit_retention":               "how long audit entries are kept (0 = forever)",
 		"store.open_timeout":                  "store file lock timeout",
 		"workos.api_key":                      "WorkOS API key (prefer " + EnvVar("workos.api_key") + ")",
 		"workos.endpoint":                     "WorkOS API base URL",

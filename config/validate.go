@@ -113,6 +113,7 @@ func (c Config) Problems() []string {
 	if c.Store.ProcessedRetention > 0 && c.Store.ProcessedRetention < 72*time.Hour {
 		v.add("store.processed_retention", fmt.Sprintf("must be at least 72h (WorkOS retries deliveries for up to 3 days), got %s", c.Store.ProcessedRetention))
 	}
+	v.nonNegative("store.audit_retention", c.Store.AuditRetention)
 	v.positive("store.open_timeout", c.Store.OpenTimeout)
 
 	if c.WorkOS.APIKey == "" && (c.Events.PollInterval > 0 || c.Reconcile.Interval > 0) {

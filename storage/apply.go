@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -182,7 +183,8 @@ func (s *Store) markProcessed(t *txn, id string, now time.Time) error {
 	return t.processedAt.Put(append(u64(ns), id...), nil)
 }
 
-// prune forgets processed event ids older than the retention, a bounded number per call.
+// prune forgets processed event ids older than the processed retention and
+// audit entries older than the audit retention, a bounded number of each per call.
 func (s *Store) prune(t *txn, now time.Time) error {
 	limit := uint64(now.Add(-s.opts.ProcessedRetention).UnixNano())
 	c := t.processedAt.Cursor()
@@ -193,6 +195,33 @@ func (s *Store) prune(t *txn, now time.Time) error {
 		}
 		if err := t.processed.Delete(k[8:]); err != nil {
 			return err
+		}
+		if err := c.Delete(); err != nil {
+			return err
+		}
+		n++
+	}
+	return s.pruneAudit(t, now)
+}
+
+// pruneAudit removes audit entries older than the audit retention, oldest
+// first (sequence order, which is time order), at most pruneBatch per call.
+func (s *Store) pruneAudit(t *txn, now time.Time) error {
+	if s.opts.AuditRetention <= 0 {
+		return nil
+	}
+	limit := now.Add(-s.opts.AuditRetention)
+	c := t.audit.Cursor()
+	n := 0
+	for k, v := c.First(); k != nil && n < pruneBatch; k, v = c.First() {
+		var e struct {
+			Time time.Time `json:"time"`
+		}
+		if err := json.Unmarshal(v, &e); err != nil {
+			return fmt.Errorf("audit entry %x: %w", k, err)
+		}
+		if !e.Time.Before(limit) {
+			return nil
 		}
 		if err := c.Delete(); err != nil {
 			return err

@@ -28,4 +28,8 @@
 //
 // Only one process may open the file: a second Open fails with ErrInUse after
 // OpenTimeout. Readers (Export, User, Audit) see the last committed batch.
+//
+// The audit trail is kept forever unless Options.AuditRetention is set; then
+// Apply removes older entries, operator actions included, a bounded number per
+// batch, so a store that stops receiving events stops pruning too.
 package storage

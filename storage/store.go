@@ -39,6 +39,10 @@ type Options struct {
 	// ProcessedRetention is how long processed event ids are remembered for
 	// deduplication. Zero means 7 days (WorkOS retries for up to 3 days).
 	ProcessedRetention time.Duration
+	// AuditRetention is how long audit entries are kept. Zero means forever.
+	// Older entries are removed a bounded number at a time by Apply; the
+	// badges they explain stay (a grant's rule and source live on the user).
+	AuditRetention time.Duration
 	// Mapping turns groups and roles into badges.
 	Mapping mapping.Config
 	// Safeguards protect organisations from what sync would otherwise do.

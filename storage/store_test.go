@@ -295,6 +295,45 @@ func TestProcessedIDsArePrunedAfterRetention(t *testing.T) {
 	}
 }
 
+func TestAuditEntriesOlderThanRetentionAreRemoved(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		retention time.Duration
+		wantOld   bool
+	}{
+		{"zero keeps every entry", 0, true},
+		{"an hour drops the entries of three hours ago", time.Hour, false},
+		{"a day keeps the entries of three hours ago", 24 * time.Hour, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			now := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+			clock := func() time.Time { return now }
+			st := MustOpen(t, storage.Options{Now: clock, AuditRetention: tc.retention})
+			mustApply(t, st, ev("e1", "dsync.group.user_added", 1, mem(usr("u1", "Ann", "active"), grp("g1", "App Admins"))))
+			now = now.Add(3 * time.Hour)
+			mustApply(t, st, ev("e2", "dsync.group.user_added", 2, mem(usr("u2", "Bob", "active"), grp("g1", "App Admins"))))
+			entries, err := st.Audit(storage.AuditFilter{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			byEvent := map[string]int{}
+			for _, e := range entries {
+				byEvent[e.EventID]++
+			}
+			if byEvent["e2"] == 0 {
+				t.Fatalf("audit = %+v: the new entries are gone", entries)
+			}
+			if got := byEvent["e1"] > 0; got != tc.wantOld {
+				t.Fatalf("entries of e1 kept = %v, want %v (audit %+v)", got, tc.wantOld, entries)
+			}
+			// Pruning the trail never touches the badges it explained.
+			if u := findUser(t, st, "u1"); !slices.Contains(u.Badges, "admin") {
+				t.Fatalf("u1 badges = %v after pruning, want admin kept", u.Badges)
+			}
+		})
+	}
+}
+
 func TestStoreFileModeAndSecondOpen(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "s.db")
 	MustOpen(t, storage.Options{Path: path})

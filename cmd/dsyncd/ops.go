@@ -763,7 +763,9 @@ type whyGrant struct {
 
 // explain answers whether u has badge and why, from its grants, the audit
 // entries of (u, badge) oldest first, and the open holds.
-func explain(u *storage.UserView, badge string, entries []storage.AuditEntry, open []storage.Hold) whyAnswer {
+// auditRetention is store.audit_retention: with it set, an empty trail no
+// longer proves a badge was never granted.
+func explain(u *storage.UserView, badge string, entries []storage.AuditEntry, open []storage.Hold, auditRetention time.Duration) whyAnswer {
 	ans := whyAnswer{User: u.ID, Badge: badge, Has: slices.Contains(u.Badges, badge), Grants: []whyGrant{}}
 	for _, h := range open {
 		if h.UserID == u.ID && h.Badge == badge && h.Open() {
@@ -802,6 +804,8 @@ func explain(u *storage.UserView, badge string, entries []storage.AuditEntry, op
 		s += fmt.Sprintf("granted at %s (%s), but no longer held", fmtTime(e.Time), byEvent(e.EventID))
 	case e != nil:
 		s += fmt.Sprintf("last change at %s: %s: %s (%s)", fmtTime(e.Time), e.Action, e.Reason, byEvent(e.EventID))
+	case auditRetention > 0:
+		s += fmt.Sprintf("no rule of the mapping grants it to this user, and the audit trail (kept for %s) records no change of it", auditRetention)
 	default:
 		s += "never granted: no rule of the mapping grants it to this user"
 	}
@@ -895,7 +899,7 @@ EXIT STATUS
 				if err != nil {
 					return err
 				}
-				ans := explain(u, badge, entries, holds)
+				ans := explain(u, badge, entries, holds, cfg.Store.AuditRetention)
 				if f.format == "json" {
 					return writeJSONTo(a.stdout, ans)
 				}

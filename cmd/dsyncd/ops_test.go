@@ -529,3 +529,23 @@ mapping:
 		t.Errorf("check-config created a store")
 	}
 }
+
+func TestWhyWithoutAuditEntriesSaysWhatTheTrailCanProve(t *testing.T) {
+	u := &storage.UserView{ExportUser: storage.ExportUser{ID: "u1", State: "active"}}
+	for _, tc := range []struct {
+		name      string
+		retention time.Duration
+		want      string
+	}{
+		{"a trail kept forever proves the badge was never granted", 0,
+			"u1 does not have admin: never granted: no rule of the mapping grants it to this user"},
+		{"a pruned trail only proves no recent change", 720 * time.Hour,
+			"u1 does not have admin: no rule of the mapping grants it to this user, and the audit trail (kept for 720h0m0s) records no change of it"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := explain(u, "admin", nil, nil, tc.retention).Explanation; got != tc.want {
+				t.Fatalf("why = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}

@@ -123,6 +123,7 @@ func storeOptions(cfg config.Config, path string) storage.Options {
 		Path:               path,
 		OpenTimeout:        cfg.Store.OpenTimeout,
 		ProcessedRetention: cfg.Store.ProcessedRetention,
+		AuditRetention:     cfg.Store.AuditRetention,
 		Mapping:            cfg.Mapping,
 		Safeguards: storage.Safeguards{
 			OnDirectoryDeleted: cfg.Safeguards.OnDirectoryDeleted,
