@@ -205,15 +205,18 @@ func (s *Store) prune(t *txn, now time.Time) error {
 }
 
 // pruneAudit removes audit entries older than the audit retention, oldest
-// first (sequence order, which is time order), at most pruneBatch per call.
+// first (sequence order, which is time order). It removes at most pruneBatch
+// plus twice what the transaction added, so the trail shrinks back to the
+// retention however busy the store is.
 func (s *Store) pruneAudit(t *txn, now time.Time) error {
 	if s.opts.AuditRetention <= 0 {
 		return nil
 	}
 	limit := now.Add(-s.opts.AuditRetention)
+	budget := pruneBatch + 2*int(t.audit.Sequence()-t.auditStart)
 	c := t.audit.Cursor()
 	n := 0
-	for k, v := c.First(); k != nil && n < pruneBatch; k, v = c.First() {
+	for k, v := c.First(); k != nil && n < budget; k, v = c.First() {
 		var e struct {
 			Time time.Time `json:"time"`
 		}

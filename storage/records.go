@@ -188,6 +188,7 @@ type txn struct {
 	audit, holds, pending                             *bolt.Bucket
 	openHolds, orgAdmins, deprov, paused              *bolt.Bucket
 	newHolds                                          []Hold
+	auditStart                                        uint64 // the audit sequence when the transaction began
 
 	dirCache    map[string]*dirRec
 	userCache   map[string]*userRec
@@ -208,6 +209,7 @@ func newTxn(tx *bolt.Tx) *txn {
 		dirCache: map[string]*dirRec{}, userCache: map[string]*userRec{}, groupCache: map[string]*groupRec{},
 		memberCache: map[string]*memberRec{}, dirtyUsers: map[string]bool{}, dirtyGroups: map[string]bool{},
 	}
+	t.auditStart = t.audit.Sequence()
 	// Keys of these buckets only grow (sequence numbers, processing times):
 	// full pages instead of bbolt's half-full splits halve their size.
 	t.audit.FillPercent, t.holds.FillPercent, t.processedAt.FillPercent = 1, 1, 1

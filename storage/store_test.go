@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -331,6 +332,35 @@ func TestAuditEntriesOlderThanRetentionAreRemoved(t *testing.T) {
 				t.Fatalf("u1 badges = %v after pruning, want admin kept", u.Badges)
 			}
 		})
+	}
+}
+
+func TestAuditPruningKeepsUpWithABusyStore(t *testing.T) {
+	now := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+	st := MustOpen(t, storage.Options{Now: clock, AuditRetention: time.Hour, NoSync: true})
+	batch := func(prefix string, seq int) {
+		bodies := make([][]byte, 0, 400)
+		for i := range 400 {
+			id := fmt.Sprintf("%s%d", prefix, i)
+			bodies = append(bodies, ev("e_"+id, "dsync.group.user_added", seq, mem(usr(id, id, "active"), grp("g1", "App Admins"))))
+		}
+		mustApply(t, st, bodies...)
+	}
+	batch("old", 1) // 800 entries (admin and member grants), more than one prune's base allowance
+	now = now.Add(3 * time.Hour)
+	batch("new", 2) // as busy again, three hours later
+	entries, err := st.Audit(storage.AuditFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.EventID, "e_old") {
+			t.Fatalf("%d audit entries left, some from three hours ago (%+v): pruning falls behind a busy store", len(entries), e)
+		}
+	}
+	if len(entries) != 800 {
+		t.Fatalf("%d audit entries, want the 800 of the recent batch", len(entries))
 	}
 }
 

@@ -129,7 +129,7 @@ func run(ctx context.Context, o options) error {
 			return err
 		}
 		d = &harness.Daemon{Bin: o.bin, Config: cfg, Listen: listen, LogPath: filepath.Join(dir, "dsyncd.log")}
-		if o.syncAlways {
+		if o.syncAlways && o.natsServer == "" { // else the external server's config says sync: always
 			d.Env = append(d.Env, "DSYNCD_NATS_SYNC_ALWAYS=true")
 		}
 		if o.natsServer != "" {
@@ -286,8 +286,11 @@ func run(ctx context.Context, o options) error {
 	if o.syncAlways {
 		mode = "embedded NATS, sync_always (fsync per event)"
 	}
-	if o.natsServer != "" {
+	switch ext := daemonNATSURL(o.daemonEnv); {
+	case o.natsServer != "":
 		mode = strings.Replace(mode, "embedded NATS", "external nats-server "+o.natsServer, 1)
+	case ext != "":
+		mode = "external NATS at " + ext + " (from -daemon-env; its fsync policy is its own)"
 	}
 	if o.url != "" {
 		mode = "running daemon at " + o.url
@@ -366,4 +369,15 @@ func startNATS(ctx context.Context, o options, dir string) (*harness.Daemon, err
 		return nil, err
 	}
 	return ns, nil
+}
+
+// daemonNATSURL is the DSYNCD_NATS_URL that -daemon-env gives the daemon, if any.
+func daemonNATSURL(env string) string {
+	url := ""
+	for _, kv := range strings.Split(env, ",") {
+		if v, ok := strings.CutPrefix(kv, "DSYNCD_NATS_URL="); ok {
+			url = v // the last one wins, as in the daemon's environment
+		}
+	}
+	return url
 }
