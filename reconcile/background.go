@@ -36,7 +36,8 @@ func StartBackground(cfg config.Config, pub Publisher, st *storage.Store, log *z
 	ctx, cancel := context.WithCancel(context.Background())
 	b := &Background{cancel: cancel}
 	if cfg.Events.PollInterval > 0 {
-		b.Poller = New(Options{ClientOptions: ClientOptionsFrom(cfg), Interval: cfg.Events.PollInterval, Start: cfg.Events.Start}, pub, st, log)
+		b.Poller = New(Options{ClientOptions: ClientOptionsFrom(cfg), Interval: cfg.Events.PollInterval, Start: cfg.Events.Start,
+			Applied: st.Processed}, pub, st, log)
 		b.wg.Go(func() { _ = b.Poller.Run(ctx) })
 	}
 	if cfg.Reconcile.Interval > 0 {

@@ -53,6 +53,12 @@ type Options struct {
 	PublishTimeout time.Duration
 	// Now is the clock. Nil means time.Now.
 	Now func() time.Time
+	// Applied, if set, reports whether the store already applied the event
+	// with this id; such an event is not published again (the store would
+	// count it a duplicate anyway), which keeps the stream from holding a
+	// second copy of every event the webhooks delivered. An error counts as
+	// "not applied": the event is published and deduplicated downstream.
+	Applied func(id string) (bool, error)
 }
 
 // PollerStats counts what the poller did since it was created.
@@ -62,6 +68,8 @@ type PollerStats struct {
 	Pages      uint64 `json:"pages"`
 	Published  uint64 `json:"published"`
 	Duplicates uint64 `json:"duplicates"` // already on the stream (e.g. delivered by webhook)
+	// AlreadyApplied counts events skipped because the store had applied them.
+	AlreadyApplied uint64 `json:"already_applied"`
 	Invalid    uint64 `json:"invalid"`    // skipped: not decodable as a dsync event
 	Ignored    uint64 `json:"ignored"`    // skipped: a type dsyncd does not apply
 }
@@ -83,7 +91,7 @@ type Poller struct {
 	log    *zap.Logger
 	types  []string
 
-	polls, failures, pages, published, duplicates, invalid, ignored atomic.Uint64
+	polls, failures, pages, published, duplicates, applied, invalid, ignored atomic.Uint64
 }
 
 // New returns a Poller. It does no I/O.
@@ -114,7 +122,8 @@ func New(opts Options, pub Publisher, cursor CursorStore, log *zap.Logger) *Poll
 // Stats returns the poller's counters.
 func (p *Poller) Stats() PollerStats {
 	return PollerStats{Polls: p.polls.Load(), Failures: p.failures.Load(), Pages: p.pages.Load(),
-		Published: p.published.Load(), Duplicates: p.duplicates.Load(), Invalid: p.invalid.Load(), Ignored: p.ignored.Load()}
+		Published: p.published.Load(), Duplicates: p.duplicates.Load(), AlreadyApplied: p.applied.Load(),
+		Invalid: p.invalid.Load(), Ignored: p.ignored.Load()}
 }
 
 // Run polls at once, then every Interval after the previous poll ended,
@@ -233,6 +242,10 @@ func (p *Poller) publishPage(ctx context.Context, page []json.RawMessage) (strin
 			p.ignored.Add(1)
 			continue
 		}
+		if p.alreadyApplied(ev.ID) {
+			p.applied.Add(1)
+			continue
+		}
 		pctx, cancel := context.WithTimeout(ctx, p.opts.PublishTimeout)
 		dup, err := p.pub.Publish(pctx, ev.DirectoryID, string(ev.Type), ev.ID, raw)
 		cancel()
@@ -249,6 +262,19 @@ func (p *Poller) publishPage(ctx context.Context, page []json.RawMessage) (strin
 		return "", errors.New("events page without event ids")
 	}
 	return last, nil
+}
+
+// alreadyApplied reports whether Options.Applied knows the event applied.
+func (p *Poller) alreadyApplied(id string) bool {
+	if p.opts.Applied == nil {
+		return false
+	}
+	done, err := p.opts.Applied(id)
+	if err != nil {
+		p.log.Warn("cannot tell whether an event was applied; publishing it", zap.String("event_id", id), zap.Error(err))
+		return false
+	}
+	return done
 }
 
 // envelopeID returns an event's id, whether or not it decodes as a dsync event.

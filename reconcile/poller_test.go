@@ -111,6 +111,38 @@ func TestReconcilePollerPublishesEveryPageAsSentAndResumesAfterRestart(t *testin
 	logged.assertNoKey(t)
 }
 
+func TestReconcilePollerDoesNotPublishEventsTheStoreAlreadyApplied(t *testing.T) {
+	fake, valid, all := pollFixture(t)
+	q := openQueue(t)
+	st := openStore(t, "")
+	// The webhooks delivered the first seven and the worker applied them.
+	const delivered = 7
+	var evs []*events.Event
+	for _, raw := range valid[:delivered] {
+		ev, err := events.Decode(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		evs = append(evs, ev)
+	}
+	if _, err := st.Apply(evs); err != nil {
+		t.Fatal(err)
+	}
+	p := New(Options{ClientOptions: clientOpts(fake, 5), Start: "2021-01-01T00:00:00Z", Applied: st.Processed}, q, st, zap.NewNop())
+	if err := p.Poll(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if n, want := streamMsgs(t, q), uint64(len(valid)-delivered); n != want {
+		t.Errorf("%d messages on the stream, want %d: only the events not applied yet", n, want)
+	}
+	if stats := p.Stats(); stats.AlreadyApplied != delivered || stats.Published != uint64(len(valid)-delivered) {
+		t.Errorf("stats %+v, want %d already applied", stats, delivered)
+	}
+	if c := cursor(t, st, CursorEvents); c != idOf(t, all[len(all)-1]) {
+		t.Errorf("cursor %q, want the last event's id: skipped events still move it", c)
+	}
+}
+
 func TestReconcilePollerRetries429And5xxAndSlowAnswers(t *testing.T) {
 	fake, valid, _ := pollFixture(t)
 	fake.Fail("/events",

@@ -269,3 +269,15 @@ func (s *Store) Audit(f AuditFilter) ([]AuditEntry, error) {
 	}
 	return out, err
 }
+
+// Processed reports whether the event with id was taken by Apply (applied,
+// or found stale) within ProcessedRetention: applying it again would be a
+// duplicate.
+func (s *Store) Processed(id string) (bool, error) {
+	var ok bool
+	err := s.view(func(tx *bolt.Tx) error {
+		ok = tx.Bucket(bktProcessed).Get([]byte(id)) != nil
+		return nil
+	})
+	return ok, err
+}

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/dsyncd/dsyncd/reconcile"
 	"github.com/dsyncd/dsyncd/worker"
 )
 
@@ -129,6 +130,32 @@ func (m *metrics) register(d *daemon) {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "dsyncd_build_info", Help: "Build information.",
 			ConstLabels: prometheus.Labels{"version": version, "revision": revision}}, func() float64 { return 1 }),
 	)
+	if d.bg != nil && d.bg.Poller != nil {
+		p := d.bg.Poller
+		m.reg.MustRegister(
+			counter("dsyncd_poller_polls_total", "Polls of the WorkOS Events API.", func() float64 { return float64(p.Stats().Polls) }),
+			counter("dsyncd_poller_failures_total", "Polls of the Events API that failed after their retries (logged; tried again at the next interval).",
+				func() float64 { return float64(p.Stats().Failures) }),
+			&pollerCollector{p: p, desc: prometheus.NewDesc("dsyncd_poller_events_total",
+				"Events read from the Events API, by outcome: published, duplicate (already on the stream), already_applied (not published), invalid, ignored.",
+				[]string{"outcome"}, nil)},
+		)
+	}
+}
+
+type pollerCollector struct {
+	p    *reconcile.Poller
+	desc *prometheus.Desc
+}
+
+func (c *pollerCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *pollerCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.p.Stats()
+	for outcome, n := range map[string]uint64{"published": s.Published, "duplicate": s.Duplicates,
+		"already_applied": s.AlreadyApplied, "invalid": s.Invalid, "ignored": s.Ignored} {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(n), outcome)
+	}
 }
 
 type refusedCollector struct {

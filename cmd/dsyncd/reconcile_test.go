@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -180,7 +181,8 @@ func TestReconcileServePollsEventsWhileWebhooksDeliverTheSame(t *testing.T) {
 	}
 	wg.Wait()
 	deadline := time.Now().Add(30 * time.Second)
-	for d.bg.Poller.Stats().Pages == 0 || d.bg.Poller.Stats().Published+d.bg.Poller.Stats().Duplicates < uint64(len(bodies)) {
+	seen := func(s reconcile.PollerStats) uint64 { return s.Published + s.Duplicates + s.AlreadyApplied }
+	for d.bg.Poller.Stats().Pages == 0 || seen(d.bg.Poller.Stats()) < uint64(len(bodies)) {
 		if time.Now().After(deadline) {
 			t.Fatalf("the poller did not go through every event: %+v", d.bg.Poller.Stats())
 		}
@@ -194,6 +196,23 @@ func TestReconcileServePollsEventsWhileWebhooksDeliverTheSame(t *testing.T) {
 	}
 	if got, want := apiGetT(t, d, "/v1/export"), inOrderExport(t, cfg, bodies); !bytes.Equal(got, want) {
 		t.Errorf("export after poller+webhook:\n%s\nwant the in-order golden:\n%s", got, want)
+	}
+	// The operator sees what the poller did: every event once, in one of three outcomes.
+	metrics := string(apiGetT(t, d, "/metrics"))
+	var total float64
+	for _, outcome := range []string{"published", "duplicate", "already_applied"} {
+		line := `dsyncd_poller_events_total{outcome="` + outcome + `"} `
+		i := strings.Index(metrics, line)
+		if i < 0 {
+			t.Fatalf("/metrics has no %s:\n%s", line, metrics)
+		}
+		var n float64
+		_, err := fmt.Sscan(metrics[i+len(line):], &n)
+		mustf(t, err, "parse %s", line)
+		total += n
+	}
+	if total != float64(len(bodies)) {
+		t.Errorf("dsyncd_poller_events_total sums to %v over published, duplicate and already_applied, want %d", total, len(bodies))
 	}
 	if strings.Contains(logs.String(), reconcileTestKey) {
 		t.Fatal("the API key was logged")
