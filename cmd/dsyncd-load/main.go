@@ -29,6 +29,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -55,6 +56,7 @@ type options struct {
 	syncAlways  bool
 	natsServer  string
 	daemonEnv   string
+	client      string
 	timeout     time.Duration
 	keep        bool
 }
@@ -72,12 +74,17 @@ func main() {
 	flag.Uint64Var(&o.seed, "seed", 1, "synthetic stream seed")
 	flag.BoolVar(&o.syncAlways, "sync-always", false, "run the daemon with DSYNCD_NATS_SYNC_ALWAYS=true (fsync every stored event)")
 	flag.StringVar(&o.natsServer, "nats-server", "", "nats-server binary to run as the daemon's external NATS (nats.url); empty: the embedded server")
+	flag.StringVar(&o.client, "client", "raw", "HTTP client of the posters: raw (a minimal HTTP/1.1 client, leaving the shared CPU to the daemon) or net/http")
 	flag.StringVar(&o.daemonEnv, "daemon-env", "", "extra KEY=VALUE[,KEY=VALUE] for the daemon only, e.g. GOMEMLIMIT=150MiB")
 	flag.DurationVar(&o.timeout, "timeout", 20*time.Minute, "bound on the whole run")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary data directory")
 	flag.Parse()
 	if o.concurrency < 1 || o.users < 0 || o.groups < 0 || o.memberships < 0 || o.changes < 0 {
 		fmt.Fprintln(os.Stderr, "dsyncd-load: counts must be >= 0 and -concurrency >= 1")
+		os.Exit(2)
+	}
+	if o.client != "raw" && o.client != "net/http" {
+		fmt.Fprintf(os.Stderr, "dsyncd-load: -client %q: want raw or net/http\n", o.client)
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -170,6 +177,10 @@ func run(ctx context.Context, o options) error {
 	}
 
 	p := &harness.Poster{Client: harness.NewClient(o.concurrency, 30*time.Second), URL: base + "/webhooks/workos", Secret: o.secret}
+	u, err := url.Parse(base)
+	if err != nil || u.Host == "" || (o.client == "raw" && u.Scheme != "http") {
+		return fmt.Errorf("base URL %q: want http://host:port (the raw client speaks plain HTTP/1.1; use -client net/http for https)", base)
+	}
 	retry := harness.Retry{First: 100 * time.Millisecond, Max: 2 * time.Second, MaxAttempts: 20}
 	var (
 		next        atomic.Int64
@@ -210,12 +221,18 @@ func run(ctx context.Context, o options) error {
 		go func() {
 			defer wg.Done()
 			local := make([]time.Duration, 0, 1024)
+			deliver := p.Deliver
+			if o.client == "raw" {
+				rc := &harness.RawConn{Addr: u.Host, Path: "/webhooks/workos", Secret: o.secret}
+				defer rc.Close()
+				deliver = rc.Deliver
+			}
 			for ctx.Err() == nil {
 				i := next.Add(1) - 1
 				if i >= int64(len(stream)) {
 					break
 				}
-				dl := p.Deliver(ctx, stream[i].Body, retry, func(a harness.Attempt) {
+				dl := deliver(ctx, stream[i].Body, retry, func(a harness.Attempt) {
 					requests.Add(1)
 					switch {
 					case a.Err != nil:
@@ -295,8 +312,8 @@ func run(ctx context.Context, o options) error {
 	if o.url != "" {
 		mode = "running daemon at " + o.url
 	}
-	fmt.Printf("\ndsyncd-load: %d users, %d groups, %d memberships/user, %d changes -> %d events; %d posters; %s\n\n",
-		o.users, o.groups, o.memberships, o.changes, len(stream), o.concurrency, mode)
+	fmt.Printf("\ndsyncd-load: %d users, %d groups, %d memberships/user, %d changes -> %d events; %d posters (%s client); %s\n\n",
+		o.users, o.groups, o.memberships, o.changes, len(stream), o.concurrency, o.client, mode)
 	t := harness.Table{Header: []string{"metric", "value"}}
 	t.Add("webhook requests", fmt.Sprintf("%d (%d non-2xx, %d transport errors)", requests.Load(), non2xx.Load(), transport.Load()))
 	t.Add("ingest: requests/s", fmt.Sprintf("%.0f", float64(requests.Load())/ingest.Seconds()))
