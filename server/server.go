@@ -443,6 +443,14 @@ func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 		}
 		f.Since = t
 	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "limit: want a number >= 0 (0: every entry)"})
+			return
+		}
+		f.Limit = n
+	}
 	entries, err := s.st.Audit(f)
 	if err != nil {
 		s.internal(w, err)

@@ -247,26 +247,50 @@ type AuditFilter struct {
 	Limit          int // 0: no limit (newest last)
 }
 
-// Audit returns the audit entries matching f, oldest first.
+// auditClockSlack is how far back of Since a newest-first scan goes on
+// before it stops: entries are in sequence order, and their times follow a
+// clock that may have been stepped back a little.
+const auditClockSlack = 5 * time.Minute
+
+// Audit returns the audit entries matching f, oldest first. With a Limit it
+// reads the trail from its newest end and stops once it has Limit entries
+// (or has passed Since), so the newest few of a long trail come fast.
 func (s *Store) Audit(f AuditFilter) ([]AuditEntry, error) {
 	out := []AuditEntry{}
+	match := func(e *AuditEntry) bool {
+		return (f.UserID == "" || e.UserID == f.UserID) && (f.OrganizationID == "" || e.OrganizationID == f.OrganizationID) &&
+			(f.Badge == "" || e.Badge == f.Badge) && (f.Since.IsZero() || !e.Time.Before(f.Since))
+	}
 	err := s.view(func(tx *bolt.Tx) error {
-		return tx.Bucket(bktAudit).ForEach(func(_, v []byte) error {
+		b := tx.Bucket(bktAudit)
+		if f.Limit <= 0 {
+			return b.ForEach(func(_, v []byte) error {
+				var e AuditEntry
+				if err := json.Unmarshal(v, &e); err != nil {
+					return err
+				}
+				if match(&e) {
+					out = append(out, e)
+				}
+				return nil
+			})
+		}
+		c := b.Cursor()
+		for k, v := c.Last(); k != nil && len(out) < f.Limit; k, v = c.Prev() {
 			var e AuditEntry
 			if err := json.Unmarshal(v, &e); err != nil {
 				return err
 			}
-			if (f.UserID != "" && e.UserID != f.UserID) || (f.OrganizationID != "" && e.OrganizationID != f.OrganizationID) ||
-				(f.Badge != "" && e.Badge != f.Badge) || (!f.Since.IsZero() && e.Time.Before(f.Since)) {
-				return nil
+			if !f.Since.IsZero() && e.Time.Before(f.Since.Add(-auditClockSlack)) {
+				break
 			}
-			out = append(out, e)
-			return nil
-		})
+			if match(&e) {
+				out = append(out, e)
+			}
+		}
+		slices.Reverse(out)
+		return nil
 	})
-	if f.Limit > 0 && len(out) > f.Limit {
-		out = out[len(out)-f.Limit:]
-	}
 	return out, err
 }
 

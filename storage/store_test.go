@@ -364,6 +364,51 @@ func TestAuditPruningKeepsUpWithABusyStore(t *testing.T) {
 	}
 }
 
+func TestAuditLimitReturnsTheNewestMatchingEntriesOldestFirst(t *testing.T) {
+	now := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+	st := MustOpen(t, storage.Options{Now: clock})
+	// u0..u4 join App Admins an hour apart: each gets admin and member.
+	for i := range 5 {
+		id := fmt.Sprintf("u%d", i)
+		mustApply(t, st, ev("e"+id, "dsync.group.user_added", i+1, mem(usr(id, id, "active"), grp("g1", "App Admins"))))
+		now = now.Add(time.Hour)
+	}
+	all, err := st.Audit(storage.AuditFilter{})
+	if err != nil || len(all) != 10 {
+		t.Fatalf("whole trail: %d entries, %v; want 10", len(all), err)
+	}
+	start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name   string
+		filter storage.AuditFilter
+		want   []string // event id/badge, oldest first
+	}{
+		{"the newest three of the trail", storage.AuditFilter{Limit: 3},
+			[]string{"eu3/member", "eu4/admin", "eu4/member"}},
+		{"the newest two admin grants", storage.AuditFilter{Badge: "admin", Limit: 2},
+			[]string{"eu3/admin", "eu4/admin"}},
+		{"a limit larger than what matches since", storage.AuditFilter{Badge: "admin", Since: start.Add(3 * time.Hour), Limit: 10},
+			[]string{"eu3/admin", "eu4/admin"}},
+		{"one user's only entries", storage.AuditFilter{UserID: "u1", Limit: 5},
+			[]string{"eu1/admin", "eu1/member"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := st.Audit(tc.filter)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var ids []string
+			for _, e := range got {
+				ids = append(ids, e.EventID+"/"+e.Badge)
+			}
+			if !slices.Equal(ids, tc.want) {
+				t.Fatalf("audit %+v = %v, want %v", tc.filter, ids, tc.want)
+			}
+		})
+	}
+}
+
 func TestStoreFileModeAndSecondOpen(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "s.db")
 	MustOpen(t, storage.Options{Path: path})

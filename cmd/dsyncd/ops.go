@@ -259,6 +259,9 @@ func (c *apiClient) audit(ctx context.Context, f storage.AuditFilter) ([]storage
 	if !f.Since.IsZero() {
 		q.Set("since", f.Since.UTC().Format(time.RFC3339))
 	}
+	if f.Limit > 0 {
+		q.Set("limit", strconv.Itoa(f.Limit))
+	}
 	path := "/v1/audit"
 	if len(q) > 0 {
 		path += "?" + q.Encode()

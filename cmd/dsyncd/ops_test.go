@@ -228,6 +228,15 @@ func TestOperationsOnlineThenOffline(t *testing.T) {
 	if !strings.Contains(online["audit org"], "ev_rm_u2") || !strings.Contains(online["audit org"], "hold") {
 		t.Errorf("audit --org table = %q", online["audit org"])
 	}
+	// The API keeps the newest entries itself: the CLI need not fetch the whole trail.
+	var newest struct{ Entries []storage.AuditEntry }
+	mustf(t, json.Unmarshal(apiGetT(t, d, "/v1/audit?user=u2&badge=admin&limit=1"), &newest), "audit limit json")
+	if len(newest.Entries) != 1 || newest.Entries[0].EventID != "ev_rm_u2" || newest.Entries[0].Action != storage.ActionRevoke {
+		t.Errorf("GET /v1/audit?user=u2&badge=admin&limit=1 = %+v, want only the revoke by ev_rm_u2", newest.Entries)
+	}
+	if _, err := apiGet(context.Background(), "http://"+d.Addr(), "/v1/audit?limit=-1", opsToken); err == nil || !strings.Contains(err.Error(), "400") {
+		t.Errorf("GET /v1/audit?limit=-1: %v, want 400", err)
+	}
 
 	// export goes through the running daemon's API by default.
 	if got, want := cli(t, 0, append([]string{"export"}, c...)...), snapshotJSON(t, d.st); got != want {
