@@ -70,8 +70,8 @@ type PollerStats struct {
 	Duplicates uint64 `json:"duplicates"` // already on the stream (e.g. delivered by webhook)
 	// AlreadyApplied counts events skipped because the store had applied them.
 	AlreadyApplied uint64 `json:"already_applied"`
-	Invalid    uint64 `json:"invalid"`    // skipped: not decodable as a dsync event
-	Ignored    uint64 `json:"ignored"`    // skipped: a type dsyncd does not apply
+	Invalid        uint64 `json:"invalid"` // skipped: not decodable as a dsync event
+	Ignored        uint64 `json:"ignored"` // skipped: a type dsyncd does not apply
 }
 
 // Poller reads the WorkOS Events API and publishes every dsync event onto
