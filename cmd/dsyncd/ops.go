@@ -697,6 +697,8 @@ The filters combine: --user (a directory user id), --org (a WorkOS organization 
 --badge, --since (an RFC 3339 time, a date, or a duration meaning that long ago: 24h),
 and --limit N (the newest N matching entries).
 
+With store.audit_retention set, entries older than it are gone (the badges stay).
+
 Columns: TIME (when dsyncd applied it, UTC), ACTION, USER, BADGE, ORGANIZATION,
 EVENT (the WorkOS event id, or config:mapping for a mapping change), REASON.` + targetHelp + exitStatusHelp,
 		Example: `  # What happened to one user
