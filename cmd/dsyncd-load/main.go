@@ -198,6 +198,7 @@ func run(ctx context.Context, o options) error {
 	var samples []lagSample
 	sampleDone := make(chan struct{})
 	sctx, stopSampler := context.WithCancel(ctx)
+	cpu0 := cpuTimes(d, ns)
 	start := time.Now()
 	go func() {
 		defer close(sampleDone)
@@ -273,6 +274,7 @@ func run(ctx context.Context, o options) error {
 	}
 	final, err := harness.WaitDrained(ctx, ctl, base, before.Processed()+float64(len(stream)))
 	appliedAt := time.Since(start)
+	cpu := cpuTimes(d, ns).minus(cpu0)
 	stopSampler()
 	<-sampleDone
 	if err != nil {
@@ -326,6 +328,16 @@ func run(ctx context.Context, o options) error {
 	t.Add("worker outcomes", fmt.Sprintf("applied %.0f, stale %.0f, duplicate %.0f, invalid %.0f",
 		final.Outcome("applied")-before.Outcome("applied"), final.Outcome("stale")-before.Outcome("stale"),
 		final.Outcome("duplicate")-before.Outcome("duplicate"), final.Outcome("invalid")-before.Outcome("invalid")))
+	perEvent := func(c time.Duration) string {
+		return fmt.Sprintf("%.1f s: %.0f µs an event, %.2f cores", c.Seconds(), float64(c.Microseconds())/n, c.Seconds()/appliedAt.Seconds())
+	}
+	if d != nil {
+		t.Add("daemon CPU (first post to last applied)", perEvent(cpu.daemon))
+	}
+	if ns != nil {
+		t.Add("nats-server CPU", perEvent(cpu.nats))
+	}
+	t.Add("load generator CPU", perEvent(cpu.self))
 	if d != nil {
 		t.Add("daemon peak RSS (VmHWM)", harness.MiB(st.VmHWM))
 		t.Add("daemon RSS at end (anon + file)", fmt.Sprintf("%s (%s + %s)", harness.MiB(st.VmRSS), harness.MiB(st.RssAnon), harness.MiB(st.RssFile)))
@@ -397,4 +409,27 @@ func daemonNATSURL(env string) string {
 		}
 	}
 	return url
+}
+
+// cpuSample is the CPU time used so far by the daemon, the external
+// nats-server and this process (the load generator).
+type cpuSample struct{ daemon, nats, self time.Duration }
+
+func cpuTimes(d, ns *harness.Daemon) cpuSample {
+	var c cpuSample
+	if d != nil {
+		c.daemon, _ = d.CPU()
+	}
+	if ns != nil {
+		c.nats, _ = ns.CPU()
+	}
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
+		c.self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	return c
+}
+
+func (c cpuSample) minus(o cpuSample) cpuSample {
+	return cpuSample{daemon: c.daemon - o.daemon, nats: c.nats - o.nats, self: c.self - o.self}
 }

@@ -8,6 +8,7 @@ package harness
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -388,3 +389,43 @@ func Run(ctx context.Context, bin string, env []string, args ...string) ([]byte,
 
 // MiB formats a byte count in MiB.
 func MiB(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
+
+// userHZ is the unit of the CPU times in /proc/<pid>/stat (USER_HZ, 100 on
+// every Linux architecture Go supports).
+const userHZ = 100
+
+// ReadProcCPU returns the user + system CPU time pid has used so far, from
+// /proc/<pid>/stat.
+func ReadProcCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return 0, err
+	}
+	// Fields after the command name, which is in parentheses and may hold spaces.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("harness: /proc/%d/stat: no command name", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 { // state is f[0]; utime and stime are fields 14 and 15 of stat(5)
+		return 0, fmt.Errorf("harness: /proc/%d/stat: %d fields", pid, len(f))
+	}
+	var ticks int64
+	for _, s := range f[11:13] {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("harness: /proc/%d/stat: %w", pid, err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * time.Second / userHZ, nil
+}
+
+// CPU returns the CPU time the running process has used so far.
+func (d *Daemon) CPU() (time.Duration, error) {
+	pid := d.PID()
+	if pid == 0 {
+		return 0, errors.New("harness: no process")
+	}
+	return ReadProcCPU(pid)
+}
