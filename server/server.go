@@ -451,6 +451,14 @@ func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 		}
 		f.Limit = n
 	}
+	if v := q.Get("after"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "after: want an entry's seq"})
+			return
+		}
+		f.After = n
+	}
 	entries, err := s.st.Audit(f)
 	if err != nil {
 		s.internal(w, err)

@@ -244,7 +244,13 @@ type AuditFilter struct {
 	OrganizationID string
 	Badge          string
 	Since          time.Time
-	Limit          int // 0: no limit (newest last)
+	// After, if set, selects entries with a greater Seq only: a reader that
+	// keeps the last Seq it saw tails the trail (to ship it elsewhere).
+	After uint64
+	// Limit bounds the entries returned; 0 means no limit. Without After
+	// they are the newest Limit matching entries, with After the first
+	// Limit after it.
+	Limit int
 }
 
 // auditClockSlack is how far back of Since a newest-first scan goes on
@@ -263,8 +269,9 @@ func (s *Store) Audit(f AuditFilter) ([]AuditEntry, error) {
 	}
 	err := s.view(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bktAudit)
-		if f.Limit <= 0 {
-			return b.ForEach(func(_, v []byte) error {
+		if f.Limit <= 0 || f.After > 0 {
+			c := b.Cursor()
+			for k, v := c.Seek(u64(f.After + 1)); k != nil && (f.Limit <= 0 || len(out) < f.Limit); k, v = c.Next() {
 				var e AuditEntry
 				if err := json.Unmarshal(v, &e); err != nil {
 					return err
@@ -272,8 +279,8 @@ func (s *Store) Audit(f AuditFilter) ([]AuditEntry, error) {
 				if match(&e) {
 					out = append(out, e)
 				}
-				return nil
-			})
+			}
+			return nil
 		}
 		c := b.Cursor()
 		for k, v := c.Last(); k != nil && len(out) < f.Limit; k, v = c.Prev() {

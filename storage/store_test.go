@@ -392,6 +392,11 @@ func TestAuditLimitReturnsTheNewestMatchingEntriesOldestFirst(t *testing.T) {
 			[]string{"eu3/admin", "eu4/admin"}},
 		{"one user's only entries", storage.AuditFilter{UserID: "u1", Limit: 5},
 			[]string{"eu1/admin", "eu1/member"}},
+		{"the first three after seq 4, oldest first", storage.AuditFilter{After: 4, Limit: 3},
+			[]string{"eu2/admin", "eu2/member", "eu3/admin"}},
+		{"every admin grant after seq 4", storage.AuditFilter{After: 4, Badge: "admin"},
+			[]string{"eu2/admin", "eu3/admin", "eu4/admin"}},
+		{"nothing after the last seq", storage.AuditFilter{After: 10, Limit: 3}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := st.Audit(tc.filter)

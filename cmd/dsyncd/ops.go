@@ -262,6 +262,9 @@ func (c *apiClient) audit(ctx context.Context, f storage.AuditFilter) ([]storage
 	if f.Limit > 0 {
 		q.Set("limit", strconv.Itoa(f.Limit))
 	}
+	if f.After > 0 {
+		q.Set("after", strconv.FormatUint(f.After, 10))
+	}
 	path := "/v1/audit"
 	if len(q) > 0 {
 		path += "?" + q.Encode()
@@ -272,8 +275,12 @@ func (c *apiClient) audit(ctx context.Context, f storage.AuditFilter) ([]storage
 	if err := c.call(ctx, http.MethodGet, path, &out); err != nil {
 		return nil, err
 	}
-	if f.Limit > 0 && len(out.Entries) > f.Limit {
-		out.Entries = out.Entries[len(out.Entries)-f.Limit:]
+	if f.Limit > 0 && len(out.Entries) > f.Limit { // a daemon older than limit= sent them all
+		if f.After > 0 {
+			out.Entries = out.Entries[:f.Limit]
+		} else {
+			out.Entries = out.Entries[len(out.Entries)-f.Limit:]
+		}
 	}
 	return out.Entries, nil
 }
@@ -687,7 +694,7 @@ func (a *app) auditCommand() *cobra.Command {
 	var filter storage.AuditFilter
 	var since string
 	cmd := &cobra.Command{
-		Use:   "audit [--user ID] [--org ORG] [--badge BADGE] [--since T] [--limit N] [--config FILE] [--server URL | --offline]",
+		Use:   "audit [--user ID] [--org ORG] [--badge BADGE] [--since T] [--after SEQ] [--limit N] [--config FILE] [--server URL | --offline]",
 		Short: "Print the audit trail: every badge granted, revoked, held or kept, and why",
 		Long: `audit prints the audit trail, oldest first: one entry per badge granted, revoked, held,
 released or kept (a change sync was not allowed to make), per dead letter an operator
@@ -695,11 +702,13 @@ dropped, with the event that caused it and the reason.
 
 The filters combine: --user (a directory user id), --org (a WorkOS organization id),
 --badge, --since (an RFC 3339 time, a date, or a duration meaning that long ago: 24h),
-and --limit N (the newest N matching entries).
+and --limit N (the newest N matching entries). --after SEQ starts after the
+entry with that sequence number (the JSON's "seq"), oldest first, so that a job
+that remembers the last seq it shipped tails the trail.
 
 With store.audit_retention set, entries older than it are gone (the badges stay).
 
-Columns: TIME (when dsyncd applied it, UTC), ACTION, USER, BADGE, ORGANIZATION,
+Columns: SEQ (the entry's sequence number, for --after), TIME (when dsyncd applied it, UTC), ACTION, USER, BADGE, ORGANIZATION,
 EVENT (the WorkOS event id, or config:mapping for a mapping change), REASON.` + targetHelp + exitStatusHelp,
 		Example: `  # What happened to one user
   dsyncd audit --user directory_user_01E1X1B89NH8Z3SDFJR4H7RGX7
@@ -730,9 +739,9 @@ EVENT (the WorkOS event id, or config:mapping for a mapping change), REASON.` + 
 				}
 				rows := make([][]string, 0, len(es))
 				for _, e := range es {
-					rows = append(rows, []string{fmtTime(e.Time), e.Action, e.UserID, e.Badge, e.OrganizationID, e.EventID, e.Reason})
+					rows = append(rows, []string{strconv.FormatUint(e.Seq, 10), fmtTime(e.Time), e.Action, e.UserID, e.Badge, e.OrganizationID, e.EventID, e.Reason})
 				}
-				return table(a.stdout, []string{"TIME", "ACTION", "USER", "BADGE", "ORGANIZATION", "EVENT", "REASON"}, rows)
+				return table(a.stdout, []string{"SEQ", "TIME", "ACTION", "USER", "BADGE", "ORGANIZATION", "EVENT", "REASON"}, rows)
 			})
 		},
 	}
@@ -740,7 +749,8 @@ EVENT (the WorkOS event id, or config:mapping for a mapping change), REASON.` + 
 	cmd.Flags().StringVar(&filter.OrganizationID, "org", "", "only entries of this WorkOS organization id")
 	cmd.Flags().StringVar(&filter.Badge, "badge", "", "only entries of this badge")
 	cmd.Flags().StringVar(&since, "since", "", "only entries since this RFC 3339 time, date or duration ago (24h)")
-	cmd.Flags().IntVar(&filter.Limit, "limit", 0, "only the newest N matching entries (0: all)")
+	cmd.Flags().IntVar(&filter.Limit, "limit", 0, "only the newest N matching entries, or with --after the first N after it (0: all)")
+	cmd.Flags().Uint64Var(&filter.After, "after", 0, "only entries after this SEQ (the last one a previous call printed): tail the trail")
 	a.addTargetFlags(cmd, &f, false)
 	return cmd
 }

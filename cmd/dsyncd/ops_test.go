@@ -234,6 +234,14 @@ func TestOperationsOnlineThenOffline(t *testing.T) {
 	if len(newest.Entries) != 1 || newest.Entries[0].EventID != "ev_rm_u2" || newest.Entries[0].Action != storage.ActionRevoke {
 		t.Errorf("GET /v1/audit?user=u2&badge=admin&limit=1 = %+v, want only the revoke by ev_rm_u2", newest.Entries)
 	}
+	// Tailing: after the first entry, one at a time, through the CLI and its API.
+	var whole, next struct{ Entries []storage.AuditEntry }
+	mustf(t, json.Unmarshal([]byte(cli(t, 0, append([]string{"audit", "--format", "json"}, c...)...)), &whole), "audit json")
+	out = cli(t, 0, append([]string{"audit", "--after", strconv.FormatUint(whole.Entries[0].Seq, 10), "--limit", "1", "--format", "json"}, c...)...)
+	mustf(t, json.Unmarshal([]byte(out), &next), "audit --after json")
+	if len(whole.Entries) < 2 || len(next.Entries) != 1 || next.Entries[0] != whole.Entries[1] {
+		t.Errorf("audit --after %d --limit 1 = %+v, want the second entry of the trail %+v", whole.Entries[0].Seq, next.Entries, whole.Entries[1:2])
+	}
 	if _, err := apiGet(context.Background(), "http://"+d.Addr(), "/v1/audit?limit=-1", opsToken); err == nil || !strings.Contains(err.Error(), "400") {
 		t.Errorf("GET /v1/audit?limit=-1: %v, want 400", err)
 	}
