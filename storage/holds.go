@@ -326,31 +326,6 @@ func (s *Store) deprovisionsNear(t *txn, org string, at time.Time, window time.D
 	return out, nil
 }
 
-// orgUserCount counts the live users of org's directories.
-func (s *Store) orgUserCount(t *txn, org string) (int, error) {
-	n := 0
-	err := t.dirUsers.ForEach(func(k, _ []byte) error {
-		dirID, uid := splitPair(k)
-		d, err := t.dir(dirID)
-		if err != nil {
-			return err
-		}
-		u, err := t.user(uid)
-		if err != nil || u == nil || u.Deleted {
-			return err
-		}
-		uorg := u.OrganizationID
-		if uorg == "" && d != nil {
-			uorg = d.OrganizationID
-		}
-		if uorg == org {
-			n++
-		}
-		return nil
-	})
-	return n, err
-}
-
 // pause opens a mass-deprovisioning hold for org and pauses its sync.
 func (s *Store) pause(t *txn, org string, ev *events.Event, now time.Time) error {
 	if t.paused.Get([]byte(org)) != nil {

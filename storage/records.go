@@ -189,6 +189,10 @@ type txn struct {
 	openHolds, orgAdmins, deprov, paused              *bolt.Bucket
 	newHolds                                          []Hold
 	auditStart                                        uint64 // the audit sequence when the transaction began
+	orgUsers                                          *bolt.Bucket
+	// userOrig and dirOrig keep, for users and directories this transaction
+	// touched, the organisation they counted in / had before it (orgcount.go).
+	userOrig, dirOrig map[string]string
 
 	dirCache    map[string]*dirRec
 	userCache   map[string]*userRec
@@ -208,6 +212,7 @@ func newTxn(tx *bolt.Tx) *txn {
 		openHolds: tx.Bucket(bktOpenHolds), orgAdmins: tx.Bucket(bktOrgAdmins), deprov: tx.Bucket(bktDeprov), paused: tx.Bucket(bktPaused),
 		dirCache: map[string]*dirRec{}, userCache: map[string]*userRec{}, groupCache: map[string]*groupRec{},
 		memberCache: map[string]*memberRec{}, dirtyUsers: map[string]bool{}, dirtyGroups: map[string]bool{},
+		orgUsers: tx.Bucket(bktOrgUsers), userOrig: map[string]string{}, dirOrig: map[string]string{},
 	}
 	t.auditStart = t.audit.Sequence()
 	// Keys of these buckets only grow (sequence numbers, processing times):
@@ -235,6 +240,13 @@ func cached[T any](cache map[string]*T, b *bolt.Bucket, k string, get func(*bolt
 func (t *txn) dir(id string) (*dirRec, error) { return cached(t.dirCache, t.dirs, id, getJSON[dirRec]) }
 
 func (t *txn) putDir(d *dirRec) error {
+	if _, ok := t.dirOrig[d.ID]; !ok {
+		org, err := t.committedDirOrg(d.ID) // still the bucket's: written just below
+		if err != nil {
+			return err
+		}
+		t.dirOrig[d.ID] = org
+	}
 	t.dirCache[d.ID] = d
 	return putJSON(t.dirs, []byte(d.ID), d)
 }
@@ -288,6 +300,9 @@ func (t *txn) putMember(groupID, userID string, m *memberRec) error {
 
 // flush writes every record changed in this transaction.
 func (t *txn) flush() error {
+	if err := t.flushOrgUsers(); err != nil {
+		return err
+	}
 	for id := range t.dirtyUsers {
 		if err := t.users.Put([]byte(id), t.userCache[id].encode()); err != nil {
 			return err

@@ -330,3 +330,29 @@ func TestBreakerWindowIsMeasuredOnCreatedAt(t *testing.T) {
 		t.Fatalf("outcomes = %v, want %v", out, want)
 	}
 }
+
+// BenchmarkDeprovisionWave deletes 5% of a 20k-user organisation within the
+// breaker's window, 256 events a batch: each delete is checked against the
+// breaker's share of the organisation (10% here, so none trips).
+func BenchmarkDeprovisionWave(b *testing.B) {
+	const users, deletes = 20000, 1000
+	defer storage.WithoutOrgCountCheck()()
+	for range b.N {
+		b.StopTimer()
+		st := MustOpen(b, storage.Options{NoSync: true, Safeguards: storage.Safeguards{
+			MaxDeprovisions: storage.Breaker{Count: 25, Percent: 10, Window: 10 * time.Minute}}})
+		bodies := make([][]byte, 0, users)
+		for i := range users {
+			bodies = append(bodies, ev(fmt.Sprintf("c%05d", i), "dsync.user.created", 0, usr(fmt.Sprintf("u%05d", i), "A", "active")))
+		}
+		applyBodies(b, st, bodies, 256)
+		bodies = bodies[:0]
+		for i := range deletes {
+			bodies = append(bodies, ev(fmt.Sprintf("d%05d", i), "dsync.user.deleted", 1, usr(fmt.Sprintf("u%05d", i), "A", "active")))
+		}
+		b.StartTimer()
+		start := time.Now()
+		applyBodies(b, st, bodies, 256)
+		b.ReportMetric(float64(time.Since(start).Microseconds())/deletes, "µs/delete")
+	}
+}

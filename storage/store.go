@@ -105,9 +105,10 @@ var (
 	bktOrgAdmins     = []byte("org_admins")      // org \x00 user -> {}: holders of the admin badge
 	bktDeprov        = []byte("deprovisions")    // org \x00 event time (8 bytes BE) \x00 user -> {}
 	bktPaused        = []byte("paused")          // org -> hold id (8 bytes BE)
+	bktOrgUsers      = []byte("org_users")       // org -> users not deleted (8 bytes BE); see orgcount.go
 	allBuckets       = [][]byte{bktMeta, bktDirs, bktUsers, bktGroups, bktMembers, bktMembersByUser,
 		bktDirUsers, bktDirGroups, bktProcessed, bktProcessedAt, bktAudit, bktHolds, bktPending,
-		bktOpenHolds, bktOrgAdmins, bktDeprov, bktPaused}
+		bktOpenHolds, bktOrgAdmins, bktDeprov, bktPaused, bktOrgUsers}
 )
 
 // Open opens (creating if needed) the store at opts.Path.
@@ -148,7 +149,7 @@ func Open(opts Options) (*Store, error) {
 				return err
 			}
 		}
-		return nil
+		return buildOrgUsers(tx)
 	})
 	if err != nil {
 		_ = db.Close()
@@ -180,6 +181,9 @@ func (s *Store) Check() error {
 		var errs []error
 		for err := range tx.Check() {
 			errs = append(errs, err)
+		}
+		if len(errs) == 0 {
+			errs = append(errs, checkOrgUsers(tx))
 		}
 		return errors.Join(errs...)
 	})

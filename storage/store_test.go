@@ -16,6 +16,8 @@ import (
 	"github.com/dsyncd/dsyncd/events/synth"
 	"github.com/dsyncd/dsyncd/mapping"
 	"github.com/dsyncd/dsyncd/storage"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 var testMapping = mapping.Config{
@@ -412,6 +414,70 @@ func TestAuditLimitReturnsTheNewestMatchingEntriesOldestFirst(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestStoreWrittenBeforeOrgUserCountsGetsThemAtOpen(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.db")
+	st, err := storage.Open(storage.Options{Path: path, Mapping: testMapping})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustApply(t, st,
+		ev("e1", "dsync.user.created", 1, usr("u1", "A", "active")),
+		ev("e2", "dsync.user.created", 2, usr("u2", "B", "active")),
+		ev("e3", "dsync.user.created", 3, usr("u3", "C", "active")),
+		ev("e4", "dsync.user.deleted", 4, usr("u3", "C", "active")),
+	)
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// An older dsyncd's file: no org_users bucket; then one that an older
+	// dsyncd changed without keeping the counts.
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		return tx.DeleteBucket([]byte("org_users"))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Check compares the counts with the users (two live in org_1, then three).
+	if st, err = storage.Open(storage.Options{Path: path, Mapping: testMapping}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Check(); err != nil {
+		t.Fatalf("counts after Open: %v", err)
+	}
+	mustApply(t, st, ev("e5", "dsync.user.created", 5, usr("u4", "D", "active")))
+	if err := st.Check(); err != nil {
+		t.Fatalf("counts after a create: %v", err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err = bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte("org_users"))
+		if err := b.Put([]byte("org_1"), []byte{0, 0, 0, 0, 0, 0, 0, 9}); err != nil {
+			return err
+		}
+		return b.Put([]byte("org_gone"), []byte{0, 0, 0, 0, 0, 0, 0, 1})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	MustOpen(t, storage.Options{Path: path}) // its cleanup checks the counts were corrected
 }
 
 func TestStoreFileModeAndSecondOpen(t *testing.T) {

@@ -1,0 +1,323 @@
+package storage
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// The mass-deprovisioning breaker's percentage is of an organisation's users:
+// those not deleted whose organization_id (or, when empty, their directory's)
+// is the organisation. Bucket org_users keeps that number per organisation so
+// that the breaker need not read every user of the store for each
+// deprovisioning (which made a wave of them quadratic).
+//
+// The counts are those of the committed users: a transaction keeps them up to
+// date at flush. Until then its own changes are the users it marked dirty,
+// whose committed contribution is still in the users bucket (user records are
+// written only at flush); a transaction that changes a directory's
+// organisation counts by reading every user instead, until its flush.
+
+// verifyOrgCounts makes every count the breaker takes also count by reading
+// every user, and fail on a difference (set by the package's tests).
+var verifyOrgCounts = false
+
+// contribution is the organisation u counts in, or "" (deleted, absent, or
+// no organisation known). dirOrg is the organisation of u's directory.
+func contribution(u *userRec, dirOrg string) string {
+	switch {
+	case u == nil || u.Deleted:
+		return ""
+	case u.OrganizationID != "":
+		return u.OrganizationID
+	}
+	return dirOrg
+}
+
+// committedDirOrg returns the organisation of directory id as committed
+// before this transaction.
+func (t *txn) committedDirOrg(id string) (string, error) {
+	if o, ok := t.dirOrig[id]; ok {
+		return o, nil
+	}
+	d, err := getJSON[dirRec](t.dirs, []byte(id))
+	if err != nil || d == nil {
+		return "", err
+	}
+	return d.OrganizationID, nil
+}
+
+// currentDirOrg returns the organisation of directory id in this transaction.
+func (t *txn) currentDirOrg(id string) (string, error) {
+	d, err := t.dir(id)
+	if err != nil || d == nil {
+		return "", err
+	}
+	return d.OrganizationID, nil
+}
+
+// committedContribution is where user id counted before this transaction.
+func (t *txn) committedContribution(id string) (string, error) {
+	if c, ok := t.userOrig[id]; ok {
+		return c, nil
+	}
+	u, err := getUser(t.users, []byte(id))
+	if err != nil {
+		return "", err
+	}
+	var dirOrg string
+	if u != nil && !u.Deleted && u.OrganizationID == "" {
+		if dirOrg, err = t.committedDirOrg(u.DirectoryID); err != nil {
+			return "", err
+		}
+	}
+	c := contribution(u, dirOrg)
+	t.userOrig[id] = c
+	return c, nil
+}
+
+// dirOrgsChanged reports whether this transaction changed a directory's organisation.
+func (t *txn) dirOrgsChanged() (bool, error) {
+	for id, before := range t.dirOrig {
+		now, err := t.currentDirOrg(id)
+		if err != nil {
+			return false, err
+		}
+		if now != before {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+func storedCount(b *bolt.Bucket, org string) int64 {
+	v := b.Get([]byte(org))
+	if len(v) != 8 {
+		return 0
+	}
+	return int64(binary.BigEndian.Uint64(v))
+}
+
+// orgUserCount returns the number of org's users, this transaction's changes included.
+func (s *Store) orgUserCount(t *txn, org string) (int, error) {
+	changed, err := t.dirOrgsChanged()
+	if err != nil {
+		return 0, err
+	}
+	if changed {
+		return scanOrgUsers(t, org)
+	}
+	n := storedCount(t.orgUsers, org)
+	for id := range t.dirtyUsers {
+		before, err := t.committedContribution(id)
+		if err != nil {
+			return 0, err
+		}
+		u := t.userCache[id]
+		var dirOrg string
+		if u != nil {
+			if dirOrg, err = t.currentDirOrg(u.DirectoryID); err != nil {
+				return 0, err
+			}
+		}
+		after := contribution(u, dirOrg)
+		if before == org {
+			n--
+		}
+		if after == org {
+			n++
+		}
+	}
+	if verifyOrgCounts {
+		want, err := scanOrgUsers(t, org)
+		if err != nil {
+			return 0, err
+		}
+		if int(n) != want {
+			return 0, fmt.Errorf("storage: org_users: %s counts %d users, a scan %d", org, n, want)
+		}
+	}
+	return int(n), nil
+}
+
+// scanOrgUsers counts org's users by reading every user, in this
+// transaction's state.
+func scanOrgUsers(t *txn, org string) (int, error) {
+	n := 0
+	err := t.dirUsers.ForEach(func(k, _ []byte) error {
+		dirID, uid := splitPair(k)
+		u, err := t.user(uid)
+		if err != nil || u == nil || u.DirectoryID != dirID {
+			return err // a user counts once, under its own directory
+		}
+		dirOrg, err := t.currentDirOrg(dirID)
+		if err != nil {
+			return err
+		}
+		if contribution(u, dirOrg) == org {
+			n++
+		}
+		return nil
+	})
+	return n, err
+}
+
+// flushOrgUsers brings org_users up to date with this transaction's changes;
+// flush calls it before it writes the users.
+func (t *txn) flushOrgUsers() error {
+	delta := map[string]int64{}
+	for id := range t.dirtyUsers {
+		before, err := t.committedContribution(id)
+		if err != nil {
+			return err
+		}
+		u := t.userCache[id]
+		var dirOrg string
+		if u != nil {
+			if dirOrg, err = t.currentDirOrg(u.DirectoryID); err != nil {
+				return err
+			}
+		}
+		delta[before]--
+		delta[contribution(u, dirOrg)]++
+	}
+	// Users not changed here whose directory's organisation changed move with it.
+	for dirID, before := range t.dirOrig {
+		now, err := t.currentDirOrg(dirID)
+		if err != nil {
+			return err
+		}
+		if now == before {
+			continue
+		}
+		err = eachPrefix(t.dirUsers, dirID, func(uid string) error {
+			if t.dirtyUsers[uid] {
+				return nil
+			}
+			u, err := t.user(uid)
+			if err != nil || u == nil || u.DirectoryID != dirID {
+				return err
+			}
+			delta[contribution(u, before)]--
+			delta[contribution(u, now)]++
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	orgs := make([]string, 0, len(delta))
+	for org, d := range delta {
+		if org != "" && d != 0 {
+			orgs = append(orgs, org)
+		}
+	}
+	slices.Sort(orgs)
+	for _, org := range orgs {
+		n := storedCount(t.orgUsers, org) + delta[org]
+		if n < 0 {
+			return fmt.Errorf("storage: org_users: %s would count %d users", org, n)
+		}
+		var err error
+		if n == 0 {
+			err = t.orgUsers.Delete([]byte(org))
+		} else {
+			err = t.orgUsers.Put([]byte(org), u64(uint64(n)))
+		}
+		if err != nil {
+			return err
+		}
+	}
+	// The committed state is now this transaction's.
+	clear(t.userOrig)
+	clear(t.dirOrig)
+	return nil
+}
+
+// countOrgUsers counts every organisation's users from the users and
+// directories buckets of tx.
+func countOrgUsers(tx *bolt.Tx) (map[string]int64, error) {
+	dirs, users := tx.Bucket(bktDirs), tx.Bucket(bktUsers)
+	dirOrg := map[string]string{}
+	counts := map[string]int64{}
+	err := tx.Bucket(bktDirUsers).ForEach(func(k, _ []byte) error {
+		dirID, uid := splitPair(k)
+		u, err := getUser(users, []byte(uid))
+		if err != nil || u == nil || u.DirectoryID != dirID {
+			return err
+		}
+		o, ok := dirOrg[dirID]
+		if !ok {
+			d, err := getJSON[dirRec](dirs, []byte(dirID))
+			if err != nil {
+				return err
+			}
+			if d != nil {
+				o = d.OrganizationID
+			}
+			dirOrg[dirID] = o
+		}
+		if c := contribution(u, o); c != "" {
+			counts[c]++
+		}
+		return nil
+	})
+	return counts, err
+}
+
+// buildOrgUsers recounts org_users at Open (a read of every user, ~1 µs
+// each), so that a store written before the bucket existed, or by an older
+// dsyncd that did not keep it, starts with the right counts. It writes only
+// the counts that differ.
+func buildOrgUsers(tx *bolt.Tx) error {
+	counts, err := countOrgUsers(tx)
+	if err != nil {
+		return fmt.Errorf("count users per organisation: %w", err)
+	}
+	b := tx.Bucket(bktOrgUsers)
+	var stale [][]byte
+	_ = b.ForEach(func(k, _ []byte) error {
+		if _, ok := counts[string(k)]; !ok {
+			stale = append(stale, slices.Clone(k))
+		}
+		return nil
+	})
+	for _, k := range stale {
+		if err := b.Delete(k); err != nil {
+			return err
+		}
+	}
+	for org, n := range counts {
+		if storedCount(b, org) == n && b.Get([]byte(org)) != nil {
+			continue
+		}
+		if err := b.Put([]byte(org), u64(uint64(n))); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkOrgUsers compares org_users with a count of the users.
+func checkOrgUsers(tx *bolt.Tx) error {
+	counts, err := countOrgUsers(tx)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	b := tx.Bucket(bktOrgUsers)
+	_ = b.ForEach(func(k, v []byte) error {
+		if n := counts[string(k)]; len(v) != 8 || int64(binary.BigEndian.Uint64(v)) != n {
+			errs = append(errs, fmt.Errorf("org_users: %s stored as %x, counted %d", k, v, n))
+		}
+		delete(counts, string(k))
+		return nil
+	})
+	for org, n := range counts {
+		errs = append(errs, fmt.Errorf("org_users: %s missing, counted %d", org, n))
+	}
+	return errors.Join(errs...)
+}
