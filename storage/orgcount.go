@@ -68,15 +68,23 @@ func (t *txn) committedContribution(id string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	if err := t.noteCommitted(id, u); err != nil {
+		return "", err
+	}
+	return t.userOrig[id], nil
+}
+
+// noteCommitted records where u, user id as the bucket holds it, counts.
+func (t *txn) noteCommitted(id string, u *userRec) error {
 	var dirOrg string
 	if u != nil && !u.Deleted && u.OrganizationID == "" {
+		var err error
 		if dirOrg, err = t.committedDirOrg(u.DirectoryID); err != nil {
-			return "", err
+			return err
 		}
 	}
-	c := contribution(u, dirOrg)
-	t.userOrig[id] = c
-	return c, nil
+	t.userOrig[id] = contribution(u, dirOrg)
+	return nil
 }
 
 // dirOrgsChanged reports whether this transaction changed a directory's organisation.

@@ -252,7 +252,22 @@ func (t *txn) putDir(d *dirRec) error {
 }
 
 func (t *txn) user(id string) (*userRec, error) {
-	return cached(t.userCache, t.users, id, getUser)
+	if u, ok := t.userCache[id]; ok {
+		return u, nil
+	}
+	u, err := getUser(t.users, []byte(id))
+	if err != nil {
+		return nil, err
+	}
+	t.userCache[id] = u
+	// Loaded from the bucket: where it counts before this transaction, for
+	// org_users (records reach the bucket only at flush).
+	if _, ok := t.userOrig[id]; !ok {
+		if err := t.noteCommitted(id, u); err != nil {
+			return nil, err
+		}
+	}
+	return u, nil
 }
 
 func (t *txn) putUser(u *userRec) error {
