@@ -820,7 +820,7 @@ func explain(u *storage.UserView, badge string, entries []storage.AuditEntry, op
 	case e != nil:
 		s += fmt.Sprintf("last change at %s: %s: %s (%s)", fmtTime(e.Time), e.Action, e.Reason, byEvent(e.EventID))
 	case auditRetention > 0:
-		s += fmt.Sprintf("no rule of the mapping grants it to this user, and the audit trail (kept for %s) records no change of it", auditRetention)
+		s += fmt.Sprintf("no rule of the mapping grants it to this user, and the audit trail (kept for %s) records no change of it", shortDuration(auditRetention))
 	default:
 		s += "never granted: no rule of the mapping grants it to this user"
 	}
@@ -1398,4 +1398,16 @@ func checkConfig(path string, cmd *cobra.Command) (problems, warnings []string, 
 		warnings = append(warnings, w)
 	}
 	return problems, warnings, nil
+}
+
+// shortDuration writes d as a configuration would: 720h, 1h30m, not 720h0m0s.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
