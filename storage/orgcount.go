@@ -37,17 +37,38 @@ func contribution(u *userRec, dirOrg string) string {
 	return dirOrg
 }
 
+// committedUser is what org_users needs of a user as committed.
+type committedUser struct {
+	present, deleted bool
+	org, dir         string
+}
+
+func noteCommitted(u *userRec) committedUser {
+	if u == nil {
+		return committedUser{}
+	}
+	return committedUser{present: true, deleted: u.Deleted, org: u.OrganizationID, dir: u.DirectoryID}
+}
+
 // committedDirOrg returns the organisation of directory id as committed
 // before this transaction.
 func (t *txn) committedDirOrg(id string) (string, error) {
 	if o, ok := t.dirOrig[id]; ok {
 		return o, nil
 	}
+	if o, ok := t.dirOrgs[id]; ok {
+		return o, nil
+	}
 	d, err := getJSON[dirRec](t.dirs, []byte(id))
-	if err != nil || d == nil {
+	if err != nil {
 		return "", err
 	}
-	return d.OrganizationID, nil
+	var o string
+	if d != nil {
+		o = d.OrganizationID
+	}
+	t.dirOrgs[id] = o
+	return o, nil
 }
 
 // currentDirOrg returns the organisation of directory id in this transaction.
@@ -61,30 +82,22 @@ func (t *txn) currentDirOrg(id string) (string, error) {
 
 // committedContribution is where user id counted before this transaction.
 func (t *txn) committedContribution(id string) (string, error) {
-	if c, ok := t.userOrig[id]; ok {
-		return c, nil
-	}
-	u, err := getUser(t.users, []byte(id))
-	if err != nil {
-		return "", err
-	}
-	if err := t.noteCommitted(id, u); err != nil {
-		return "", err
-	}
-	return t.userOrig[id], nil
-}
-
-// noteCommitted records where u, user id as the bucket holds it, counts.
-func (t *txn) noteCommitted(id string, u *userRec) error {
-	var dirOrg string
-	if u != nil && !u.Deleted && u.OrganizationID == "" {
-		var err error
-		if dirOrg, err = t.committedDirOrg(u.DirectoryID); err != nil {
-			return err
+	c, ok := t.userOrig[id]
+	if !ok {
+		u, err := getUser(t.users, []byte(id))
+		if err != nil {
+			return "", err
 		}
+		c = noteCommitted(u)
+		t.userOrig[id] = c
 	}
-	t.userOrig[id] = contribution(u, dirOrg)
-	return nil
+	switch {
+	case !c.present || c.deleted:
+		return "", nil
+	case c.org != "":
+		return c.org, nil
+	}
+	return t.committedDirOrg(c.dir)
 }
 
 // dirOrgsChanged reports whether this transaction changed a directory's organisation.
@@ -242,6 +255,7 @@ func (t *txn) flushOrgUsers() error {
 	// The committed state is now this transaction's.
 	clear(t.userOrig)
 	clear(t.dirOrig)
+	clear(t.dirOrgs)
 	return nil
 }
 

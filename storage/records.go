@@ -190,9 +190,11 @@ type txn struct {
 	newHolds                                          []Hold
 	auditStart                                        uint64 // the audit sequence when the transaction began
 	orgUsers                                          *bolt.Bucket
-	// userOrig and dirOrig keep, for users and directories this transaction
-	// touched, the organisation they counted in / had before it (orgcount.go).
-	userOrig, dirOrig map[string]string
+	// userOrig, dirOrig and dirOrgs keep what org_users needs of the state
+	// before this transaction (orgcount.go): the users it loaded, the
+	// organisation of the directories it wrote, and of those it looked up.
+	userOrig         map[string]committedUser
+	dirOrig, dirOrgs map[string]string
 
 	dirCache    map[string]*dirRec
 	userCache   map[string]*userRec
@@ -212,7 +214,7 @@ func newTxn(tx *bolt.Tx) *txn {
 		openHolds: tx.Bucket(bktOpenHolds), orgAdmins: tx.Bucket(bktOrgAdmins), deprov: tx.Bucket(bktDeprov), paused: tx.Bucket(bktPaused),
 		dirCache: map[string]*dirRec{}, userCache: map[string]*userRec{}, groupCache: map[string]*groupRec{},
 		memberCache: map[string]*memberRec{}, dirtyUsers: map[string]bool{}, dirtyGroups: map[string]bool{},
-		orgUsers: tx.Bucket(bktOrgUsers), userOrig: map[string]string{}, dirOrig: map[string]string{},
+		orgUsers: tx.Bucket(bktOrgUsers), userOrig: map[string]committedUser{}, dirOrig: map[string]string{}, dirOrgs: map[string]string{},
 	}
 	t.auditStart = t.audit.Sequence()
 	// Keys of these buckets only grow (sequence numbers, processing times):
@@ -260,12 +262,10 @@ func (t *txn) user(id string) (*userRec, error) {
 		return nil, err
 	}
 	t.userCache[id] = u
-	// Loaded from the bucket: where it counts before this transaction, for
-	// org_users (records reach the bucket only at flush).
-	if _, ok := t.userOrig[id]; !ok {
-		if err := t.noteCommitted(id, u); err != nil {
-			return nil, err
-		}
+	// Loaded from the bucket, so as before this transaction (records reach
+	// it only at flush): what org_users will need of it.
+	if _, ok := t.userOrig[id]; !ok && t.tx.Writable() {
+		t.userOrig[id] = noteCommitted(u)
 	}
 	return u, nil
 }
