@@ -122,6 +122,9 @@ func TestUnitHardeningRatesAtMostTwo(t *testing.T) {
 	unit := runnableUnit(t)
 	// --threshold is on systemd's 0-100 scale: 20 is an exposure of 2.0.
 	out, err := exec.Command("systemd-analyze", "security", "--offline=true", "--threshold=20", "--no-pager", unit).CombinedOutput()
+	if err != nil && strings.Contains(strings.ToLower(string(out)), "unrecognized option") {
+		t.Skipf("this systemd-analyze cannot rate a unit file offline (systemd < 250): %s", out)
+	}
 	if err != nil {
 		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
 		t.Fatalf("systemd-analyze security: %v: %s", err, lines[len(lines)-1])
