@@ -1,8 +1,11 @@
 package server_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -101,5 +104,59 @@ func TestReadyzSaysWhy(t *testing.T) {
 	reason = nil
 	if rec := get(h, "/readyz", "127.0.0.1:1", ""); rec.Code != 200 {
 		t.Errorf("/readyz ready = %d %s, want 200", rec.Code, rec.Body.String())
+	}
+}
+
+// TestAuditStreamsEveryEntryAsOneAnswer: GET /v1/audit without a limit reads
+// the trail a page at a time; the answer must be the whole trail, as one
+// JSON document, whatever the number of pages.
+func TestAuditStreamsEveryEntryAsOneAnswer(t *testing.T) {
+	st, err := storage.Open(storage.Options{Path: filepath.Join(t.TempDir(), "dsyncd.db"),
+		Mapping: mapping.Config{AdminBadge: "admin", DefaultBadges: []string{"member"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	const users = 2345 // a member grant each: two full pages and a part
+	evs := make([]*events.Event, 0, users)
+	for i := range users {
+		body := fmt.Sprintf(`{"id":"ev_%d","event":"dsync.user.created","created_at":"2024-01-01T00:00:00.000Z",`+
+			`"data":{"id":"u_%05d","directory_id":"dir_1","organization_id":"org_%d","state":"active"}}`, i, i, i%3)
+		ev, err := events.Decode([]byte(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		evs = append(evs, ev)
+	}
+	if _, err := st.Apply(evs); err != nil {
+		t.Fatal(err)
+	}
+	h := server.New(server.Options{Listen: "127.0.0.1:0"}, events.NewVerifier([]string{"whsec_api"}, 0), nil, st, zaptest.NewLogger(t)).Handler()
+	for _, tc := range []struct {
+		name, query string
+		filter      storage.AuditFilter
+	}{
+		{"the whole trail", "", storage.AuditFilter{}},
+		{"one organisation", "?org=org_1", storage.AuditFilter{OrganizationID: "org_1"}},
+		{"after an entry", "?after=1500", storage.AuditFilter{After: 1500}},
+		{"nothing matches", "?user=nobody", storage.AuditFilter{UserID: "nobody"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := get(h, "/v1/audit"+tc.query, "127.0.0.1:4000", "")
+			if rec.Code != http.StatusOK {
+				t.Fatalf("GET /v1/audit%s: %d %s", tc.query, rec.Code, rec.Body)
+			}
+			want, err := st.Audit(tc.filter)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var buf bytes.Buffer
+			if err := json.NewEncoder(&buf).Encode(map[string]any{"entries": want}); err != nil {
+				t.Fatal(err)
+			}
+			if got := rec.Body.String(); got != buf.String() {
+				t.Fatalf("GET /v1/audit%s: %d bytes, want the %d entries' %d bytes", tc.query, len(got), len(want), buf.Len())
+			}
+		})
 	}
 }

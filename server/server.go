@@ -16,6 +16,7 @@
 package server
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/subtle"
@@ -459,12 +460,59 @@ func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 		}
 		f.After = n
 	}
-	entries, err := s.st.Audit(f)
+	if f.Limit > 0 {
+		entries, err := s.st.Audit(f)
+		if err != nil {
+			s.internal(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"entries": entries})
+		return
+	}
+	s.streamAudit(w, f)
+}
+
+// auditPage is how many entries streamAudit reads in one store transaction.
+const auditPage = 1000
+
+// streamAudit writes every entry matching f (as writeJSON would write them
+// all), a page at a time: the answer's size is not held in memory, and no
+// read transaction stays open while a slow client reads.
+func (s *Server) streamAudit(w http.ResponseWriter, f storage.AuditFilter) {
+	f.Limit, f.Oldest = auditPage, true
+	page, err := s.st.Audit(f)
 	if err != nil {
 		s.internal(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"entries": entries})
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	bw := bufio.NewWriterSize(w, 64<<10)
+	_, _ = bw.WriteString(`{"entries":[`)
+	for first := true; ; {
+		for _, e := range page {
+			b, err := json.Marshal(e)
+			if err != nil {
+				s.log.Error("audit: encode entry", zap.Uint64("seq", e.Seq), zap.Error(err))
+				return // the client sees a truncated answer, not a complete wrong one
+			}
+			if !first {
+				_ = bw.WriteByte(',')
+			}
+			first = false
+			_, _ = bw.Write(b)
+		}
+		if len(page) < auditPage {
+			break
+		}
+		f.After = page[len(page)-1].Seq
+		if page, err = s.st.Audit(f); err != nil {
+			s.log.Error("audit: read the next page", zap.Uint64("after", f.After), zap.Error(err))
+			return
+		}
+	}
+	_, _ = bw.WriteString("]}\n")
+	_ = bw.Flush()
 }
 
 func (s *Server) internal(w http.ResponseWriter, err error) {

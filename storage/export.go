@@ -248,9 +248,12 @@ type AuditFilter struct {
 	// keeps the last Seq it saw tails the trail (to ship it elsewhere).
 	After uint64
 	// Limit bounds the entries returned; 0 means no limit. Without After
-	// they are the newest Limit matching entries, with After the first
-	// Limit after it.
+	// or Oldest they are the newest Limit matching entries, with them the
+	// first Limit (after After).
 	Limit int
+	// Oldest makes Limit count from the start of the trail (to page
+	// through it with After).
+	Oldest bool
 }
 
 // auditClockSlack is how far back of Since a newest-first scan goes on
@@ -269,7 +272,7 @@ func (s *Store) Audit(f AuditFilter) ([]AuditEntry, error) {
 	}
 	err := s.view(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bktAudit)
-		if f.Limit <= 0 || f.After > 0 {
+		if f.Limit <= 0 || f.After > 0 || f.Oldest {
 			c := b.Cursor()
 			for k, v := c.Seek(u64(f.After + 1)); k != nil && (f.Limit <= 0 || len(out) < f.Limit); k, v = c.Next() {
 				var e AuditEntry
