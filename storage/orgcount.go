@@ -132,25 +132,16 @@ func (s *Store) orgUserCount(t *txn, org string) (int, error) {
 		return scanOrgUsers(t, org)
 	}
 	n := storedCount(t.orgUsers, org)
-	for id := range t.dirtyUsers {
-		before, err := t.committedContribution(id)
-		if err != nil {
-			return 0, err
-		}
-		u := t.userCache[id]
-		var dirOrg string
-		if u != nil {
-			if dirOrg, err = t.currentDirOrg(u.DirectoryID); err != nil {
-				return 0, err
-			}
-		}
-		after := contribution(u, dirOrg)
+	err = t.eachMove(func(before, after string) {
 		if before == org {
 			n--
 		}
 		if after == org {
 			n++
 		}
+	})
+	if err != nil {
+		return 0, err
 	}
 	if verifyOrgCounts {
 		want, err := scanOrgUsers(t, org)
@@ -164,32 +155,9 @@ func (s *Store) orgUserCount(t *txn, org string) (int, error) {
 	return int(n), nil
 }
 
-// scanOrgUsers counts org's users by reading every user, in this
-// transaction's state.
-func scanOrgUsers(t *txn, org string) (int, error) {
-	n := 0
-	err := t.dirUsers.ForEach(func(k, _ []byte) error {
-		dirID, uid := splitPair(k)
-		u, err := t.user(uid)
-		if err != nil || u == nil || u.DirectoryID != dirID {
-			return err // a user counts once, under its own directory
-		}
-		dirOrg, err := t.currentDirOrg(dirID)
-		if err != nil {
-			return err
-		}
-		if contribution(u, dirOrg) == org {
-			n++
-		}
-		return nil
-	})
-	return n, err
-}
-
-// flushOrgUsers brings org_users up to date with this transaction's changes;
-// flush calls it before it writes the users.
-func (t *txn) flushOrgUsers() error {
-	delta := map[string]int64{}
+// eachMove calls fn with where each user this transaction changed counted
+// before it and counts now.
+func (t *txn) eachMove(fn func(before, after string)) error {
 	for id := range t.dirtyUsers {
 		before, err := t.committedContribution(id)
 		if err != nil {
@@ -202,8 +170,54 @@ func (t *txn) flushOrgUsers() error {
 				return err
 			}
 		}
+		fn(before, contribution(u, dirOrg))
+	}
+	return nil
+}
+
+// eachContribution calls fn with the organisation every user of dirUsers
+// counts in, reading users and directories' organisations through the
+// given lookups. A user counts once, under its own directory.
+func eachContribution(dirUsers *bolt.Bucket, user func(id string) (*userRec, error), dirOrg func(id string) (string, error), fn func(org string)) error {
+	return dirUsers.ForEach(func(k, _ []byte) error {
+		dirID, uid := splitPair(k)
+		u, err := user(uid)
+		if err != nil || u == nil || u.DirectoryID != dirID {
+			return err
+		}
+		o, err := dirOrg(dirID)
+		if err != nil {
+			return err
+		}
+		if c := contribution(u, o); c != "" {
+			fn(c)
+		}
+		return nil
+	})
+}
+
+// scanOrgUsers counts org's users by reading every user, in this
+// transaction's state.
+func scanOrgUsers(t *txn, org string) (int, error) {
+	n := 0
+	err := eachContribution(t.dirUsers, t.user, t.currentDirOrg, func(c string) {
+		if c == org {
+			n++
+		}
+	})
+	return n, err
+}
+
+// flushOrgUsers brings org_users up to date with this transaction's changes;
+// flush calls it before it writes the users.
+func (t *txn) flushOrgUsers() error {
+	delta := map[string]int64{}
+	err := t.eachMove(func(before, after string) {
 		delta[before]--
-		delta[contribution(u, dirOrg)]++
+		delta[after]++
+	})
+	if err != nil {
+		return err
 	}
 	// Users not changed here whose directory's organisation changed move with it.
 	for dirID, before := range t.dirOrig {
@@ -263,30 +277,21 @@ func (t *txn) flushOrgUsers() error {
 // directories buckets of tx.
 func countOrgUsers(tx *bolt.Tx) (map[string]int64, error) {
 	dirs, users := tx.Bucket(bktDirs), tx.Bucket(bktUsers)
-	dirOrg := map[string]string{}
+	dirOrgs := map[string]string{}
+	user := func(id string) (*userRec, error) { return getUser(users, []byte(id)) }
+	dirOrg := func(id string) (string, error) {
+		if o, ok := dirOrgs[id]; ok {
+			return o, nil
+		}
+		d, err := getJSON[dirRec](dirs, []byte(id))
+		if err != nil || d == nil {
+			return "", err
+		}
+		dirOrgs[id] = d.OrganizationID
+		return d.OrganizationID, nil
+	}
 	counts := map[string]int64{}
-	err := tx.Bucket(bktDirUsers).ForEach(func(k, _ []byte) error {
-		dirID, uid := splitPair(k)
-		u, err := getUser(users, []byte(uid))
-		if err != nil || u == nil || u.DirectoryID != dirID {
-			return err
-		}
-		o, ok := dirOrg[dirID]
-		if !ok {
-			d, err := getJSON[dirRec](dirs, []byte(dirID))
-			if err != nil {
-				return err
-			}
-			if d != nil {
-				o = d.OrganizationID
-			}
-			dirOrg[dirID] = o
-		}
-		if c := contribution(u, o); c != "" {
-			counts[c]++
-		}
-		return nil
-	})
+	err := eachContribution(tx.Bucket(bktDirUsers), user, dirOrg, func(c string) { counts[c]++ })
 	return counts, err
 }
 

@@ -176,7 +176,7 @@ func run(ctx context.Context, o options) error {
 		return fmt.Errorf("metrics: %w", err)
 	}
 
-	p := &harness.Poster{Client: harness.NewClient(o.concurrency, 30*time.Second), URL: base + "/webhooks/workos", Secret: o.secret}
+	p := &harness.Poster{Client: harness.NewClient(o.concurrency, 30*time.Second), URL: base + harness.WebhookPath, Secret: o.secret}
 	u, err := url.Parse(base)
 	if err != nil || u.Host == "" || (o.client == "raw" && u.Scheme != "http") {
 		return fmt.Errorf("base URL %q: want http://host:port (the raw client speaks plain HTTP/1.1; use -client net/http for https)", base)
@@ -224,7 +224,7 @@ func run(ctx context.Context, o options) error {
 			local := make([]time.Duration, 0, 1024)
 			deliver := p.Deliver
 			if o.client == "raw" {
-				rc := &harness.RawConn{Addr: u.Host, Path: "/webhooks/workos", Secret: o.secret}
+				rc := &harness.RawConn{Addr: u.Host, Path: harness.WebhookPath, Secret: o.secret}
 				defer rc.Close()
 				deliver = rc.Deliver
 			}
@@ -402,13 +402,13 @@ func startNATS(ctx context.Context, o options, dir string) (*harness.Daemon, err
 
 // daemonNATSURL is the DSYNCD_NATS_URL that -daemon-env gives the daemon, if any.
 func daemonNATSURL(env string) string {
-	url := ""
+	found := ""
 	for _, kv := range strings.Split(env, ",") {
 		if v, ok := strings.CutPrefix(kv, "DSYNCD_NATS_URL="); ok {
-			url = v // the last one wins, as in the daemon's environment
+			found = v // the last one wins, as in the daemon's environment
 		}
 	}
-	return url
+	return found
 }
 
 // cpuSample is the CPU time used so far by the daemon, the external

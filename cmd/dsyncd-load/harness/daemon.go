@@ -140,7 +140,10 @@ type Daemon struct {
 func (d *Daemon) URL() string { return "http://" + d.Listen }
 
 // WebhookURL is where webhooks are posted.
-func (d *Daemon) WebhookURL() string { return d.URL() + "/webhooks/workos" }
+func (d *Daemon) WebhookURL() string { return d.URL() + WebhookPath }
+
+// WebhookPath is webhook.path in the configurations the harness writes (the default).
+const WebhookPath = "/webhooks/workos"
 
 // Start launches `dsyncd serve --config Config`. It does not wait for readiness.
 func (d *Daemon) Start() error {
