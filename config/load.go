@@ -198,6 +198,7 @@ func usages() map[string]string {
 		"nats.replicas":                       "stream replicas, 1 to 5 (1 with the embedded server)",
 		"nats.sync_interval":                  "embedded server fsync interval",
 		"nats.sync_always":                    "embedded server fsyncs every write",
+		"nats.event_encoding":                 "how events are stored in the stream: s2 (compressed) or json",
 		"nats.max_bytes":                      "events stream size cap in bytes (0 = unlimited)",
 		"nats.max_age":                        "events stream retention (0 = unlimited)",
 		"nats.duplicate_window":               "JetStream duplicate detection window",

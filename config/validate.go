@@ -80,6 +80,7 @@ func (c Config) Problems() []string {
 	} else {
 		v.nonNegative("nats.sync_interval", c.NATS.SyncInterval)
 	}
+	v.oneOf("nats.event_encoding", c.NATS.EventEncoding, "s2", "json")
 	v.check(c.NATS.MaxBytes >= 0, "nats.max_bytes", fmt.Sprintf("must be >= 0 (0 = unlimited), got %d", c.NATS.MaxBytes))
 	v.nonNegative("nats.max_age", c.NATS.MaxAge)
 	v.positive("nats.duplicate_window", c.NATS.DuplicateWindow)

@@ -38,14 +38,20 @@ type DeadLetter struct {
 	Reason    string    // why it was parked
 	Attempts  int       // deliveries the worker made before parking it
 	ParkedAt  time.Time // when it was parked
-	Data      []byte    // the original message data
+	Data      []byte    // the event: the original message data, decoded (see Encoding)
+	// Encoding is the original message's HeaderEncoding when Park could not
+	// decode its data; Data then holds the bytes as stored, and a replay
+	// republishes them with this header. Empty otherwise.
+	Encoding string
 }
 
 // Park copies msg, a message of the main stream, into the DLQ stream with
 // reason (one line, at most 1 KiB kept) and attempts. Park does not
 // acknowledge msg: ack it once Park returned nil, so that a failed Park
 // leaves it to be redelivered. Parking the same message again (say after the
-// ack was lost) within the duplicate window stores nothing new.
+// ack was lost) within the duplicate window stores nothing new. The dead
+// letter holds the event decoded (see Data), so that an operator can read it;
+// data that cannot be decoded is kept as stored, with its HeaderEncoding.
 func (q *Queue) Park(ctx context.Context, msg jetstream.Msg, reason string, attempts int) error {
 	st, err := q.state()
 	if err != nil {
@@ -65,10 +71,15 @@ func (q *Queue) Park(ctx context.Context, msg jetstream.Msg, reason string, atte
 	h.Set(HeaderReason, oneLine(reason, maxReason))
 	h.Set(HeaderAttempts, strconv.Itoa(attempts))
 	h.Set(HeaderParkedAt, time.Now().UTC().Format(time.RFC3339Nano))
+	data, derr := Data(msg.Headers(), msg.Data())
+	if derr != nil {
+		data = msg.Data()
+		h.Set(HeaderEncoding, msg.Headers().Get(HeaderEncoding))
+	}
 	m := &nats.Msg{
 		Subject: q.opts.DLQStream + "." + msg.Subject(),
 		Header:  h,
-		Data:    msg.Data(),
+		Data:    data,
 	}
 	_, err = st.js.PublishMsg(ctx, m,
 		jetstream.WithExpectStream(q.opts.DLQStream),
@@ -172,6 +183,9 @@ func (q *Queue) ReplayDeadLetter(ctx context.Context, seq uint64) error {
 	}
 	h := nats.Header{}
 	h.Set(HeaderReplayOf, strconv.FormatUint(seq, 10))
+	if dl.Encoding != "" {
+		h.Set(HeaderEncoding, dl.Encoding)
+	}
 	m := &nats.Msg{Subject: dl.Subject, Header: h, Data: dl.Data}
 	_, err = st.js.PublishMsg(ctx, m,
 		jetstream.WithExpectStream(q.opts.Stream),
@@ -190,11 +204,12 @@ func (q *Queue) ReplayDeadLetter(ctx context.Context, seq uint64) error {
 func (q *Queue) decode(raw *jetstream.RawStreamMsg) DeadLetter {
 	h := raw.Header
 	dl := DeadLetter{
-		Seq:     raw.Sequence,
-		Subject: h.Get(HeaderSubject),
-		MsgID:   h.Get(HeaderMsgID),
-		Reason:  h.Get(HeaderReason),
-		Data:    raw.Data,
+		Seq:      raw.Sequence,
+		Subject:  h.Get(HeaderSubject),
+		MsgID:    h.Get(HeaderMsgID),
+		Reason:   h.Get(HeaderReason),
+		Data:     raw.Data,
+		Encoding: h.Get(HeaderEncoding),
 	}
 	dl.StreamSeq, _ = strconv.ParseUint(h.Get(HeaderSeq), 10, 64)
 	dl.Attempts, _ = strconv.Atoi(h.Get(HeaderAttempts))

@@ -41,6 +41,12 @@
 // yet and which a rebuild ([Queue.Each]) needs. MaxAge still expires old
 // events; leave it 0 to keep every event for rebuilds.
 //
+// Event data is stored as [Options.Encoding] says: as received, or
+// S2-compressed and marked with the [HeaderEncoding] header. Every reader
+// decodes with [Data] ([Queue.Each] and [Queue.Park] do it themselves), so
+// streams mixing both encodings read the same; data [Data] cannot decode is
+// an error wrapping [ErrUndecodable], which retrying cannot cure.
+//
 // The worker reads with a durable pull consumer from [Queue.Consumer]
 // (explicit acks, unlimited deliveries: the worker decides when to park a
 // poison message). [Queue.Pending] reports its lag and [Queue.Ready] whether

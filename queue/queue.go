@@ -139,6 +139,12 @@ type Options struct {
 	// forever). Default 1 s.
 	ReconnectWait time.Duration
 
+	// Encoding is how Publish stores event data in the main stream:
+	// EncodingJSON (as received) or EncodingS2 (compressed, marked with
+	// HeaderEncoding). Readers decode with Data whatever the setting, so it
+	// can change at any time. Default EncodingJSON.
+	Encoding string
+
 	// MaxAckPending is the most messages a consumer from Consumer may have
 	// delivered but unacknowledged; make it a few times the worker's batch
 	// size. Default 1024.
@@ -203,6 +209,9 @@ func New(opts Options, log *zap.Logger) *Queue {
 	if opts.MaxAckPending <= 0 {
 		opts.MaxAckPending = DefaultMaxAckPending
 	}
+	if opts.Encoding == "" {
+		opts.Encoding = EncodingJSON
+	}
 	return &Queue{opts: opts, log: log.Named("queue")}
 }
 
@@ -243,6 +252,9 @@ func (q *Queue) validate() error {
 	}
 	if o.SubjectPrefix == o.DLQStream || strings.HasPrefix(o.SubjectPrefix, o.DLQStream+".") {
 		return bad("SubjectPrefix %q overlaps the dead-letter subjects %q", o.SubjectPrefix, o.DLQStream+".>")
+	}
+	if o.Encoding != EncodingJSON && o.Encoding != EncodingS2 {
+		return bad("Encoding %q is neither %q nor %q", o.Encoding, EncodingJSON, EncodingS2)
 	}
 	if o.MaxAge > 0 && o.DuplicateWindow > o.MaxAge {
 		return bad("DuplicateWindow %s exceeds MaxAge %s", o.DuplicateWindow, o.MaxAge)
@@ -534,7 +546,7 @@ func (q *Queue) ClientURL() string {
 // that JetStream already held a message with that id (within the duplicate
 // window) and stored nothing. An empty msgID disables deduplication. Publish
 // gives up at ctx's deadline (ConnectTimeout when ctx has none) and fails at
-// once while disconnected.
+// once while disconnected. The data is stored as Options.Encoding says.
 func (q *Queue) Publish(ctx context.Context, directoryID, eventType, msgID string, data []byte) (duplicate bool, err error) {
 	st, err := q.state()
 	if err != nil {
@@ -544,7 +556,13 @@ func (q *Queue) Publish(ctx context.Context, directoryID, eventType, msgID strin
 	if msgID != "" {
 		opts = append(opts, jetstream.WithMsgID(msgID))
 	}
-	ack, err := st.js.Publish(ctx, q.Subject(directoryID, eventType), data, opts...)
+	body, enc, release := encoded(q.opts.Encoding, data)
+	defer release()
+	m := &nats.Msg{Subject: q.Subject(directoryID, eventType), Data: body}
+	if enc != "" {
+		m.Header = nats.Header{HeaderEncoding: []string{enc}}
+	}
+	ack, err := st.js.PublishMsg(ctx, m, opts...)
 	if err != nil {
 		return false, fmt.Errorf("queue: publish: %w", err)
 	}
@@ -638,7 +656,9 @@ func (q *Queue) Pending(ctx context.Context, consumer string) (uint64, error) {
 
 // Each calls fn for every message in the main stream, in stream order, up to
 // the last sequence present when Each started; messages published meanwhile
-// are not visited. It stops at fn's first error and returns it.
+// are not visited. It stops at fn's first error and returns it. data is the
+// event as Data decodes it; a message Data cannot decode is passed as stored,
+// so that fn finds it invalid and counts it.
 func (q *Queue) Each(ctx context.Context, fn func(seq uint64, subject string, data []byte) error) error {
 	st, err := q.state()
 	if err != nil {
@@ -694,7 +714,11 @@ func (q *Queue) Each(ctx context.Context, fn func(seq uint64, subject string, da
 		if seq > last {
 			return nil
 		}
-		if err := fn(seq, msg.Subject(), msg.Data()); err != nil {
+		data, derr := Data(msg.Headers(), msg.Data())
+		if derr != nil {
+			data = msg.Data()
+		}
+		if err := fn(seq, msg.Subject(), data); err != nil {
 			return err
 		}
 		if seq >= last || md.NumPending == 0 {

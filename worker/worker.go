@@ -244,7 +244,15 @@ func (w *Worker) process(msgs []jetstream.Msg) bool {
 	evs := make([]*events.Event, 0, len(msgs))
 	valid := make([]jetstream.Msg, 0, len(msgs))
 	for _, m := range msgs {
-		ev, err := events.Decode(m.Data())
+		data, err := queue.Data(m.Headers(), m.Data())
+		if err != nil {
+			rep.Counts.Invalid++
+			if w.park(ctx, m, err.Error(), 1) {
+				rep.Parked++
+			}
+			continue
+		}
+		ev, err := events.Decode(data)
 		if err != nil {
 			// Poison: retrying cannot help.
 			rep.Counts.Invalid++

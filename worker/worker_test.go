@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/dsyncd/dsyncd/mapping"
@@ -29,9 +31,16 @@ func newRig(t *testing.T) *rig { return newRigWith(t, nil) }
 
 func newRigWith(t *testing.T, edit func(*worker.Options)) *rig {
 	t.Helper()
+	return newRigQueue(t, queue.Options{}, edit)
+}
+
+// newRigQueue is newRigWith with qopts for the queue (its StoreDir is set).
+func newRigQueue(t *testing.T, qopts queue.Options, edit func(*worker.Options)) *rig {
+	t.Helper()
 	dir := t.TempDir()
 	log := zaptest.NewLogger(t)
-	q := queue.New(queue.Options{StoreDir: filepath.Join(dir, "js")}, log)
+	qopts.StoreDir = filepath.Join(dir, "js")
+	q := queue.New(qopts, log)
 	ctx := context.Background()
 	if err := q.Open(ctx); err != nil {
 		t.Fatal(err)
@@ -96,6 +105,46 @@ func TestPoisonEventIsParkedAndTheRestApplied(t *testing.T) {
 	}
 	if len(dl) != 1 || dl[0].MsgID != "bad" || !strings.Contains(dl[0].Reason, "missing data.directory_id") {
 		t.Fatalf("dead letters = %+v, want the bad event with its reason", dl)
+	}
+}
+
+// TestCompressedEventsAreAppliedAndUndecodableOnesParked: with the s2
+// encoding the worker applies what the queue stored compressed, and parks a
+// message whose compressed data is corrupt with a reason saying so.
+func TestCompressedEventsAreAppliedAndUndecodableOnesParked(t *testing.T) {
+	r := newRigQueue(t, queue.Options{Encoding: queue.EncodingS2}, nil)
+	r.publish(t, "e1", `{"id":"e1","event":"dsync.user.created","created_at":"2024-01-01T00:00:00Z","data":{"id":"u1","directory_id":"dir_1","state":"active","emails":[{"primary":true,"value":"u1@example.com"}],"first_name":"Ada","last_name":"Lovelace"}}`)
+	nc, err := nats.Connect(r.q.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	corrupt := &nats.Msg{Subject: r.q.Subject("dir_1", "dsync.user.created"), Header: nats.Header{queue.HeaderEncoding: {"s2"}}, Data: []byte("\x7fgarbage")}
+	if _, err := js.PublishMsg(r.ctx, corrupt, jetstream.WithMsgID("corrupt")); err != nil {
+		t.Fatal(err)
+	}
+	r.publish(t, "e3", `{"id":"e3","event":"dsync.user.created","created_at":"2024-01-01T00:00:01Z","data":{"id":"u3","directory_id":"dir_1","state":"active","emails":[{"primary":true,"value":"u3@example.com"}],"first_name":"Grace","last_name":"Hopper"}}`)
+	eventually(t, "everything acknowledged", func() bool {
+		n, err := r.q.Pending(r.ctx, "dsyncd-worker")
+		return err == nil && n == 0
+	})
+	snap, err := r.st.Export()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(snap.Users) != 2 {
+		t.Fatalf("users = %+v, want u1 and u3 applied", snap.Users)
+	}
+	dl, err := r.q.DeadLetters(r.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dl) != 1 || dl[0].MsgID != "corrupt" || !strings.Contains(dl[0].Reason, "undecodable message data") || dl[0].Encoding != "s2" {
+		t.Fatalf("dead letters = %+v, want the corrupt message with its reason and encoding", dl)
 	}
 }
 

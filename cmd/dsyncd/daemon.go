@@ -67,6 +67,7 @@ func queueOptions(cfg config.Config) queue.Options {
 		MaxBytes:        cfg.NATS.MaxBytes,
 		MaxAge:          cfg.NATS.MaxAge,
 		DuplicateWindow: cfg.NATS.DuplicateWindow,
+		Encoding:        cfg.NATS.EventEncoding,
 		MaxAckPending:   cfg.Worker.BatchSize * 4,
 		// Explicit limits for the embedded server: streams are file-backed
 		// (memory only for bookkeeping); the store may hold the stream and

@@ -1,0 +1,82 @@
+package queue
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/klauspost/compress/s2"
+	"github.com/nats-io/nats.go"
+)
+
+// HeaderEncoding names how a main-stream message's data is encoded. Without
+// it the data is the event's JSON exactly as the webhook (or the Events API)
+// delivered it.
+const HeaderEncoding = "Dsyncd-Encoding"
+
+// Encodings of event data in the main stream (Options.Encoding).
+const (
+	// EncodingJSON stores each event as received, with no HeaderEncoding.
+	EncodingJSON = "json"
+	// EncodingS2 stores each event S2-compressed (block format), with
+	// HeaderEncoding "s2". An event that would not shrink is stored as JSON.
+	EncodingS2 = "s2"
+)
+
+// ErrUndecodable is wrapped by Data's errors: the message's data cannot be
+// decoded (an unknown encoding, or corrupt compressed bytes). Retrying cannot
+// help; park the message.
+var ErrUndecodable = errors.New("queue: undecodable message data")
+
+// maxDecodedLen bounds the length compressed data may claim, so that a
+// corrupt or hostile message cannot make Data allocate without limit. It is
+// far above any event dsyncd accepts (webhook.max_body_bytes, NATS's
+// max_payload).
+const maxDecodedLen = 64 << 20
+
+// Data returns a main-stream message's event JSON, decoding data according
+// to the message's HeaderEncoding. Data without the header is returned as it
+// is. Errors wrap ErrUndecodable.
+func Data(h nats.Header, data []byte) ([]byte, error) {
+	switch enc := h.Get(HeaderEncoding); enc {
+	case "", EncodingJSON:
+		return data, nil
+	case EncodingS2:
+		n, err := s2.DecodedLen(data)
+		if err != nil {
+			return nil, fmt.Errorf("%w: s2: %v", ErrUndecodable, err)
+		}
+		if n > maxDecodedLen {
+			return nil, fmt.Errorf("%w: s2: claims %d bytes decoded, more than %d", ErrUndecodable, n, maxDecodedLen)
+		}
+		out, err := s2.Decode(nil, data)
+		if err != nil {
+			return nil, fmt.Errorf("%w: s2: %v", ErrUndecodable, err)
+		}
+		return out, nil
+	default:
+		return nil, fmt.Errorf("%w: unknown %s %q", ErrUndecodable, HeaderEncoding, enc)
+	}
+}
+
+// encodeBufs recycles Publish's compression buffers: the connection copies
+// a message before Publish returns.
+var encodeBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+// encoded is data as Publish stores it under encoding: the bytes, the value
+// of HeaderEncoding ("" for none), and a release func to call once the
+// bytes are no longer needed.
+func encoded(encoding string, data []byte) (out []byte, header string, release func()) {
+	if encoding != EncodingS2 || len(data) == 0 {
+		return data, "", func() {}
+	}
+	bp := encodeBufs.Get().(*[]byte)
+	enc := s2.Encode((*bp)[:0], data)
+	*bp = enc
+	release = func() { encodeBufs.Put(bp) }
+	if len(enc) >= len(data) {
+		release()
+		return data, "", func() {}
+	}
+	return enc, EncodingS2, release
+}
