@@ -15,10 +15,13 @@ import (
 	"time"
 
 	natsserver "github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/dsyncd/dsyncd/config"
 	"github.com/dsyncd/dsyncd/events"
 	"github.com/dsyncd/dsyncd/events/synth"
+	"github.com/dsyncd/dsyncd/queue"
 	"github.com/dsyncd/dsyncd/storage"
 	"github.com/dsyncd/dsyncd/worker"
 )
@@ -321,10 +324,27 @@ func TestExternalNATS(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.NATS.URL = ns.ClientURL()
 	d := startDaemon(t, cfg, nil)
-	postSigned(t, d, []byte(`{"id":"event_ext","event":"dsync.user.created","created_at":"2024-01-01T00:00:00Z","data":{"id":"u_ext","directory_id":"d","state":"active"}}`))
+	body := []byte(`{"id":"event_ext","event":"dsync.user.created","created_at":"2024-01-01T00:00:00Z","data":{"id":"u_ext","directory_id":"d","state":"active","emails":[{"primary":true,"value":"ext.user@example.com"}],"first_name":"Ext","last_name":"User"}}`)
+	postSigned(t, d, body)
 	waitApplied(t, d)
 	if !strings.Contains(string(apiGetT(t, d, "/v1/export")), `"u_ext"`) {
 		t.Fatal("event posted through an external NATS was not applied")
+	}
+	// By default the stream holds the event compressed, as any other
+	// client of the cluster sees it.
+	nc, err := nats.Connect(ns.ClientURL())
+	mustf(t, err, "connect")
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	mustf(t, err, "jetstream")
+	stream, err := js.Stream(context.Background(), cfg.NATS.Stream)
+	mustf(t, err, "stream")
+	raw, err := stream.GetMsg(context.Background(), 1)
+	mustf(t, err, "get stored message")
+	got, err := queue.Data(raw.Header, raw.Data)
+	if raw.Header.Get(queue.HeaderEncoding) != "s2" || len(raw.Data) >= len(body) || err != nil || !bytes.Equal(got, body) {
+		t.Fatalf("stored %d bytes with encoding %q for a %d-byte body (decoded equal: %v, %v); want it s2-compressed",
+			len(raw.Data), raw.Header.Get(queue.HeaderEncoding), len(body), bytes.Equal(got, body), err)
 	}
 	// Stopping the external server makes the receiver answer 503, never 200.
 	ns.Shutdown()
