@@ -18,13 +18,20 @@ import (
 
 // BenchmarkWorkerDrain measures the live worker draining a pre-filled
 // JetStream stream (fetch + decode + batched bbolt apply + ack): ~50k events
-// of an initial sync.
+// of an initial sync, stored as received (json) and compressed (s2, the
+// daemon's default).
 func BenchmarkWorkerDrain(b *testing.B) {
 	stream := synth.Stream(synth.Options{Seed: 3, Users: 12000, Groups: 120, MembershipsPerUser: 3})
+	for _, enc := range []string{queue.EncodingJSON, queue.EncodingS2} {
+		b.Run("encoding="+enc, func(b *testing.B) { benchmarkDrain(b, stream, enc) })
+	}
+}
+
+func benchmarkDrain(b *testing.B, stream []synth.Event, encoding string) {
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
 		dir := b.TempDir()
-		q := queue.New(queue.Options{StoreDir: filepath.Join(dir, "js")}, zap.NewNop())
+		q := queue.New(queue.Options{StoreDir: filepath.Join(dir, "js"), Encoding: encoding}, zap.NewNop())
 		ctx := context.Background()
 		if err := q.Open(ctx); err != nil {
 			b.Fatal(err)
