@@ -940,12 +940,16 @@ type dlqView struct {
 	ParkedAt     time.Time `json:"parked_at"`
 	Data         string    `json:"data"`
 	DataEncoding string    `json:"data_encoding"` // text or base64
-	Bytes        int       `json:"bytes"`
+	// StoredEncoding is the stream encoding (s2) of data dsyncd could not
+	// decode: Data is then the bytes as stored. Empty for an event's JSON.
+	StoredEncoding string `json:"stored_encoding,omitempty"`
+	Bytes          int    `json:"bytes"`
 }
 
 func newDLQView(dl queue.DeadLetter) dlqView {
 	v := dlqView{Seq: dl.Seq, Subject: dl.Subject, StreamSeq: dl.StreamSeq, EventID: dl.MsgID, Reason: dl.Reason,
-		Attempts: dl.Attempts, ParkedAt: dl.ParkedAt.UTC(), Bytes: len(dl.Data), Data: string(dl.Data), DataEncoding: "text"}
+		Attempts: dl.Attempts, ParkedAt: dl.ParkedAt.UTC(), Bytes: len(dl.Data), Data: string(dl.Data), DataEncoding: "text",
+		StoredEncoding: dl.Encoding}
 	if !utf8.Valid(dl.Data) {
 		v.Data, v.DataEncoding = base64.StdEncoding.EncodeToString(dl.Data), "base64"
 	}
@@ -1055,8 +1059,11 @@ number of attempts, and the original body.
 			w := tabwriter.NewWriter(a.stdout, 0, 0, 1, ' ', 0)
 			for _, kv := range [][2]string{{"id", strconv.FormatUint(v.Seq, 10)}, {"parked at", fmtTime(v.ParkedAt)},
 				{"subject", v.Subject}, {"stream seq", strconv.FormatUint(v.StreamSeq, 10)}, {"event id", v.EventID},
-				{"attempts", strconv.Itoa(v.Attempts)}, {"reason", v.Reason}, {"bytes", strconv.Itoa(v.Bytes)}} {
-				fmt.Fprintf(w, "%s:\t%s\n", kv[0], kv[1])
+				{"attempts", strconv.Itoa(v.Attempts)}, {"reason", v.Reason}, {"bytes", strconv.Itoa(v.Bytes)},
+				{"stored encoding", v.StoredEncoding}} {
+				if kv[1] != "" || kv[0] != "stored encoding" {
+					fmt.Fprintf(w, "%s:\t%s\n", kv[0], kv[1])
+				}
 			}
 			if err := w.Flush(); err != nil {
 				return err

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/dsyncd/dsyncd/queue"
@@ -578,5 +580,31 @@ func TestShortDurationReadsAsConfigured(t *testing.T) {
 		if got := shortDuration(d); got != want {
 			t.Errorf("shortDuration(%v) = %q, want %q", d, got, want)
 		}
+	}
+}
+
+// TestDLQShowsUndecodableStoredData: a message whose compressed data is
+// corrupt is parked as stored, and dlq show says which encoding it was in.
+func TestDLQShowsUndecodableStoredData(t *testing.T) {
+	d, cliCfg := opsDaemon(t)
+	c := []string{"--config", cliCfg}
+	nc, err := nats.Connect(d.q.ClientURL())
+	mustf(t, err, "connect")
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	mustf(t, err, "jetstream")
+	corrupt := &nats.Msg{Subject: d.q.Subject(opsDir, "dsync.user.created"), Header: nats.Header{queue.HeaderEncoding: {"s2"}}, Data: []byte("\x7fcorrupt")}
+	_, err = js.PublishMsg(context.Background(), corrupt, jetstream.WithMsgID("corrupt-1"))
+	mustf(t, err, "publish")
+	opsEventually(t, "a dead letter", func() bool { return len(deadLetters(t, d)) == 1 })
+	id := strconv.FormatUint(deadLetters(t, d)[0].Seq, 10)
+
+	var v dlqView
+	mustf(t, json.Unmarshal([]byte(cli(t, 0, append([]string{"dlq", "show", id, "--format", "json"}, c...)...)), &v), "dlq show json")
+	if v.StoredEncoding != "s2" || v.Data != "\x7fcorrupt" || !strings.Contains(v.Reason, "undecodable message data: s2") {
+		t.Fatalf("dlq show = %+v, want the stored bytes, encoding s2 and the reason", v)
+	}
+	if out := cli(t, 0, append([]string{"dlq", "show", id}, c...)...); !strings.Contains(out, "stored encoding: s2") {
+		t.Errorf("dlq show = %q, want a stored encoding line", out)
 	}
 }
