@@ -72,6 +72,28 @@ func (r *rig) publishIn(t *testing.T, dir, id, body string) {
 	}
 }
 
+// appliedBesidesParked waits until the worker acknowledged everything, checks
+// that the store holds users users, and returns the dead letters.
+func (r *rig) appliedBesidesParked(t *testing.T, users int) []queue.DeadLetter {
+	t.Helper()
+	eventually(t, "everything acknowledged", func() bool {
+		n, err := r.q.Pending(r.ctx, "dsyncd-worker")
+		return err == nil && n == 0
+	})
+	snap, err := r.st.Export()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(snap.Users) != users {
+		t.Fatalf("users = %+v, want %d applied", snap.Users, users)
+	}
+	dl, err := r.q.DeadLetters(r.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dl
+}
+
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
@@ -88,21 +110,7 @@ func TestPoisonEventIsParkedAndTheRestApplied(t *testing.T) {
 	r.publish(t, "e1", `{"id":"e1","event":"dsync.user.created","created_at":"2024-01-01T00:00:00Z","data":{"id":"u1","directory_id":"dir_1","state":"active"}}`)
 	r.publish(t, "bad", `{"id":"bad","event":"dsync.user.created","created_at":"2024-01-01T00:00:00Z","data":{"id":"u2"}}`)
 	r.publish(t, "e3", `{"id":"e3","event":"dsync.user.created","created_at":"2024-01-01T00:00:01Z","data":{"id":"u3","directory_id":"dir_1","state":"active"}}`)
-	eventually(t, "everything acknowledged", func() bool {
-		n, err := r.q.Pending(r.ctx, "dsyncd-worker")
-		return err == nil && n == 0
-	})
-	snap, err := r.st.Export()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(snap.Users) != 2 {
-		t.Fatalf("users = %+v, want u1 and u3 applied", snap.Users)
-	}
-	dl, err := r.q.DeadLetters(r.ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dl := r.appliedBesidesParked(t, 2)
 	if len(dl) != 1 || dl[0].MsgID != "bad" || !strings.Contains(dl[0].Reason, "missing data.directory_id") {
 		t.Fatalf("dead letters = %+v, want the bad event with its reason", dl)
 	}
@@ -128,21 +136,7 @@ func TestCompressedEventsAreAppliedAndUndecodableOnesParked(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.publish(t, "e3", `{"id":"e3","event":"dsync.user.created","created_at":"2024-01-01T00:00:01Z","data":{"id":"u3","directory_id":"dir_1","state":"active","emails":[{"primary":true,"value":"u3@example.com"}],"first_name":"Grace","last_name":"Hopper"}}`)
-	eventually(t, "everything acknowledged", func() bool {
-		n, err := r.q.Pending(r.ctx, "dsyncd-worker")
-		return err == nil && n == 0
-	})
-	snap, err := r.st.Export()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(snap.Users) != 2 {
-		t.Fatalf("users = %+v, want u1 and u3 applied", snap.Users)
-	}
-	dl, err := r.q.DeadLetters(r.ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dl := r.appliedBesidesParked(t, 2)
 	if len(dl) != 1 || dl[0].MsgID != "corrupt" || !strings.Contains(dl[0].Reason, "undecodable message data") || dl[0].Encoding != "s2" {
 		t.Fatalf("dead letters = %+v, want the corrupt message with its reason and encoding", dl)
 	}
