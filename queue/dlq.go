@@ -29,6 +29,10 @@ const (
 // maxReason is the longest reason Park keeps, in bytes.
 const maxReason = 1024
 
+// parkHeadroom is what Park leaves of the server's max_payload for a dead
+// letter's headers and subject (the reason is at most maxReason).
+const parkHeadroom = 4 << 10
+
 // DeadLetter is a message parked in the DLQ stream.
 type DeadLetter struct {
 	Seq       uint64    // sequence in the DLQ stream; the handle for DeadLetter, Drop and Replay
@@ -39,8 +43,9 @@ type DeadLetter struct {
 	Attempts  int       // deliveries the worker made before parking it
 	ParkedAt  time.Time // when it was parked
 	Data      []byte    // the event: the original message data, decoded (see Encoding)
-	// Encoding is the original message's HeaderEncoding when Park could not
-	// decode its data; Data then holds the bytes as stored, and a replay
+	// Encoding is the original message's HeaderEncoding when Park kept its
+	// data as stored (undecodable, or too large decoded for a NATS message);
+	// Data then holds the stored bytes ([Data] decodes them), and a replay
 	// republishes them with this header. Empty otherwise.
 	Encoding string
 }
@@ -51,7 +56,8 @@ type DeadLetter struct {
 // leaves it to be redelivered. Parking the same message again (say after the
 // ack was lost) within the duplicate window stores nothing new. The dead
 // letter holds the event decoded (see Data), so that an operator can read it;
-// data that cannot be decoded is kept as stored, with its HeaderEncoding.
+// data that cannot be decoded, or that decoded would not fit in a NATS
+// message, is kept as stored, with its HeaderEncoding.
 func (q *Queue) Park(ctx context.Context, msg jetstream.Msg, reason string, attempts int) error {
 	st, err := q.state()
 	if err != nil {
@@ -72,9 +78,13 @@ func (q *Queue) Park(ctx context.Context, msg jetstream.Msg, reason string, atte
 	h.Set(HeaderAttempts, strconv.Itoa(attempts))
 	h.Set(HeaderParkedAt, time.Now().UTC().Format(time.RFC3339Nano))
 	data, derr := Data(msg.Headers(), msg.Data())
-	if derr != nil {
+	if derr != nil || int64(len(data))+parkHeadroom > st.nc.MaxPayload() {
+		// Undecodable, or too large decoded for a NATS message: keep it
+		// as stored.
 		data = msg.Data()
-		h.Set(HeaderEncoding, msg.Headers().Get(HeaderEncoding))
+		if enc := msg.Headers().Get(HeaderEncoding); enc != "" {
+			h.Set(HeaderEncoding, enc)
+		}
 	}
 	m := &nats.Msg{
 		Subject: q.opts.DLQStream + "." + msg.Subject(),

@@ -174,3 +174,36 @@ func TestInvalidEncoding(t *testing.T) {
 		t.Fatalf("Open = %v, want ErrInvalidOptions naming the encoding", err)
 	}
 }
+
+// TestParkKeepsCompressedWhenDecodedIsTooLarge: an event that fits in a NATS
+// message only compressed is parked compressed, not refused by the server.
+func TestParkKeepsCompressedWhenDecodedIsTooLarge(t *testing.T) {
+	q := openQueue(t, Options{StoreDir: t.TempDir(), Encoding: EncodingS2})
+	ctx := testCtx(t, 30*time.Second)
+	st, err := q.state()
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := []byte(`{"id":"evt_big","event":"dsync.user.created","data":{"raw_attributes":"` +
+		strings.Repeat("x", int(st.nc.MaxPayload())) + `"}}`)
+	if _, err := q.Publish(ctx, "dir_1", "dsync.user.created", "evt_big", big); err != nil {
+		t.Fatalf("Publish of a %d-byte event (max payload %d): %v", len(big), st.nc.MaxPayload(), err)
+	}
+	c, err := q.Consumer(ctx, "worker", 30*time.Second)
+	if err != nil {
+		t.Fatalf("Consumer: %v", err)
+	}
+	m := fetch(t, c, 1)[0]
+	if err := q.Park(ctx, m, "too big to apply", 1); err != nil {
+		t.Fatalf("Park: %v", err)
+	}
+	dls, err := q.DeadLetters(ctx)
+	if err != nil || len(dls) != 1 {
+		t.Fatalf("DeadLetters = %+v, %v; want 1", dls, err)
+	}
+	got, err := Data(nats.Header{HeaderEncoding: {dls[0].Encoding}}, dls[0].Data)
+	if dls[0].Encoding != EncodingS2 || err != nil || !bytes.Equal(got, big) {
+		t.Errorf("dead letter: encoding %q, %d bytes, decoded equal %v (%v); want it kept compressed",
+			dls[0].Encoding, len(dls[0].Data), bytes.Equal(got, big), err)
+	}
+}
