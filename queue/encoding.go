@@ -64,19 +64,17 @@ func Data(h nats.Header, data []byte) ([]byte, error) {
 var encodeBufs = sync.Pool{New: func() any { return new([]byte) }}
 
 // encoded is data as Publish stores it under encoding: the bytes, the value
-// of HeaderEncoding ("" for none), and a release func to call once the
-// bytes are no longer needed.
-func encoded(encoding string, data []byte) (out []byte, header string, release func()) {
+// of HeaderEncoding ("" for none), and the pooled buffer holding them (nil
+// for none), to give back to encodeBufs once the bytes are sent.
+func encoded(encoding string, data []byte) (out []byte, header string, buf *[]byte) {
 	if encoding != EncodingS2 || len(data) == 0 {
-		return data, "", func() {}
+		return data, "", nil
 	}
-	bp := encodeBufs.Get().(*[]byte)
-	enc := s2.Encode((*bp)[:0], data)
-	*bp = enc
-	release = func() { encodeBufs.Put(bp) }
-	if len(enc) >= len(data) {
-		release()
-		return data, "", func() {}
+	buf = encodeBufs.Get().(*[]byte)
+	*buf = s2.Encode((*buf)[:0], data)
+	if len(*buf) >= len(data) {
+		encodeBufs.Put(buf)
+		return data, "", nil
 	}
-	return enc, EncodingS2, release
+	return *buf, EncodingS2, buf
 }

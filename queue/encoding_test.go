@@ -25,6 +25,25 @@ func referenceEvent(t *testing.T) []byte {
 	return raw
 }
 
+// parkFirst fetches the n messages of the main stream, parks the first and
+// returns it as the only dead letter.
+func parkFirst(t *testing.T, q *Queue, n int) DeadLetter {
+	t.Helper()
+	ctx := testCtx(t, 30*time.Second)
+	c, err := q.Consumer(ctx, "worker", 30*time.Second)
+	if err != nil {
+		t.Fatalf("Consumer: %v", err)
+	}
+	if err := q.Park(ctx, fetch(t, c, n)[0], "test", 1); err != nil {
+		t.Fatalf("Park: %v", err)
+	}
+	dls, err := q.DeadLetters(ctx)
+	if err != nil || len(dls) != 1 {
+		t.Fatalf("DeadLetters = %+v, %v; want 1", dls, err)
+	}
+	return dls[0]
+}
+
 func TestDataDecodes(t *testing.T) {
 	event := []byte(`{"id":"evt_1","event":"dsync.user.created","data":{"id":"directory_user_1"}}`)
 	huge := binary.AppendUvarint(nil, maxDecodedLen+1)
@@ -108,20 +127,9 @@ func TestEncodingS2(t *testing.T) {
 		t.Errorf("Each saw %q, want the two events decoded", seen)
 	}
 
-	c, err := q.Consumer(ctx, "worker", 30*time.Second)
-	if err != nil {
-		t.Fatalf("Consumer: %v", err)
-	}
-	m := fetch(t, c, 2)[0]
-	if err := q.Park(ctx, m, "test", 1); err != nil {
-		t.Fatalf("Park: %v", err)
-	}
-	dls, err := q.DeadLetters(ctx)
-	if err != nil || len(dls) != 1 {
-		t.Fatalf("DeadLetters = %+v, %v; want 1", dls, err)
-	}
-	if !bytes.Equal(dls[0].Data, event) || dls[0].Encoding != "" {
-		t.Errorf("dead letter holds %d bytes with encoding %q, want the event's JSON", len(dls[0].Data), dls[0].Encoding)
+	dl := parkFirst(t, q, 2)
+	if !bytes.Equal(dl.Data, event) || dl.Encoding != "" {
+		t.Errorf("dead letter holds %d bytes with encoding %q, want the event's JSON", len(dl.Data), dl.Encoding)
 	}
 }
 
@@ -189,21 +197,10 @@ func TestParkKeepsCompressedWhenDecodedIsTooLarge(t *testing.T) {
 	if _, err := q.Publish(ctx, "dir_1", "dsync.user.created", "evt_big", big); err != nil {
 		t.Fatalf("Publish of a %d-byte event (max payload %d): %v", len(big), st.nc.MaxPayload(), err)
 	}
-	c, err := q.Consumer(ctx, "worker", 30*time.Second)
-	if err != nil {
-		t.Fatalf("Consumer: %v", err)
-	}
-	m := fetch(t, c, 1)[0]
-	if err := q.Park(ctx, m, "too big to apply", 1); err != nil {
-		t.Fatalf("Park: %v", err)
-	}
-	dls, err := q.DeadLetters(ctx)
-	if err != nil || len(dls) != 1 {
-		t.Fatalf("DeadLetters = %+v, %v; want 1", dls, err)
-	}
-	got, err := Data(nats.Header{HeaderEncoding: {dls[0].Encoding}}, dls[0].Data)
-	if dls[0].Encoding != EncodingS2 || err != nil || !bytes.Equal(got, big) {
+	dl := parkFirst(t, q, 1)
+	got, err := Data(nats.Header{HeaderEncoding: {dl.Encoding}}, dl.Data)
+	if dl.Encoding != EncodingS2 || err != nil || !bytes.Equal(got, big) {
 		t.Errorf("dead letter: encoding %q, %d bytes, decoded equal %v (%v); want it kept compressed",
-			dls[0].Encoding, len(dls[0].Data), bytes.Equal(got, big), err)
+			dl.Encoding, len(dl.Data), bytes.Equal(got, big), err)
 	}
 }

@@ -556,8 +556,10 @@ func (q *Queue) Publish(ctx context.Context, directoryID, eventType, msgID strin
 	if msgID != "" {
 		opts = append(opts, jetstream.WithMsgID(msgID))
 	}
-	body, enc, release := encoded(q.opts.Encoding, data)
-	defer release()
+	body, enc, buf := encoded(q.opts.Encoding, data)
+	if buf != nil {
+		defer encodeBufs.Put(buf)
+	}
 	m := &nats.Msg{Subject: q.Subject(directoryID, eventType), Data: body}
 	if enc != "" {
 		m.Header = nats.Header{HeaderEncoding: []string{enc}}

@@ -244,15 +244,7 @@ func (w *Worker) process(msgs []jetstream.Msg) bool {
 	evs := make([]*events.Event, 0, len(msgs))
 	valid := make([]jetstream.Msg, 0, len(msgs))
 	for _, m := range msgs {
-		data, err := queue.Data(m.Headers(), m.Data())
-		if err != nil {
-			rep.Counts.Invalid++
-			if w.park(ctx, m, err.Error(), 1) {
-				rep.Parked++
-			}
-			continue
-		}
-		ev, err := events.Decode(data)
+		ev, err := decode(m)
 		if err != nil {
 			// Poison: retrying cannot help.
 			rep.Counts.Invalid++
@@ -403,6 +395,16 @@ func (w *Worker) park(ctx context.Context, m jetstream.Msg, reason string, attem
 	w.log.Warn("event parked in dead-letter stream", zap.String("subject", m.Subject()), zap.String("reason", reason))
 	w.ack(m)
 	return true
+}
+
+// decode decodes a stream message's event: its data as the queue stored it
+// (see queue.Data), then the event's JSON.
+func decode(m jetstream.Msg) (*events.Event, error) {
+	data, err := queue.Data(m.Headers(), m.Data())
+	if err != nil {
+		return nil, err
+	}
+	return events.Decode(data)
 }
 
 // environmental reports whether err comes from the store's environment
