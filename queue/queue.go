@@ -718,6 +718,7 @@ func (q *Queue) Each(ctx context.Context, fn func(seq uint64, subject string, da
 		}
 		data, derr := Data(msg.Headers(), msg.Data())
 		if derr != nil {
+			q.log.Warn("stream message undecodable, passed on as stored", zap.Uint64("seq", seq), zap.Error(derr))
 			data = msg.Data()
 		}
 		if err := fn(seq, msg.Subject(), data); err != nil {
