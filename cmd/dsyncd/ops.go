@@ -1057,13 +1057,14 @@ number of attempts, and the original body.
 				return writeJSONTo(a.stdout, v)
 			}
 			w := tabwriter.NewWriter(a.stdout, 0, 0, 1, ' ', 0)
-			for _, kv := range [][2]string{{"id", strconv.FormatUint(v.Seq, 10)}, {"parked at", fmtTime(v.ParkedAt)},
+			rows := [][2]string{{"id", strconv.FormatUint(v.Seq, 10)}, {"parked at", fmtTime(v.ParkedAt)},
 				{"subject", v.Subject}, {"stream seq", strconv.FormatUint(v.StreamSeq, 10)}, {"event id", v.EventID},
-				{"attempts", strconv.Itoa(v.Attempts)}, {"reason", v.Reason}, {"bytes", strconv.Itoa(v.Bytes)},
-				{"stored encoding", v.StoredEncoding}} {
-				if kv[1] != "" || kv[0] != "stored encoding" {
-					fmt.Fprintf(w, "%s:\t%s\n", kv[0], kv[1])
-				}
+				{"attempts", strconv.Itoa(v.Attempts)}, {"reason", v.Reason}, {"bytes", strconv.Itoa(v.Bytes)}}
+			if v.StoredEncoding != "" {
+				rows = append(rows, [2]string{"stored encoding", v.StoredEncoding})
+			}
+			for _, kv := range rows {
+				fmt.Fprintf(w, "%s:\t%s\n", kv[0], kv[1])
 			}
 			if err := w.Flush(); err != nil {
 				return err
