@@ -203,8 +203,11 @@ func (s *Store) reevaluateHolds(t *txn, eventID string, now time.Time) error {
 	slices.Sort(orgs)
 	for _, org := range orgs {
 		n, err := s.adminHolders(t, org)
-		if err != nil || n == 0 {
+		if err != nil {
 			return err
+		}
+		if n == 0 {
+			continue // still no other admin: this organisation's holds stay open
 		}
 		var users []*userRec
 		for _, h := range byOrg[org] {
@@ -269,7 +272,16 @@ func (s *Store) checkBreaker(t *txn, c *change, index int) error {
 		if err != nil {
 			return err
 		}
-		total := len(recentUsers) + len(users)
+		// Users, not events: a user deprovisioned twice within the
+		// window (inactive, active, inactive) counts once.
+		wave := make(map[string]bool, len(recentUsers)+len(users))
+		for _, uid := range recentUsers {
+			wave[uid] = true
+		}
+		for _, uid := range users {
+			wave[uid] = true
+		}
+		total := len(wave)
 		if total > b.Count || b.Count <= 0 {
 			allowed := float64(b.Count)
 			if b.Percent > 0 {
@@ -281,15 +293,13 @@ func (s *Store) checkBreaker(t *txn, c *change, index int) error {
 				// deprovisionings within the window (this change's too)
 				// deleted still count, or every delete would make the
 				// allowance smaller.
-				deleted := map[string]bool{}
-				for _, uid := range append(recentUsers, users...) {
+				for uid := range wave {
 					if u, err := t.user(uid); err != nil {
 						return err
 					} else if u != nil && u.Deleted {
-						deleted[uid] = true
+						n++
 					}
 				}
-				n += len(deleted)
 				// "More than 10% of 25 users" is 3 or more, not 4.
 				allowed = math.Max(allowed, b.Percent*float64(n)/100)
 			}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -24,6 +25,15 @@ var ErrNotPaused = errors.New("organisation is not paused")
 
 // EventMappingChange is the event id audit entries of a mapping change carry.
 const EventMappingChange = "config:mapping"
+
+// EventOperatorPrefix starts the event id of audit entries an operator's
+// decision causes: "operator:hold:<id>" for an approved or rejected hold.
+const EventOperatorPrefix = "operator:"
+
+// holdDecision is the event id of the audit entries of a decision on hold h.
+func holdDecision(h *Hold) string {
+	return EventOperatorPrefix + "hold:" + strconv.FormatUint(h.ID, 10)
+}
 
 var errRollback = errors.New("rollback")
 
@@ -242,9 +252,18 @@ func (s *Store) ApplyMapping(m mapping.Config, onUnmap string, dryRun bool) (*Pl
 			if u == nil || u.Deleted {
 				continue
 			}
+			retained := false
 			for i, g := range u.Grants {
 				if choice, ok := removed[g.Rule]; ok && choice == mapping.OnUnmapKeep && g.Source == "group" {
 					u.Grants[i].Source = SourceRetained
+					retained = true
+				}
+			}
+			if retained {
+				// Stored now: regrant compares against these grants and
+				// writes nothing when the badges stay the same.
+				if err := t.putUser(u); err != nil {
+					return err
 				}
 			}
 			users = append(users, u)
@@ -320,7 +339,7 @@ func (s *Store) Resume(org string, dryRun bool) (*Plan, error) {
 			return err
 		}
 		if h != nil && h.Open() {
-			if err := s.closeHold(t, h, ResolutionApproved, "an operator resumed the organisation's sync", "", now); err != nil {
+			if err := s.closeHold(t, h, ResolutionApproved, "an operator resumed the organisation's sync", holdDecision(h), now); err != nil {
 				return err
 			}
 		}
@@ -406,7 +425,7 @@ func (s *Store) DecideHold(id uint64, approve, dryRun bool) (*Plan, error) {
 		if approve {
 			res, because = ResolutionApproved, "approved by an operator"
 		}
-		if err := s.closeHold(t, h, res, because, "", now); err != nil {
+		if err := s.closeHold(t, h, res, because, holdDecision(h), now); err != nil {
 			return err
 		}
 		switch {
@@ -424,7 +443,7 @@ func (s *Store) DecideHold(id uint64, approve, dryRun bool) (*Plan, error) {
 				return err
 			}
 			counts["dropped"] = len(raws)
-			return s.addAudit(t, AuditEntry{Time: now, OrganizationID: h.OrganizationID, Action: ActionDrop,
+			return s.addAudit(t, AuditEntry{Time: now, EventID: holdDecision(h), OrganizationID: h.OrganizationID, Action: ActionDrop,
 				Reason: fmt.Sprintf("hold %d rejected: %d deferred events dropped", h.ID, len(raws))})
 		}
 		u, err := t.user(h.UserID)
@@ -441,7 +460,7 @@ func (s *Store) DecideHold(id uint64, approve, dryRun bool) (*Plan, error) {
 				return err
 			}
 		}
-		_, err = s.regrant(t, []*userRec{u}, "", now, regrantOpts{forceRevokeAdmin: approve})
+		_, err = s.regrant(t, []*userRec{u}, holdDecision(h), now, regrantOpts{forceRevokeAdmin: approve})
 		return err
 	}, !dryRun)
 	if plan != nil {

@@ -709,7 +709,8 @@ that remembers the last seq it shipped tails the trail.
 With store.audit_retention set, entries older than it are gone (the badges stay).
 
 Columns: SEQ (the entry's sequence number, for --after), TIME (when dsyncd applied it, UTC), ACTION, USER, BADGE, ORGANIZATION,
-EVENT (the WorkOS event id, or config:mapping for a mapping change), REASON.` + targetHelp + exitStatusHelp,
+EVENT (the WorkOS event id; config:mapping for a mapping change; operator:hold:ID for an
+operator's decision on hold ID), REASON.` + targetHelp + exitStatusHelp,
 		Example: `  # What happened to one user
   dsyncd audit --user directory_user_01E1X1B89NH8Z3SDFJR4H7RGX7
 

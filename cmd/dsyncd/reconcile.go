@@ -62,9 +62,6 @@ reconciled); 2 when a dry run would leave an organisation without an admin.`,
 			if cfg.WorkOS.APIKey == "" {
 				return fmt.Errorf("workos.api_key is required (set %s)", config.EnvVar("workos.api_key"))
 			}
-			if err := checkAdminRule(cfg); err != nil {
-				return err
-			}
 			log, err := newLogger(cfg, a.stderr)
 			if err != nil {
 				return err
@@ -78,6 +75,9 @@ reconciled); 2 when a dry run would leave an organisation without an admin.`,
 				return err
 			}
 			defer st.Close()
+			if err := adoptMapping(st, cfg, dryRun); err != nil {
+				return err
+			}
 			r := reconcile.NewReconciler(reconcile.ReconcilerOptions{ClientOptions: reconcile.ClientOptionsFrom(cfg)}, st, log)
 			res, rerr := r.Reconcile(cmd.Context(), reconcile.Scope{Directory: dir, Organization: org}, dryRun)
 			if res != nil {

@@ -50,6 +50,9 @@ Exit status: 0, 1 on error, 2 if the change would leave an organisation without 
 					plan, err = apiPlan(cmd, server, "/v1/organizations/"+url.PathEscape(org)+"/resume?dry_run=true", cfg.API.Token)
 				} else {
 					err = a.withStore(cfg, func(st *storage.Store) error {
+						if err := adoptMapping(st, cfg, true); err != nil {
+							return err
+						}
 						plan, err = st.Resume(org, true)
 						return err
 					})
@@ -149,6 +152,9 @@ With --server it asks a running dsyncd; otherwise it works on the stopped store.
 				plan, err = apiPlan(cmd, server, "/v1/organizations/"+url.PathEscape(args[0])+"/resume", cfg.API.Token)
 			} else {
 				err = a.withStore(cfg, func(st *storage.Store) error {
+					if err := adoptMapping(st, cfg, false); err != nil {
+						return err
+					}
 					plan, err = st.Resume(args[0], false)
 					return err
 				})
@@ -163,6 +169,21 @@ With --server it asks a running dsyncd; otherwise it works on the stopped store.
 	cmd.Flags().StringVar(&format, "format", "text", "text|json")
 	cmd.Flags().StringVar(&a.dbPath, "db", "", "store file (default: store.path from the configuration)")
 	return cmd
+}
+
+// adoptMapping makes the configuration's mapping the one in force before an
+// offline command applies events with it, through the checks serve makes at
+// start: a mapping granting no admin, or one that drops a group rule without
+// an on_unmap choice, is refused and nothing is applied. With dryRun it only
+// checks (plan --org previews the deferred events under the new mapping).
+func adoptMapping(st *storage.Store, cfg config.Config, dryRun bool) error {
+	if err := checkAdminRule(cfg); err != nil {
+		return err
+	}
+	if _, err := st.ApplyMapping(cfg.Mapping, "", dryRun); err != nil {
+		return fmt.Errorf("the configuration's mapping: %w (preview it with dsyncd plan --config, apply it with dsyncd apply --config)", err)
+	}
+	return nil
 }
 
 // withStore opens the configured store (or --db) for fn.

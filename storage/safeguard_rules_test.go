@@ -1,0 +1,291 @@
+package storage_test
+
+// Rules of the safeguards, each through the real apply path: holds per
+// organisation, the breaker counting users, on_unmap keep that lasts, and
+// operator decisions that say who made them.
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/dsyncd/dsyncd/mapping"
+	"github.com/dsyncd/dsyncd/storage"
+)
+
+func usrO(id, org, state string) map[string]any {
+	u := usr(id, id, state)
+	u["organization_id"], u["directory_id"] = org, "dir_"+org
+	return u
+}
+
+func grpO(id, name, org string) map[string]any {
+	g := grp(id, name)
+	g["organization_id"], g["directory_id"] = org, "dir_"+org
+	return g
+}
+
+func memO(u, g map[string]any) map[string]any {
+	m := mem(u, g)
+	m["directory_id"] = u["directory_id"]
+	return m
+}
+
+// Rule 1: "Holds are re-evaluated after every applied event: once another
+// admin exists, the held revocation is applied and the hold closes by itself."
+// Two organisations each hold their last admin; org_b gets a new admin.
+func TestHoldReleasedInOneOrganisationWhileAnotherStaysHeld(t *testing.T) {
+	st := MustOpen(t, storage.Options{})
+	ga, gb := grpO("g_a", "App Admins", "org_a"), grpO("g_b", "App Admins", "org_b")
+	mustApply(t, st,
+		ev("e1", "dsync.group.user_added", 1, memO(usrO("ua", "org_a", "active"), ga)),
+		ev("e2", "dsync.group.user_added", 2, memO(usrO("ub", "org_b", "active"), gb)),
+		ev("e3", "dsync.group.user_removed", 3, memO(usrO("ua", "org_a", "active"), ga)),
+		ev("e4", "dsync.group.user_removed", 4, memO(usrO("ub", "org_b", "active"), gb)),
+	)
+	if n := len(openHolds(t, st)); n != 2 {
+		t.Fatalf("open holds = %d, want 2 (one per org)", n)
+	}
+	// A second admin appears in org_b only.
+	mustApply(t, st, ev("e5", "dsync.group.user_added", 5, memO(usrO("ub2", "org_b", "active"), gb)))
+	for _, h := range openHolds(t, st) {
+		if h.OrganizationID == "org_b" {
+			t.Errorf("org_b hold %d (user %s) still open although org_b has another admin (ub2); ub badges = %v",
+				h.ID, h.UserID, badgesOf(t, st, "ub"))
+		}
+	}
+	if slices.Contains(badgesOf(t, st, "ub"), "admin") {
+		t.Errorf("ub still holds admin: the held revocation was not applied")
+	}
+}
+
+// Rule 1 with the admin granted by a role and demoted by a role change.
+func TestLastAdminDemotedByRoleIsHeld(t *testing.T) {
+	m := testMapping
+	m.Roles = append(slices.Clone(m.Roles), mapping.RoleRule{Slug: "owner", Badges: []string{"admin"}})
+	st := MustOpen(t, storage.Options{Mapping: m})
+	u := usr("u1", "A", "active")
+	u["role"] = map[string]string{"slug": "owner"}
+	mustApply(t, st, ev("e1", "dsync.user.created", 1, u))
+	u2 := usr("u1", "A", "active")
+	u2["role"] = map[string]string{"slug": "member"}
+	mustApply(t, st, ev("e2", "dsync.user.updated", 2, u2))
+	if !slices.Contains(badgesOf(t, st, "u1"), "admin") || len(openHolds(t, st)) != 1 {
+		t.Fatalf("role demotion of the last admin: badges %v holds %+v", badgesOf(t, st, "u1"), openHolds(t, st))
+	}
+}
+
+// Rule 1 through user deletion, inactive state and directory deprovisioning.
+func TestLastAdminLostByDeleteInactiveOrDirectoryIsHeld(t *testing.T) {
+	admins := grp("g_adm", "App Admins")
+	for _, tc := range []struct {
+		name string
+		last []byte
+		dep  bool
+	}{
+		{"user deleted", ev("e9", "dsync.user.deleted", 9, usr("u1", "A", "inactive")), false},
+		{"user inactive", ev("e9", "dsync.user.updated", 9, usr("u1", "A", "inactive")), false},
+		{"directory deprovisioned", ev("e9", "dsync.deleted", 9, map[string]any{"id": "dir_1", "organization_id": "org_1", "name": "D", "state": "active"}), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sg := storage.Safeguards{}
+			if tc.dep {
+				sg.OnDirectoryDeleted = storage.OnDirectoryDeletedDeprovision
+			}
+			st := MustOpen(t, storage.Options{Safeguards: sg})
+			mustApply(t, st,
+				ev("e0", "dsync.activated", 0, map[string]any{"id": "dir_1", "organization_id": "org_1", "name": "D", "state": "active"}),
+				ev("e1", "dsync.group.user_added", 1, mem(usr("u1", "A", "active"), admins)), tc.last)
+			hs := openHolds(t, st)
+			if len(hs) != 1 || hs[0].UserID != "u1" || hs[0].EventID != "e9" {
+				t.Fatalf("holds = %+v, want one last_admin hold for u1 by e9", hs)
+			}
+		})
+	}
+}
+
+// Rule 3: break-glass matched by email when the payload has no `email`
+// (fallback to the primary entry of emails), case-insensitively.
+func TestBreakGlassMatchesFallbackEmail(t *testing.T) {
+	st := MustOpen(t, storage.Options{Safeguards: storage.Safeguards{BreakGlass: []string{"Boss@X.example"}}})
+	u := usr("u9", "A", "active")
+	delete(u, "email")
+	u["emails"] = []any{map[string]any{"primary": false, "value": "other@x.example"}, map[string]any{"primary": true, "value": "boss@x.EXAMPLE"}}
+	mustApply(t, st, ev("e1", "dsync.group.user_added", 1, mem(u, grp("g_eng", "Eng"))))
+	d := usr("u9", "A", "inactive")
+	delete(d, "email")
+	d["emails"] = u["emails"]
+	mustApply(t, st, ev("e2", "dsync.user.deleted", 2, d))
+	if got := findUser(t, st, "u9"); got == nil || !slices.Contains(got.Badges, "engineer") {
+		t.Fatalf("break-glass user by fallback email = %+v", got)
+	}
+}
+
+// Rule 4: "more users ... would lose all their badges within the window than
+// allowed". One user flapping inactive/active three times is one user.
+func TestBreakerCountsUsersNotEvents(t *testing.T) {
+	st := breakerStore(t, 50, storage.Breaker{Count: 2, Window: 10 * time.Minute})
+	var out []storage.Outcome
+	for i, state := range []string{"inactive", "active", "inactive", "active", "inactive"} {
+		out = append(out, mustApply(t, st, ev(fmt.Sprintf("f%d", i), "dsync.user.updated", 10+i, usr("u00", "A", state)))...)
+	}
+	for i, o := range out {
+		if o == storage.Deferred {
+			t.Fatalf("outcomes = %v: org paused at event %d though only 1 user (limit 2) lost its badges", out, i)
+		}
+	}
+}
+
+// Rule 4 at the threshold: count 3 allows exactly 3; the 4th trips.
+func TestBreakerAllowsExactlyCountThenDefers(t *testing.T) {
+	st := breakerStore(t, 10, storage.Breaker{Count: 3, Window: 10 * time.Minute})
+	var out []storage.Outcome
+	for i := range 4 {
+		out = append(out, mustApply(t, st, ev(fmt.Sprintf("d%d", i), "dsync.user.deleted", 10+i, usr(fmt.Sprintf("u%02d", i), "A", "inactive")))...)
+	}
+	want := []storage.Outcome{storage.Applied, storage.Applied, storage.Applied, storage.Deferred}
+	if !slices.Equal(out, want) {
+		t.Fatalf("outcomes = %v, want %v", out, want)
+	}
+	// A duplicate of the deferred event, and an older out-of-order event, while paused.
+	dup := mustApply(t, st, ev("d3", "dsync.user.deleted", 13, usr("u03", "A", "inactive")))
+	late := mustApply(t, st, ev("old", "dsync.user.updated", -1, usr("u05", "Late", "active"))) // older than u05's create
+	if dup[0] != storage.Duplicate || late[0] != storage.Deferred {
+		t.Fatalf("dup %v late %v", dup, late)
+	}
+	plan, err := st.Resume("org_1", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plan.Applied[storage.Applied] != 1 || plan.Applied[storage.Stale] != 1 {
+		t.Fatalf("resume counts = %v", plan.Applied)
+	}
+	if findUser(t, st, "u03") != nil {
+		t.Fatal("u03 not deleted after resume")
+	}
+}
+
+// Rule 4 + 1: resuming applies through the last-admin safeguard.
+func TestResumeAppliesThroughLastAdmin(t *testing.T) {
+	st := MustOpen(t, storage.Options{Safeguards: storage.Safeguards{MaxDeprovisions: storage.Breaker{Count: 1, Window: 10 * time.Minute}}})
+	admins := grp("g_adm", "App Admins")
+	mustApply(t, st,
+		ev("e1", "dsync.group.user_added", 1, mem(usr("u1", "A", "active"), admins)),
+		ev("e2", "dsync.user.created", 2, usr("u2", "B", "active")),
+		ev("e3", "dsync.user.created", 3, usr("u3", "C", "active")),
+	)
+	out := mustApply(t, st,
+		ev("d2", "dsync.user.deleted", 10, usr("u2", "B", "inactive")),
+		ev("d3", "dsync.user.deleted", 11, usr("u3", "C", "inactive")), // trips (2 > 1)
+		ev("d1", "dsync.user.deleted", 12, usr("u1", "A", "inactive")), // deferred behind it
+	)
+	if want := []storage.Outcome{storage.Applied, storage.Deferred, storage.Deferred}; !slices.Equal(out, want) {
+		t.Fatalf("outcomes %v, want %v", out, want)
+	}
+	if _, err := st.Resume("org_1", false); err != nil {
+		t.Fatal(err)
+	}
+	hs := openHolds(t, st)
+	if len(hs) != 1 || hs[0].Kind != storage.HoldLastAdmin || hs[0].UserID != "u1" {
+		t.Fatalf("holds after resume = %+v", hs)
+	}
+	if findUser(t, st, "u3") != nil {
+		t.Fatal("u3 not deleted by resume")
+	}
+}
+
+// Rule 5: "keep leaves the badges as retained" — and they stay retained when
+// the user is recomputed by a later, unrelated event.
+func TestKeptBadgeStaysRetainedAfterNextEvent(t *testing.T) {
+	st := MustOpen(t, storage.Options{})
+	if _, err := st.ApplyMapping(testMapping, "", false); err != nil {
+		t.Fatal(err)
+	}
+	mustApply(t, st, ev("e1", "dsync.group.user_added", 1, mem(usr("u1", "A", "active"), grp("g_eng", "Eng"))))
+	next := testMapping
+	next.Groups = slices.DeleteFunc(slices.Clone(next.Groups), func(r mapping.GroupRule) bool { return r.ID == "g_eng" })
+	if _, err := st.ApplyMapping(next, mapping.OnUnmapKeep, false); err != nil {
+		t.Fatal(err)
+	}
+	u, _ := st.User("u1")
+	if !slices.ContainsFunc(u.Grants, func(g mapping.Grant) bool { return g.Badge == "engineer" && g.Source == storage.SourceRetained }) {
+		t.Errorf("after keep, engineer grant is not recorded as retained: %+v", u.Grants)
+	}
+	// A profile change, unrelated to groups, recomputes u1.
+	mustApply(t, st, ev("e2", "dsync.user.updated", 2, usr("u1", "Renamed", "active")))
+	if b := badgesOf(t, st, "u1"); !slices.Contains(b, "engineer") {
+		t.Errorf("retained engineer badge revoked by a profile update: badges = %v", b)
+	}
+}
+
+// Rule 5: remove a rule with keep, re-add it, remove again: needs a choice again;
+// re-applying the same mapping changes nothing.
+func TestMappingReappliedChangesNothingAndRemovalAsksAgain(t *testing.T) {
+	st := MustOpen(t, storage.Options{})
+	if _, err := st.ApplyMapping(testMapping, "", false); err != nil {
+		t.Fatal(err)
+	}
+	mustApply(t, st, ev("e1", "dsync.group.user_added", 1, mem(usr("u1", "A", "active"), grp("g_eng", "Eng"))))
+	next := testMapping
+	next.Groups = slices.DeleteFunc(slices.Clone(next.Groups), func(r mapping.GroupRule) bool { return r.ID == "g_eng" })
+	if _, err := st.ApplyMapping(next, "keep", false); err != nil {
+		t.Fatal(err)
+	}
+	if b := badgesOf(t, st, "u1"); !slices.Equal(b, []string{"engineer", "member"}) {
+		t.Fatalf("badges after keep = %v", b)
+	}
+	p, err := st.ApplyMapping(next, "", false)
+	if err != nil || len(p.Organizations) != 0 {
+		t.Fatalf("re-applying the same mapping: %v %+v", err, p)
+	}
+	if _, err := st.ApplyMapping(testMapping, "", false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.ApplyMapping(next, "", false); err == nil {
+		t.Fatal("second removal without a choice accepted")
+	}
+	if _, err := st.ApplyMapping(next, "remove", false); err != nil {
+		t.Fatal(err)
+	}
+	if b := badgesOf(t, st, "u1"); !slices.Equal(b, []string{"member"}) {
+		t.Fatalf("badges after remove = %v", b)
+	}
+}
+
+// Rule 8: "Every grant, revocation, hold and release is recorded with time,
+// event id, rule and reason." Approving a last-admin hold: the release and
+// the revocation it applies carry the decision's id, as a mapping change
+// carries "config:mapping".
+func TestHoldDecisionEntriesCarryOperatorEventID(t *testing.T) {
+	st := MustOpen(t, storage.Options{})
+	admins := grp("g_adm", "App Admins")
+	mustApply(t, st,
+		ev("e1", "dsync.group.user_added", 1, mem(usr("u1", "A", "active"), admins)),
+		ev("e2", "dsync.group.user_removed", 2, mem(usr("u1", "A", "active"), admins)),
+	)
+	hs := openHolds(t, st)
+	if len(hs) != 1 {
+		t.Fatalf("holds %+v", hs)
+	}
+	if _, err := st.DecideHold(hs[0].ID, true, false); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := st.Audit(storage.AuditFilter{UserID: "u1", Badge: "admin"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("operator:hold:%d", hs[0].ID)
+	decided := 0
+	for _, e := range entries {
+		switch {
+		case e.EventID == "":
+			t.Errorf("audit entry without event id: %+v", e)
+		case e.EventID == want:
+			decided++
+		}
+	}
+	if decided != 2 { // the release and the revocation it applies
+		t.Errorf("%d entries carry %s, want 2: %+v", decided, want, entries)
+	}
+}
