@@ -354,10 +354,10 @@ func (w *wireUser) user() *User {
 		State:          w.State,
 	}
 	if u.Email == "" {
-		u.Email = primaryEmail(w.Emails)
-	}
-	if u.Email == "" {
-		u.Email = primaryEmail(w.CustomAttributes.Emails)
+		// A primary entry in either list wins over any other entry; with no
+		// primary anywhere, the first address given is better than none.
+		u.Email = firstNonEmpty(primaryEmail(w.Emails), primaryEmail(w.CustomAttributes.Emails),
+			firstEmail(w.Emails), firstEmail(w.CustomAttributes.Emails))
 	}
 	seen := map[string]bool{}
 	add := func(s string) {
@@ -380,13 +380,18 @@ func (w *wireGroup) group() *Group {
 	return &Group{ID: w.ID, DirectoryID: w.DirectoryID, OrganizationID: deref(w.OrganizationID), IdpID: w.IdpID, Name: deref(w.Name)}
 }
 
-// primaryEmail returns the primary entry's value, else the first non-empty one.
+// primaryEmail returns the value of list's primary entry, or "".
 func primaryEmail(list emailList) string {
 	for _, e := range list {
 		if e.Primary && e.Value != "" {
 			return e.Value
 		}
 	}
+	return ""
+}
+
+// firstEmail returns list's first non-empty value, or "".
+func firstEmail(list emailList) string {
 	for _, e := range list {
 		if e.Value != "" {
 			return e.Value

@@ -290,13 +290,28 @@ func TestDecodeEmailFallback(t *testing.T) {
 			d["emails"] = nil
 			obj(d["custom_attributes"])["emails"] = list([2]any{false, "x@example.com"}, [2]any{true, "custom@example.com"})
 		}, "custom@example.com"},
-		{"emails without a primary take the first non-empty", func(d map[string]any) {
+		{"a primary of custom_attributes.emails wins over a non-primary of emails", func(d map[string]any) {
+			d["email"] = nil
+			d["emails"] = list([2]any{false, "old-alias@example.com"})
+			obj(d["custom_attributes"])["emails"] = list([2]any{true, "custom@example.com"})
+		}, "custom@example.com"},
+		{"emails without a primary give way to the primary of custom_attributes.emails", func(d map[string]any) {
 			d["email"] = nil
 			d["emails"] = list([2]any{false, ""}, [2]any{false, "first@example.com"}, [2]any{false, "second@example.com"})
+		}, "lela.block@example.com"},
+		{"no primary anywhere takes the first non-empty of emails", func(d map[string]any) {
+			d["email"] = nil
+			d["emails"] = list([2]any{false, ""}, [2]any{false, "first@example.com"}, [2]any{false, "second@example.com"})
+			delete(obj(d["custom_attributes"]), "emails")
 		}, "first@example.com"},
-		{"emails with an empty primary take the first non-empty", func(d map[string]any) {
+		{"emails with an empty primary give way to the primary of custom_attributes.emails", func(d map[string]any) {
 			d["email"] = nil
 			d["emails"] = list([2]any{true, ""}, [2]any{false, "first@example.com"})
+		}, "lela.block@example.com"},
+		{"an empty primary and no primary elsewhere take the first non-empty of emails", func(d map[string]any) {
+			d["email"] = nil
+			d["emails"] = list([2]any{true, ""}, [2]any{false, "first@example.com"})
+			delete(obj(d["custom_attributes"]), "emails")
 		}, "first@example.com"},
 		{"emails with only empty values fall back to custom_attributes", func(d map[string]any) {
 			d["email"] = nil
