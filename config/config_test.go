@@ -589,6 +589,45 @@ func TestValidate(t *testing.T) {
 	}
 }
 
+// TestWebhookPath: a path WorkOS could not post to as written, or one the
+// router would refuse or redirect, stops start-up naming webhook.path.
+func TestWebhookPath(t *testing.T) {
+	for _, tc := range []struct {
+		path    string
+		problem string // "" = valid
+	}{
+		{"/webhooks/workos", ""},
+		{"/hooks/workos-dsync_v2.1~x", ""},
+		{"webhooks", "must start with /"},
+		{"/", "must not be"},
+		{"/webhooks//workos", "not a clean path"},
+		{"/webhooks/workos/", "not a clean path"},
+		{"/webhooks/./workos", "not a clean path"},
+		{"/hooks/{", "may only contain"},
+		{"/hooks/{x}/{x}", "may only contain"},
+		{"/hooks/a b", "may only contain"},
+		{"/hooks/a%20b", "may only contain"},
+		{"/hooks?x=1", "may only contain"},
+		{"/healthz", "dsyncd's own routes"},
+		{"/v1/export", "dsyncd's own routes"},
+		{"/metrics", "dsyncd's own routes"},
+		{"/v10", ""},
+	} {
+		t.Run(tc.path, func(t *testing.T) {
+			c := Default()
+			c.Webhook.Secrets = []string{"whsec_x"}
+			c.Webhook.Path = tc.path
+			err := c.Validate()
+			switch {
+			case tc.problem == "" && err != nil:
+				t.Errorf("refused: %v", err)
+			case tc.problem != "" && (err == nil || !strings.Contains(err.Error(), "webhook.path: ") || !strings.Contains(err.Error(), tc.problem)):
+				t.Errorf("error = %v, want webhook.path: …%s…", err, tc.problem)
+			}
+		})
+	}
+}
+
 func TestWarnings(t *testing.T) {
 	c := Default()
 	if w := c.Warnings(); len(w) != 1 || !strings.HasPrefix(w[0], "mapping: no group or role rule grants the admin badge") {

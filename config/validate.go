@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"path"
 	"slices"
 	"strconv"
 	"strings"
@@ -34,7 +35,7 @@ func (c Config) Problems() []string {
 	v.positive("http.write_timeout", c.HTTP.WriteTimeout)
 	v.positive("http.shutdown_timeout", c.HTTP.ShutdownTimeout)
 
-	v.check(strings.HasPrefix(c.Webhook.Path, "/"), "webhook.path", fmt.Sprintf("%q must start with /", c.Webhook.Path))
+	v.webhookPath("webhook.path", c.Webhook.Path)
 	if c.Webhook.Enabled && len(c.Webhook.Secrets) == 0 {
 		v.add("webhook.secrets", "at least one secret is required when webhook.enabled is true (set "+EnvVar("webhook.secrets")+")")
 	}
@@ -236,6 +237,38 @@ func (v *validator) streamName(key, name string) {
 }
 
 // subjectPrefix checks a NATS subject prefix such as "dsync" or "acme.dsync".
+// reservedPaths are dsyncd's own routes, which the webhook path must not take.
+var reservedPaths = []string{"/healthz", "/readyz", "/metrics", "/v1"}
+
+// webhookPath checks that p is a clean absolute URL path WorkOS can post to
+// as written: no "//", "." or ".." segments or trailing "/" (the router
+// would redirect the POST), only unreserved characters (no spaces, "%",
+// "?", "#" or the router's "{wildcards}"), and none of dsyncd's own routes.
+func (v *validator) webhookPath(key, p string) {
+	switch {
+	case !strings.HasPrefix(p, "/"):
+		v.add(key, fmt.Sprintf("%q must start with /", p))
+	case p == "/":
+		v.add(key, `must not be "/" (it would take every request)`)
+	case path.Clean(p) != p:
+		v.add(key, fmt.Sprintf("%q is not a clean path (no //, . or .. segments, no trailing /): use %q", p, path.Clean(p)))
+	case strings.IndexFunc(p, func(r rune) bool { return !unreservedPathRune(r) }) >= 0:
+		v.add(key, fmt.Sprintf("%q may only contain letters, digits, '/', '-', '.', '_' and '~'", p))
+	default:
+		for _, r := range reservedPaths {
+			if p == r || strings.HasPrefix(p, r+"/") {
+				v.add(key, fmt.Sprintf("%q is one of dsyncd's own routes (%s)", p, strings.Join(reservedPaths, ", ")))
+				return
+			}
+		}
+	}
+}
+
+func unreservedPathRune(r rune) bool {
+	return r == '/' || r == '-' || r == '.' || r == '_' || r == '~' ||
+		(r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z') || (r >= '0' && r <= '9')
+}
+
 func (v *validator) subjectPrefix(key, prefix string) {
 	switch {
 	case prefix == "":

@@ -160,3 +160,21 @@ func TestAuditStreamsEveryEntryAsOneAnswer(t *testing.T) {
 		})
 	}
 }
+
+// TestOpenRefusesAWebhookPathTheRouterRejects: an error naming the path, no
+// panic and no listener.
+func TestOpenRefusesAWebhookPathTheRouterRejects(t *testing.T) {
+	for _, p := range []string{"/hooks/{", "/hooks/{x}/{x}", "GET /healthz"} {
+		s := server.New(server.Options{Listen: "127.0.0.1:0", WebhookPath: p},
+			events.NewVerifier([]string{"whsec_api"}, 0), nil, nil, zaptest.NewLogger(t))
+		err := s.Open()
+		if err == nil {
+			s.Close()
+			t.Errorf("Open with webhook path %q succeeded", p)
+			continue
+		}
+		if !strings.Contains(err.Error(), "webhook path") {
+			t.Errorf("Open with webhook path %q: %v", p, err)
+		}
+	}
+}

@@ -153,16 +153,31 @@ func (s *Server) Handler() http.Handler {
 	return mux
 }
 
+// routes is Handler, with the panic http.ServeMux raises on a pattern it
+// refuses (a webhook path config did not vet) turned into an error.
+func (s *Server) routes() (h http.Handler, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("http: webhook path %q: %v", s.opts.WebhookPath, r)
+		}
+	}()
+	return s.Handler(), nil
+}
+
 // Open binds the listener (synchronously, so ":0" has a port when it
 // returns) and starts serving in the background.
 func (s *Server) Open() error {
+	handler, err := s.routes()
+	if err != nil {
+		return err
+	}
 	ln, err := net.Listen("tcp", s.opts.Listen)
 	if err != nil {
 		return fmt.Errorf("http: listen %s: %w", s.opts.Listen, err)
 	}
 	s.ln = ln
 	s.srv = &http.Server{
-		Handler:           s.Handler(),
+		Handler:           handler,
 		ReadTimeout:       s.opts.ReadTimeout,
 		ReadHeaderTimeout: s.opts.ReadTimeout,
 		WriteTimeout:      s.opts.WriteTimeout,

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -92,14 +93,14 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 	opts.OnHold = d.onHold
 	d.st, err = storage.Open(opts)
 	if err != nil {
-		return err
+		return fmt.Errorf("%s: %w", storeKey(d.cfg), err)
 	}
 	if _, err := d.st.ApplyMapping(d.cfg.Mapping, "", false); err != nil {
 		return fmt.Errorf("mapping: %w", err)
 	}
 	d.q = queue.New(queueOptions(d.cfg), d.log)
 	if err := d.q.Open(ctx); err != nil {
-		return err
+		return fmt.Errorf("%s: %w", natsKeys(d.cfg), err)
 	}
 	d.w = worker.New(d.q, d.st, worker.Options{
 		Durable:      workerDurable,
@@ -135,7 +136,37 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 		Extra:           d.routes,
 	}, verifier, d.q, d.st, d.log)
 	d.metrics.register(d)
-	return d.srv.Open()
+	if err := d.srv.Open(); err != nil {
+		return fmt.Errorf("http.listen %s, webhook.path %s: %w", d.cfg.HTTP.Listen, d.cfg.Webhook.Path, err)
+	}
+	return nil
+}
+
+// storeKey names the key that placed the store file, for start-up errors.
+func storeKey(cfg config.Config) string {
+	if cfg.Store.Path != "" {
+		return "store.path " + cfg.Store.Path
+	}
+	return "data_dir " + cfg.DataDir
+}
+
+// natsKeys names the keys that configure the queue, for start-up errors
+// (the queue's own error shows the URL, redacted).
+func natsKeys(cfg config.Config) string {
+	if cfg.NATS.URL == "" {
+		keys := "embedded NATS (data_dir " + cfg.DataDir
+		if cfg.NATS.Listen != "" {
+			keys += ", nats.listen " + cfg.NATS.Listen
+		}
+		return keys + ")"
+	}
+	keys := []string{"nats.url"}
+	for _, kv := range [][2]string{{"nats.creds", cfg.NATS.Creds}, {"nats.tls_ca", cfg.NATS.TLSCA}, {"nats.user", cfg.NATS.User}} {
+		if kv[1] != "" {
+			keys = append(keys, kv[0])
+		}
+	}
+	return strings.Join(keys, ", ")
 }
 
 // Addr is the HTTP listener's address.
