@@ -32,10 +32,13 @@ type peekEnvelope struct {
 	Data      *peekData `json:"data"`
 }
 
-// Peek checks b the way Decode does — the same errors for the same bodies as
-// far as ids, type and created_at go — but extracts only the Header, for the
-// webhook hot path. Fields Decode also checks (their JSON types) are left to
-// the worker, which parks what it cannot decode.
+// Peek checks b the way Decode does — the same error classes for the same
+// bodies as far as ids, type and created_at go — but extracts only the
+// Header, for the webhook hot path. Fields Decode also checks (their JSON
+// types) are left to the worker, which parks what it cannot decode.
+//
+// Its errors are logged by the receiver, so they carry no value of the body
+// but the event's type, one dsyncd handles: not its id, not the bad value.
 func Peek(b []byte) (Header, error) {
 	var env peekEnvelope
 	if !scanPeek(b, &env) {
@@ -55,17 +58,17 @@ func Peek(b []byte) (Header, error) {
 		return Header{}, fmt.Errorf("%w: %s: missing id", ErrInvalid, h.Type)
 	}
 	if env.CreatedAt == "" {
-		return Header{}, fmt.Errorf("%w: %s %s: missing created_at", ErrInvalid, h.Type, h.ID)
+		return Header{}, fmt.Errorf("%w: %s: missing created_at", ErrInvalid, h.Type)
 	}
 	if t, err := ParseTime(env.CreatedAt); err != nil || t.IsZero() {
-		return Header{}, fmt.Errorf("%w: %s %s: created_at %q is not a timestamp", ErrInvalid, h.Type, h.ID, env.CreatedAt)
+		return Header{}, fmt.Errorf("%w: %s: created_at is not a timestamp in a layout WorkOS uses", ErrInvalid, h.Type)
 	}
 	d := env.Data
 	if d == nil {
-		return Header{}, fmt.Errorf("%w: %s %s: missing data", ErrInvalid, h.Type, h.ID)
+		return Header{}, fmt.Errorf("%w: %s: missing data", ErrInvalid, h.Type)
 	}
 	miss := func(f string) (Header, error) {
-		return Header{}, fmt.Errorf("%s %s: %w", h.Type, h.ID, missing(f))
+		return Header{}, fmt.Errorf("%s: %w", h.Type, missing(f))
 	}
 	switch h.Type {
 	case DirectoryActivated, DirectoryDeleted:

@@ -187,6 +187,9 @@ func TestRefusedRequestsStoreNothing(t *testing.T) {
 	d := startDaemon(t, cfg, logs)
 	url := "http://" + d.Addr() + cfg.Webhook.Path
 	body := []byte(`{"id":"event_x1","event":"dsync.user.created","created_at":"2024-01-01T00:00:00Z","data":{"id":"u1","directory_id":"d1","email":"secret.person@example.com"}}`)
+	// Signed, but refused: their values must not reach the log either.
+	badCreatedAt := []byte(`{"id":"event_x2","event":"dsync.user.created","created_at":"BODY-MARKER-1","data":{"id":"u","directory_id":"d"}}`)
+	noDirectory := []byte(`{"id":"BODY-MARKER-2","event":"dsync.user.created","created_at":"2024-01-01T00:00:00Z","data":{"id":"u"}}`)
 	now := time.Now()
 	for _, tc := range []struct {
 		name string
@@ -203,6 +206,8 @@ func TestRefusedRequestsStoreNothing(t *testing.T) {
 		{"not JSON is 400", events.Sign(testSecret, now, []byte("hello")), []byte("hello"), 400},
 		{"missing ids is 400", events.Sign(testSecret, now, []byte(`{"id":"e","event":"dsync.user.created","created_at":"2024-01-01T00:00:00Z","data":{}}`)), []byte(`{"id":"e","event":"dsync.user.created","created_at":"2024-01-01T00:00:00Z","data":{}}`), 400},
 		{"oversized is 413", events.Sign(testSecret, now, bytes.Repeat([]byte("x"), 5000)), bytes.Repeat([]byte("x"), 5000), 413},
+		{"a bad created_at is 400", events.Sign(testSecret, now, badCreatedAt), badCreatedAt, 400},
+		{"a missing directory is 400", events.Sign(testSecret, now, noDirectory), noDirectory, 400},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if code, resp := post(t, url, tc.sig, tc.body); code != tc.want {
@@ -221,7 +226,7 @@ func TestRefusedRequestsStoreNothing(t *testing.T) {
 	if info.State.Msgs != 0 {
 		t.Fatalf("stream holds %d messages after refused requests, want 0", info.State.Msgs)
 	}
-	for _, leak := range []string{testSecret, "secret.person@example.com"} {
+	for _, leak := range []string{testSecret, "secret.person@example.com", "BODY-MARKER"} {
 		if strings.Contains(logs.String(), leak) {
 			t.Fatalf("logs contain %q", leak)
 		}
