@@ -70,13 +70,8 @@ func readFixtureFile(path string) ([]Raw, error) {
 		return nil, nil
 	}
 	// A JSON array of events.
-	if trimmed[0] == '[' {
-		var arr []json.RawMessage
-		if err := json.Unmarshal(trimmed, &arr); err == nil {
-			out := make([]Raw, 0, len(arr))
-			for i, m := range arr {
-				out = append(out, Raw{Source: fmt.Sprintf("%s[%d]", path, i), Data: m})
-			}
+	if trimmed[0] == '[' && json.Valid(trimmed) {
+		if out, ok := readArray(path, data); ok {
 			return out, nil
 		}
 	}
@@ -99,4 +94,24 @@ func readFixtureFile(path string) ([]Raw, error) {
 		out = append(out, Raw{Source: fmt.Sprintf("%s:%d", path, n), Data: append([]byte(nil), line...)})
 	}
 	return out, sc.Err()
+}
+
+// readArray splits a JSON array of events into its elements, each named by
+// the line it starts on. It reports false when data is not an array.
+func readArray(path string, data []byte) ([]Raw, bool) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('[') {
+		return nil, false
+	}
+	var out []Raw
+	for dec.More() {
+		var m json.RawMessage
+		if err := dec.Decode(&m); err != nil {
+			return nil, false
+		}
+		start := int(dec.InputOffset()) - len(m)
+		line := 1 + bytes.Count(data[:start], []byte("\n"))
+		out = append(out, Raw{Source: fmt.Sprintf("%s:%d", path, line), Data: m})
+	}
+	return out, true
 }
