@@ -195,9 +195,10 @@ func TestResumeAppliesThroughLastAdmin(t *testing.T) {
 	}
 }
 
-// Rule 5: "keep leaves the badges as retained" — and they stay retained when
-// the user is recomputed by a later, unrelated event.
-func TestKeptBadgeStaysRetainedAfterNextEvent(t *testing.T) {
+// engineerRuleKept returns a store where u1 got engineer through rule g_eng,
+// then the mapping it returns removed that rule with on_unmap keep.
+func engineerRuleKept(t *testing.T) (*storage.Store, mapping.Config) {
+	t.Helper()
 	st := MustOpen(t, storage.Options{})
 	if _, err := st.ApplyMapping(testMapping, "", false); err != nil {
 		t.Fatal(err)
@@ -208,6 +209,13 @@ func TestKeptBadgeStaysRetainedAfterNextEvent(t *testing.T) {
 	if _, err := st.ApplyMapping(next, mapping.OnUnmapKeep, false); err != nil {
 		t.Fatal(err)
 	}
+	return st, next
+}
+
+// Rule 5: "keep leaves the badges as retained" — and they stay retained when
+// the user is recomputed by a later, unrelated event.
+func TestKeptBadgeStaysRetainedAfterNextEvent(t *testing.T) {
+	st, _ := engineerRuleKept(t)
 	u, _ := st.User("u1")
 	if !slices.ContainsFunc(u.Grants, func(g mapping.Grant) bool { return g.Badge == "engineer" && g.Source == storage.SourceRetained }) {
 		t.Errorf("after keep, engineer grant is not recorded as retained: %+v", u.Grants)
@@ -222,16 +230,7 @@ func TestKeptBadgeStaysRetainedAfterNextEvent(t *testing.T) {
 // Rule 5: remove a rule with keep, re-add it, remove again: needs a choice again;
 // re-applying the same mapping changes nothing.
 func TestMappingReappliedChangesNothingAndRemovalAsksAgain(t *testing.T) {
-	st := MustOpen(t, storage.Options{})
-	if _, err := st.ApplyMapping(testMapping, "", false); err != nil {
-		t.Fatal(err)
-	}
-	mustApply(t, st, ev("e1", "dsync.group.user_added", 1, mem(usr("u1", "A", "active"), grp("g_eng", "Eng"))))
-	next := testMapping
-	next.Groups = slices.DeleteFunc(slices.Clone(next.Groups), func(r mapping.GroupRule) bool { return r.ID == "g_eng" })
-	if _, err := st.ApplyMapping(next, "keep", false); err != nil {
-		t.Fatal(err)
-	}
+	st, next := engineerRuleKept(t)
 	if b := badgesOf(t, st, "u1"); !slices.Equal(b, []string{"engineer", "member"}) {
 		t.Fatalf("badges after keep = %v", b)
 	}
