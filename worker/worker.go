@@ -37,7 +37,11 @@ type Options struct {
 	// BatchSize is the most events applied in one transaction. Default 256.
 	BatchSize int
 	// MaxAttempts is how many times an event that fails to apply is tried
-	// before it is parked. Default 5.
+	// before it is parked. Default 5. Only the event's own failed applies
+	// count: not its redeliveries while it waits behind an earlier failing
+	// event of its directory, nor retries while the store cannot be written.
+	// The count is kept in memory: after a restart a failing event has its
+	// attempts afresh.
 	MaxAttempts int
 	// RetryBackoff is the first wait after a failure; it doubles up to 30s. Default 1s.
 	RetryBackoff time.Duration
@@ -80,6 +84,9 @@ type Worker struct {
 	// that each directory's events apply in stream order. Only Run's
 	// goroutine touches it.
 	blocked map[string]blockedEvent
+	// failures counts, per stream sequence, the failed applies of an event
+	// not yet applied or parked. Only Run's goroutine touches it.
+	failures map[uint64]int
 }
 
 // blockedEvent is an event waiting for a retry.
@@ -111,7 +118,7 @@ func New(q *queue.Queue, st *storage.Store, opts Options, log *zap.Logger) *Work
 	if opts.CommitInterval == 0 {
 		opts.CommitInterval = 5 * time.Millisecond
 	}
-	return &Worker{q: q, st: st, log: log.Named("worker"), opts: opts, blocked: map[string]blockedEvent{}}
+	return &Worker{q: q, st: st, log: log.Named("worker"), opts: opts, blocked: map[string]blockedEvent{}, failures: map[uint64]int{}}
 }
 
 // Consuming reports whether the worker is attached to its consumer and its
@@ -290,6 +297,9 @@ func (w *Worker) process(msgs []jetstream.Msg) bool {
 		for _, m := range valid {
 			_ = m.NakWithDelay(w.opts.RetryBackoff)
 		}
+		if rep.Parked > 0 || rep.Counts.Invalid > 0 {
+			w.report(rep, start) // the undecodable ones parked above
+		}
 		return false
 	}
 	// A batch failed for a reason tied to its events: apply one by one to
@@ -308,16 +318,20 @@ func (w *Worker) process(msgs []jetstream.Msg) bool {
 			w.unblock(dir, m)
 			continue
 		}
-		attempts := 1
-		if md, mdErr := m.Metadata(); mdErr == nil {
-			attempts = int(md.NumDelivered)
+		seq, hasSeq := streamSeq(m)
+		attempts := w.failures[seq]
+		if !environmental(err) {
+			attempts++ // a store that cannot be written is not the event's failure
+		}
+		if hasSeq {
+			w.failures[seq] = attempts
 		}
 		if environmental(err) || attempts < w.opts.MaxAttempts {
-			delay := w.opts.RetryBackoff * time.Duration(1<<min(attempts, 5))
+			delay := w.opts.RetryBackoff * time.Duration(1<<min(max(attempts, 1), 5))
 			w.log.Warn("event failed to apply, will retry", zap.String("event_id", evs[i].ID), zap.Int("attempt", attempts),
 				zap.Duration("in", delay), zap.Error(err))
 			_ = m.NakWithDelay(delay)
-			if seq, ok := streamSeq(m); ok {
+			if hasSeq {
 				w.blocked[dir] = blockedEvent{seq: seq, until: time.Now().Add(delay)}
 			}
 			continue
@@ -342,6 +356,7 @@ func (w *Worker) holdBack(dir string, m jetstream.Msg) bool {
 	if time.Now().After(b.until.Add(w.opts.AckWait + 30*time.Second)) {
 		// Long overdue: that event left the stream (deleted, aged out).
 		delete(w.blocked, dir)
+		delete(w.failures, b.seq)
 		return false
 	}
 	seq, ok := streamSeq(m)
@@ -355,10 +370,16 @@ func (w *Worker) holdBack(dir string, m jetstream.Msg) bool {
 // unblock releases dir's later events once m, the event they waited
 // behind, is applied or parked.
 func (w *Worker) unblock(dir string, m jetstream.Msg) {
-	if b, ok := w.blocked[dir]; ok {
-		if seq, ok := streamSeq(m); ok && seq == b.seq {
-			delete(w.blocked, dir)
-		}
+	if len(w.failures) == 0 && len(w.blocked) == 0 {
+		return // the usual case: spare parsing m's metadata
+	}
+	seq, ok := streamSeq(m)
+	if !ok {
+		return
+	}
+	delete(w.failures, seq)
+	if b, ok := w.blocked[dir]; ok && seq == b.seq {
+		delete(w.blocked, dir)
 	}
 }
 

@@ -12,7 +12,10 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/dsyncd/dsyncd/mapping"
 	"github.com/dsyncd/dsyncd/queue"
@@ -37,8 +40,13 @@ func newRigWith(t *testing.T, edit func(*worker.Options)) *rig {
 // newRigQueue is newRigWith with qopts for the queue (its StoreDir is set).
 func newRigQueue(t *testing.T, qopts queue.Options, edit func(*worker.Options)) *rig {
 	t.Helper()
+	return newRigLog(t, qopts, edit, zaptest.NewLogger(t))
+}
+
+// newRigLog is newRigQueue logging to log.
+func newRigLog(t *testing.T, qopts queue.Options, edit func(*worker.Options), log *zap.Logger) *rig {
+	t.Helper()
 	dir := t.TempDir()
-	log := zaptest.NewLogger(t)
 	qopts.StoreDir = filepath.Join(dir, "js")
 	q := queue.New(qopts, log)
 	ctx := context.Background()
@@ -216,6 +224,32 @@ func TestFailingEventIsRetriedThenParkedInDirectoryOrder(t *testing.T) {
 	}
 	if at(4) < 0 || at(4) >= parked {
 		t.Errorf("e4 (another directory) applied in batch %d, not before the parking (batch %d): it waited for no reason", at(4), parked)
+	}
+}
+
+// TestEachFailingEventGetsItsOwnAttempts: of two failing events of one
+// directory, the second waits (redelivered, not applied) while the first
+// uses its attempts; it is then tried max_attempts times itself before it is
+// parked, and each dead letter records the tries that really happened.
+func TestEachFailingEventGetsItsOwnAttempts(t *testing.T) {
+	core, logs := observer.New(zapcore.DebugLevel)
+	log := zap.New(zapcore.NewTee(core, zaptest.NewLogger(t).Core()))
+	r := newRigLog(t, queue.Options{}, func(o *worker.Options) { o.MaxAttempts = 3 }, log)
+	eventually(t, "consuming", r.w.Consuming)
+	huge := strings.Repeat("x", 40000) // longer than bbolt's largest key
+	for _, id := range []string{"bad1", "bad2"} {
+		r.publish(t, id, `{"id":"`+id+`","event":"dsync.user.created","created_at":"2024-01-01T00:00:00Z","data":{"id":"`+id+huge+`","directory_id":"dir_1","state":"active"}}`)
+	}
+	r.publish(t, "e3", `{"id":"e3","event":"dsync.user.created","created_at":"2024-01-03T00:00:00Z","data":{"id":"u3","directory_id":"dir_1","state":"active"}}`)
+	dl := r.appliedBesidesParked(t, 1)
+	if len(dl) != 2 {
+		t.Fatalf("dead letters = %+v, want both failing events", dl)
+	}
+	for _, d := range dl {
+		retries := logs.FilterMessage("event failed to apply, will retry").FilterField(zap.String("event_id", d.MsgID)).Len()
+		if d.Attempts != 3 || retries+1 != 3 || !strings.Contains(d.Reason, "after 3 attempts") {
+			t.Errorf("dead letter %s records %d attempts (%q) and was applied %d time(s); want 3 and 3", d.MsgID, d.Attempts, d.Reason, retries+1)
+		}
 	}
 }
 
