@@ -432,3 +432,53 @@ func TestReconcileRetryAfterParsing(t *testing.T) {
 		}
 	}
 }
+
+// TestReconcileDryRunPlansWhatTheBreakerLets: with the mass-deprovisioning
+// breaker allowing one user, three users gone remotely pause the
+// organisation after the first. The dry run's plan lists the losses the
+// real run then makes, and no more.
+func TestReconcileDryRunPlansWhatTheBreakerLets(t *testing.T) {
+	fake := newFake(t)
+	st := openStore(t, "", func(o *storage.Options) {
+		o.Safeguards.MaxDeprovisions = storage.Breaker{Count: 1, Window: time.Hour}
+	})
+	r, _ := newReconciler(t, fake, st, 100)
+	if _, err := r.Reconcile(testCtx(t), Scope{Directory: workostest.UsersDirectory}, false); err != nil {
+		t.Fatal(err)
+	}
+	gone := []string{henry, bob, workosU}
+	for _, id := range gone {
+		fake.RemoveUser(workostest.UsersDirectory, id)
+	}
+	dry, err := r.Reconcile(testCtx(t), Scope{Directory: workostest.UsersDirectory}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var planned []string
+	for _, o := range dry.Plan.Organizations {
+		for _, us := range o.Losses {
+			planned = append(planned, us...)
+		}
+	}
+	slices.Sort(planned)
+	planned = slices.Compact(planned)
+	if _, err := r.Reconcile(testCtx(t), Scope{Directory: workostest.UsersDirectory}, false); err != nil {
+		t.Fatal(err)
+	}
+	var lost []string
+	for _, id := range gone {
+		if len(badgesOf(t, st, id)) == 0 {
+			lost = append(lost, id)
+		}
+	}
+	slices.Sort(lost)
+	if len(lost) == 0 || len(lost) == len(gone) {
+		t.Fatalf("the real run removed the badges of %v: want the breaker to stop it after the first", lost)
+	}
+	if !slices.Equal(planned, lost) {
+		t.Errorf("the dry run planned losses for %v; the real run removed the badges of %v", planned, lost)
+	}
+	if dry.Plan.Applied["would_pause"] != 1 || dry.Plan.Applied[storage.Deferred] == 0 {
+		t.Errorf("dry-run counts %v: want one would_pause and the later events deferred", dry.Plan.Applied)
+	}
+}

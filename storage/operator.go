@@ -469,30 +469,47 @@ func (s *Store) DecideHold(id uint64, approve, dryRun bool) (*Plan, error) {
 	return plan, err
 }
 
-// Preview says what applying evs would do, without changing the store.
+// Preview says what applying evs would do, without changing the store. It
+// runs them as Apply does, breaker included: an event that would trip its
+// organisation's breaker pauses the organisation and is counted as
+// "would_pause"; the organisation's later events are then "deferred", and
+// the plan shows no loss for them.
 func (s *Store) Preview(evs []*events.Event) (*Plan, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	counts := Counts{}
-	plan, err := s.simulate(func(t *txn, now time.Time) error {
-		for i, ev := range evs {
-			o, err := s.applyOne(t, ev, now, applyFlags{index: i})
-			var trip *errTrip
-			if errors.As(err, &trip) {
-				counts["would_pause"]++
-				continue
+	trips := map[int]string{} // event index -> organisation paused there
+	for {
+		counts := Counts{}
+		plan, err := s.simulate(func(t *txn, now time.Time) error {
+			for i, ev := range evs {
+				if org, ok := trips[i]; ok {
+					if err := s.pause(t, org, ev, now); err != nil {
+						return err
+					}
+					if err := s.deferEvent(t, org, ev, now); err != nil {
+						return err
+					}
+					counts["would_pause"]++
+					continue
+				}
+				o, err := s.applyOne(t, ev, now, applyFlags{index: i})
+				if err != nil {
+					return err
+				}
+				counts[o]++
 			}
-			if err != nil {
-				return err
-			}
-			counts[o]++
+			return nil
+		}, false)
+		var trip *errTrip
+		if errors.As(err, &trip) {
+			trips[trip.index] = trip.org
+			continue
 		}
-		return nil
-	}, false)
-	if plan != nil {
-		plan.Applied = counts
+		if plan != nil {
+			plan.Applied = counts
+		}
+		return plan, err
 	}
-	return plan, err
 }
 
 // BackupTo writes a consistent copy of the store to w while it stays in use.
