@@ -51,7 +51,9 @@ type ClientOptions struct {
 	// it doubles at each attempt up to MaxBackoff.
 	MinBackoff time.Duration
 	MaxBackoff time.Duration
-	// MaxRetryAfter caps the wait a 429's Retry-After asks for.
+	// MaxRetryAfter is the longest wait a 429's Retry-After may ask for:
+	// a longer one ends the request with the 429 (retrying sooner than asked
+	// would be refused again), and the run that made it fails.
 	MaxRetryAfter time.Duration
 	// MaxAttempts is how many times one request is tried before its error is
 	// returned.
@@ -400,15 +402,20 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		var wait time.Duration
 		var reason string
+		grow := true // the backoff doubles unless the server said how long to wait
 		switch {
 		case err != nil:
 			reason, wait = err.Error(), backoff
 		case res.StatusCode == http.StatusTooManyRequests:
-			reason, wait = "429 rate limited", retryAfter(res.Header.Get("Retry-After"), time.Now())
-			if wait <= 0 {
-				wait = backoff
+			reason, wait = "429 rate limited", backoff
+			if ra := retryAfter(res.Header.Get("Retry-After"), time.Now()); ra > t.opts.MaxRetryAfter {
+				// Retrying sooner than asked would only be refused again.
+				t.log.Warn("WorkOS API rate limit asks for a longer wait than dsyncd waits; giving up this request",
+					zap.String("path", req.URL.Path), zap.Duration("retry_after", ra), zap.Duration("max", t.opts.MaxRetryAfter))
+				return res, nil
+			} else if ra > 0 {
+				wait, grow = ra, false
 			}
-			wait = min(wait, t.opts.MaxRetryAfter)
 		case res.StatusCode >= 500:
 			reason, wait = res.Status, backoff
 		default:
@@ -425,7 +432,7 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if err := sleep(ctx, wait); err != nil {
 			return nil, err
 		}
-		if reason != "429 rate limited" {
+		if grow {
 			backoff = min(backoff*2, t.opts.MaxBackoff)
 		}
 	}

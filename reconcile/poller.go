@@ -22,6 +22,10 @@ const (
 	CursorEventsStart = "events.start"
 )
 
+// EventsRetention is how long the Events API keeps events (WorkOS's
+// documentation says 30 days).
+const EventsRetention = 30 * 24 * time.Hour
+
 // StartNow is the Options.Start that starts polling at the first poll's time.
 const StartNow = "now"
 
@@ -214,6 +218,13 @@ func (p *Poller) rangeStart() (string, error) {
 		at = p.opts.Now()
 	} else if at, err = time.Parse(time.RFC3339, p.opts.Start); err != nil {
 		return "", fmt.Errorf("events.start %q: not %q or an RFC 3339 time", p.opts.Start, StartNow)
+	} else if now := p.opts.Now(); at.Before(now.Add(-EventsRetention)) {
+		// Not an error: the API lists what it still has (some of its pages
+		// say it keeps 90 days). But what it dropped only a reconcile finds.
+		p.log.Warn("events.start is older than the Events API keeps events: earlier changes may be missing; run dsyncd reconcile to backfill them",
+			zap.Time("events_start", at), zap.Duration("retention", EventsRetention))
+	} else if at.After(now) {
+		p.log.Warn("events.start is in the future: events until then are not polled", zap.Time("events_start", at))
 	}
 	s = at.UTC().Format("2006-01-02T15:04:05.000Z07:00")
 	if err := p.cursor.SetCursor(CursorEventsStart, s); err != nil {

@@ -181,6 +181,56 @@ func TestReconcilePollerRetries429And5xxAndSlowAnswers(t *testing.T) {
 	logged.assertNoKey(t)
 }
 
+// TestReconcilePollerBacksOffOnA429WithoutRetryAfter: a 429 that does not
+// say how long to wait is retried with a growing wait, as a 5xx is, not
+// at a constant pace.
+func TestReconcilePollerBacksOffOnA429WithoutRetryAfter(t *testing.T) {
+	fake, _, _ := pollFixture(t)
+	fake.Fail("/events", workostest.Fault{Status: 429}, workostest.Fault{Status: 429}, workostest.Fault{Status: 429}, workostest.Fault{Status: 429})
+	opts := Options{ClientOptions: clientOpts(fake, 5), Start: "2021-01-01T00:00:00Z"}
+	opts.MinBackoff, opts.MaxBackoff, opts.MaxAttempts = 50*time.Millisecond, 5*time.Second, 8
+	p := New(opts, openQueue(t), openStore(t, ""), nil)
+	if err := p.Poll(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	reqs := fake.Requests("/events")
+	slices.SortStableFunc(reqs, func(a, b workostest.Request) int { return a.At.Compare(b.At) })
+	if len(reqs) < 5 || reqs[4].Status != 200 {
+		t.Fatalf("requests %+v: want four 429s, then the page", reqs)
+	}
+	first, last := reqs[1].At.Sub(reqs[0].At), reqs[4].At.Sub(reqs[3].At)
+	if first < 50*time.Millisecond || last < 6*first {
+		t.Errorf("waits after the 429s: first %s, fourth %s; want 50ms doubling to 400ms", first, last)
+	}
+}
+
+// TestReconcilePollerGivesUpWhenRetryAfterIsLongerThanItWaits: a 429 asking
+// for a longer wait than MaxRetryAfter ends the poll with the 429 at once,
+// rather than retrying sooner than asked; the cursor does not move.
+func TestReconcilePollerGivesUpWhenRetryAfterIsLongerThanItWaits(t *testing.T) {
+	fake, _, _ := pollFixture(t)
+	fake.Fail("/events", workostest.Fault{Status: 429, RetryAfter: "120"})
+	st := openStore(t, "")
+	log, logged := newLogs()
+	opts := Options{ClientOptions: clientOpts(fake, 5), Start: "2021-01-01T00:00:00Z"}
+	opts.MaxRetryAfter = time.Second
+	p := New(opts, openQueue(t), st, log)
+	err := p.Poll(testCtx(t))
+	var apiErr *APIError
+	if !errors.As(err, &apiErr) || apiErr.Status != 429 {
+		t.Fatalf("err %v, want the 429", err)
+	}
+	if n := len(fake.Requests("/events")); n != 1 {
+		t.Errorf("%d requests, want 1: no retry before the time the API asked for", n)
+	}
+	if c := cursor(t, st, CursorEvents); c != "" {
+		t.Errorf("cursor moved to %q", c)
+	}
+	if !strings.Contains(logged.text(), "retry_after") {
+		t.Errorf("giving up is not logged with the wait asked for:\n%s", logged.text())
+	}
+}
+
 func sameMultiset(a, b []int) bool {
 	a, b = slices.Clone(a), slices.Clone(b)
 	slices.Sort(a)
@@ -278,6 +328,40 @@ func TestReconcilePollerStartNowIsResolvedOnceAndKept(t *testing.T) {
 	}
 	if streamMsgs(t, q) != 1 || cursor(t, st, CursorEvents) != "event_after_start" {
 		t.Fatalf("%d messages, cursor %q", streamMsgs(t, q), cursor(t, st, CursorEvents))
+	}
+}
+
+// TestReconcilePollerWarnsOfAStartOutsideTheEventsRetention: the first poll
+// from an events.start older than the Events API keeps events, or in the
+// future, says so in the log (and still polls); a start within it does not.
+func TestReconcilePollerWarnsOfAStartOutsideTheEventsRetention(t *testing.T) {
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name, start, warning string
+	}{
+		{"older than 30 days warns", "2026-01-15T00:00:00Z", "older than the Events API keeps events"},
+		{"within 30 days is quiet", "2026-02-01T00:00:00Z", ""},
+		{"now is quiet", StartNow, ""},
+		{"in the future warns", "2026-04-01T00:00:00Z", "in the future"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fake, _, _ := pollFixture(t)
+			log, logged := newLogs()
+			opts := Options{ClientOptions: clientOpts(fake, 5), Start: tc.start, Now: func() time.Time { return now }}
+			if err := New(opts, openQueue(t), openStore(t, ""), log).Poll(testCtx(t)); err != nil {
+				t.Fatal(err)
+			}
+			warned := strings.Contains(logged.text(), "events.start is")
+			if tc.warning == "" && warned {
+				t.Errorf("warned of a start within the retention:\n%s", logged.text())
+			}
+			if tc.warning != "" && !strings.Contains(logged.text(), tc.warning) {
+				t.Errorf("no warning %q:\n%s", tc.warning, logged.text())
+			}
+			if n := len(fake.Requests("/events")); n == 0 {
+				t.Error("did not poll")
+			}
+		})
 	}
 }
 
