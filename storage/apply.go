@@ -218,13 +218,19 @@ func (s *Store) pruneAudit(t *txn, now time.Time) error {
 	n := 0
 	for k, v := c.First(); k != nil && n < budget; k, v = c.First() {
 		var e struct {
-			Time time.Time `json:"time"`
+			Time   time.Time `json:"time"`
+			Action string    `json:"action"`
 		}
 		if err := json.Unmarshal(v, &e); err != nil {
 			return fmt.Errorf("audit entry %x: %w", k, err)
 		}
 		if !e.Time.Before(limit) {
 			return nil
+		}
+		if e.Action == ActionDrop {
+			if err := t.tx.Bucket(bktDrops).Put(slices.Clone(k), slices.Clone(v)); err != nil {
+				return err
+			}
 		}
 		if err := c.Delete(); err != nil {
 			return err

@@ -304,6 +304,36 @@ func (s *Store) Audit(f AuditFilter) ([]AuditEntry, error) {
 	return out, err
 }
 
+// Drops returns every drop entry of the audit trail, oldest first: those
+// still in it and those its retention (Options.AuditRetention) set aside.
+// It is what an operator dropped, for rebuilding without it.
+func (s *Store) Drops() ([]AuditEntry, error) {
+	out := []AuditEntry{}
+	err := s.view(func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{bktDrops, bktAudit} { // set aside first: they are the older
+			b := tx.Bucket(name)
+			if b == nil {
+				continue
+			}
+			err := b.ForEach(func(k, v []byte) error {
+				var e AuditEntry
+				if err := json.Unmarshal(v, &e); err != nil {
+					return fmt.Errorf("%s entry %x: %w", name, k, err)
+				}
+				if e.Action == ActionDrop {
+					out = append(out, e)
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
 // Processed reports whether the event with id was taken by Apply (applied,
 // or found stale) within ProcessedRetention: applying it again would be a
 // duplicate.

@@ -42,6 +42,9 @@ type Options struct {
 	// AuditRetention is how long audit entries are kept. Zero means forever.
 	// Older entries are removed a bounded number at a time by Apply; the
 	// badges they explain stay (a grant's rule and source live on the user).
+	// Drop entries (an operator dropped a dead letter or a paused
+	// organisation's events) are kept aside instead, for Drops: a rebuild
+	// must go on leaving those events out.
 	AuditRetention time.Duration
 	// Mapping turns groups and roles into badges.
 	Mapping mapping.Config
@@ -106,9 +109,10 @@ var (
 	bktDeprov        = []byte("deprovisions")    // org \x00 event time (8 bytes BE) \x00 user -> {}
 	bktPaused        = []byte("paused")          // org -> hold id (8 bytes BE)
 	bktOrgUsers      = []byte("org_users")       // org -> users not deleted (8 bytes BE); see orgcount.go
+	bktDrops         = []byte("drops")           // audit seq (8 bytes BE) -> AuditEntry of a drop, past the audit retention
 	allBuckets       = [][]byte{bktMeta, bktDirs, bktUsers, bktGroups, bktMembers, bktMembersByUser,
 		bktDirUsers, bktDirGroups, bktProcessed, bktProcessedAt, bktAudit, bktHolds, bktPending,
-		bktOpenHolds, bktOrgAdmins, bktDeprov, bktPaused, bktOrgUsers}
+		bktOpenHolds, bktOrgAdmins, bktDeprov, bktPaused, bktOrgUsers, bktDrops}
 )
 
 // Open opens (creating if needed) the store at opts.Path.

@@ -337,6 +337,44 @@ func TestAuditEntriesOlderThanRetentionAreRemoved(t *testing.T) {
 	}
 }
 
+// TestDropsOutliveTheAuditRetention: the audit retention removes an old
+// drop entry from the trail but Drops still returns it (a rebuild must keep
+// leaving the dropped event out), with the drops still in the trail.
+func TestDropsOutliveTheAuditRetention(t *testing.T) {
+	now := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+	st := MustOpen(t, storage.Options{Now: clock, AuditRetention: time.Hour})
+	if err := st.RecordAudit(storage.AuditEntry{EventID: "event_old", Action: storage.ActionDrop, Reason: "dropped long ago"}); err != nil {
+		t.Fatal(err)
+	}
+	mustApply(t, st, ev("e1", "dsync.group.user_added", 1, mem(usr("u1", "Ann", "active"), grp("g1", "App Admins"))))
+	now = now.Add(3 * time.Hour)
+	if err := st.RecordAudit(storage.AuditEntry{EventID: "event_new", Action: storage.ActionDrop, Reason: "dropped now"}); err != nil {
+		t.Fatal(err)
+	}
+	mustApply(t, st, ev("e2", "dsync.group.user_added", 2, mem(usr("u2", "Bob", "active"), grp("g1", "App Admins")))) // prunes
+	entries, err := st.Audit(storage.AuditFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if e.EventID == "event_old" || e.EventID == "e1" {
+			t.Fatalf("audit still holds %+v, older than the retention", e)
+		}
+	}
+	drops, err := st.Drops()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, d := range drops {
+		ids = append(ids, d.EventID)
+	}
+	if !slices.Equal(ids, []string{"event_old", "event_new"}) {
+		t.Fatalf("drops = %v, want the old one (past the retention) and the new one, oldest first", ids)
+	}
+}
+
 func TestAuditPruningKeepsUpWithABusyStore(t *testing.T) {
 	now := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
 	clock := func() time.Time { return now }

@@ -375,12 +375,12 @@ func (a *app) rebuild(ctx context.Context, cfg config.Config, o rebuildOptions) 
 // the stream does not hold: dropped dead letters (left out, and carried over)
 // and decided holds (warned about).
 func (a *app) readOperatorRecord(old *storage.Store, dropped map[string]bool, carried *[]storage.AuditEntry, rep *rebuildReport) error {
-	entries, err := old.Audit(storage.AuditFilter{})
+	entries, err := old.Drops() // with those the audit retention set aside
 	if err != nil {
 		return err
 	}
 	for _, e := range entries {
-		if e.Action == storage.ActionDrop && strings.HasPrefix(e.Reason, dropReasonPrefix) {
+		if strings.HasPrefix(e.Reason, dropReasonPrefix) {
 			if e.EventID != "" {
 				dropped[eventIDOf(e.EventID)] = true
 			}
