@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -164,6 +165,32 @@ func TestUnwritableStoreAcknowledgesNothing(t *testing.T) {
 	}
 	if dl, _ := r.q.DeadLetters(r.ctx); len(dl) != 0 {
 		t.Fatalf("an event was parked because the store was down: %+v", dl)
+	}
+}
+
+// TestUndecodableMessageIsParkedAndCountedWhileTheStoreIsDown: a message
+// that cannot be decoded is parked, and reported to metrics, even when the
+// rest of its batch waits for the store to come back.
+func TestUndecodableMessageIsParkedAndCountedWhileTheStoreIsDown(t *testing.T) {
+	var parked atomic.Int64
+	r := newRigWith(t, func(o *worker.Options) {
+		o.OnBatch = func(rep worker.BatchReport) { parked.Add(int64(rep.Parked)) }
+		// Whatever a fetch brings after the first commit joins one batch:
+		// the undecodable message and the redelivered valid event.
+		o.CommitInterval = time.Second
+	})
+	eventually(t, "consuming", r.w.Consuming)
+	if err := r.st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r.publish(t, "e1", `{"id":"e1","event":"dsync.user.created","created_at":"2024-01-01T00:00:00Z","data":{"id":"u1","directory_id":"dir_1","state":"active"}}`)
+	r.publish(t, "bad", `{"id":"bad","event":"dsync.user.created","created_at":"2024-01-01T00:00:00Z","data":{"id":"u2"}}`)
+	eventually(t, "the undecodable message parked and counted", func() bool {
+		dl, err := r.q.DeadLetters(r.ctx)
+		return err == nil && len(dl) == 1 && parked.Load() == 1
+	})
+	if n, err := r.q.Pending(r.ctx, "dsyncd-worker"); err != nil || n != 1 {
+		t.Fatalf("pending = %d (%v), want the valid event still waiting for the store", n, err)
 	}
 }
 
