@@ -429,7 +429,31 @@ var timeLayouts = []string{
 // "2021-06-25T19:07:33.155Z", "2023-04-28 20:05:31.093" (no zone: UTC) and
 // "2021-07-31T05:10:19+0000". The result is in UTC.
 func ParseTime(s string) (time.Time, error) {
-	for _, l := range timeLayouts {
+	layouts := timeLayouts
+	if len(s) > 19 && (s[10] == 'T' || s[10] == ' ') {
+		// Try first the layouts of s's shape (separator, zone or not):
+		// each failed time.Parse allocates its error.
+		zoned := s[len(s)-1] == 'Z' || strings.ContainsAny(s[19:], "+-")
+		switch {
+		case s[10] == 'T' && zoned && (s[len(s)-1] == 'Z' || s[len(s)-3] == ':'):
+			layouts = timeLayouts[0:1]
+		case s[10] == 'T' && zoned:
+			layouts = timeLayouts[1:2]
+		case s[10] == ' ' && zoned:
+			layouts = timeLayouts[2:4]
+		case s[10] == ' ':
+			layouts = timeLayouts[4:5]
+		default:
+			layouts = timeLayouts[5:6]
+		}
+		for _, l := range layouts {
+			if t, err := time.Parse(l, s); err == nil {
+				return t.UTC(), nil
+			}
+		}
+		layouts = timeLayouts
+	}
+	for _, l := range layouts {
 		if t, err := time.Parse(l, s); err == nil {
 			return t.UTC(), nil
 		}

@@ -645,3 +645,16 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+func BenchmarkParseTime(b *testing.B) {
+	for _, s := range []string{"2021-06-25T19:07:33.155Z", "2023-04-28 20:05:31.093", "2021-07-31T05:10:19+0000"} {
+		b.Run(s, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := ParseTime(s); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
