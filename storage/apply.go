@@ -70,26 +70,8 @@ func (s *Store) applyBatch(evs []*events.Event, trips map[int]string) ([]Outcome
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		t := newTxn(tx)
 		now := s.opts.Now()
-		for i, ev := range evs {
-			if org, ok := trips[i]; ok {
-				if err := s.pause(t, org, ev, now); err != nil {
-					return err
-				}
-				if err := s.deferEvent(t, org, ev, now); err != nil {
-					return err
-				}
-				out[i] = Deferred
-				continue
-			}
-			o, err := s.applyOne(t, ev, now, applyFlags{index: i})
-			if err != nil {
-				var trip *errTrip
-				if errors.As(err, &trip) {
-					return err
-				}
-				return fmt.Errorf("apply %s %s: %w", ev.Type, ev.ID, err)
-			}
-			out[i] = o
+		if err := s.applyInOrder(t, evs, trips, now, func(i int, o Outcome) { out[i] = o }); err != nil {
+			return err
 		}
 		if err := t.flush(); err != nil {
 			return err
@@ -101,6 +83,35 @@ func (s *Store) applyBatch(evs []*events.Event, trips map[int]string) ([]Outcome
 		s.notifyHolds(created)
 	}
 	return out, err
+}
+
+// applyInOrder applies evs in t, in order, and reports each one's outcome.
+// At the index of each of trips it pauses that organisation and defers the
+// event instead (its later events are then deferred too). An event that
+// would trip a breaker ends it with its *errTrip: run again with that trip.
+func (s *Store) applyInOrder(t *txn, evs []*events.Event, trips map[int]string, now time.Time, outcome func(i int, o Outcome)) error {
+	for i, ev := range evs {
+		if org, ok := trips[i]; ok {
+			if err := s.pause(t, org, ev, now); err != nil {
+				return err
+			}
+			if err := s.deferEvent(t, org, ev, now); err != nil {
+				return err
+			}
+			outcome(i, Deferred)
+			continue
+		}
+		o, err := s.applyOne(t, ev, now, applyFlags{index: i})
+		if err != nil {
+			var trip *errTrip
+			if errors.As(err, &trip) {
+				return err
+			}
+			return fmt.Errorf("apply %s %s: %w", ev.Type, ev.ID, err)
+		}
+		outcome(i, o)
+	}
+	return nil
 }
 
 func (s *Store) notifyHolds(hs []Hold) {

@@ -481,24 +481,12 @@ func (s *Store) Preview(evs []*events.Event) (*Plan, error) {
 	for {
 		counts := Counts{}
 		plan, err := s.simulate(func(t *txn, now time.Time) error {
-			for i, ev := range evs {
-				if org, ok := trips[i]; ok {
-					if err := s.pause(t, org, ev, now); err != nil {
-						return err
-					}
-					if err := s.deferEvent(t, org, ev, now); err != nil {
-						return err
-					}
-					counts["would_pause"]++
-					continue
-				}
-				o, err := s.applyOne(t, ev, now, applyFlags{index: i})
-				if err != nil {
-					return err
+			return s.applyInOrder(t, evs, trips, now, func(i int, o Outcome) {
+				if _, tripped := trips[i]; tripped {
+					o = "would_pause"
 				}
 				counts[o]++
-			}
-			return nil
+			})
 		}, false)
 		var trip *errTrip
 		if errors.As(err, &trip) {
