@@ -323,7 +323,7 @@ func (w *Worker) process(msgs []jetstream.Msg) bool {
 		if !environmental(err) {
 			attempts++ // a store that cannot be written is not the event's failure
 		}
-		if hasSeq {
+		if hasSeq && attempts > 0 {
 			w.failures[seq] = attempts
 		}
 		if environmental(err) || attempts < w.opts.MaxAttempts {
