@@ -43,8 +43,8 @@ type Options struct {
 	// Older entries are removed a bounded number at a time by Apply; the
 	// badges they explain stay (a grant's rule and source live on the user).
 	// Drop entries (an operator dropped a dead letter or a paused
-	// organisation's events) are kept aside instead, for Drops: a rebuild
-	// must go on leaving those events out.
+	// organisation's events) are set aside instead, for Drops: a rebuild
+	// must go on leaving dropped dead letters out.
 	AuditRetention time.Duration
 	// Mapping turns groups and roles into badges.
 	Mapping mapping.Config
