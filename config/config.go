@@ -193,6 +193,12 @@ type WorkerConfig struct {
 	AckWait time.Duration `mapstructure:"ack_wait"`
 	// RetryBackoff is the delay before a failed event is retried.
 	RetryBackoff time.Duration `mapstructure:"retry_backoff"`
+	// MaxYieldLag bounds how far behind the worker may fall while it yields
+	// the CPU to the webhook receiver during a flood: it stops yielding once
+	// the events it applies have waited this long in the stream. 0 never
+	// yields (the worker applies as fast as it can, and the receiver
+	// answers more slowly).
+	MaxYieldLag time.Duration `mapstructure:"max_yield_lag"`
 }
 
 // SafeguardsConfig is the safeguards section.
@@ -297,10 +303,11 @@ func Default() Config {
 		WorkOS: WorkOSConfig{Endpoint: "https://api.workos.com"},
 		Events: EventsConfig{Start: EventsStartNow},
 		Worker: WorkerConfig{
-			BatchSize:    256,
+			BatchSize:    1024,
 			MaxAttempts:  5,
 			AckWait:      30 * time.Second,
 			RetryBackoff: time.Second,
+			MaxYieldLag:  30 * time.Second,
 		},
 	}
 }

@@ -223,6 +223,7 @@ func usages() map[string]string {
 		"worker.max_attempts":                 "attempts before an event goes to the DLQ",
 		"worker.ack_wait":                     "JetStream ack wait before redelivery",
 		"worker.retry_backoff":                "delay before retrying a failed event",
+		"worker.max_yield_lag":                "during a webhook flood the worker yields the CPU to the receiver until the events it applies have waited this long (0: never yields)",
 	}
 }
 

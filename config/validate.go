@@ -145,6 +145,7 @@ func (c Config) Problems() []string {
 	v.check(c.Worker.MaxAttempts >= 1, "worker.max_attempts", fmt.Sprintf("must be >= 1, got %d", c.Worker.MaxAttempts))
 	v.positive("worker.ack_wait", c.Worker.AckWait)
 	v.nonNegative("worker.retry_backoff", c.Worker.RetryBackoff)
+	v.nonNegative("worker.max_yield_lag", c.Worker.MaxYieldLag)
 
 	return v.problems
 }

@@ -34,7 +34,7 @@ import (
 type Options struct {
 	// Durable is the consumer's durable name. Default "dsyncd-worker".
 	Durable string
-	// BatchSize is the most events applied in one transaction. Default 256.
+	// BatchSize is the most events applied in one transaction. Default 1024.
 	BatchSize int
 	// MaxAttempts is how many times an event that fails to apply is tried
 	// before it is parked. Default 5. Only the event's own failed applies
@@ -56,8 +56,32 @@ type Options struct {
 	// arriving after a quiet spell, commits at once. Default 5ms; negative
 	// commits whenever the fetched messages run dry.
 	CommitInterval time.Duration
+	// Inflow, if set, counts the events arriving upstream (the webhooks
+	// received so far). During a flood that the receiver takes faster when
+	// the worker steps aside (they share the CPU), the worker yields: after
+	// each batch it pauses YieldRatio times as long as the batch took, so
+	// that the flood is answered fast and applied later in full batches,
+	// the cheapest per event. It measures that in phases of YieldWindow: a
+	// phase without pauses, then phases with, kept while the inflow is at
+	// least 1.2 times higher; every 30s of yielding it measures without
+	// pauses again. When the inflow stops, or the events it applies have
+	// waited MaxYieldLag in the stream, it applies as fast as it can.
+	Inflow func() uint64
+	// YieldRatio is the pause after each batch while yielding, as a
+	// multiple of the time the batch took: with 5 the worker applies at
+	// most a sixth of the time. Default 5.
+	YieldRatio float64
+	// YieldWindow is how long each phase of the yield measurement lasts.
+	// Default 1s.
+	YieldWindow time.Duration
+	// MaxYieldLag bounds how stale yielding may leave the store: the worker
+	// stops yielding once the last event it applied had waited this long
+	// in the stream. Default 30s; negative never yields.
+	MaxYieldLag time.Duration
 	// OnBatch, if set, is called after each committed batch (for metrics).
 	OnBatch func(BatchReport)
+	// OnYield, if set, is called with each pause made while yielding.
+	OnYield func(time.Duration)
 }
 
 // BatchReport describes one committed batch.
@@ -87,6 +111,14 @@ type Worker struct {
 	// failures counts, per stream sequence, the failed applies of an event
 	// not yet applied or parked. Only Run's goroutine touches it.
 	failures map[uint64]int
+
+	// behind and waited describe the last message of the last committed
+	// batch: how many messages were still undelivered after it, and how
+	// long it had been in the stream. gov decides the pauses. Only Run's
+	// goroutine touches them.
+	behind uint64
+	waited time.Duration
+	gov    *governor
 }
 
 // blockedEvent is an event waiting for a retry.
@@ -101,7 +133,7 @@ func New(q *queue.Queue, st *storage.Store, opts Options, log *zap.Logger) *Work
 		opts.Durable = "dsyncd-worker"
 	}
 	if opts.BatchSize <= 0 {
-		opts.BatchSize = 256
+		opts.BatchSize = 1024
 	}
 	if opts.MaxAttempts <= 0 {
 		opts.MaxAttempts = 5
@@ -118,7 +150,17 @@ func New(q *queue.Queue, st *storage.Store, opts Options, log *zap.Logger) *Work
 	if opts.CommitInterval == 0 {
 		opts.CommitInterval = 5 * time.Millisecond
 	}
-	return &Worker{q: q, st: st, log: log.Named("worker"), opts: opts, blocked: map[string]blockedEvent{}, failures: map[uint64]int{}}
+	if opts.YieldRatio <= 0 {
+		opts.YieldRatio = 5
+	}
+	if opts.YieldWindow <= 0 {
+		opts.YieldWindow = time.Second
+	}
+	if opts.MaxYieldLag == 0 {
+		opts.MaxYieldLag = 30 * time.Second
+	}
+	return &Worker{q: q, st: st, log: log.Named("worker"), opts: opts, blocked: map[string]blockedEvent{}, failures: map[uint64]int{},
+		gov: newGovernor(opts.YieldRatio, opts.YieldWindow)}
 }
 
 // Consuming reports whether the worker is attached to its consumer and its
@@ -170,7 +212,13 @@ func (w *Worker) Run(ctx context.Context) error {
 			continue
 		}
 		backoff = w.opts.RetryBackoff
-		storeDown := w.drain(batch, &lastCommit)
+		start, before := time.Now(), w.inflow()
+		whole := w.behind >= uint64(w.opts.BatchSize) // a full batch waits: apply it in one go
+		w.behind, w.waited = 0, 0
+		storeDown := w.drain(batch, &lastCommit, whole)
+		if !storeDown && !w.yield(ctx, time.Since(start), w.inflow()-before) {
+			return nil
+		}
 		if storeDown {
 			// The store cannot be written: back off (up to 30s) rather
 			// than spin through the stream.
@@ -190,9 +238,10 @@ func (w *Worker) Run(ctx context.Context) error {
 
 // drain applies the messages of one fetch as they arrive: when they run dry
 // (a trickle lands at once), when a batch is full, and otherwise at most
-// every CommitInterval (a flood is batched). It reports whether the store
-// could not be written.
-func (w *Worker) drain(batch jetstream.MessageBatch, lastCommit *time.Time) (storeDown bool) {
+// every CommitInterval (a flood is batched); with whole, only when the batch
+// is full or the fetch ends (a backlog is applied in full batches). It
+// reports whether the store could not be written.
+func (w *Worker) drain(batch jetstream.MessageBatch, lastCommit *time.Time, whole bool) (storeDown bool) {
 	var msgs []jetstream.Msg
 	var timer *time.Timer
 	var due <-chan time.Time
@@ -219,7 +268,7 @@ func (w *Worker) drain(batch jetstream.MessageBatch, lastCommit *time.Time) (sto
 				continue
 			}
 			msgs = append(msgs, m)
-			if len(msgs) < w.opts.BatchSize && len(in) > 0 {
+			if len(msgs) < w.opts.BatchSize && (len(in) > 0 || whole) {
 				continue
 			}
 			wait := w.opts.CommitInterval - time.Since(*lastCommit)
@@ -285,6 +334,9 @@ func (w *Worker) process(msgs []jetstream.Msg) bool {
 			w.ack(m)
 			w.unblock(evs[i].DirectoryID, m)
 		}
+		if md, err := valid[len(valid)-1].Metadata(); err == nil {
+			w.behind, w.waited = md.NumPending, time.Since(md.Timestamp)
+		}
 		w.healthy.Store(true)
 		w.report(rep, start)
 		return true
@@ -343,6 +395,36 @@ func (w *Worker) process(msgs []jetstream.Msg) bool {
 	}
 	w.report(rep, start)
 	return true
+}
+
+// inflow reads Options.Inflow (zero without one).
+func (w *Worker) inflow() uint64 {
+	if w.opts.Inflow == nil {
+		return 0
+	}
+	return w.opts.Inflow()
+}
+
+// yield pauses, if the governor says so, after a fetch whose messages
+// took took to apply while arrived webhooks came in. It never does once the
+// last event applied had waited MaxYieldLag. It returns false if ctx ended.
+func (w *Worker) yield(ctx context.Context, took time.Duration, arrived uint64) bool {
+	if w.opts.Inflow == nil || w.opts.MaxYieldLag < 0 {
+		return true
+	}
+	now, n := time.Now(), w.opts.Inflow()
+	if w.waited >= w.opts.MaxYieldLag {
+		w.gov.calm(now, n)
+		return true
+	}
+	d := w.gov.pause(now, took, n, arrived > 0)
+	if d <= 0 {
+		return true
+	}
+	if w.opts.OnYield != nil {
+		w.opts.OnYield(d)
+	}
+	return sleep(ctx, d)
 }
 
 // holdBack naks m, an event of directory dir, when an earlier event of dir

@@ -326,3 +326,60 @@ func TestATrickleLandsAtOnceAndAFloodIsBatched(t *testing.T) {
 		t.Errorf("%d events published back to back were applied in %d transactions, want at most %d", flood, b-1, flood/10)
 	}
 }
+
+// busyReceiver is an Inflow whose webhooks arrive faster while the worker
+// pauses, as a receiver short of CPU takes more when the worker steps
+// aside: one arrives at each look, a thousand during each pause.
+type busyReceiver struct {
+	n      atomic.Uint64
+	pauses atomic.Int64
+}
+
+func (b *busyReceiver) inflow() uint64 { return b.n.Add(1) }
+
+func (b *busyReceiver) onYield(time.Duration) {
+	b.pauses.Add(1)
+	b.n.Add(1000)
+}
+
+func TestWorkerYieldsToABusyReceiver(t *testing.T) {
+	tests := []struct {
+		name        string
+		maxLag      time.Duration
+		inflow      func(*busyReceiver) func() uint64
+		wantPausing bool
+	}{
+		{"a flood the receiver takes faster while the worker pauses gets pauses, and every event applied",
+			time.Minute, func(b *busyReceiver) func() uint64 { return b.inflow }, true},
+		{"events that waited longer than max_yield_lag are applied without pauses",
+			time.Nanosecond, func(b *busyReceiver) func() uint64 { return b.inflow }, false},
+		{"a negative max_yield_lag never pauses",
+			-1, func(b *busyReceiver) func() uint64 { return b.inflow }, false},
+		{"no webhook arriving never pauses",
+			time.Minute, func(*busyReceiver) func() uint64 { return func() uint64 { return 7 } }, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := &busyReceiver{}
+			const events = 400
+			r := newRigWith(t, func(o *worker.Options) {
+				o.BatchSize = 10
+				o.MaxYieldLag = tt.maxLag
+				o.YieldWindow = 5 * time.Millisecond
+				o.Inflow = tt.inflow(b)
+				o.OnYield = b.onYield
+			})
+			for i := range events {
+				id := "e" + strconv.Itoa(i)
+				r.publish(t, id, `{"id":"`+id+`","event":"dsync.user.created","created_at":"2024-01-01T00:00:00Z","data":{"id":"u`+
+					strconv.Itoa(i)+`","directory_id":"dir_1","state":"active"}}`)
+			}
+			if dl := r.appliedBesidesParked(t, events); len(dl) != 0 {
+				t.Fatalf("dead letters: %+v", dl)
+			}
+			if got := b.pauses.Load(); (got > 0) != tt.wantPausing {
+				t.Fatalf("the worker paused %d times, want pauses: %v", got, tt.wantPausing)
+			}
+		})
+	}
+}

@@ -102,23 +102,6 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 	if err := d.q.Open(ctx); err != nil {
 		return fmt.Errorf("%s: %w", natsKeys(d.cfg), err)
 	}
-	d.w = worker.New(d.q, d.st, worker.Options{
-		Durable:      workerDurable,
-		BatchSize:    d.cfg.Worker.BatchSize,
-		MaxAttempts:  d.cfg.Worker.MaxAttempts,
-		RetryBackoff: d.cfg.Worker.RetryBackoff,
-		AckWait:      d.cfg.Worker.AckWait,
-		OnBatch:      d.metrics.observeBatch,
-	}, d.log)
-	wctx, cancel := context.WithCancel(context.Background())
-	d.workerCancel = cancel
-	go func() {
-		defer close(d.workerDone)
-		if err := d.w.Run(wctx); err != nil {
-			d.log.Error("worker stopped", zap.Error(err))
-		}
-	}()
-	d.bg = reconcile.StartBackground(d.cfg, d.q, d.st, d.log)
 	verifier := events.NewVerifier(d.cfg.Webhook.Secrets, d.cfg.Webhook.Tolerance)
 	if d.clock != nil {
 		verifier = verifier.WithClock(d.clock)
@@ -135,11 +118,40 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 		Ready:           d.ready,
 		Extra:           d.routes,
 	}, verifier, d.q, d.st, d.log)
+	d.w = worker.New(d.q, d.st, worker.Options{
+		Durable:      workerDurable,
+		BatchSize:    d.cfg.Worker.BatchSize,
+		MaxAttempts:  d.cfg.Worker.MaxAttempts,
+		RetryBackoff: d.cfg.Worker.RetryBackoff,
+		AckWait:      d.cfg.Worker.AckWait,
+		MaxYieldLag:  yieldLag(d.cfg.Worker.MaxYieldLag),
+		Inflow:       d.srv.Stats().Received.Load,
+		OnBatch:      d.metrics.observeBatch,
+		OnYield:      d.metrics.observeYield,
+	}, d.log)
+	wctx, cancel := context.WithCancel(context.Background())
+	d.workerCancel = cancel
+	go func() {
+		defer close(d.workerDone)
+		if err := d.w.Run(wctx); err != nil {
+			d.log.Error("worker stopped", zap.Error(err))
+		}
+	}()
+	d.bg = reconcile.StartBackground(d.cfg, d.q, d.st, d.log)
 	d.metrics.register(d)
 	if err := d.srv.Open(); err != nil {
 		return fmt.Errorf("http.listen %s, webhook.path %s: %w", d.cfg.HTTP.Listen, d.cfg.Webhook.Path, err)
 	}
 	return nil
+}
+
+// yieldLag is worker.max_yield_lag as worker.Options takes it: 0 (never
+// yield) is negative there, where 0 takes the default.
+func yieldLag(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
 
 // storeKey names the key that placed the store file, for start-up errors.

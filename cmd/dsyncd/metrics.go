@@ -23,6 +23,7 @@ type metrics struct {
 	applyLatency prometheus.Histogram
 	eventAge     prometheus.Histogram
 	batchSize    prometheus.Histogram
+	yielded      prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -40,11 +41,13 @@ func newMetrics() *metrics {
 			Help: "now - created_at of each applied event.", Buckets: prometheus.ExponentialBuckets(0.05, 2, 20)}),
 		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "dsyncd_apply_batch_events",
 			Help: "Events per applied batch.", Buckets: prometheus.ExponentialBuckets(1, 2, 12)}),
+		yielded: prometheus.NewCounter(prometheus.CounterOpts{Name: "dsyncd_worker_yield_seconds_total",
+			Help: "Time the worker paused to leave the CPU to the webhook receiver during a flood (worker.max_yield_lag)."}),
 	}
 	for _, o := range []string{"applied", "duplicate", "stale", "ignored", "invalid", "deferred"} {
 		m.applied.WithLabelValues(o)
 	}
-	m.reg.MustRegister(m.applied, m.parked, m.holdsOpened, m.applyLatency, m.eventAge, m.batchSize,
+	m.reg.MustRegister(m.applied, m.parked, m.holdsOpened, m.applyLatency, m.eventAge, m.batchSize, m.yielded,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -64,6 +67,8 @@ func (m *metrics) observeBatch(r worker.BatchReport) {
 		m.eventAge.Observe(now.Sub(t).Seconds())
 	}
 }
+
+func (m *metrics) observeYield(d time.Duration) { m.yielded.Add(d.Seconds()) }
 
 // register adds the metrics read from the daemon's components at scrape time.
 func (m *metrics) register(d *daemon) {

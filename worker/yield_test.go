@@ -1,0 +1,116 @@
+package worker
+
+import (
+	"testing"
+	"time"
+)
+
+// batchRun is one batch of a simulated flood: when it ended and the pause
+// the governor asked for.
+type batchRun struct {
+	at    time.Duration // since the start
+	pause time.Duration
+}
+
+// simulate feeds g batches of took each for d. Webhooks arrive at applying
+// per second while the worker applies and at pausing per second while it
+// pauses: a receiver short of CPU takes more while the worker pauses, one
+// whose sender sets the pace takes the same.
+func simulate(g *governor, d, took time.Duration, applying, pausing float64) []batchRun {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	var at time.Duration
+	var count float64
+	var runs []batchRun
+	for at < d {
+		at += took
+		count += applying * took.Seconds()
+		p := g.pause(t0.Add(at), took, uint64(count), applying > 0)
+		runs = append(runs, batchRun{at: at, pause: p})
+		at += p
+		count += pausing * p.Seconds()
+	}
+	return runs
+}
+
+// yieldingShare is the share of the batches ending in [from, to) followed by a pause.
+func yieldingShare(runs []batchRun, from, to time.Duration) float64 {
+	var n, paused int
+	for _, r := range runs {
+		if r.at >= from && r.at < to {
+			n++
+			if r.pause > 0 {
+				paused++
+			}
+		}
+	}
+	if n == 0 {
+		return 0
+	}
+	return float64(paused) / float64(n)
+}
+
+func TestGovernor(t *testing.T) {
+	const took = 20 * time.Millisecond
+	tests := []struct {
+		name              string
+		applying, pausing float64       // arrivals per second
+		from, to          time.Duration // the span judged
+		min, max          float64       // bounds of the share of batches followed by a pause (alternate phases of 1s: 1 batch in 7)
+	}{
+		{"a receiver that takes twice as many webhooks while the worker pauses keeps it yielding",
+			8000, 16000, 2 * time.Second, 29 * time.Second, 1, 1},
+		{"a receiver that takes just as many while the worker pauses (the sender sets the pace) gets at most every other phase",
+			8000, 8000, 2 * time.Second, 29 * time.Second, 0.05, 0.2},
+		{"a receiver that takes barely more (under the gain) gets at most every other phase",
+			8000, 9000, 2 * time.Second, 29 * time.Second, 0.05, 0.2},
+		{"no webhook arriving never pauses the worker",
+			0, 0, 0, 29 * time.Second, 0, 0},
+		{"the first phase measures without pauses",
+			8000, 16000, 0, 900 * time.Millisecond, 0, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			runs := simulate(newGovernor(5, time.Second), 30*time.Second, took, tt.applying, tt.pausing)
+			if got := yieldingShare(runs, tt.from, tt.to); got < tt.min || got > tt.max {
+				t.Fatalf("share of batches followed by a pause in [%s, %s) = %.2f, want between %.2f and %.2f", tt.from, tt.to, got, tt.min, tt.max)
+			}
+			for _, r := range runs {
+				if r.pause > 0 && r.pause != 5*took {
+					t.Fatalf("pause at %s = %s, want 5 × the batch's %s", r.at, r.pause, took)
+				}
+			}
+		})
+	}
+}
+
+func TestGovernorMeasuresWithoutPausesAgainAfterThirtySecondsOfYielding(t *testing.T) {
+	runs := simulate(newGovernor(5, time.Second), 70*time.Second, 20*time.Millisecond, 8000, 16000)
+	var calm []time.Duration // batch ends not followed by a pause, after the first phase
+	for _, r := range runs {
+		if r.pause == 0 && r.at > 2*time.Second {
+			calm = append(calm, r.at)
+		}
+	}
+	if len(calm) == 0 {
+		t.Fatal("70s of yielding with no phase measured without pauses")
+	}
+	if first := calm[0]; first < 30*time.Second || first > 33*time.Second {
+		t.Fatalf("first phase without pauses at %s, want just after 30s of yielding", first)
+	}
+	if got := yieldingShare(runs, 34*time.Second, 60*time.Second); got != 1 {
+		t.Fatalf("after the re-measure, share of batches followed by a pause = %.2f, want 1 (the flood still gains)", got)
+	}
+}
+
+func TestGovernorCalmEndsYielding(t *testing.T) {
+	g := newGovernor(5, time.Second)
+	simulate(g, 5*time.Second, 20*time.Millisecond, 8000, 16000)
+	if !g.yielding {
+		t.Fatal("not yielding after 5s of a flood that gains from it")
+	}
+	now := time.Date(2026, 1, 1, 0, 0, 6, 0, time.UTC)
+	g.calm(now, 1<<20)
+	if p := g.pause(now.Add(10*time.Millisecond), 10*time.Millisecond, 1<<20+100, true); p != 0 {
+		t.Fatalf("pause right after calm = %s, want none", p)
+	}
+}
