@@ -63,9 +63,10 @@ type Options struct {
 	// that the flood is answered fast and applied later in full batches,
 	// the cheapest per event. It measures that in phases of YieldWindow: a
 	// phase without pauses, then phases with, kept while the inflow is at
-	// least 1.2 times higher; every 30s of yielding it measures without
-	// pauses again. When the inflow stops, or the events it applies have
-	// waited MaxYieldLag in the stream, it applies as fast as it can.
+	// least 1.3 times higher; every 30s of yielding it measures without
+	// pauses again. When the inflow stops it applies as fast as it can;
+	// once the events it applies have waited MaxYieldLag in the stream, it
+	// does until less than a batch waits.
 	Inflow func() uint64
 	// YieldRatio is the pause after each batch while yielding, as a
 	// multiple of the time the batch took: with 5 the worker applies at
@@ -116,9 +117,10 @@ type Worker struct {
 	// batch: how many messages were still undelivered after it, and how
 	// long it had been in the stream. gov decides the pauses. Only Run's
 	// goroutine touches them.
-	behind uint64
-	waited time.Duration
-	gov    *governor
+	behind  uint64
+	waited  time.Duration
+	gov     *governor
+	catchUp bool // MaxYieldLag was reached: no pause until the backlog is applied
 }
 
 // blockedEvent is an event waiting for a retry.
@@ -406,14 +408,20 @@ func (w *Worker) inflow() uint64 {
 }
 
 // yield pauses, if the governor says so, after a fetch whose messages
-// took took to apply while arrived webhooks came in. It never does once the
-// last event applied had waited MaxYieldLag. It returns false if ctx ended.
+// took took to apply while arrived webhooks came in. Once the last event
+// applied had waited MaxYieldLag, it does not until the backlog is applied
+// (less than a batch waits). It returns false if ctx ended.
 func (w *Worker) yield(ctx context.Context, took time.Duration, arrived uint64) bool {
 	if w.opts.Inflow == nil || w.opts.MaxYieldLag < 0 {
 		return true
 	}
 	now, n := time.Now(), w.opts.Inflow()
 	if w.waited >= w.opts.MaxYieldLag {
+		w.catchUp = true
+	} else if w.behind < uint64(w.opts.BatchSize) {
+		w.catchUp = false
+	}
+	if w.catchUp {
 		w.gov.calm(now, n)
 		return true
 	}

@@ -14,7 +14,8 @@ import "time"
 // So the governor measures. It alternates phases of window each: a calm one
 // (no pause) that measures the inflow the receiver reaches without help,
 // then yielding ones, each kept only while the inflow stays at least gain
-// times the calm one. After reprobe of yielding it measures a calm phase
+// times the calm one. A phase in which a batch saw no webhook arrive is no
+// flood: the next phase is calm. After reprobe of yielding it measures a calm phase
 // again, as the flood may have changed. It is pure: the worker gives it the
 // time and the inflow count.
 type governor struct {
@@ -24,6 +25,7 @@ type governor struct {
 	reprobe time.Duration // yielding this long measures a calm phase again
 
 	yielding   bool
+	quiet      bool      // a batch of this phase saw no webhook arrive
 	phaseStart time.Time // start of the phase being measured
 	phaseCount uint64    // inflow at phaseStart
 	since      time.Time // start of the current run of yielding phases
@@ -31,7 +33,7 @@ type governor struct {
 }
 
 func newGovernor(ratio float64, window time.Duration) *governor {
-	return &governor{ratio: ratio, gain: 1.2, window: window, reprobe: 30 * time.Second}
+	return &governor{ratio: ratio, gain: 1.3, window: window, reprobe: 30 * time.Second}
 }
 
 // pause is called at now, after a batch that took took to apply, with
@@ -41,9 +43,13 @@ func (g *governor) pause(now time.Time, took time.Duration, inflow uint64, arriv
 	if g.phaseStart.IsZero() {
 		g.startPhase(now, inflow, false)
 	}
+	g.quiet = g.quiet || !arrived
 	if elapsed := now.Sub(g.phaseStart); elapsed >= g.window {
 		rate := float64(inflow-g.phaseCount) / elapsed.Seconds()
 		switch {
+		case g.quiet:
+			// A batch saw no webhook: no flood to measure (or its end).
+			g.startPhase(now, inflow, false)
 		case !g.yielding:
 			g.calmRate = rate
 			g.since = now
@@ -68,5 +74,5 @@ func (g *governor) calm(now time.Time, inflow uint64) {
 }
 
 func (g *governor) startPhase(now time.Time, inflow uint64, yielding bool) {
-	g.phaseStart, g.phaseCount, g.yielding = now, inflow, yielding
+	g.phaseStart, g.phaseCount, g.yielding, g.quiet = now, inflow, yielding, false
 }

@@ -114,3 +114,32 @@ func TestGovernorCalmEndsYielding(t *testing.T) {
 		t.Fatalf("pause right after calm = %s, want none", p)
 	}
 }
+
+func TestGovernorAfterAQuietSpellMeasuresBeforeYielding(t *testing.T) {
+	// A quiet phase (the end of an earlier flood) measures no inflow; a
+	// paced sender that follows must not look like a gain against it.
+	g := newGovernor(5, time.Second)
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	const took = 20 * time.Millisecond
+	var at time.Duration
+	for at < 3*time.Second {
+		at += took
+		g.pause(t0.Add(at), took, 100, false)
+	}
+	var count float64 = 100
+	var batches, paused int
+	for end := at + 10*time.Second; at < end; {
+		at += took
+		count += 8000 * took.Seconds()
+		p := g.pause(t0.Add(at), took, uint64(count), true)
+		batches++
+		if p > 0 {
+			paused++
+		}
+		at += p
+		count += 8000 * p.Seconds()
+	}
+	if share := float64(paused) / float64(batches); share > 0.2 {
+		t.Fatalf("a paced sender after a quiet spell: %.2f of the batches followed by a pause, want at most every other phase (≤ 0.2)", share)
+	}
+}
