@@ -38,7 +38,8 @@ func newGovernor(ratio float64, window time.Duration) *governor {
 
 // pause is called at now, after a batch that took took to apply, with
 // inflow the receiver's count of webhooks so far, and whether any arrived
-// during the batch. It returns how long to pause before the next batch.
+// during the batch. It returns how long to pause before the next batch: at
+// most window, however long a batch took (a slow disk).
 func (g *governor) pause(now time.Time, took time.Duration, inflow uint64, arrived bool) time.Duration {
 	if g.phaseStart.IsZero() {
 		g.startPhase(now, inflow, false)
@@ -63,7 +64,7 @@ func (g *governor) pause(now time.Time, took time.Duration, inflow uint64, arriv
 	if !g.yielding || !arrived || took <= 0 {
 		return 0
 	}
-	return time.Duration(g.ratio * float64(took))
+	return min(time.Duration(g.ratio*float64(took)), g.window)
 }
 
 // calm ends any yielding at now: the next phase measures without pauses.

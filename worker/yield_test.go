@@ -143,3 +143,19 @@ func TestGovernorAfterAQuietSpellMeasuresBeforeYielding(t *testing.T) {
 		t.Fatalf("a paced sender after a quiet spell: %.2f of the batches followed by a pause, want at most every other phase (≤ 0.2)", share)
 	}
 }
+
+func TestGovernorPausesAtMostAWindow(t *testing.T) {
+	runs := simulate(newGovernor(5, time.Second), 20*time.Second, 700*time.Millisecond, 8000, 16000)
+	var paused int
+	for _, r := range runs {
+		if r.pause > time.Second {
+			t.Fatalf("pause at %s = %s after a batch of 700ms, want at most the 1s window", r.at, r.pause)
+		}
+		if r.pause > 0 {
+			paused++
+		}
+	}
+	if paused == 0 {
+		t.Fatal("a flood that gains from pauses got none")
+	}
+}
