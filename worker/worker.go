@@ -10,6 +10,11 @@
 // apply, is parked in the dead-letter stream with the reason; a store that
 // cannot be written (disk full, read-only) is retried with backoff, forever,
 // without acknowledging anything.
+//
+// During a flood that the webhook receiver takes faster when the worker
+// steps aside (they share the CPU), the worker pauses after each batch and
+// lets the stream absorb the flood, within Options.MaxYieldLag; see
+// Options.Inflow and governor.
 package worker
 
 import (
