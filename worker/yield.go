@@ -15,14 +15,21 @@ import "time"
 // (no pause) that measures the inflow the receiver reaches without help,
 // then yielding ones, each kept only while the inflow stays at least gain
 // times the calm one. A phase in which a batch saw no webhook arrive is no
-// flood: the next phase is calm. After reprobe of yielding it measures a calm phase
-// again, as the flood may have changed. It is pure: the worker gives it the
-// time and the inflow count.
+// flood: the next phase is calm. So is the phase after one in which the
+// process left more than maxIdle of its CPU unused (cpu): the CPU is not
+// what limits the receiver, whatever a noisy measure of the inflow says.
+// After reprobe of yielding it measures a calm phase again, as the flood
+// may have changed. It is pure: the worker gives it the time, the inflow
+// count and the CPU counters.
 type governor struct {
 	ratio   float64       // pause = ratio × the batch's time
 	gain    float64       // least inflow while yielding, relative to calm
 	window  time.Duration // length of a measured phase
 	reprobe time.Duration // yielding this long measures a calm phase again
+	maxIdle float64       // most unused CPU share of a phase that may lead to yielding
+	// cpu, if set, returns the process's unused and total CPU-seconds so
+	// far (runtime/metrics' /cpu/classes/idle and /cpu/classes/total).
+	cpu func() (idle, total float64)
 
 	yielding   bool
 	quiet      bool      // a batch of this phase saw no webhook arrive
@@ -30,10 +37,12 @@ type governor struct {
 	phaseCount uint64    // inflow at phaseStart
 	since      time.Time // start of the current run of yielding phases
 	calmRate   float64   // inflow per second in the last calm phase
+	phaseIdle  float64   // cpu's idle at phaseStart
+	phaseTotal float64   // cpu's total at phaseStart
 }
 
 func newGovernor(ratio float64, window time.Duration) *governor {
-	return &governor{ratio: ratio, gain: 1.3, window: window, reprobe: 30 * time.Second}
+	return &governor{ratio: ratio, gain: 1.3, window: window, reprobe: 30 * time.Second, maxIdle: 0.15}
 }
 
 // pause is called at now, after a batch that took took to apply, with
@@ -50,6 +59,9 @@ func (g *governor) pause(now time.Time, took time.Duration, inflow uint64, arriv
 		switch {
 		case g.quiet:
 			// A batch saw no webhook: no flood to measure (or its end).
+			g.startPhase(now, inflow, false)
+		case g.idleShare() > g.maxIdle:
+			// CPU to spare: pauses would not help the receiver.
 			g.startPhase(now, inflow, false)
 		case !g.yielding:
 			g.calmRate = rate
@@ -76,4 +88,20 @@ func (g *governor) calm(now time.Time, inflow uint64) {
 
 func (g *governor) startPhase(now time.Time, inflow uint64, yielding bool) {
 	g.phaseStart, g.phaseCount, g.yielding, g.quiet = now, inflow, yielding, false
+	if g.cpu != nil {
+		g.phaseIdle, g.phaseTotal = g.cpu()
+	}
+}
+
+// idleShare is the share of the process's CPU left unused since the phase
+// started (0 without cpu).
+func (g *governor) idleShare() float64 {
+	if g.cpu == nil {
+		return 0
+	}
+	idle, total := g.cpu()
+	if total <= g.phaseTotal {
+		return 0
+	}
+	return (idle - g.phaseIdle) / (total - g.phaseTotal)
 }

@@ -12,22 +12,32 @@ type batchRun struct {
 	pause time.Duration
 }
 
-// simulate feeds g batches of took each for d. Webhooks arrive at applying
-// per second while the worker applies and at pausing per second while it
-// pauses: a receiver short of CPU takes more while the worker pauses, one
-// whose sender sets the pace takes the same.
-func simulate(g *governor, d, took time.Duration, applying, pausing float64) []batchRun {
+// flood is what a simulated receiver takes while the worker applies and
+// while it pauses: webhooks per second, and the share of the CPU left
+// unused. A receiver short of CPU takes more while the worker pauses and
+// leaves none unused; one whose sender sets the pace takes the same, and
+// the pauses leave CPU unused.
+type flood struct {
+	applying, pausing         float64
+	idleApplying, idlePausing float64
+}
+
+// simulate feeds g batches of took each for d.
+func simulate(g *governor, d, took time.Duration, f flood) []batchRun {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	var at time.Duration
-	var count float64
+	var count, idle float64
+	g.cpu = func() (float64, float64) { return idle, 2 * at.Seconds() }
 	var runs []batchRun
 	for at < d {
 		at += took
-		count += applying * took.Seconds()
-		p := g.pause(t0.Add(at), took, uint64(count), applying > 0)
+		count += f.applying * took.Seconds()
+		idle += f.idleApplying * 2 * took.Seconds()
+		p := g.pause(t0.Add(at), took, uint64(count), f.applying > 0)
 		runs = append(runs, batchRun{at: at, pause: p})
 		at += p
-		count += pausing * p.Seconds()
+		count += f.pausing * p.Seconds()
+		idle += f.idlePausing * 2 * p.Seconds()
 	}
 	return runs
 }
@@ -52,25 +62,29 @@ func yieldingShare(runs []batchRun, from, to time.Duration) float64 {
 func TestGovernor(t *testing.T) {
 	const took = 20 * time.Millisecond
 	tests := []struct {
-		name              string
-		applying, pausing float64       // arrivals per second
-		from, to          time.Duration // the span judged
-		min, max          float64       // bounds of the share of batches followed by a pause (alternate phases of 1s: 1 batch in 7)
+		name     string
+		flood    flood
+		from, to time.Duration // the span judged
+		min, max float64       // bounds of the share of batches followed by a pause (alternate phases of 1s: 1 batch in 7)
 	}{
 		{"a receiver that takes twice as many webhooks while the worker pauses keeps it yielding",
-			8000, 16000, 2 * time.Second, 29 * time.Second, 1, 1},
+			flood{8000, 16000, 0.05, 0.05}, 2 * time.Second, 29 * time.Second, 1, 1},
 		{"a receiver that takes just as many while the worker pauses (the sender sets the pace) gets at most every other phase",
-			8000, 8000, 2 * time.Second, 29 * time.Second, 0.05, 0.2},
+			flood{8000, 8000, 0, 0}, 2 * time.Second, 29 * time.Second, 0.05, 0.2},
 		{"a receiver that takes barely more (under the gain) gets at most every other phase",
-			8000, 9000, 2 * time.Second, 29 * time.Second, 0.05, 0.2},
+			flood{8000, 9000, 0, 0}, 2 * time.Second, 29 * time.Second, 0.05, 0.2},
+		{"a receiver that takes more while the worker pauses but leaves a fifth of the CPU unused gets at most every other phase",
+			flood{8000, 16000, 0.05, 0.2}, 2 * time.Second, 29 * time.Second, 0.05, 0.2},
+		{"a receiver that gains while the CPU idles even without pauses never gets one",
+			flood{8000, 16000, 0.3, 0.3}, 0, 29 * time.Second, 0, 0},
 		{"no webhook arriving never pauses the worker",
-			0, 0, 0, 29 * time.Second, 0, 0},
+			flood{}, 0, 29 * time.Second, 0, 0},
 		{"the first phase measures without pauses",
-			8000, 16000, 0, 900 * time.Millisecond, 0, 0},
+			flood{8000, 16000, 0, 0}, 0, 900 * time.Millisecond, 0, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			runs := simulate(newGovernor(5, time.Second), 30*time.Second, took, tt.applying, tt.pausing)
+			runs := simulate(newGovernor(5, time.Second), 30*time.Second, took, tt.flood)
 			if got := yieldingShare(runs, tt.from, tt.to); got < tt.min || got > tt.max {
 				t.Fatalf("share of batches followed by a pause in [%s, %s) = %.2f, want between %.2f and %.2f", tt.from, tt.to, got, tt.min, tt.max)
 			}
@@ -84,7 +98,7 @@ func TestGovernor(t *testing.T) {
 }
 
 func TestGovernorMeasuresWithoutPausesAgainAfterThirtySecondsOfYielding(t *testing.T) {
-	runs := simulate(newGovernor(5, time.Second), 70*time.Second, 20*time.Millisecond, 8000, 16000)
+	runs := simulate(newGovernor(5, time.Second), 70*time.Second, 20*time.Millisecond, flood{8000, 16000, 0, 0})
 	var calm []time.Duration // batch ends not followed by a pause, after the first phase
 	for _, r := range runs {
 		if r.pause == 0 && r.at > 2*time.Second {
@@ -104,7 +118,7 @@ func TestGovernorMeasuresWithoutPausesAgainAfterThirtySecondsOfYielding(t *testi
 
 func TestGovernorCalmEndsYielding(t *testing.T) {
 	g := newGovernor(5, time.Second)
-	simulate(g, 5*time.Second, 20*time.Millisecond, 8000, 16000)
+	simulate(g, 5*time.Second, 20*time.Millisecond, flood{8000, 16000, 0, 0})
 	if !g.yielding {
 		t.Fatal("not yielding after 5s of a flood that gains from it")
 	}
@@ -145,7 +159,7 @@ func TestGovernorAfterAQuietSpellMeasuresBeforeYielding(t *testing.T) {
 }
 
 func TestGovernorPausesAtMostAWindow(t *testing.T) {
-	runs := simulate(newGovernor(5, time.Second), 20*time.Second, 700*time.Millisecond, 8000, 16000)
+	runs := simulate(newGovernor(5, time.Second), 20*time.Second, 700*time.Millisecond, flood{8000, 16000, 0, 0})
 	var paused int
 	for _, r := range runs {
 		if r.pause > time.Second {
