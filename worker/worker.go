@@ -89,6 +89,13 @@ type Options struct {
 	OnBatch func(BatchReport)
 	// OnYield, if set, is called with each pause made while yielding.
 	OnYield func(time.Duration)
+	// CPU returns the CPU-seconds the process left unused and had in all
+	// so far: a yielding phase that left more than 15% unused ends the
+	// yielding (the CPU is not what limits the receiver). Default: the Go
+	// runtime's counters (/cpu/classes/idle and /cpu/classes/total of
+	// runtime/metrics), which it updates at each garbage collection — a
+	// flood makes several a second; a phase without one reads none unused.
+	CPU func() (idle, total float64)
 }
 
 // BatchReport describes one committed batch.
@@ -167,13 +174,17 @@ func New(q *queue.Queue, st *storage.Store, opts Options, log *zap.Logger) *Work
 	if opts.MaxYieldLag == 0 {
 		opts.MaxYieldLag = 30 * time.Second
 	}
+	if opts.CPU == nil {
+		opts.CPU = processCPU
+	}
 	gov := newGovernor(opts.YieldRatio, opts.YieldWindow)
-	gov.cpu = processCPU
+	gov.cpu = opts.CPU
 	return &Worker{q: q, st: st, log: log.Named("worker"), opts: opts, blocked: map[string]blockedEvent{}, failures: map[uint64]int{}, gov: gov}
 }
 
 // processCPU returns the CPU-seconds the Go runtime counts as unused and in
-// all (GOMAXPROCS × wall time) since the process started.
+// all (GOMAXPROCS × wall time) since the process started, as of the last
+// garbage collection.
 func processCPU() (idle, total float64) {
 	s := []metrics.Sample{{Name: "/cpu/classes/idle:cpu-seconds"}, {Name: "/cpu/classes/total:cpu-seconds"}}
 	metrics.Read(s)

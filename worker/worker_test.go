@@ -368,6 +368,7 @@ func TestWorkerYieldsToABusyReceiver(t *testing.T) {
 				o.YieldWindow = 5 * time.Millisecond
 				o.Inflow = tt.inflow(b)
 				o.OnYield = b.onYield
+				o.CPU = func() (float64, float64) { return 0, 0 } // never idle: the receiver is short of CPU
 			})
 			for i := range events {
 				id := "e" + strconv.Itoa(i)

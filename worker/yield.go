@@ -28,7 +28,7 @@ type governor struct {
 	reprobe time.Duration // yielding this long measures a calm phase again
 	maxIdle float64       // most unused CPU share of a phase that may lead to yielding
 	// cpu, if set, returns the process's unused and total CPU-seconds so
-	// far (runtime/metrics' /cpu/classes/idle and /cpu/classes/total).
+	// far (Options.CPU).
 	cpu func() (idle, total float64)
 
 	yielding   bool
