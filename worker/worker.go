@@ -67,12 +67,10 @@ type Options struct {
 	// the worker steps aside (they share the CPU), the worker yields: after
 	// each batch it pauses YieldRatio times as long as the batch took, so
 	// that the flood is answered fast and applied later in full batches,
-	// the cheapest per event. It measures that in phases of YieldWindow: a
-	// phase without pauses, then phases with, kept while the inflow is at
-	// least 1.3 times higher and the process leaves at most 15% of its CPU
-	// unused; every 30s of yielding it measures without pauses again. When the inflow stops it applies as fast as it can;
-	// once the events it applies have waited MaxYieldLag in the stream, it
-	// does until less than a batch waits.
+	// the cheapest per event. When to yield is measured in phases of
+	// YieldWindow (see governor). When the inflow stops it applies as fast
+	// as it can; once the events it applies have waited MaxYieldLag in the
+	// stream, it does until less than a batch waits.
 	Inflow func() uint64
 	// YieldRatio is the pause after each batch while yielding, as a
 	// multiple of the time the batch took: with 5 the worker applies at
