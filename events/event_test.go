@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-const eventsDir = "../../shared/reference/events"
+const eventsDir = "../testdata/workos/events"
 
 var exampleTime = time.Date(2021, 6, 25, 19, 7, 33, 155e6, time.UTC)
 

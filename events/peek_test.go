@@ -11,7 +11,10 @@ import (
 // of the decode tests' kind, Peek returns the same id, type and directory, or
 // an error of the same class.
 func TestPeekAgreesWithDecode(t *testing.T) {
-	files, _ := filepath.Glob("../../shared/reference/events/*.json")
+	files, err := filepath.Glob("../testdata/workos/events/*.json")
+	if err != nil || len(files) < 10 {
+		t.Fatalf("want the reference events in testdata/workos/events, found %d (%v)", len(files), err)
+	}
 	var bodies [][]byte
 	for _, f := range files {
 		b, err := os.ReadFile(f)
@@ -49,7 +52,7 @@ func TestPeekAgreesWithDecode(t *testing.T) {
 }
 
 func BenchmarkDecodeMembership(b *testing.B) {
-	body, err := os.ReadFile("../../shared/reference/events/dsync_group_user_added.json")
+	body, err := os.ReadFile("../testdata/workos/events/dsync_group_user_added.json")
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -29,6 +29,9 @@ var scanSeeds = []string{
 // JSON and the scanner's fields are exactly json.Unmarshal's.
 func FuzzScanAgrees(f *testing.F) {
 	files, _ := filepath.Glob(filepath.Join(eventsDir, "*.json"))
+	if len(files) == 0 {
+		f.Fatal("no example events in " + eventsDir)
+	}
 	for _, file := range files {
 		b, err := os.ReadFile(file)
 		if err != nil {

@@ -18,7 +18,7 @@ import (
 	"github.com/workos/workos-go/v4/pkg/webhooks"
 )
 
-const vectorsDir = "../../shared/reference/vectors"
+const vectorsDir = "../testdata/workos/vectors"
 
 // vector is one signed example from the reference directory. TimestampMS is
 // absent from the vector captured from the Python SDK: ts() falls back to
@@ -191,7 +191,7 @@ func TestAgreesWithOfficialSDK(t *testing.T) {
 		inputs = append(inputs, input{"vector " + vec.Name, vec.Secret, vec.Header, []byte(vec.Body), time.UnixMilli(vec.ts(t))})
 	}
 	// Fresh bodies signed by Sign, at a fixed time and at the real time.
-	events, err := filepath.Glob("../../shared/reference/events/*.json")
+	events, err := filepath.Glob("../testdata/workos/events/*.json")
 	if err != nil || len(events) == 0 {
 		t.Fatalf("no example events: %v", err)
 	}

@@ -18,7 +18,7 @@ import (
 // referenceEvent is a real WorkOS payload, the kind of data the stream holds.
 func referenceEvent(t *testing.T) []byte {
 	t.Helper()
-	raw, err := os.ReadFile(filepath.Join("..", "..", "shared", "reference", "events", "dsync_group_user_added.json"))
+	raw, err := os.ReadFile(filepath.Join("..", "testdata", "workos", "events", "dsync_group_user_added.json"))
 	if err != nil {
 		t.Fatalf("reference event: %v", err)
 	}

@@ -124,7 +124,7 @@ func (l logs) assertNoKey(t *testing.T, keys ...string) {
 }
 
 // referenceEvents returns the reference dsync events exactly as stored in
-// shared/reference/events, in file name order, then one with WorkOS's
+// testdata/workos/events, in file name order, then one with WorkOS's
 // zone-less created_at layout, then the recorded Events API event whose
 // data lacks an id (undecodable), last.
 func referenceEvents(t *testing.T) (valid [][]byte, invalid []byte) {

@@ -16,6 +16,9 @@ import (
 // groups and groups' members mirror each other, no badge for an inactive user).
 func FuzzApply(f *testing.F) {
 	files, _ := filepath.Glob("../testdata/scenarios/*/events.ndjson")
+	if len(files) == 0 {
+		f.Fatal("no scenario streams in testdata/scenarios")
+	}
 	for _, p := range files {
 		if b, err := os.ReadFile(p); err == nil {
 			f.Add(b)

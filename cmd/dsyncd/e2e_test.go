@@ -34,7 +34,7 @@ type vector struct {
 
 func loadVectors(t *testing.T) map[string]vector {
 	t.Helper()
-	files, err := filepath.Glob("../../../shared/reference/vectors/*.vector.json")
+	files, err := filepath.Glob("../../testdata/workos/vectors/*.vector.json")
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no vectors: %v", err)
 	}

@@ -2,7 +2,7 @@
 // Directory Sync API's directories, users and groups, with cursor
 // pagination, and injectable faults (429 with Retry-After, 5xx, slow
 // answers). Its data starts from the responses of the real API recorded in
-// shared/reference/api.
+// testdata/workos/api.
 //
 // Like net/http/httptest it is a library for tests and imports no testing
 // package.
@@ -38,13 +38,14 @@ const (
 	GroupsOrganization = "org_01G2Z8ADK5NPMVTWF48MVVE4HT"
 )
 
-// ReferenceDir is shared/reference, found from this file's location.
+// ReferenceDir is the repository's testdata/workos (WorkOS's documented
+// examples and recorded API responses), found from this file's location.
 func ReferenceDir() string {
 	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(file), "..", "..", "..", "shared", "reference")
+	return filepath.Join(filepath.Dir(file), "..", "..", "testdata", "workos")
 }
 
-// Recorded returns the body of a recorded response in shared/reference/api.
+// Recorded returns the body of a recorded response in testdata/workos/api.
 func Recorded(name string) (json.RawMessage, error) {
 	b, err := os.ReadFile(filepath.Join(ReferenceDir(), "api", name))
 	if err != nil {
