@@ -91,6 +91,10 @@ type User struct {
 	LastName       string   `json:"last_name"`
 	State          string   `json:"state"`
 	Roles          []string `json:"roles,omitempty"` // WorkOS role slugs: role.slug ∪ roles[].slug, sorted, unique
+	// RolesSent reports whether the payload carried the role attribute at
+	// all ("role" or "roles", not null). Without it Roles says nothing:
+	// the user's roles are unknown, not empty.
+	RolesSent bool `json:"-"`
 }
 
 // Group is a directory group.
@@ -366,6 +370,7 @@ func (w *wireUser) user() *User {
 			u.Roles = append(u.Roles, s)
 		}
 	}
+	u.RolesSent = w.Role != nil || w.Roles != nil
 	if w.Role != nil {
 		add(w.Role.Slug)
 	}

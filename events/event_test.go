@@ -377,6 +377,34 @@ func TestDecodeRolesAndMemberships(t *testing.T) {
 			t.Errorf("Roles = %q", got)
 		}
 	})
+	t.Run("absent or null roles are not sent, an empty list is", func(t *testing.T) {
+		for _, c := range []struct {
+			name string
+			set  func(d map[string]any)
+			sent bool
+		}{
+			{"neither key", func(d map[string]any) { delete(d, "role"); delete(d, "roles") }, false},
+			{"both null", func(d map[string]any) { d["role"], d["roles"] = nil, nil }, false},
+			{"empty roles", func(d map[string]any) { delete(d, "role"); d["roles"] = []any{} }, true},
+			{"role only", func(d map[string]any) { delete(d, "roles"); d["role"] = map[string]any{"slug": "x"} }, true},
+		} {
+			b := edit(t, "dsync_user_updated.json", func(ev map[string]any) { c.set(obj(ev["data"])) })
+			if u := mustDecode(t, b).User; u.RolesSent != c.sent {
+				t.Errorf("%s: RolesSent = %v, want %v (roles %q)", c.name, u.RolesSent, c.sent, u.Roles)
+			}
+			// The encoding/json path (a body the scanner declines) agrees.
+			var generic map[string]any
+			if err := json.Unmarshal(b, &generic); err != nil {
+				t.Fatal(err)
+			}
+			// Nesting deeper than the scanner goes: encoding/json decodes it.
+			obj(generic["data"])["deep"] = json.RawMessage(strings.Repeat("[", 300) + strings.Repeat("]", 300))
+			b2, _ := json.Marshal(generic)
+			if u := mustDecode(t, b2).User; u.RolesSent != c.sent {
+				t.Errorf("%s (encoding/json): RolesSent = %v, want %v", c.name, u.RolesSent, c.sent)
+			}
+		}
+	})
 	t.Run("a membership takes its directory from the user or group", func(t *testing.T) {
 		b := edit(t, "dsync_group_user_added.json", func(ev map[string]any) {
 			d := obj(ev["data"])

@@ -340,6 +340,13 @@ func (c *change) deprovisionDirectory(d *dirRec) error {
 		// A user newer than the deletion stays, but its memberships older
 		// than the deletion end: its badges change too.
 		c.touch(uid)
+		if !u.RolesKey.newer(d.DeletedKey) && (u.Roles != nil || u.RolesKey != (key{})) {
+			// Roles carried only by events older than the deletion go with it.
+			u.Roles, u.RolesKey = nil, key{}
+			if err := c.t.putUser(u); err != nil {
+				return err
+			}
+		}
 		if !d.DeletedKey.newer(u.Key) {
 			return nil
 		}
@@ -384,6 +391,11 @@ func (c *change) setUser(u0 *events.User, deleted bool) error {
 	if u == nil {
 		u = &userRec{}
 	} else if !c.k.newer(u.Key) {
+		// An older event that carried the roles still sets them when it
+		// is newer than the event they came from.
+		if err := c.lateRoles(u, u0); err != nil {
+			return err
+		}
 		if deleted && c.k.newer(u.DeletedKey) && !breakGlass {
 			// An older delete leaves the newer state of the user alone but
 			// still ends every membership older than it.
@@ -398,7 +410,22 @@ func (c *change) setUser(u0 *events.User, deleted bool) error {
 		}
 		return c.s.auditBreakGlass(c.t, c.ev, u, c.now, "user deleted in the directory")
 	}
-	rec := userRec{User: *u0, Key: c.k, Deleted: deleted, DeletedKey: u.DeletedKey, Grants: u.Grants, AdminIndexed: u.AdminIndexed, AdminOrg: u.AdminOrg}
+	rec := userRec{User: *u0, Key: c.k, Deleted: deleted, DeletedKey: u.DeletedKey, Grants: u.Grants, AdminIndexed: u.AdminIndexed, AdminOrg: u.AdminOrg,
+		RolesKey: u.RolesKey, BreakGlassBy: u.BreakGlassBy, HeldOrg: u.HeldOrg, MappedOrg: u.MappedOrg}
+	// Absent is not empty: a payload without the role attribute leaves the
+	// roles (and the badges they grant) as they are; roles: [] empties them.
+	// Roles from before the directory's deprovisioning are forgotten with it.
+	switch {
+	case u0.RolesSent:
+		rec.RolesKey = c.k
+	case u.RolesKey.newer(floor):
+		rec.Roles = u.Roles
+	default:
+		rec.Roles, rec.RolesKey = nil, key{}
+	}
+	if rec.State == "" {
+		rec.State = u.State // a payload without a state does not make the user active
+	}
 	if deleted {
 		rec.DeletedKey = c.k
 		if rec.Email == "" {
@@ -450,6 +477,18 @@ func (c *change) setGroup(g0 *events.Group, deleted bool) (bool, error) {
 	identity := g.Name != rec.Name || g.IdpID != rec.IdpID || g.OrganizationID != rec.OrganizationID || g.Deleted != rec.Deleted ||
 		rec.DeletedKey != g.DeletedKey
 	return identity, c.t.putGroup(&rec)
+}
+
+// lateRoles applies the roles of u0, the payload of an event older than
+// u's state, if it carried them and is newer than the event they came from.
+func (c *change) lateRoles(u *userRec, u0 *events.User) error {
+	if !u0.RolesSent || !c.k.newer(u.RolesKey) {
+		return nil
+	}
+	u.Roles, u.RolesKey = u0.Roles, c.k
+	c.changed = true
+	c.touch(u.ID)
+	return c.t.putUser(u)
 }
 
 // lateUserDelete records a dsync.user.deleted older than the user's state:

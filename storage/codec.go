@@ -141,6 +141,12 @@ func (u *userRec) encode() []byte {
 	}
 	e.boolean(u.AdminIndexed)
 	e.str(u.AdminOrg)
+	// Added later: absent from records written before, which decode with
+	// their zero values.
+	e.key(u.RolesKey)
+	e.str(u.BreakGlassBy)
+	e.str(u.HeldOrg)
+	e.str(u.MappedOrg)
 	return e.b
 }
 
@@ -169,6 +175,12 @@ func decodeUser(b []byte) (*userRec, error) {
 	}
 	u.AdminIndexed = d.boolean()
 	u.AdminOrg = d.str()
+	if d.err == nil && len(d.b) > 0 {
+		u.RolesKey = d.key()
+		u.BreakGlassBy = d.str()
+		u.HeldOrg = d.str()
+		u.MappedOrg = d.str()
+	}
 	return u, d.err
 }
 

@@ -238,7 +238,7 @@ func (s *Store) commitGrants(t *txn, p *grantPlan, eventID string, now time.Time
 		if !slices.Contains(finalBadges, b) {
 			g := firstGrant(u.Grants, b)
 			e := base
-			e.Badge, e.Action, e.Rule, e.Group, e.Role, e.Reason = b, ActionRevoke, g.Rule, g.Group, g.Role, revokeReason(u, p.sub)
+			e.Badge, e.Action, e.Rule, e.Group, e.Role, e.Reason = b, ActionRevoke, g.Rule, g.Group, g.Role, revokeGrantReason(u, p.sub, g)
 			entries = append(entries, e)
 		}
 	}
@@ -308,6 +308,15 @@ func grantReason(g mapping.Grant) string {
 		return "retained after its rule was removed"
 	}
 	return "granted by " + g.Rule
+}
+
+// revokeGrantReason is revokeReason for the loss of grant g, naming the
+// role when the IdP removed the role that granted it.
+func revokeGrantReason(u *userRec, sub mapping.Subject, g mapping.Grant) string {
+	if sub.Active && g.Source == "role" && !slices.Contains(sub.Roles, g.Role) {
+		return "the IdP removed role " + g.Role
+	}
+	return revokeReason(u, sub)
 }
 
 func revokeReason(u *userRec, sub mapping.Subject) string {

@@ -74,6 +74,7 @@ type mDirW struct {
 type mUser struct {
 	id, dir, org, idp, email, first, last, state string
 	roles                                        []string
+	rolesSent                                    bool // the payload had "role" or "roles", not null
 	deleted                                      bool
 }
 
@@ -171,6 +172,7 @@ func (w *mUserW) model() mUser {
 	if u.email == "" {
 		u.email = mPrimary(w.CustomAttributes.Emails)
 	}
+	u.rolesSent = w.Role != nil || w.Roles != nil
 	if w.Role != nil && w.Role.Slug != "" {
 		u.roles = append(u.roles, w.Role.Slug)
 	}
@@ -227,7 +229,7 @@ func (m *model) fold(e *mEvent) {
 		if d.deleted && m.deprovision {
 			for _, u := range m.users {
 				if u.dir == e.dir.ID {
-					u.deleted = true
+					u.deleted, u.roles = true, nil // roles older than the deprovisioning are forgotten
 					m.endMemberships("", u.id)
 				}
 			}
@@ -239,10 +241,10 @@ func (m *model) fold(e *mEvent) {
 			}
 		}
 	case "dsync.user.created", "dsync.user.updated":
-		u := e.user.model()
+		u := m.keepRoles(e.user.model())
 		m.users[u.id] = &u
 	case "dsync.user.deleted":
-		u := e.user.model()
+		u := m.keepRoles(e.user.model())
 		u.deleted = true
 		m.users[u.id] = &u
 		m.endMemberships("", u.id)
@@ -255,10 +257,19 @@ func (m *model) fold(e *mEvent) {
 		m.groups[g.id] = &g
 		m.endMemberships(g.id, "")
 	case "dsync.group.user_added", "dsync.group.user_removed":
-		u, g := e.user.model(), e.grp.model()
+		u, g := m.keepRoles(e.user.model()), e.grp.model()
 		m.users[u.id], m.groups[g.id] = &u, &g
 		m.member[[2]string{g.id, u.id}] = e.typ == "dsync.group.user_added"
 	}
+}
+
+// keepRoles gives u, from a payload without the role attribute, the roles
+// the user had: absent is not empty.
+func (m *model) keepRoles(u mUser) mUser {
+	if prev := m.users[u.id]; prev != nil && !u.rolesSent {
+		u.roles = prev.roles
+	}
+	return u
 }
 
 func (m *model) endMemberships(gid, uid string) {
@@ -390,6 +401,14 @@ func modelOutcomes(bodies [][]byte, deprovision bool) []storage.Outcome {
 		}
 		return k{}
 	}
+	rolesKey := map[string]k{} // the newest event that carried a user's roles
+	roles := func(w *mUserW, ek k) bool {
+		if (w.Role == nil && w.Roles == nil) || !newer(ek, maxk(rolesKey[w.ID], floor(w.DirectoryID))) {
+			return false
+		}
+		rolesKey[w.ID] = ek
+		return true
+	}
 	eff := func(g, u, dir string) k { return maxk(memKey[[2]string{g, u}], userDel[u], groupDel[g], floor(dir)) }
 	seen := map[string]bool{}
 	var out []storage.Outcome
@@ -421,6 +440,7 @@ func modelOutcomes(bodies [][]byte, deprovision bool) []storage.Outcome {
 			if newer(ek, maxk(userKey[u], fl)) {
 				userKey[u], applied = ek, true
 			}
+			applied = roles(e.user, ek) || applied
 			if e.typ == "dsync.user.deleted" && newer(ek, fl) {
 				for mk := range memKey {
 					if mk[1] == u && newer(ek, eff(mk[0], u, e.user.DirectoryID)) {
@@ -450,6 +470,7 @@ func modelOutcomes(bodies [][]byte, deprovision bool) []storage.Outcome {
 			if fl := floor(e.user.DirectoryID); newer(ek, maxk(userKey[u], fl)) {
 				userKey[u], applied = ek, true
 			}
+			applied = roles(e.user, ek) || applied
 			if newer(ek, eff(g, u, e.user.DirectoryID)) {
 				applied = true
 			}

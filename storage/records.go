@@ -76,6 +76,20 @@ type userRec struct {
 	// admin holder (bucket org_admins), when AdminIndexed.
 	AdminIndexed bool   `json:"admin_indexed,omitempty"`
 	AdminOrg     string `json:"admin_org,omitempty"`
+	// RolesKey is the key of the newest event that carried the user's
+	// roles: an event without the attribute leaves them as they are, and
+	// an older one that carried them still sets them if newer than this.
+	RolesKey key `json:"roles_key"`
+	// BreakGlassBy is the safeguards.break_glass entry the user matched
+	// when first seen as a break-glass account: it stays recognised by its
+	// id while that entry is configured, whatever its email becomes.
+	BreakGlassBy string `json:"break_glass_by,omitempty"`
+	// HeldOrg is the organisation the user is kept in, as its admin, by a
+	// last-admin hold on a move to another organisation.
+	HeldOrg string `json:"held_org,omitempty"`
+	// MappedOrg is the organisation under which the user is counted as
+	// holding a mapped (non-default) badge (bucket org_holders), or "".
+	MappedOrg string `json:"mapped_org,omitempty"`
 }
 
 type groupRec struct {

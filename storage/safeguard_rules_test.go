@@ -288,3 +288,55 @@ func TestHoldDecisionEntriesCarryOperatorEventID(t *testing.T) {
 		t.Errorf("%d entries carry %s, want 2: %+v", decided, want, entries)
 	}
 }
+
+// Absent is not empty: a user event without "role"/"roles" leaves the roles
+// and what they grant; "roles": [] revokes the role-granted badges, and the
+// audit says the IdP removed the role. Delivered in either order.
+func TestRolesAbsentKeepEmptyRevokes(t *testing.T) {
+	withRole := usr("u1", "A", "active")
+	withRole["roles"] = []map[string]string{{"slug": "billing"}}
+	absent := usr("u1", "A2", "active") // no role attribute at all
+	empty := usr("u1", "A3", "active")
+	empty["roles"] = []any{}
+	for _, c := range []struct {
+		name   string
+		bodies [][]byte
+		want   []string
+	}{
+		{"absent keeps, in order", [][]byte{ev("e1", "dsync.user.created", 1, withRole), ev("e2", "dsync.user.updated", 2, absent)}, []string{"billing", "member"}},
+		{"absent keeps, newer first", [][]byte{ev("e2", "dsync.user.updated", 2, absent), ev("e1", "dsync.user.created", 1, withRole)}, []string{"billing", "member"}},
+		{"empty revokes, in order", [][]byte{ev("e1", "dsync.user.created", 1, withRole), ev("e2", "dsync.user.updated", 2, empty)}, []string{"member"}},
+		{"empty revokes, newer first", [][]byte{ev("e2", "dsync.user.updated", 2, empty), ev("e1", "dsync.user.created", 1, withRole)}, []string{"member"}},
+		{"a membership payload without roles keeps them", [][]byte{ev("e1", "dsync.user.created", 1, withRole),
+			ev("e2", "dsync.group.user_added", 2, mem(usr("u1", "A", "active"), grp("g_eng", "Engineering")))}, []string{"billing", "member"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			st := MustOpen(t, storage.Options{})
+			for _, b := range c.bodies {
+				mustApply(t, st, b)
+			}
+			got := badgesOf(t, st, "u1")
+			for _, b := range c.want {
+				if !slices.Contains(got, b) {
+					t.Fatalf("badges %v, want %v", got, c.want)
+				}
+			}
+			if !slices.Contains(c.want, "billing") && slices.Contains(got, "billing") {
+				t.Fatalf("badges %v: roles: [] did not revoke billing", got)
+			}
+			if u := findUser(t, st, "u1"); u.FirstName == "A" && c.name != "a membership payload without roles keeps them" {
+				t.Fatalf("the newer event's profile was not applied: %+v", u)
+			}
+		})
+	}
+	st := MustOpen(t, storage.Options{})
+	mustApply(t, st, ev("e1", "dsync.user.created", 1, withRole), ev("e2", "dsync.user.updated", 2, empty))
+	entries, err := st.Audit(storage.AuditFilter{UserID: "u1", Badge: "billing"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := entries[len(entries)-1]
+	if last.Action != storage.ActionRevoke || last.Reason != "the IdP removed role billing" || last.EventID != "e2" {
+		t.Fatalf("audit of the revocation = %+v, want a revoke by e2 saying the IdP removed role billing", last)
+	}
+}
