@@ -30,6 +30,11 @@ const (
 	// Deferred: the organisation's sync is paused; the event is kept, in
 	// order, until an operator resumes it.
 	Deferred Outcome = "deferred"
+	// Future: the event's created_at is later than the clock plus
+	// Options.MaxFuture. It is not applied nor recorded as processed: the
+	// caller parks it (an event dated in the future would make every later
+	// real event about its entities stale).
+	Future Outcome = "future"
 )
 
 // pruneBatch bounds how many expired processed-id records one Apply removes.
@@ -138,6 +143,9 @@ func (s *Store) applyOne(t *txn, ev *events.Event, now time.Time, fl applyFlags)
 	if ev.ID == "" {
 		return "", errors.New("event without id")
 	}
+	if s.FutureDated(ev, now) {
+		return Future, nil
+	}
 	if !fl.resumed && t.processed.Get([]byte(ev.ID)) != nil {
 		return Duplicate, nil
 	}
@@ -184,6 +192,12 @@ func (s *Store) applyOne(t *txn, ev *events.Event, now time.Time, fl applyFlags)
 		return Applied, nil
 	}
 	return Stale, nil
+}
+
+// FutureDated reports whether ev's created_at is later than now plus
+// Options.MaxFuture (never, when MaxFuture is zero).
+func (s *Store) FutureDated(ev *events.Event, now time.Time) bool {
+	return s.opts.MaxFuture > 0 && ev.CreatedAt.After(now.Add(s.opts.MaxFuture))
 }
 
 func (s *Store) markProcessed(t *txn, id string, now time.Time) error {

@@ -5,6 +5,7 @@ package storage_test
 // operator decisions that say who made them.
 
 import (
+	"encoding/json"
 	"fmt"
 	"slices"
 	"testing"
@@ -338,5 +339,34 @@ func TestRolesAbsentKeepEmptyRevokes(t *testing.T) {
 	last := entries[len(entries)-1]
 	if last.Action != storage.ActionRevoke || last.Reason != "the IdP removed role billing" || last.EventID != "e2" {
 		t.Fatalf("audit of the revocation = %+v, want a revoke by e2 saying the IdP removed role billing", last)
+	}
+}
+
+// An event dated later than the clock plus MaxFuture is not applied, not
+// recorded as processed (its dead letter can be replayed once due), and
+// does not make later real events stale.
+func TestFutureDatedEventIsRefusedAndFreezesNothing(t *testing.T) {
+	now := time.Date(2024, 1, 1, 0, 1, 0, 0, time.UTC)
+	st := MustOpen(t, storage.Options{MaxFuture: 3 * time.Minute, Now: func() time.Time { return now }})
+	future, err := json.Marshal(map[string]any{"id": "e2099", "event": "dsync.user.updated", "created_at": "2099-01-01T00:00:00Z",
+		"data": usr("u1", "Frozen", "inactive")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := mustApply(t, st, ev("e1", "dsync.user.created", 1, usr("u1", "A", "active")), future, ev("e2", "dsync.user.updated", 2, usr("u1", "B", "active")))
+	if !slices.Equal(out, []storage.Outcome{storage.Applied, storage.Future, storage.Applied}) {
+		t.Fatalf("outcomes = %v, want applied, future, applied", out)
+	}
+	if u := findUser(t, st, "u1"); u.FirstName != "B" || u.State != "active" {
+		t.Fatalf("u1 = %+v, want the real later event applied", u)
+	}
+	if ok, _ := st.Processed("e2099"); ok {
+		t.Fatal("the future-dated event is recorded as processed")
+	}
+	// Within the tolerance: applied.
+	soon := time.Date(2024, 1, 1, 0, 3, 0, 0, time.UTC).Format(time.RFC3339)
+	b, _ := json.Marshal(map[string]any{"id": "e3", "event": "dsync.user.updated", "created_at": soon, "data": usr("u1", "C", "active")})
+	if out := mustApply(t, st, b); out[0] != storage.Applied {
+		t.Fatalf("an event 2m ahead with a 3m tolerance = %s, want applied", out[0])
 	}
 }

@@ -53,7 +53,11 @@ type Options struct {
 	// OnHold, if set, is called after a commit for every hold the committed
 	// transaction opened (to log and count them).
 	OnHold func(Hold)
-	// Now is the clock used for audit times and pruning. Nil means time.Now.
+	// MaxFuture, when positive, is how far past Now an event's created_at
+	// may be: a later one is not applied (Apply says Future). dsyncd sets
+	// it to webhook.tolerance. Zero applies events whatever their date.
+	MaxFuture time.Duration
+	// Now is the clock used for audit times, pruning and MaxFuture. Nil means time.Now.
 	Now func() time.Time
 	// NoSync skips fsync on commit. Only for tests and benchmarks that
 	// rebuild a store from scratch.

@@ -15,6 +15,9 @@ type Counts struct {
 	Ignored   int `json:"ignored"`
 	Invalid   int `json:"invalid"`
 	Deferred  int `json:"deferred"`
+	// Future: events dated later than the clock plus webhook.tolerance,
+	// not applied (the live worker parks them as dead letters).
+	Future int `json:"future"`
 }
 
 // Add adds o to c.
@@ -30,6 +33,8 @@ func (c *Counts) Add(o storage.Outcome) {
 		c.Ignored++
 	case storage.Deferred:
 		c.Deferred++
+	case storage.Future:
+		c.Future++
 	}
 }
 
@@ -41,6 +46,7 @@ func (c *Counts) Merge(o Counts) {
 	c.Ignored += o.Ignored
 	c.Invalid += o.Invalid
 	c.Deferred += o.Deferred
+	c.Future += o.Future
 }
 
 func (c Counts) String() string {
@@ -49,6 +55,9 @@ func (c Counts) String() string {
 	if c.Deferred > 0 {
 		// Only a paused organisation defers events (safeguards).
 		s += fmt.Sprintf(", deferred %d", c.Deferred)
+	}
+	if c.Future > 0 {
+		s += fmt.Sprintf(", future-dated (not applied) %d", c.Future)
 	}
 	return s
 }

@@ -359,6 +359,10 @@ func (w *Worker) process(msgs []jetstream.Msg) bool {
 	if err == nil {
 		for i, m := range valid {
 			rep.Counts.Add(outs[i])
+			if outs[i] == storage.Future {
+				w.parkFuture(ctx, m, evs[i], &rep)
+				continue
+			}
 			rep.CreatedAt = append(rep.CreatedAt, evs[i].CreatedAt)
 			w.ack(m)
 			w.unblock(evs[i].DirectoryID, m)
@@ -392,6 +396,11 @@ func (w *Worker) process(msgs []jetstream.Msg) bool {
 			continue
 		}
 		outs, err := w.st.Apply(evs[i : i+1])
+		if err == nil && outs[0] == storage.Future {
+			rep.Counts.Add(outs[0])
+			w.parkFuture(ctx, m, evs[i], &rep)
+			continue
+		}
 		if err == nil {
 			rep.Counts.Add(outs[0])
 			rep.CreatedAt = append(rep.CreatedAt, evs[i].CreatedAt)
@@ -533,6 +542,18 @@ func (w *Worker) park(ctx context.Context, m jetstream.Msg, reason string, attem
 	w.log.Warn("event parked in dead-letter stream", zap.String("subject", m.Subject()), zap.String("reason", reason))
 	w.ack(m)
 	return true
+}
+
+// parkFuture parks m, whose event ev the store refused as dated in the
+// future, in the dead-letter stream with the reason. The directory's later
+// events go on: they do not wait behind an event that may never be due.
+func (w *Worker) parkFuture(ctx context.Context, m jetstream.Msg, ev *events.Event, rep *BatchReport) {
+	reason := fmt.Sprintf("future-dated: created_at %s is later than this node's clock plus webhook.tolerance; not applied",
+		ev.CreatedAt.UTC().Format(time.RFC3339Nano))
+	if w.park(ctx, m, reason, 1) {
+		rep.Parked++
+		w.unblock(ev.DirectoryID, m)
+	}
 }
 
 // decode decodes a stream message's event: its data as the queue stored it

@@ -24,6 +24,7 @@ type metrics struct {
 	eventAge     prometheus.Histogram
 	batchSize    prometheus.Histogram
 	yielded      prometheus.Counter
+	future       prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -41,13 +42,15 @@ func newMetrics() *metrics {
 			Help: "now - created_at of each applied event.", Buckets: prometheus.ExponentialBuckets(0.05, 2, 20)}),
 		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "dsyncd_apply_batch_events",
 			Help: "Events per applied batch.", Buckets: prometheus.ExponentialBuckets(1, 2, 12)}),
+		future: prometheus.NewCounter(prometheus.CounterOpts{Name: "dsyncd_events_future_dated_total",
+			Help: "Events not applied because their created_at is later than the node's clock plus webhook.tolerance (parked as dead letters)."}),
 		yielded: prometheus.NewCounter(prometheus.CounterOpts{Name: "dsyncd_worker_yield_seconds_total",
 			Help: "Time the worker paused to leave the CPU to the webhook receiver during a flood (worker.max_yield_lag)."}),
 	}
 	for _, o := range []string{"applied", "duplicate", "stale", "ignored", "invalid", "deferred"} {
 		m.applied.WithLabelValues(o)
 	}
-	m.reg.MustRegister(m.applied, m.parked, m.holdsOpened, m.applyLatency, m.eventAge, m.batchSize, m.yielded,
+	m.reg.MustRegister(m.applied, m.parked, m.future, m.holdsOpened, m.applyLatency, m.eventAge, m.batchSize, m.yielded,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -60,6 +63,7 @@ func (m *metrics) observeBatch(r worker.BatchReport) {
 		}
 	}
 	m.parked.Add(float64(r.Parked))
+	m.future.Add(float64(c.Future))
 	m.applyLatency.Observe(r.Duration.Seconds())
 	m.batchSize.Observe(float64(len(r.CreatedAt)))
 	now := time.Now()

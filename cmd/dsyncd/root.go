@@ -125,6 +125,7 @@ func storeOptions(cfg config.Config, path string) storage.Options {
 		ProcessedRetention: cfg.Store.ProcessedRetention,
 		AuditRetention:     cfg.Store.AuditRetention,
 		Mapping:            cfg.Mapping,
+		MaxFuture:          cfg.Webhook.Tolerance,
 		Safeguards: storage.Safeguards{
 			OnDirectoryDeleted: cfg.Safeguards.OnDirectoryDeleted,
 			BreakGlass:         cfg.Safeguards.BreakGlass,
