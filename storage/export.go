@@ -42,6 +42,12 @@ type ExportDirectory struct {
 }
 
 // ExportUser is a user in the snapshot.
+//
+// A user whose admin badge an open last-admin hold keeps is listed, deleted
+// or not, with the state the directory gave it, its badges (admin included)
+// and HeldBy, the hold's id, until the hold is released, approved or
+// rejected: no read surface shows an organisation without an admin while a
+// hold protects one. Deleted says the directory deleted it meanwhile.
 type ExportUser struct {
 	ID             string   `json:"id"`
 	DirectoryID    string   `json:"directory_id"`
@@ -53,6 +59,8 @@ type ExportUser struct {
 	State          string   `json:"state"`
 	Groups         []string `json:"groups"`
 	Badges         []string `json:"badges"`
+	Deleted        bool     `json:"deleted,omitempty"`
+	HeldBy         uint64   `json:"held_by,omitempty"`
 }
 
 // ExportGroup is a group in the snapshot.
@@ -95,15 +103,19 @@ func (s *Store) Export() (*Snapshot, error) {
 			return err
 		}
 		members := map[string][]string{}
+		held, err := s.heldUsers(t)
+		if err != nil {
+			return err
+		}
 		err = t.users.ForEach(func(_, v []byte) error {
 			u, err := decodeUser(v)
 			if err != nil {
 				return err
 			}
-			if u.Deleted {
+			if u.Deleted && held[u.ID] == 0 {
 				return nil
 			}
-			eu, err := s.exportUser(t, u)
+			eu, err := s.exportUser(t, u, held[u.ID])
 			if err != nil {
 				return err
 			}
@@ -150,7 +162,7 @@ func (s *Store) Export() (*Snapshot, error) {
 
 // exportUser renders u as the snapshot shows it: its fields as WorkOS sent
 // them (no organisation is made up for a user whose payloads had none).
-func (s *Store) exportUser(t *txn, u *userRec) (ExportUser, error) {
+func (s *Store) exportUser(t *txn, u *userRec, heldBy uint64) (ExportUser, error) {
 	groups, err := s.userGroups(t, u)
 	if err != nil {
 		return ExportUser{}, err
@@ -160,7 +172,24 @@ func (s *Store) exportUser(t *txn, u *userRec) (ExportUser, error) {
 		ids = append(ids, g.ID)
 	}
 	return ExportUser{ID: u.ID, DirectoryID: u.DirectoryID, OrganizationID: u.OrganizationID, IdpID: u.IdpID, Email: u.Email,
-		FirstName: u.FirstName, LastName: u.LastName, State: u.State, Groups: ids, Badges: mapping.Badges(u.Grants)}, nil
+		FirstName: u.FirstName, LastName: u.LastName, State: u.State, Groups: ids, Badges: mapping.Badges(u.Grants),
+		Deleted: u.Deleted, HeldBy: heldBy}, nil
+}
+
+// heldUsers maps each user an open last-admin hold keeps an admin to the
+// hold's id.
+func (s *Store) heldUsers(t *txn) (map[string]uint64, error) {
+	out := map[string]uint64{}
+	if k, _ := t.openHolds.Cursor().First(); k == nil {
+		return out, nil
+	}
+	err := s.eachOpenHold(t, func(h *Hold) error {
+		if h.Kind == HoldLastAdmin && out[h.UserID] == 0 {
+			out[h.UserID] = h.ID
+		}
+		return nil
+	})
+	return out, err
 }
 
 // UserView is one user with its groups and, for each badge, what grants it.
@@ -186,7 +215,11 @@ func (s *Store) User(id string) (*UserView, error) {
 		if u == nil {
 			return ErrNotFound
 		}
-		eu, err := s.exportUser(t, u)
+		held, err := s.heldUsers(t)
+		if err != nil {
+			return err
+		}
+		eu, err := s.exportUser(t, u, held[u.ID])
 		if err != nil {
 			return err
 		}
@@ -214,20 +247,25 @@ func (s *Store) User(id string) (*UserView, error) {
 }
 
 // UsersWithBadge returns the live users of directory dirID, sorted by id,
-// holding badge (every live user when badge is empty).
+// holding badge (every live user when badge is empty). A deleted user an
+// open last-admin hold keeps an admin is live until the hold closes.
 func (s *Store) UsersWithBadge(dirID, badge string) ([]ExportUser, error) {
 	out := []ExportUser{}
 	err := s.view(func(tx *bolt.Tx) error {
 		t := newTxn(tx)
+		held, err := s.heldUsers(t)
+		if err != nil {
+			return err
+		}
 		return eachPrefix(t.dirUsers, dirID, func(uid string) error {
 			u, err := t.user(uid)
-			if err != nil || u == nil || u.Deleted {
+			if err != nil || u == nil || (u.Deleted && held[uid] == 0) {
 				return err
 			}
 			if badge != "" && !slices.Contains(mapping.Badges(u.Grants), badge) {
 				return nil
 			}
-			eu, err := s.exportUser(t, u)
+			eu, err := s.exportUser(t, u, held[uid])
 			if err != nil {
 				return err
 			}

@@ -370,3 +370,48 @@ func TestFutureDatedEventIsRefusedAndFreezesNothing(t *testing.T) {
 		t.Fatalf("an event 2m ahead with a 3m tolerance = %s, want applied", out[0])
 	}
 }
+
+// A held admin is visible as an admin everywhere: export, the user, the
+// directory's listing by badge show the deleted or deactivated last admin
+// with its badges and the hold's id until the hold closes.
+func TestHeldAdminIsVisibleOnEveryReadSurfaceUntilReleased(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		last []byte
+	}{
+		{"deleted", ev("e3", "dsync.user.deleted", 3, usr("u1", "A", "inactive"))},
+		{"deactivated", ev("e3", "dsync.user.updated", 3, usr("u1", "A", "inactive"))},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			st := MustOpen(t, storage.Options{})
+			admins := grp("g_adm", "App Admins")
+			mustApply(t, st, ev("e1", "dsync.group.user_added", 1, mem(usr("u1", "A", "active"), admins)),
+				ev("e2", "dsync.user.created", 2, usr("u2", "B", "active")), c.last)
+			hs := openHolds(t, st)
+			if len(hs) != 1 {
+				t.Fatalf("holds = %+v, want the last admin held", hs)
+			}
+			u := findUser(t, st, "u1")
+			if u == nil || !slices.Contains(u.Badges, "admin") || u.HeldBy != hs[0].ID || u.State != "inactive" {
+				t.Fatalf("export of the held admin = %+v, want it listed, inactive, with admin and held_by %d", u, hs[0].ID)
+			}
+			listed, err := st.UsersWithBadge("dir_1", "admin")
+			if err != nil || len(listed) != 1 || listed[0].ID != "u1" || listed[0].HeldBy != hs[0].ID {
+				t.Fatalf("admins of dir_1 = %+v, %v; want u1 held by %d", listed, err, hs[0].ID)
+			}
+			v, err := st.User("u1")
+			if err != nil || v.HeldBy != hs[0].ID || !slices.Contains(v.Badges, "admin") {
+				t.Fatalf("user u1 = %+v, %v", v, err)
+			}
+			// Another admin: the hold releases, u1 loses admin.
+			mustApply(t, st, ev("e4", "dsync.group.user_added", 4, mem(usr("u2", "B", "active"), admins)))
+			listed, _ = st.UsersWithBadge("dir_1", "admin")
+			if len(listed) != 1 || listed[0].ID != "u2" || listed[0].HeldBy != 0 {
+				t.Fatalf("admins after release = %+v, want u2 only", listed)
+			}
+			if u := findUser(t, st, "u1"); (c.name == "deleted") != (u == nil) || (u != nil && u.HeldBy != 0) {
+				t.Fatalf("export of u1 after release = %+v", u)
+			}
+		})
+	}
+}
