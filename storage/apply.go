@@ -686,10 +686,19 @@ func (s *Store) subject(t *txn, u *userRec) (mapping.Subject, error) {
 	if err != nil {
 		return sub, err
 	}
+	userOrg, err := s.userOrg(t, u)
+	if err != nil {
+		return sub, err
+	}
 	for _, g := range groups {
 		org, err := s.organization(t, g.OrganizationID, g.DirectoryID)
 		if err != nil {
 			return sub, err
+		}
+		if userOrg != "" && org != "" && org != userOrg {
+			// A group of another organisation (the user moved): its
+			// rules are not the user's organisation's.
+			continue
 		}
 		sub.Groups = append(sub.Groups, mapping.Group{ID: g.ID, IdpID: g.IdpID, Name: g.Name, OrganizationID: org})
 	}

@@ -30,6 +30,7 @@ type ExportHold struct {
 	Badge          string `json:"badge,omitempty"`
 	EventID        string `json:"event_id,omitempty"`
 	Deferred       int    `json:"deferred_events,omitempty"`
+	MovedTo        string `json:"moved_to,omitempty"`
 	Reason         string `json:"reason"`
 }
 
@@ -61,6 +62,10 @@ type ExportUser struct {
 	Badges         []string `json:"badges"`
 	Deleted        bool     `json:"deleted,omitempty"`
 	HeldBy         uint64   `json:"held_by,omitempty"`
+	// MovedTo: the directory moved the user to this organisation, but it
+	// was its old one's last admin; until the hold closes the user is
+	// listed in (OrganizationID) and has the badges of its old organisation.
+	MovedTo string `json:"moved_to_organization_id,omitempty"`
 }
 
 // ExportGroup is a group in the snapshot.
@@ -150,7 +155,7 @@ func (s *Store) Export() (*Snapshot, error) {
 		hs, err := s.holds(t, true)
 		for _, h := range hs {
 			snap.Holds = append(snap.Holds, ExportHold{ID: h.ID, Kind: h.Kind, OrganizationID: h.OrganizationID, UserID: h.UserID,
-				Badge: h.Badge, EventID: h.EventID, Deferred: h.Deferred, Reason: h.Reason})
+				Badge: h.Badge, EventID: h.EventID, Deferred: h.Deferred, MovedTo: h.MovedTo, Reason: h.Reason})
 		}
 		return err
 	})
@@ -171,9 +176,17 @@ func (s *Store) exportUser(t *txn, u *userRec, heldBy uint64) (ExportUser, error
 	for _, g := range groups {
 		ids = append(ids, g.ID)
 	}
-	return ExportUser{ID: u.ID, DirectoryID: u.DirectoryID, OrganizationID: u.OrganizationID, IdpID: u.IdpID, Email: u.Email,
+	eu := ExportUser{ID: u.ID, DirectoryID: u.DirectoryID, OrganizationID: u.OrganizationID, IdpID: u.IdpID, Email: u.Email,
 		FirstName: u.FirstName, LastName: u.LastName, State: u.State, Groups: ids, Badges: mapping.Badges(u.Grants),
-		Deleted: u.Deleted, HeldBy: heldBy}, nil
+		Deleted: u.Deleted, HeldBy: heldBy}
+	if u.HeldOrg != "" {
+		dirOrg, err := s.organization(t, u.OrganizationID, u.DirectoryID)
+		if err != nil {
+			return ExportUser{}, err
+		}
+		eu.OrganizationID, eu.MovedTo = u.HeldOrg, dirOrg
+	}
+	return eu, nil
 }
 
 // heldUsers maps each user an open last-admin hold keeps an admin to the

@@ -92,6 +92,12 @@ type grantPlan struct {
 	want      []mapping.Grant
 	skips     []AuditEntry // revocations break-glass did not apply
 	holdAdmin bool         // set by the last-admin safeguard
+	// moveFrom is the organisation the user held the admin badge in, when
+	// it is now in another one (its organization_id, or its directory's,
+	// changed): that organisation loses an admin. holdMove: the
+	// safeguard keeps the user there instead; movedTo is where it was going.
+	moveFrom, movedTo string
+	holdMove          bool
 }
 
 // regrant recomputes the grants of users together, as one change: the
@@ -114,17 +120,27 @@ func (s *Store) regrant(t *txn, users []*userRec, eventID string, now time.Time,
 		plans = append(plans, p)
 		had := slices.Contains(mapping.Badges(u.Grants), admin)
 		wants := slices.Contains(mapping.Badges(p.want), admin)
-		if had != wants {
-			f := flows[p.org]
+		flowOf := func(org string) *flow {
+			f := flows[org]
 			if f == nil {
 				f = &flow{}
-				flows[p.org] = f
+				flows[org] = f
 			}
-			if had {
-				f.lose = append(f.lose, p)
-			} else {
-				f.gain = append(f.gain, p)
+			return f
+		}
+		switch {
+		case had && u.AdminIndexed && u.AdminOrg != p.org:
+			// An admin moved to another organisation: the old one loses
+			// an admin whatever the new one's rules grant.
+			p.moveFrom = u.AdminOrg
+			flowOf(u.AdminOrg).lose = append(flowOf(u.AdminOrg).lose, p)
+			if wants {
+				flowOf(p.org).gain = append(flowOf(p.org).gain, p)
 			}
+		case had && !wants:
+			flowOf(p.org).lose = append(flowOf(p.org).lose, p)
+		case !had && wants:
+			flowOf(p.org).gain = append(flowOf(p.org).gain, p)
 		}
 	}
 	if !o.forceRevokeAdmin {
@@ -138,10 +154,28 @@ func (s *Store) regrant(t *txn, users []*userRec, eventID string, now time.Time,
 			}
 			if before >= 1 && before-len(f.lose)+len(f.gain) <= 0 {
 				for _, p := range f.lose {
-					p.holdAdmin = true
+					if p.moveFrom != "" {
+						p.holdMove = true
+					} else {
+						p.holdAdmin = true
+					}
 				}
 			}
 		}
+	}
+	for i, p := range plans {
+		if !p.holdMove {
+			continue
+		}
+		// The move is held: the user stays in its old organisation, as
+		// its admin, with its badges under that organisation's rules.
+		p.u.HeldOrg = p.moveFrom
+		np, err := s.planGrants(t, p.u, eventID, now)
+		if err != nil {
+			return nil, err
+		}
+		np.holdAdmin, np.movedTo = true, p.org
+		plans[i] = np
 	}
 	lost := map[string][]string{}
 	for _, p := range plans {
@@ -163,12 +197,14 @@ func (s *Store) planGrants(t *txn, u *userRec, eventID string, now time.Time) (*
 	if err != nil {
 		return nil, err
 	}
-	org, err := s.organization(t, u.OrganizationID, u.DirectoryID)
+	org, err := s.userOrg(t, u)
 	if err != nil {
 		return nil, err
 	}
 	p := &grantPlan{u: u, org: org, sub: sub, want: s.opts.Mapping.Grants(sub)}
-	if sub.Active {
+	// Retained badges stay in the organisation they were granted in: a user
+	// moved to another one gets that one's rules only.
+	if sub.Active && (u.MappedOrg == "" || u.MappedOrg == org) {
 		for _, g := range u.Grants {
 			if g.Source == SourceRetained && !slices.Contains(mapping.Badges(p.want), g.Badge) {
 				p.want = append(p.want, g)
@@ -176,12 +212,25 @@ func (s *Store) planGrants(t *txn, u *userRec, eventID string, now time.Time) (*
 		}
 	}
 	// An open last-admin hold keeps the badge until another admin exists
-	// or the mapping grants it again.
+	// or the mapping grants it again (for a held move: until the user is
+	// back in the organisation).
 	hold, err := s.openHold(t, HoldLastAdmin, org, u.ID)
 	if err != nil {
 		return nil, err
 	}
-	if hold != nil {
+	dirOrg, err := s.organization(t, u.OrganizationID, u.DirectoryID)
+	if err != nil {
+		return nil, err
+	}
+	if hold != nil && hold.MovedTo != "" {
+		if dirOrg == hold.OrganizationID {
+			if err := s.closeHold(t, hold, ResolutionReleased, "the user is back in organisation "+dirOrg, eventID, now); err != nil {
+				return nil, err
+			}
+		} else {
+			p.want = append(p.want, mapping.Grant{Badge: hold.Badge, Rule: hold.Rule, Source: SourceHeld})
+		}
+	} else if hold != nil {
 		if slices.Contains(mapping.Badges(p.want), hold.Badge) {
 			if err := s.closeHold(t, hold, ResolutionReleased, "the mapping grants the badge again", eventID, now); err != nil {
 				return nil, err
@@ -222,7 +271,10 @@ func (s *Store) commitGrants(t *txn, p *grantPlan, eventID string, now time.Time
 		g := firstGrant(u.Grants, admin)
 		h := &Hold{Kind: HoldLastAdmin, OrganizationID: p.org, UserID: u.ID, Badge: admin, Rule: g.Rule,
 			Reason:  "revoking " + admin + " (" + revokeReason(u, p.sub) + ") would leave organisation " + p.org + " without an admin",
-			EventID: eventID, CreatedAt: now}
+			EventID: eventID, CreatedAt: now, MovedTo: p.movedTo}
+		if p.movedTo != "" {
+			h.Reason = "moving the user to organisation " + p.movedTo + " would leave organisation " + p.org + " without an admin"
+		}
 		if err := s.openNewHold(t, h); err != nil {
 			return false, err
 		}

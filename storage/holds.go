@@ -35,19 +35,22 @@ var ErrHoldClosed = errors.New("hold is not open")
 
 // Hold is a change sync did not make on its own.
 type Hold struct {
-	ID             uint64     `json:"id"`
-	Kind           string     `json:"kind"`
-	OrganizationID string     `json:"organization_id"`
-	UserID         string     `json:"user_id,omitempty"`
-	Badge          string     `json:"badge,omitempty"`
-	Rule           string     `json:"rule,omitempty"`
-	Reason         string     `json:"reason"`
-	EventID        string     `json:"event_id,omitempty"`
-	CreatedAt      time.Time  `json:"created_at"`
-	Deferred       int        `json:"deferred_events,omitempty"` // mass_deprovision: events waiting
-	ClosedAt       *time.Time `json:"closed_at,omitempty"`
-	Resolution     string     `json:"resolution,omitempty"`
-	ClosedBecause  string     `json:"closed_because,omitempty"`
+	ID             uint64    `json:"id"`
+	Kind           string    `json:"kind"`
+	OrganizationID string    `json:"organization_id"`
+	UserID         string    `json:"user_id,omitempty"`
+	Badge          string    `json:"badge,omitempty"`
+	Rule           string    `json:"rule,omitempty"`
+	Reason         string    `json:"reason"`
+	EventID        string    `json:"event_id,omitempty"`
+	CreatedAt      time.Time `json:"created_at"`
+	Deferred       int       `json:"deferred_events,omitempty"` // mass_deprovision: events waiting
+	// MovedTo: a last_admin hold on a move; the organisation the user was
+	// moved to. Until the hold closes the user stays in OrganizationID.
+	MovedTo       string     `json:"moved_to,omitempty"`
+	ClosedAt      *time.Time `json:"closed_at,omitempty"`
+	Resolution    string     `json:"resolution,omitempty"`
+	ClosedBecause string     `json:"closed_because,omitempty"`
 }
 
 // Open reports whether the hold is still open.
@@ -74,8 +77,31 @@ func (s *Store) closeHold(t *txn, h *Hold, resolution, because, eventID string, 
 	if err := t.openHolds.Delete(u64(h.ID)); err != nil {
 		return err
 	}
+	if h.MovedTo != "" {
+		// The user now belongs where the directory says.
+		u, err := t.user(h.UserID)
+		if err != nil {
+			return err
+		}
+		if u != nil && u.HeldOrg == h.OrganizationID {
+			u.HeldOrg = ""
+			if err := t.putUser(u); err != nil {
+				return err
+			}
+		}
+	}
 	return s.addAudit(t, AuditEntry{Time: now, EventID: eventID, OrganizationID: h.OrganizationID, UserID: h.UserID,
 		Badge: h.Badge, Rule: h.Rule, Action: ActionRelease, Reason: fmt.Sprintf("hold %d (%s) %s: %s", h.ID, h.Kind, resolution, because)})
+}
+
+// userOrg returns the organisation u belongs to for the safeguards and the
+// mapping: the one a held move keeps it in, else its own, else its
+// directory's.
+func (s *Store) userOrg(t *txn, u *userRec) (string, error) {
+	if u.HeldOrg != "" {
+		return u.HeldOrg, nil
+	}
+	return s.organization(t, u.OrganizationID, u.DirectoryID)
 }
 
 // eachOpenHold calls fn for every open hold, oldest first.

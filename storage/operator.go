@@ -20,6 +20,11 @@ import (
 // and nobody said whether its badges stay (keep) or go (remove).
 var ErrUnmapChoice = errors.New("a removed group rule needs on_unmap: keep or remove")
 
+// ErrNotRejectable is returned by DecideHold when rejecting a last-admin hold
+// on a move: the directory moved the user; approve the hold, or give the old
+// organisation another admin (the hold then closes by itself).
+var ErrNotRejectable = errors.New("a held move cannot be rejected: approve it, or give the organisation another admin")
+
 // ErrNotPaused is returned by Resume for an organisation whose sync is not paused.
 var ErrNotPaused = errors.New("organisation is not paused")
 
@@ -420,6 +425,9 @@ func (s *Store) DecideHold(id uint64, approve, dryRun bool) (*Plan, error) {
 		}
 		if !h.Open() {
 			return fmt.Errorf("hold %d: %w", id, ErrHoldClosed)
+		}
+		if h.MovedTo != "" && !approve {
+			return fmt.Errorf("hold %d: %w", id, ErrNotRejectable)
 		}
 		res, because := ResolutionRejected, "rejected by an operator"
 		if approve {

@@ -6,6 +6,7 @@ package storage_test
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
@@ -414,4 +415,87 @@ func TestHeldAdminIsVisibleOnEveryReadSurfaceUntilReleased(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Moving the only admin to another organisation is held like a revocation:
+// the user stays in the old organisation, as its admin, until another admin
+// exists there (or an operator approves); then its badges are the new
+// organisation's. A move that leaves an admin behind goes through at once.
+func TestMovingTheOnlyAdminIsHeld(t *testing.T) {
+	ga := grpO("g_a", "App Admins", "org_a")
+	setup := func(t *testing.T) *storage.Store {
+		st := MustOpen(t, storage.Options{})
+		mustApply(t, st,
+			ev("e1", "dsync.group.user_added", 1, memO(usrO("u1", "org_a", "active"), ga)),
+			ev("e2", "dsync.user.created", 2, usrO("u2", "org_a", "active")))
+		moved := usrO("u1", "org_a", "active")
+		moved["organization_id"] = "org_b"
+		mustApply(t, st, ev("e3", "dsync.user.updated", 3, moved))
+		return st
+	}
+	held := func(t *testing.T, st *storage.Store) storage.Hold {
+		t.Helper()
+		hs := openHolds(t, st)
+		if len(hs) != 1 || hs[0].OrganizationID != "org_a" || hs[0].UserID != "u1" || hs[0].MovedTo != "org_b" {
+			t.Fatalf("holds = %+v, want u1's move to org_b held in org_a", hs)
+		}
+		u := findUser(t, st, "u1")
+		if u.OrganizationID != "org_a" || u.MovedTo != "org_b" || u.HeldBy != hs[0].ID || !slices.Contains(u.Badges, "admin") {
+			t.Fatalf("u1 = %+v, want listed in org_a as admin, moving to org_b", u)
+		}
+		return hs[0]
+	}
+	moved := func(t *testing.T, st *storage.Store) {
+		t.Helper()
+		u := findUser(t, st, "u1")
+		if u.OrganizationID != "org_b" || u.MovedTo != "" || u.HeldBy != 0 || slices.Contains(u.Badges, "admin") {
+			t.Fatalf("u1 = %+v, want in org_b without org_a's admin group rule", u)
+		}
+	}
+	t.Run("released when the old organisation gets another admin", func(t *testing.T) {
+		st := setup(t)
+		held(t, st)
+		mustApply(t, st, ev("e4", "dsync.group.user_added", 4, memO(usrO("u2", "org_a", "active"), ga)))
+		moved(t, st)
+		if len(openHolds(t, st)) != 0 {
+			t.Fatalf("holds still open: %+v", openHolds(t, st))
+		}
+	})
+	t.Run("approved by an operator", func(t *testing.T) {
+		st := setup(t)
+		h := held(t, st)
+		if _, err := st.DecideHold(h.ID, true, false); err != nil {
+			t.Fatal(err)
+		}
+		moved(t, st)
+	})
+	t.Run("cannot be rejected", func(t *testing.T) {
+		st := setup(t)
+		h := held(t, st)
+		if _, err := st.DecideHold(h.ID, false, false); !errors.Is(err, storage.ErrNotRejectable) {
+			t.Fatalf("reject = %v, want ErrNotRejectable", err)
+		}
+		held(t, st)
+	})
+	t.Run("released when the user is moved back", func(t *testing.T) {
+		st := setup(t)
+		held(t, st)
+		mustApply(t, st, ev("e4", "dsync.user.updated", 4, usrO("u1", "org_a", "active")))
+		if u := findUser(t, st, "u1"); u.OrganizationID != "org_a" || u.HeldBy != 0 || !slices.Contains(u.Badges, "admin") {
+			t.Fatalf("u1 back in org_a = %+v, want an admin there, no hold", u)
+		}
+	})
+	t.Run("goes through when the old organisation keeps an admin", func(t *testing.T) {
+		st := MustOpen(t, storage.Options{})
+		mustApply(t, st,
+			ev("e1", "dsync.group.user_added", 1, memO(usrO("u1", "org_a", "active"), ga)),
+			ev("e2", "dsync.group.user_added", 2, memO(usrO("u2", "org_a", "active"), ga)))
+		m := usrO("u1", "org_a", "active")
+		m["organization_id"] = "org_b"
+		mustApply(t, st, ev("e3", "dsync.user.updated", 3, m))
+		moved(t, st)
+		if len(openHolds(t, st)) != 0 {
+			t.Fatalf("holds = %+v, want none", openHolds(t, st))
+		}
+	})
 }

@@ -124,7 +124,8 @@ func (d *daemon) reply(w http.ResponseWriter, v any, err error) {
 		writeJSON(w, http.StatusOK, v)
 	case errors.Is(err, storage.ErrNotFound), errors.Is(err, queue.ErrNotFound):
 		writeError(w, http.StatusNotFound, err.Error())
-	case errors.Is(err, storage.ErrHoldClosed), errors.Is(err, storage.ErrNotPaused), errors.Is(err, storage.ErrUnmapChoice):
+	case errors.Is(err, storage.ErrHoldClosed), errors.Is(err, storage.ErrNotPaused), errors.Is(err, storage.ErrUnmapChoice),
+		errors.Is(err, storage.ErrNotRejectable):
 		writeError(w, http.StatusConflict, err.Error())
 	default:
 		d.log.Error("operator request failed", zap.Error(err))
