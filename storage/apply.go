@@ -446,9 +446,36 @@ func (c *change) setUser(u0 *events.User, deleted bool) error {
 			rec.Email = u.Email
 		}
 	}
+	if err := c.pinBreakGlass(u, &rec); err != nil {
+		return err
+	}
 	c.changed = true
 	c.touch(rec.ID)
 	return c.t.putUser(&rec)
+}
+
+// pinBreakGlass keeps a break-glass account recognised by its directory user
+// id: rec, the new state of u, records the break_glass entry either matched,
+// and an email change of the account is audited.
+func (c *change) pinBreakGlass(u, rec *userRec) error {
+	entry := c.s.breakGlassEntry(u)
+	if entry == "" {
+		entry = c.s.breakGlassEntry(rec)
+	}
+	if entry == "" {
+		return nil
+	}
+	rec.BreakGlassBy = entry
+	if u.ID == "" || u.Email == "" || strings.EqualFold(u.Email, rec.Email) {
+		return nil
+	}
+	org, err := c.s.userOrg(c.t, rec)
+	if err != nil {
+		return err
+	}
+	return c.s.addAudit(c.t, AuditEntry{Time: c.now, EventID: c.ev.ID, OrganizationID: org, DirectoryID: rec.DirectoryID, UserID: rec.ID,
+		Action: ActionProfile, Reason: fmt.Sprintf("break-glass account's email changed from %s to %s: applied; still protected, "+
+			"recognised by its directory user id (break_glass entry %s)", u.Email, rec.Email, entry)})
 }
 
 func (c *change) user() error {

@@ -20,6 +20,9 @@ const (
 	ActionRelease = "release"
 	ActionSkip    = "skip" // a change sync was not allowed to make
 	ActionDrop    = "drop" // an operator dropped a dead letter
+	// ActionProfile: a profile change the safeguards note (a break-glass
+	// account's email changed; it stays recognised by its id).
+	ActionProfile = "profile"
 )
 
 // AuditEntry records one badge change, or one change that was not made, and why.
@@ -47,14 +50,20 @@ func (s *Store) addAudit(t *txn, e AuditEntry) error {
 	return putJSON(t.audit, u64(seq), e)
 }
 
-// breakGlass reports whether u is listed in safeguards.break_glass.
-func (s *Store) breakGlass(u *userRec) bool {
+// breakGlass reports whether u is a break-glass account.
+func (s *Store) breakGlass(u *userRec) bool { return s.breakGlassEntry(u) != "" }
+
+// breakGlassEntry returns the safeguards.break_glass entry u matches, or "":
+// its directory user id, its email, or the entry it matched when first
+// recognised (BreakGlassBy), while that entry is still configured — so that
+// changing the account's email cannot slip it out of protection.
+func (s *Store) breakGlassEntry(u *userRec) string {
 	for _, v := range s.opts.Safeguards.BreakGlass {
-		if v == u.ID || (u.Email != "" && strings.EqualFold(v, u.Email)) {
-			return true
+		if v == u.ID || (u.Email != "" && strings.EqualFold(v, u.Email)) || (u.BreakGlassBy != "" && strings.EqualFold(v, u.BreakGlassBy)) {
+			return v
 		}
 	}
-	return false
+	return ""
 }
 
 func (s *Store) auditBreakGlass(t *txn, ev *events.Event, u *userRec, now time.Time, what string) error {

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -498,4 +499,33 @@ func TestMovingTheOnlyAdminIsHeld(t *testing.T) {
 			t.Fatalf("holds = %+v, want none", openHolds(t, st))
 		}
 	})
+}
+
+// Break-glass cannot be slipped: an account matched by email stays
+// recognised by its directory user id when one event changes its email and
+// deactivates it, and when a later delete names the new email; the email
+// change is applied and audited.
+func TestBreakGlassStaysRecognisedAfterAnEmailChange(t *testing.T) {
+	st := MustOpen(t, storage.Options{Safeguards: storage.Safeguards{BreakGlass: []string{"oncall@x.example"}}})
+	u := usr("u1", "A", "active")
+	u["email"] = "oncall@x.example"
+	admins := grp("g_adm", "App Admins")
+	mustApply(t, st, ev("e1", "dsync.group.user_added", 1, mem(u, admins)),
+		ev("e2", "dsync.group.user_added", 2, mem(usr("u2", "B", "active"), admins)))
+	renamed := usr("u1", "A", "inactive")
+	renamed["email"] = "someone-else@x.example"
+	mustApply(t, st, ev("e3", "dsync.user.updated", 3, renamed), ev("e4", "dsync.user.deleted", 4, renamed))
+	got := findUser(t, st, "u1")
+	if got == nil || !slices.Contains(got.Badges, "admin") || got.Email != "someone-else@x.example" {
+		t.Fatalf("u1 = %+v, want kept with admin and the new email applied", got)
+	}
+	entries, err := st.Audit(storage.AuditFilter{UserID: "u1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(entries, func(e storage.AuditEntry) bool {
+		return e.Action == storage.ActionProfile && e.EventID == "e3" && strings.Contains(e.Reason, "oncall@x.example") && strings.Contains(e.Reason, "someone-else@x.example")
+	}) {
+		t.Fatalf("no audit entry for the email change: %+v", entries)
+	}
 }
