@@ -217,15 +217,21 @@ type SafeguardsConfig struct {
 }
 
 // MaxDeprovisionsConfig pauses an organisation's sync when more of its users
-// than allowed would lose all their badges within Window. A zero Count and
-// Percent disable it.
+// than allowed would lose a mapped (non-default) badge, or every badge,
+// within Window: the limit is min(Count, max(Floor, Percent% of the
+// organisation's holders of a mapped badge)). A zero Count and Percent
+// disable it; a zero Count alone leaves no cap, a zero Percent leaves Count.
 type MaxDeprovisionsConfig struct {
-	// Count is the most users that may be deprovisioned within Window.
+	// Count caps the limit: more than Count users losing badges within
+	// Window always pause the organisation.
 	Count int `mapstructure:"count"`
-	// Percent is the most users, as a percentage (0 to 100) of the
-	// organisation's users, that may be deprovisioned within Window.
+	// Percent is the limit as a percentage (0 to 100) of the organisation's
+	// users holding a mapped badge (dormant accounts hold none), once past Floor.
 	Percent float64 `mapstructure:"percent"`
-	// Window is the sliding window Count and Percent apply to.
+	// Floor is the least the percentage limit can be: up to Floor users of
+	// a small organisation may lose badges within Window unpaused.
+	Floor int `mapstructure:"floor"`
+	// Window is the sliding window the limit applies to.
 	Window time.Duration `mapstructure:"window"`
 }
 
@@ -292,7 +298,8 @@ func Default() Config {
 			OnDirectoryDeleted: OnDirectoryDeletedKeep,
 			MaxDeprovisions: MaxDeprovisionsConfig{
 				Count:   25,
-				Percent: 10,
+				Percent: 50,
+				Floor:   10,
 				Window:  10 * time.Minute,
 			},
 		},

@@ -105,6 +105,7 @@ func (c Config) Problems() []string {
 	v.check(md.Count >= 0, "safeguards.max_deprovisions.count", fmt.Sprintf("must be >= 0 (0 = no count limit), got %d", md.Count))
 	v.check(md.Percent >= 0 && md.Percent <= 100, "safeguards.max_deprovisions.percent",
 		fmt.Sprintf("must be between 0 and 100, got %g", md.Percent))
+	v.check(md.Floor >= 0, "safeguards.max_deprovisions.floor", fmt.Sprintf("must be >= 0, got %d", md.Floor))
 	if md.Count > 0 || md.Percent > 0 {
 		v.positive("safeguards.max_deprovisions.window", md.Window)
 	} else {

@@ -51,12 +51,12 @@ const pruneBatch = 512
 func (s *Store) Apply(evs []*events.Event) ([]Outcome, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	trips := map[int]string{} // event index -> organisation paused there
+	trips := map[int]*errTrip{} // event index -> the trip that paused its organisation there
 	for {
 		out, err := s.applyBatch(evs, trips)
 		var trip *errTrip
 		if errors.As(err, &trip) {
-			trips[trip.index] = trip.org
+			trips[trip.index] = trip
 			continue
 		}
 		if err != nil {
@@ -69,7 +69,7 @@ func (s *Store) Apply(evs []*events.Event) ([]Outcome, error) {
 	}
 }
 
-func (s *Store) applyBatch(evs []*events.Event, trips map[int]string) ([]Outcome, error) {
+func (s *Store) applyBatch(evs []*events.Event, trips map[int]*errTrip) ([]Outcome, error) {
 	out := make([]Outcome, len(evs))
 	var created []Hold
 	err := s.db.Update(func(tx *bolt.Tx) error {
@@ -94,13 +94,13 @@ func (s *Store) applyBatch(evs []*events.Event, trips map[int]string) ([]Outcome
 // At the index of each of trips it pauses that organisation and defers the
 // event instead (its later events are then deferred too). An event that
 // would trip a breaker ends it with its *errTrip: run again with that trip.
-func (s *Store) applyInOrder(t *txn, evs []*events.Event, trips map[int]string, now time.Time, outcome func(i int, o Outcome)) error {
+func (s *Store) applyInOrder(t *txn, evs []*events.Event, trips map[int]*errTrip, now time.Time, outcome func(i int, o Outcome)) error {
 	for i, ev := range evs {
-		if org, ok := trips[i]; ok {
-			if err := s.pause(t, org, ev, now); err != nil {
+		if trip, ok := trips[i]; ok {
+			if err := s.pause(t, trip, ev, now); err != nil {
 				return err
 			}
-			if err := s.deferEvent(t, org, ev, now); err != nil {
+			if err := s.deferEvent(t, trip.org, ev, now); err != nil {
 				return err
 			}
 			outcome(i, Deferred)
@@ -158,7 +158,7 @@ func (s *Store) applyOne(t *txn, ev *events.Event, now time.Time, fl applyFlags)
 			return Deferred, err
 		}
 	}
-	c := &change{s: s, t: t, ev: ev, k: toKey(ev.Key()), now: now, lostAll: map[string][]string{}}
+	c := &change{s: s, t: t, ev: ev, k: toKey(ev.Key()), now: now, losses: map[string][]loss{}}
 	switch ev.Type {
 	case events.DirectoryActivated, events.DirectoryDeleted:
 		err = c.directory()
@@ -282,9 +282,9 @@ type change struct {
 	now     time.Time
 	changed bool
 	touched []string // user ids whose badges must be recomputed
-	// lostAll lists, per organisation, the users this event took from some
-	// badges to none (for the mass-deprovisioning breaker).
-	lostAll map[string][]string
+	// losses lists, per organisation, the users this event took a mapped
+	// badge from, or every badge (for the breaker).
+	losses map[string][]loss
 }
 
 func (c *change) touch(ids ...string) { c.touched = append(c.touched, ids...) }
@@ -760,8 +760,8 @@ func (c *change) recompute() error {
 	if err != nil {
 		return err
 	}
-	for org, ids := range lost {
-		c.lostAll[org] = append(c.lostAll[org], ids...)
+	for org, ls := range lost {
+		c.losses[org] = append(c.losses[org], ls...)
 	}
 	return nil
 }

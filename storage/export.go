@@ -30,6 +30,7 @@ type ExportHold struct {
 	Badge          string `json:"badge,omitempty"`
 	EventID        string `json:"event_id,omitempty"`
 	Deferred       int    `json:"deferred_events,omitempty"`
+	Users          int    `json:"users,omitempty"`
 	MovedTo        string `json:"moved_to,omitempty"`
 	Reason         string `json:"reason"`
 }
@@ -155,7 +156,7 @@ func (s *Store) Export() (*Snapshot, error) {
 		hs, err := s.holds(t, true)
 		for _, h := range hs {
 			snap.Holds = append(snap.Holds, ExportHold{ID: h.ID, Kind: h.Kind, OrganizationID: h.OrganizationID, UserID: h.UserID,
-				Badge: h.Badge, EventID: h.EventID, Deferred: h.Deferred, MovedTo: h.MovedTo, Reason: h.Reason})
+				Badge: h.Badge, EventID: h.EventID, Deferred: h.Deferred, Users: h.Users, MovedTo: h.MovedTo, Reason: h.Reason})
 		}
 		return err
 	})

@@ -115,8 +115,8 @@ type grantPlan struct {
 // change would take an organisation's admins from one or more to none, every
 // admin revocation of that organisation in the change is held. It stores the
 // results, audits every badge gained, lost, held or kept, and returns, per
-// organisation, the users that went from some badges to none.
-func (s *Store) regrant(t *txn, users []*userRec, eventID string, now time.Time, o regrantOpts) (map[string][]string, error) {
+// organisation, the users that lost a mapped badge or every badge.
+func (s *Store) regrant(t *txn, users []*userRec, eventID string, now time.Time, o regrantOpts) (map[string][]loss, error) {
 	admin := s.opts.Mapping.AdminBadge
 	plans := make([]*grantPlan, 0, len(users))
 	type flow struct{ lose, gain []*grantPlan }
@@ -186,14 +186,14 @@ func (s *Store) regrant(t *txn, users []*userRec, eventID string, now time.Time,
 		np.holdAdmin, np.movedTo = true, p.org
 		plans[i] = np
 	}
-	lost := map[string][]string{}
+	lost := map[string][]loss{}
 	for _, p := range plans {
-		lostAll, err := s.commitGrants(t, p, eventID, now)
+		badges, err := s.commitGrants(t, p, eventID, now)
 		if err != nil {
 			return nil, err
 		}
-		if lostAll {
-			lost[p.org] = append(lost[p.org], p.u.ID)
+		if len(badges) > 0 {
+			lost[p.org] = append(lost[p.org], loss{user: p.u.ID, badges: badges})
 		}
 	}
 	return lost, nil
@@ -269,9 +269,18 @@ func (s *Store) planGrants(t *txn, u *userRec, eventID string, now time.Time) (*
 	return p, nil
 }
 
+// loss is what one change took from one user, for the breaker: the mapped
+// badges it lost, or every badge when it lost them all.
+type loss struct {
+	user   string
+	badges []string
+}
+
 // commitGrants stores p's grants (with a held admin grant when the
-// safeguard said so) and audits the difference.
-func (s *Store) commitGrants(t *txn, p *grantPlan, eventID string, now time.Time) (lostAll bool, err error) {
+// safeguard said so) and audits the difference. It returns the badges the
+// user lost that count for the breaker: its mapped (non-default) badges
+// lost, or every badge when it lost them all.
+func (s *Store) commitGrants(t *txn, p *grantPlan, eventID string, now time.Time) (lost []string, err error) {
 	u, admin := p.u, s.opts.Mapping.AdminBadge
 	base := AuditEntry{Time: now, EventID: eventID, OrganizationID: p.org, DirectoryID: u.DirectoryID, UserID: u.ID}
 	want := p.want
@@ -285,7 +294,7 @@ func (s *Store) commitGrants(t *txn, p *grantPlan, eventID string, now time.Time
 			h.Reason = "moving the user to organisation " + p.movedTo + " would leave organisation " + p.org + " without an admin"
 		}
 		if err := s.openNewHold(t, h); err != nil {
-			return false, err
+			return nil, err
 		}
 		want = append(want, mapping.Grant{Badge: admin, Rule: g.Rule, Group: g.Group, Role: g.Role, Source: SourceHeld})
 		e := base
@@ -314,23 +323,30 @@ func (s *Store) commitGrants(t *txn, p *grantPlan, eventID string, now time.Time
 	}
 	for _, e := range entries {
 		if err := s.addAudit(t, e); err != nil {
-			return false, err
+			return nil, err
 		}
 	}
 	slices.SortFunc(want, compareGrants)
 	want = slices.Compact(want)
-	lostAll = len(oldBadges) > 0 && len(finalBadges) == 0
+	for _, b := range oldBadges {
+		if !slices.Contains(finalBadges, b) && (len(finalBadges) == 0 || !slices.Contains(s.opts.Mapping.DefaultBadges, b)) {
+			lost = append(lost, b)
+		}
+	}
 	if err := s.indexAdmin(t, u, p.org, slices.Contains(finalBadges, admin)); err != nil {
-		return false, err
+		return nil, err
+	}
+	if err := s.indexHolder(t, u, p.org, s.holdsMapped(finalBadges)); err != nil {
+		return nil, err
 	}
 	if grantsEqual(u.Grants, want) {
-		return lostAll, nil
+		return lost, nil
 	}
 	if len(want) == 0 {
 		want = nil
 	}
 	u.Grants = want
-	return lostAll, t.putUser(u)
+	return lost, t.putUser(u)
 }
 
 func compareGrants(a, b mapping.Grant) int {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -19,7 +20,8 @@ const (
 	// without an admin. The user keeps the badge until another admin exists.
 	HoldLastAdmin = "last_admin"
 	// HoldMassDeprovision: the organisation's sync is paused because more
-	// users than allowed would have lost all their badges within the window.
+	// users than allowed would have lost a mapped badge (or every badge)
+	// within the window; Badge names the one most of them would lose.
 	HoldMassDeprovision = "mass_deprovision"
 )
 
@@ -45,6 +47,7 @@ type Hold struct {
 	EventID        string    `json:"event_id,omitempty"`
 	CreatedAt      time.Time `json:"created_at"`
 	Deferred       int       `json:"deferred_events,omitempty"` // mass_deprovision: events waiting
+	Users          int       `json:"users,omitempty"`           // mass_deprovision: users who would lose badges within the window
 	// MovedTo: a last_admin hold on a move; the organisation the user was
 	// moved to. Until the hold closes the user stays in OrganizationID.
 	MovedTo       string     `json:"moved_to,omitempty"`
@@ -273,69 +276,139 @@ func (s *Store) eventOrg(t *txn, ev *events.Event) (string, error) {
 type errTrip struct {
 	index int
 	org   string
+	// What tripped it: users losing badges within the window, the limit
+	// and the holders it was computed from, users per badge lost.
+	users, holders int
+	limit          float64
+	perBadge       map[string]int
 }
 
 func (e *errTrip) Error() string {
 	return fmt.Sprintf("mass-deprovisioning breaker tripped for %s at event %d", e.org, e.index)
 }
 
-// checkBreaker records the users the change deprovisioned and trips the
-// breaker when an organisation exceeds its allowance within the window.
+// badgesByLoss returns the badges lost, mapped ones first, then by the
+// number of users losing them, then by name.
+func (e *errTrip) badgesByLoss(defaults []string) []string {
+	out := make([]string, 0, len(e.perBadge))
+	for b := range e.perBadge {
+		out = append(out, b)
+	}
+	slices.SortFunc(out, func(x, y string) int {
+		dx, dy := slices.Contains(defaults, x), slices.Contains(defaults, y)
+		switch {
+		case dx != dy && dy:
+			return -1
+		case dx != dy:
+			return 1
+		}
+		if d := e.perBadge[y] - e.perBadge[x]; d != 0 {
+			return d
+		}
+		return strings.Compare(x, y)
+	})
+	return out
+}
+
+// Describe says how Limit is computed for holders, e.g. "min(count 25,
+// max(floor 10, 50% of 20 holders of a mapped badge))".
+func (b Breaker) Describe(holders int) string {
+	pct := fmt.Sprintf("max(floor %d, %g%% of %d holders of a mapped badge)", b.Floor, b.Percent, holders)
+	switch {
+	case b.Percent <= 0:
+		return fmt.Sprintf("count %d", b.Count)
+	case b.Count <= 0:
+		return pct
+	}
+	return fmt.Sprintf("min(count %d, %s)", b.Count, pct)
+}
+
+// Limit is how many users of an organisation with holders holders of a
+// mapped badge may lose badges within Window: min(Count, max(Floor,
+// Percent% of holders)), Count and Percent each ignored when zero. The
+// breaker trips when more users than that would.
+func (b Breaker) Limit(holders int) float64 {
+	limit := math.Inf(1)
+	if b.Percent > 0 {
+		limit = math.Max(float64(b.Floor), b.Percent*float64(holders)/100)
+	}
+	if b.Count > 0 {
+		limit = math.Min(limit, float64(b.Count))
+	}
+	return limit
+}
+
+// minLimit is the least Limit can be, whatever the holders.
+func (b Breaker) minLimit() float64 {
+	if b.Percent > 0 {
+		return b.Limit(0)
+	}
+	return float64(b.Count)
+}
+
+// checkBreaker records the users the change took badges from and trips the
+// breaker when, within the window, more users of an organisation would lose
+// a mapped badge (or every badge) than its limit allows.
 func (s *Store) checkBreaker(t *txn, c *change, index int) error {
 	b := s.opts.Safeguards.MaxDeprovisions
-	if len(c.lostAll) == 0 || (b.Count <= 0 && b.Percent <= 0) {
+	if len(c.losses) == 0 || (b.Count <= 0 && b.Percent <= 0) {
 		return nil
 	}
 	at := c.ev.CreatedAt
-	orgs := make([]string, 0, len(c.lostAll))
-	for org := range c.lostAll {
+	orgs := make([]string, 0, len(c.losses))
+	for org := range c.losses {
 		orgs = append(orgs, org)
 	}
 	slices.Sort(orgs)
 	for _, org := range orgs {
-		users := c.lostAll[org]
-		recentUsers, err := s.deprovisionsNear(t, org, at, b.Window)
+		ls := c.losses[org]
+		recent, err := s.lossesNear(t, org, at, b.Window)
 		if err != nil {
 			return err
 		}
-		// Users, not events: a user deprovisioned twice within the
+		// Users, not events: a user who loses badges twice within the
 		// window (inactive, active, inactive) counts once.
-		wave := make(map[string]bool, len(recentUsers)+len(users))
-		for _, uid := range recentUsers {
-			wave[uid] = true
+		wave := make(map[string][]string, len(recent)+len(ls))
+		for _, l := range append(recent, ls...) {
+			for _, badge := range l.badges {
+				if !slices.Contains(wave[l.user], badge) {
+					wave[l.user] = append(wave[l.user], badge)
+				}
+			}
+			if _, ok := wave[l.user]; !ok {
+				wave[l.user] = nil
+			}
 		}
-		for _, uid := range users {
-			wave[uid] = true
-		}
-		total := len(wave)
-		if total > b.Count || b.Count <= 0 {
-			allowed := float64(b.Count)
-			if b.Percent > 0 {
-				n, err := s.orgUserCount(t, org)
+		if total := len(wave); float64(total) > b.minLimit() {
+			// The holders before the wave: those holding a mapped badge
+			// now, and those the wave took their last one from.
+			holders := s.orgHolders(t, org)
+			for uid := range wave {
+				u, err := t.user(uid)
 				if err != nil {
 					return err
 				}
-				// The organisation's users before the wave: those the
-				// deprovisionings within the window (this change's too)
-				// deleted still count, or every delete would make the
-				// allowance smaller.
-				for uid := range wave {
-					if u, err := t.user(uid); err != nil {
-						return err
-					} else if u != nil && u.Deleted {
-						n++
+				if u == nil || u.MappedOrg != org {
+					holders++
+				}
+			}
+			if limit := b.Limit(holders); float64(total) > limit {
+				per := map[string]int{}
+				for _, badges := range wave {
+					for _, badge := range badges {
+						per[badge]++
 					}
 				}
-				// "More than 10% of 25 users" is 3 or more, not 4.
-				allowed = math.Max(allowed, b.Percent*float64(n)/100)
-			}
-			if float64(total) > allowed {
-				return &errTrip{index: index, org: org}
+				return &errTrip{index: index, org: org, users: total, holders: holders, limit: limit, perBadge: per}
 			}
 		}
-		for _, uid := range users {
-			k := append(append(pair(org, ""), u64(uint64(at.UnixNano()))...), append([]byte{0}, uid...)...)
-			if err := t.deprov.Put(k, nil); err != nil {
+		for _, l := range ls {
+			k := append(append(pair(org, ""), u64(uint64(at.UnixNano()))...), append([]byte{0}, l.user...)...)
+			v, err := json.Marshal(l.badges)
+			if err != nil {
+				return err
+			}
+			if err := t.deprov.Put(k, v); err != nil {
 				return err
 			}
 		}
@@ -343,42 +416,57 @@ func (s *Store) checkBreaker(t *txn, c *change, index int) error {
 	return nil
 }
 
-// deprovisionsNear returns the users of org's recorded deprovisions whose
-// event time is within window of at (a user deprovisioned twice is listed twice).
-func (s *Store) deprovisionsNear(t *txn, org string, at time.Time, window time.Duration) ([]string, error) {
+// lossesNear returns org's recorded losses whose event time is within
+// window of at (a user who lost badges twice is listed twice). Records
+// written before the badges were kept have none.
+func (s *Store) lossesNear(t *txn, org string, at time.Time, window time.Duration) ([]loss, error) {
 	prefix := pair(org, "")
 	lo := append(slices.Clone(prefix), u64(uint64(max(at.Add(-window).UnixNano(), 0)))...)
 	hi := uint64(at.Add(window).UnixNano())
-	var out []string
+	var out []loss
 	c := t.deprov.Cursor()
-	for k, _ := c.Seek(lo); k != nil && len(k) >= len(prefix)+8 && string(k[:len(prefix)]) == string(prefix); k, _ = c.Next() {
+	for k, v := c.Seek(lo); k != nil && len(k) >= len(prefix)+8 && string(k[:len(prefix)]) == string(prefix); k, v = c.Next() {
 		if beUint64(k[len(prefix):]) > hi {
 			break
 		}
 		if len(k) > len(prefix)+9 {
-			out = append(out, string(k[len(prefix)+9:]))
+			l := loss{user: string(k[len(prefix)+9:])}
+			if len(v) > 0 {
+				if err := json.Unmarshal(v, &l.badges); err != nil {
+					return nil, fmt.Errorf("deprovision record %q: %w", k, err)
+				}
+			}
+			out = append(out, l)
 		}
 	}
 	return out, nil
 }
 
-// pause opens a mass-deprovisioning hold for org and pauses its sync.
-func (s *Store) pause(t *txn, org string, ev *events.Event, now time.Time) error {
+// pause opens a mass-deprovisioning hold for org, saying what tripped its
+// breaker, and pauses its sync.
+func (s *Store) pause(t *txn, trip *errTrip, ev *events.Event, now time.Time) error {
+	org := trip.org
 	if t.paused.Get([]byte(org)) != nil {
 		return nil
 	}
 	b := s.opts.Safeguards.MaxDeprovisions
-	limit := fmt.Sprintf("%d users", b.Count)
-	if b.Percent > 0 {
-		limit = fmt.Sprintf("%d users or %g%% of the organisation, whichever is more,", b.Count, b.Percent)
+	badges := trip.badgesByLoss(s.opts.Mapping.DefaultBadges)
+	lost := make([]string, 0, len(badges))
+	for _, badge := range badges {
+		lost = append(lost, fmt.Sprintf("%s: %d", badge, trip.perBadge[badge]))
 	}
-	h := &Hold{Kind: HoldMassDeprovision, OrganizationID: org, EventID: ev.ID, CreatedAt: now,
-		Reason: fmt.Sprintf("sync paused: more than %s would lose all their badges within %s; "+
-			"review with `dsyncd plan --org %s`, then `dsyncd resume %s`", limit, b.Window, org, org)}
+	var top string
+	if len(badges) > 0 {
+		top = badges[0]
+	}
+	h := &Hold{Kind: HoldMassDeprovision, OrganizationID: org, EventID: ev.ID, CreatedAt: now, Badge: top, Users: trip.users,
+		Reason: fmt.Sprintf("sync paused: %d users would lose badges within %s (%s), more than the limit of %g = %s; "+
+			"review with `dsyncd plan --org %s`, then `dsyncd resume %s`",
+			trip.users, b.Window, strings.Join(lost, ", "), math.Floor(trip.limit*100)/100, b.Describe(trip.holders), org, org)}
 	if err := s.openNewHold(t, h); err != nil {
 		return err
 	}
-	if err := s.addAudit(t, AuditEntry{Time: now, EventID: ev.ID, OrganizationID: org, Action: ActionHold, Reason: h.Reason + fmt.Sprintf(" (hold %d)", h.ID)}); err != nil {
+	if err := s.addAudit(t, AuditEntry{Time: now, EventID: ev.ID, OrganizationID: org, Badge: h.Badge, Action: ActionHold, Reason: h.Reason + fmt.Sprintf(" (hold %d)", h.ID)}); err != nil {
 		return err
 	}
 	return t.paused.Put([]byte(org), u64(h.ID))

@@ -485,7 +485,7 @@ func (s *Store) DecideHold(id uint64, approve, dryRun bool) (*Plan, error) {
 func (s *Store) Preview(evs []*events.Event) (*Plan, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	trips := map[int]string{} // event index -> organisation paused there
+	trips := map[int]*errTrip{} // event index -> the trip that paused its organisation there
 	for {
 		counts := Counts{}
 		plan, err := s.simulate(func(t *txn, now time.Time) error {
@@ -498,7 +498,7 @@ func (s *Store) Preview(evs []*events.Event) (*Plan, error) {
 		}, false)
 		var trip *errTrip
 		if errors.As(err, &trip) {
-			trips[trip.index] = trip.org
+			trips[trip.index] = trip
 			continue
 		}
 		if plan != nil {

@@ -200,7 +200,7 @@ type txn struct {
 	dirs, users, groups, members, membersByUser       *bolt.Bucket
 	dirUsers, dirGroups, processed, processedAt, meta *bolt.Bucket
 	audit, holds, pending                             *bolt.Bucket
-	openHolds, orgAdmins, deprov, paused              *bolt.Bucket
+	openHolds, orgAdmins, deprov, paused, orgHolders  *bolt.Bucket
 	newHolds                                          []Hold
 	auditStart                                        uint64 // the audit sequence when the transaction began
 	orgUsers                                          *bolt.Bucket
@@ -226,7 +226,8 @@ func newTxn(tx *bolt.Tx) *txn {
 		processed: tx.Bucket(bktProcessed), processedAt: tx.Bucket(bktProcessedAt), meta: tx.Bucket(bktMeta),
 		audit: tx.Bucket(bktAudit), holds: tx.Bucket(bktHolds), pending: tx.Bucket(bktPending),
 		openHolds: tx.Bucket(bktOpenHolds), orgAdmins: tx.Bucket(bktOrgAdmins), deprov: tx.Bucket(bktDeprov), paused: tx.Bucket(bktPaused),
-		dirCache: map[string]*dirRec{}, userCache: map[string]*userRec{}, groupCache: map[string]*groupRec{},
+		orgHolders: tx.Bucket(bktOrgHolders),
+		dirCache:   map[string]*dirRec{}, userCache: map[string]*userRec{}, groupCache: map[string]*groupRec{},
 		memberCache: map[string]*memberRec{}, dirtyUsers: map[string]bool{}, dirtyGroups: map[string]bool{},
 		orgUsers: tx.Bucket(bktOrgUsers), userOrig: map[string]committedUser{}, dirOrig: map[string]string{}, dirOrgs: map[string]string{},
 	}

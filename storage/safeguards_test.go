@@ -282,13 +282,16 @@ func TestBreakGlassDeleteArrivingFirstLeavesNoTombstone(t *testing.T) {
 	}
 }
 
-// breakerStore opens a store with breaker b and n active users of org_1.
+// breakerStore opens a store with breaker b and n active users of org_1,
+// each holding a mapped badge (billing, by role).
 func breakerStore(t *testing.T, n int, b storage.Breaker) *storage.Store {
 	t.Helper()
 	st := MustOpen(t, storage.Options{Safeguards: storage.Safeguards{MaxDeprovisions: b}})
 	var bodies [][]byte
 	for i := range n {
-		bodies = append(bodies, ev(fmt.Sprintf("c%02d", i), "dsync.user.created", 0, usr(fmt.Sprintf("u%02d", i), "A", "active")))
+		u := usr(fmt.Sprintf("u%02d", i), "A", "active")
+		u["roles"] = []map[string]string{{"slug": "billing"}}
+		bodies = append(bodies, ev(fmt.Sprintf("c%02d", i), "dsync.user.created", 0, u))
 	}
 	mustApply(t, st, bodies...)
 	return st
@@ -300,10 +303,10 @@ func TestBreakerPercent(t *testing.T) {
 		users int
 		typ   string
 	}{
-		// 10% of 25 users is 2.5: the third user losing everything is more than that.
+		// 10% of 25 holders is 2.5: the third user losing everything is more than that.
 		{"trips on more than the exact share", 25, "dsync.user.updated"},
-		// 10% of 20 users is 2: two deletes are within the allowance even
-		// though the organisation has 18 users left; the third is not.
+		// 10% of 20 holders is 2: two deletes are within the allowance even
+		// though the organisation has 18 holders left; the third is not.
 		{"counts the users its deletes removed", 20, "dsync.user.deleted"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

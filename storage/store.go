@@ -76,12 +76,19 @@ type Safeguards struct {
 	MaxDeprovisions Breaker
 }
 
-// Breaker pauses an organisation's sync when more of its users than allowed
-// would lose all their badges within Window. A zero Count and Percent disable it.
+// Breaker pauses an organisation's sync when more of its users than Limit
+// allows would lose a mapped (non-default) badge, or every badge, within
+// Window. A zero Count and Percent disable it.
 type Breaker struct {
-	Count   int
+	// Count caps the limit: more than Count users always pause.
+	Count int
+	// Percent is the limit as a percentage of the organisation's holders of
+	// a mapped badge, once past Floor.
 	Percent float64
-	Window  time.Duration
+	// Floor is the least the percentage limit can be: in an organisation
+	// of few holders up to Floor users may lose badges within Window.
+	Floor  int
+	Window time.Duration
 }
 
 // Store is dsyncd's state: directories, users, groups, memberships, badges,
@@ -114,9 +121,10 @@ var (
 	bktPaused        = []byte("paused")          // org -> hold id (8 bytes BE)
 	bktOrgUsers      = []byte("org_users")       // org -> users not deleted (8 bytes BE); see orgcount.go
 	bktDrops         = []byte("drops")           // audit seq (8 bytes BE) -> AuditEntry of a drop, past the audit retention
+	bktOrgHolders    = []byte("org_holders")     // org -> users holding a mapped badge (8 bytes BE); see holders.go
 	allBuckets       = [][]byte{bktMeta, bktDirs, bktUsers, bktGroups, bktMembers, bktMembersByUser,
 		bktDirUsers, bktDirGroups, bktProcessed, bktProcessedAt, bktAudit, bktHolds, bktPending,
-		bktOpenHolds, bktOrgAdmins, bktDeprov, bktPaused, bktOrgUsers, bktDrops}
+		bktOpenHolds, bktOrgAdmins, bktDeprov, bktPaused, bktOrgUsers, bktDrops, bktOrgHolders}
 )
 
 // Open opens (creating if needed) the store at opts.Path.
@@ -157,7 +165,10 @@ func Open(opts Options) (*Store, error) {
 				return err
 			}
 		}
-		return buildOrgUsers(tx)
+		if err := buildOrgUsers(tx); err != nil {
+			return err
+		}
+		return buildOrgHolders(tx, opts.Mapping.DefaultBadges)
 	})
 	if err != nil {
 		_ = db.Close()
@@ -185,13 +196,14 @@ func (s *Store) Mapping() mapping.Config {
 
 // Check runs bbolt's consistency check and returns every problem found.
 func (s *Store) Check() error {
+	defaults := s.Mapping().DefaultBadges
 	return s.db.View(func(tx *bolt.Tx) error {
 		var errs []error
 		for err := range tx.Check() {
 			errs = append(errs, err)
 		}
 		if len(errs) == 0 {
-			errs = append(errs, checkOrgUsers(tx))
+			errs = append(errs, checkOrgUsers(tx), checkOrgHolders(tx, defaults))
 		}
 		return errors.Join(errs...)
 	})

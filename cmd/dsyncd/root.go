@@ -132,6 +132,7 @@ func storeOptions(cfg config.Config, path string) storage.Options {
 			MaxDeprovisions: storage.Breaker{
 				Count:   cfg.Safeguards.MaxDeprovisions.Count,
 				Percent: cfg.Safeguards.MaxDeprovisions.Percent,
+				Floor:   cfg.Safeguards.MaxDeprovisions.Floor,
 				Window:  cfg.Safeguards.MaxDeprovisions.Window,
 			},
 		},
