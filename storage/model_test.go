@@ -204,7 +204,7 @@ func modelExport(bodies [][]byte, cfg mapping.Config, deprovision bool) []byte {
 	var evs []*mEvent
 	for _, b := range bodies {
 		e := mParse(b)
-		if seen[e.id] {
+		if seen[e.id] || modelFuture(e) {
 			continue
 		}
 		seen[e.id] = true
@@ -418,6 +418,10 @@ func modelOutcomes(bodies [][]byte, deprovision bool) []storage.Outcome {
 			out = append(out, storage.Ignored)
 			continue
 		}
+		if modelFuture(e) {
+			out = append(out, storage.Future)
+			continue
+		}
 		if seen[e.id] {
 			out = append(out, storage.Duplicate)
 			continue
@@ -489,6 +493,14 @@ func modelOutcomes(bodies [][]byte, deprovision bool) []storage.Outcome {
 	return out
 }
 
+// modelMaxFuture is how far past the clock an event may be dated and still
+// be applied (webhook.tolerance's default).
+const modelMaxFuture = 3 * time.Minute
+
+// modelFuture reports whether e is dated later than the clock plus
+// modelMaxFuture: it is not applied, whatever else it is.
+func modelFuture(e *mEvent) bool { return e.at.After(time.Now().Add(modelMaxFuture)) }
+
 // ---- the generator ----
 
 var modelMapping = mapping.Config{
@@ -516,6 +528,9 @@ func (g *gen) at() string {
 	// in different layouts are frequent; whole seconds so that every layout
 	// can express every instant.
 	t := g.base.Add(time.Duration(g.r.IntN(40)) * time.Second)
+	if g.r.IntN(30) == 0 {
+		t = t.AddDate(75, 0, 0) // dated in the future: never applied
+	}
 	l := modelLayouts[g.r.IntN(len(modelLayouts))]
 	if l == "2006-01-02T15:04:05-0700" && g.r.IntN(2) == 0 {
 		return t.In(time.FixedZone("", 2*3600)).Format(l)
@@ -629,7 +644,7 @@ func storeRun(t *testing.T, bodies [][]byte, deprovision bool, r *rand.Rand) ([]
 	if deprovision {
 		policy = storage.OnDirectoryDeletedDeprovision
 	}
-	st := MustOpen(t, storage.Options{Mapping: modelMapping, NoSync: true, Safeguards: storage.Safeguards{OnDirectoryDeleted: policy}})
+	st := MustOpen(t, storage.Options{Mapping: modelMapping, NoSync: true, MaxFuture: modelMaxFuture, Safeguards: storage.Safeguards{OnDirectoryDeleted: policy}})
 	var counts []storage.Outcome
 	for i := 0; i < len(bodies); {
 		n := 1 + r.IntN(8)
