@@ -510,9 +510,14 @@ func (c *change) setGroup(g0 *events.Group, deleted bool) (bool, error) {
 	rec := groupRec{Group: *g0, Key: c.k, Deleted: deleted, DeletedKey: g.DeletedKey}
 	if deleted {
 		rec.DeletedKey = c.k
-		if rec.Name == "" {
-			rec.Name = g.Name
-		}
+	}
+	// A payload without the name or idp_id (absent, null or empty) leaves
+	// them as they were: group rules match on them.
+	if rec.Name == "" {
+		rec.Name = g.Name
+	}
+	if rec.IdpID == "" {
+		rec.IdpID = g.IdpID
 	}
 	c.changed = true
 	identity := g.Name != rec.Name || g.IdpID != rec.IdpID || g.OrganizationID != rec.OrganizationID || g.Deleted != rec.Deleted ||

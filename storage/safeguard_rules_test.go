@@ -529,3 +529,18 @@ func TestBreakGlassStaysRecognisedAfterAnEmailChange(t *testing.T) {
 		t.Fatalf("no audit entry for the email change: %+v", entries)
 	}
 }
+
+// Absent is not empty for the group attributes rules match on: a group
+// update without a name or idp_id does not unmatch its rules.
+func TestGroupUpdateWithoutNameKeepsItsRules(t *testing.T) {
+	st := MustOpen(t, storage.Options{})
+	mustApply(t, st, ev("e1", "dsync.group.user_added", 1, mem(usr("u1", "A", "active"), grp("g_adm", "App Admins"))),
+		ev("e2", "dsync.group.user_added", 2, mem(usr("u2", "B", "active"), grp("g_adm", "App Admins"))))
+	bare := map[string]any{"id": "g_adm", "directory_id": "dir_1", "organization_id": "org_1"}
+	mustApply(t, st, ev("e3", "dsync.group.updated", 3, bare))
+	for _, id := range []string{"u1", "u2"} {
+		if !slices.Contains(badgesOf(t, st, id), "admin") {
+			t.Fatalf("%s lost admin to a group update without a name: %v", id, badgesOf(t, st, id))
+		}
+	}
+}
