@@ -2,8 +2,10 @@ package events
 
 import (
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestDecodeErrorsArePublicWithoutBodyValues: every refusal of a handled
@@ -86,5 +88,45 @@ func TestDecodeAcceptsIDsUpToTheLimit(t *testing.T) {
 	ev := mustDecode(t, b)
 	if len(ev.ID) != MaxIDBytes || len(ev.User.ID) != MaxIDBytes || len(ev.Group.ID) != MaxIDBytes {
 		t.Fatalf("ids cut: %d %d %d", len(ev.ID), len(ev.User.ID), len(ev.Group.ID))
+	}
+}
+
+// TestCheckHeaderDecidesWhatNeedsNoBody: CheckHeader refuses what Verify
+// refuses for the header alone, with the same error class, and lets through
+// a well-formed, fresh header whatever its v1 (only the body can tell).
+func TestCheckHeaderDecidesWhatNeedsNoBody(t *testing.T) {
+	now := time.UnixMilli(1_700_000_000_000)
+	v := NewVerifier([]string{"whsec_a"}, time.Minute).WithClock(func() time.Time { return now })
+	body := []byte(`{"id":"e"}`)
+	hex := strings.Repeat("ab", 32)
+	ms := func(t time.Time) string { return strconv.FormatInt(t.UnixMilli(), 10) }
+	cases := []struct {
+		name   string
+		header string
+		want   error // nil: CheckHeader passes it
+	}{
+		{"absent is not signed", "", ErrNotSigned},
+		{"garbage is malformed", "garbage", ErrMalformedSignature},
+		{"no v1 is malformed", "t=" + ms(now), ErrMalformedSignature},
+		{"short v1 is malformed", "t=" + ms(now) + ", v1=abc", ErrMalformedSignature},
+		{"old is stale", Sign("whsec_a", now.Add(-2*time.Minute), body), ErrStale},
+		{"future is stale", Sign("whsec_a", now.Add(2*time.Minute), body), ErrStale},
+		{"fresh and right passes", Sign("whsec_a", now, body), nil},
+		{"fresh but forged passes (only the body can tell)", "t=" + ms(now) + ", v1=" + hex, nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			err := v.CheckHeader(c.header)
+			verr := v.Verify(c.header, body)
+			if c.want == nil {
+				if err != nil {
+					t.Fatalf("CheckHeader = %v, want nil", err)
+				}
+				return
+			}
+			if !errors.Is(err, c.want) || !errors.Is(verr, c.want) {
+				t.Fatalf("CheckHeader = %v, Verify = %v; want both %v", err, verr, c.want)
+			}
+		})
 	}
 }
