@@ -42,7 +42,10 @@ type rig struct {
 	st  *storage.Store
 }
 
-func newRig(tb testing.TB, log *zap.Logger) *rig {
+func newRig(tb testing.TB, log *zap.Logger) *rig { return newRigWith(tb, log, nil) }
+
+// newRigWith is newRig with the server's options changed by edit.
+func newRigWith(tb testing.TB, log *zap.Logger, edit func(*server.Options)) *rig {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -57,12 +60,16 @@ func newRig(tb testing.TB, log *zap.Logger) *rig {
 		tb.Fatalf("store open: %v", err)
 	}
 	tb.Cleanup(func() { _ = st.Close() })
-	srv := server.New(server.Options{
+	opts := server.Options{
 		Listen:       "127.0.0.1:0",
 		MaxBodyBytes: hostileMaxBody,
 		ReadTimeout:  hostileReadTO,
 		WriteTimeout: 10 * time.Second,
-	}, events.NewVerifier([]string{hostileSecret}, 0), q, st, log)
+	}
+	if edit != nil {
+		edit(&opts)
+	}
+	srv := server.New(opts, events.NewVerifier([]string{hostileSecret}, 0), q, st, log)
 	if err := srv.Open(); err != nil {
 		tb.Fatalf("server open: %v", err)
 	}
