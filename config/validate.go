@@ -34,6 +34,12 @@ func (c Config) Problems() []string {
 	v.positive("http.read_timeout", c.HTTP.ReadTimeout)
 	v.positive("http.write_timeout", c.HTTP.WriteTimeout)
 	v.positive("http.shutdown_timeout", c.HTTP.ShutdownTimeout)
+	v.positive("http.read_header_timeout", c.HTTP.ReadHeaderTimeout)
+	if c.HTTP.ReadHeaderTimeout > c.HTTP.ReadTimeout && c.HTTP.ReadTimeout > 0 {
+		v.add("http.read_header_timeout", fmt.Sprintf("must not exceed http.read_timeout (%s), got %s", c.HTTP.ReadTimeout, c.HTTP.ReadHeaderTimeout))
+	}
+	v.positive("http.idle_timeout", c.HTTP.IdleTimeout)
+	v.check(c.HTTP.MaxConnections > 0, "http.max_connections", fmt.Sprintf("must be > 0, got %d", c.HTTP.MaxConnections))
 
 	v.webhookPath("webhook.path", c.Webhook.Path)
 	if c.Webhook.Enabled && len(c.Webhook.Secrets) == 0 {
@@ -45,6 +51,10 @@ func (c Config) Problems() []string {
 	v.positive("webhook.tolerance", c.Webhook.Tolerance)
 	v.check(c.Webhook.MaxBodyBytes > 0, "webhook.max_body_bytes", fmt.Sprintf("must be > 0, got %d", c.Webhook.MaxBodyBytes))
 	v.positive("webhook.publish_timeout", c.Webhook.PublishTimeout)
+	if c.Webhook.MaxBodyBytes > 0 {
+		v.check(c.Webhook.MaxInflightBytes >= 2*c.Webhook.MaxBodyBytes, "webhook.max_inflight_bytes",
+			fmt.Sprintf("must be at least 2 × webhook.max_body_bytes (%d), got %d", 2*c.Webhook.MaxBodyBytes, c.Webhook.MaxInflightBytes))
+	}
 
 	embedded := c.NATS.URL == ""
 	if !embedded {

@@ -107,16 +107,20 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 		verifier = verifier.WithClock(d.clock)
 	}
 	d.srv = server.New(server.Options{
-		Listen:          d.cfg.HTTP.Listen,
-		WebhookPath:     d.cfg.Webhook.Path,
-		WebhookDisabled: !d.cfg.Webhook.Enabled,
-		MaxBodyBytes:    d.cfg.Webhook.MaxBodyBytes,
-		PublishTimeout:  d.cfg.Webhook.PublishTimeout,
-		APIToken:        d.cfg.API.Token,
-		ReadTimeout:     d.cfg.HTTP.ReadTimeout,
-		WriteTimeout:    d.cfg.HTTP.WriteTimeout,
-		Ready:           d.ready,
-		Extra:           d.routes,
+		Listen:            d.cfg.HTTP.Listen,
+		WebhookPath:       d.cfg.Webhook.Path,
+		WebhookDisabled:   !d.cfg.Webhook.Enabled,
+		MaxBodyBytes:      d.cfg.Webhook.MaxBodyBytes,
+		PublishTimeout:    d.cfg.Webhook.PublishTimeout,
+		APIToken:          d.cfg.API.Token,
+		ReadTimeout:       d.cfg.HTTP.ReadTimeout,
+		WriteTimeout:      d.cfg.HTTP.WriteTimeout,
+		ReadHeaderTimeout: d.cfg.HTTP.ReadHeaderTimeout,
+		IdleTimeout:       d.cfg.HTTP.IdleTimeout,
+		MaxConnections:    d.cfg.HTTP.MaxConnections,
+		MaxInflightBytes:  d.cfg.Webhook.MaxInflightBytes,
+		Ready:             d.ready,
+		Extra:             d.routes,
 	}, verifier, d.q, d.st, d.log)
 	d.w = worker.New(d.q, d.st, worker.Options{
 		Durable:      workerDurable,
