@@ -174,3 +174,34 @@ func TestDocsSlugAndLinksParse(t *testing.T) {
 		t.Errorf("links = %+v, want b.md#c on line 6 and the https one, none from the code block", d.links)
 	}
 }
+
+// TestMakeHelpListsEveryTarget holds `make help` to its promise: every target
+// of the Makefile has a "## " description, and the pattern the help recipe
+// greps for matches every target line (a name with a digit, like bench-e2e,
+// once fell through it).
+func TestMakeHelpListsEveryTarget(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(repoRoot, "Makefile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	helpGrep := regexp.MustCompile(`grep -E '([^']+)' \$\(MAKEFILE_LIST\)`).FindSubmatch(b)
+	if helpGrep == nil {
+		t.Fatal("Makefile: the help recipe's grep -E '...' $(MAKEFILE_LIST) is gone")
+	}
+	listed := regexp.MustCompile(string(helpGrep[1]))
+	target := regexp.MustCompile(`^[^\s#.=:][^\s=:]*:([^=]|$)`)
+	n := 0
+	for i, line := range strings.Split(string(b), "\n") {
+		if !target.MatchString(line) {
+			continue
+		}
+		n++
+		if !listed.MatchString(line) {
+			t.Errorf("Makefile:%d: target %q is not listed by make help (no \"## \" description, or the help pattern %q misses its name)",
+				i+1, strings.SplitN(line, ":", 2)[0], helpGrep[1])
+		}
+	}
+	if n < 10 {
+		t.Fatalf("found only %d targets: the target pattern is broken", n)
+	}
+}
