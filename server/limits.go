@@ -124,6 +124,16 @@ func (c *limitedConn) Close() error {
 	return c.Conn.Close()
 }
 
+// CloseWrite half-closes the connection as net/http does before closing it
+// after an early answer (a refusal before the body is read): the client,
+// still sending, then reads the answer instead of a reset.
+func (c *limitedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
 // enter marks the start of a request's handler: the connection is not
 // evictable while a handler runs.
 func (c *limitedConn) enter() {

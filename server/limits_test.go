@@ -351,3 +351,20 @@ func TestPermanentBadInputGets400WithAReason(t *testing.T) {
 		t.Fatalf("a good event while NATS is down: %d (Retry-After %q) %s, want 503 %s", code, retry, b, server.ReasonQueue)
 	}
 }
+
+// TestAnUnsignedBodyGets401BeforeItIsReadAndTheClientSeesIt: the 401 comes
+// before the body is read, and the connection is closed so that the client,
+// still sending, reads the answer rather than a reset.
+func TestAnUnsignedBodyGets401BeforeItIsReadAndTheClientSeesIt(t *testing.T) {
+	r := newRigWith(t, zap.NewNop(), func(o *server.Options) { o.MaxBodyBytes = 1 << 20 })
+	body := userEvent("unsigned_big", func(_, data map[string]any) { data["last_name"] = strings.Repeat("L", 900<<10) })
+	for i := range 20 {
+		code, _, b := postBody(t, r.srv.URL()+"/webhooks/workos", "", body)
+		if code != http.StatusUnauthorized {
+			t.Fatalf("attempt %d: %d %s, want 401", i, code, b)
+		}
+	}
+	if n := r.srv.Stats().Refused()[server.ReasonNotSigned]; n != 20 {
+		t.Fatalf("not_signed counted %d, want 20", n)
+	}
+}
