@@ -88,7 +88,8 @@ type HTTPConfig struct {
 	// ShutdownTimeout bounds the graceful shutdown of in-flight requests.
 	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`
 	// ReadHeaderTimeout bounds reading a request's headers: a slow or
-	// half-open connection is closed past it. At most ReadTimeout.
+	// half-open connection is closed past it. A value over ReadTimeout is
+	// cut to it.
 	ReadHeaderTimeout time.Duration `mapstructure:"read_header_timeout"`
 	// IdleTimeout closes a keep-alive connection idle this long.
 	IdleTimeout time.Duration `mapstructure:"idle_timeout"`

@@ -35,9 +35,6 @@ func (c Config) Problems() []string {
 	v.positive("http.write_timeout", c.HTTP.WriteTimeout)
 	v.positive("http.shutdown_timeout", c.HTTP.ShutdownTimeout)
 	v.positive("http.read_header_timeout", c.HTTP.ReadHeaderTimeout)
-	if c.HTTP.ReadHeaderTimeout > c.HTTP.ReadTimeout && c.HTTP.ReadTimeout > 0 {
-		v.add("http.read_header_timeout", fmt.Sprintf("must not exceed http.read_timeout (%s), got %s", c.HTTP.ReadTimeout, c.HTTP.ReadHeaderTimeout))
-	}
 	v.positive("http.idle_timeout", c.HTTP.IdleTimeout)
 	v.check(c.HTTP.MaxConnections > 0, "http.max_connections", fmt.Sprintf("must be > 0, got %d", c.HTTP.MaxConnections))
 

@@ -215,6 +215,11 @@ func hostileCases() []hostileCase {
 			env["event"] = "dsync.group.user_added"
 			env["data"] = map[string]any{"directory_id": "directory_hostile", "user": data}
 		}), want: 400, reason: server.ReasonInvalidEvent},
+		// Signed dsync events the worker would park for their content.
+		{name: "event id over 1 KiB -> 400 invalid_event", header: sign, body: userEvent("longid", func(env, _ map[string]any) { env["id"] = strings.Repeat("e", 2048) }), want: 400, reason: server.ReasonInvalidEvent},
+		{name: "user id over 1 KiB -> 400 invalid_event", header: sign, body: userEvent("longuser", func(_, data map[string]any) { data["id"] = strings.Repeat("u", 2048) }), want: 400, reason: server.ReasonInvalidEvent},
+		{name: "first_name a number -> 400 not_an_event", header: sign, body: userEvent("fnnum", func(_, data map[string]any) { data["first_name"] = 123 }), want: 400, reason: server.ReasonNotEvent},
+		{name: "role a string -> 400 not_an_event", header: sign, body: userEvent("rolestr", func(_, data map[string]any) { data["role"] = "admin" }), want: 400, reason: server.ReasonNotEvent},
 		// Transport-level.
 		{name: "Content-Type text/plain -> 415", ctype: "text/plain", header: sign, body: valid, want: 415, reason: server.ReasonContentType},
 		{name: "Content-Type form -> 415", ctype: "application/x-www-form-urlencoded", header: sign, body: valid, want: 415, reason: server.ReasonContentType},

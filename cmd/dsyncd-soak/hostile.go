@@ -119,6 +119,11 @@ func hostileRequests(limit int) []badRequest {
 			env["event"] = "dsync.group.user_added"
 			env["data"] = map[string]any{"directory_id": "directory_hostile", "user": data}
 		}), want: 400},
+		// What the worker would park for the event's content: 400, never a 2xx or a 503.
+		{name: "100 KB event id", sig: signNow, body: edit("longid", func(env, _ map[string]any) { env["id"] = strings.Repeat("e", 100<<10) }), want: 400},
+		{name: "user id over 32 KB", sig: signNow, body: edit("longuser", func(_, data map[string]any) { data["id"] = strings.Repeat("u", 33<<10) }), want: 400},
+		{name: "first_name a number", sig: signNow, body: edit("fnnum", func(_, data map[string]any) { data["first_name"] = 123 }), want: 400},
+		{name: "roles a string", sig: signNow, body: edit("rolesstr", func(_, data map[string]any) { data["roles"] = "admin" }), want: 400},
 		{name: "Content-Type text/plain", ctype: "text/plain", sig: signNow, body: valid, want: 415},
 		{name: "Content-Type form", ctype: "application/x-www-form-urlencoded", sig: signNow, body: valid, want: 415},
 		{name: "Content-Type unparsable", ctype: "application/json; charset", sig: signNow, body: valid, want: 415},
