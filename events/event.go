@@ -391,29 +391,37 @@ func (e invalidField) Unwrap() error { return ErrInvalid }
 
 // checkIDs refuses an id of the decoded data longer than MaxIDBytes.
 func (ev *Event) checkIDs() error {
-	check := func(field, id string) error {
-		if len(id) > MaxIDBytes {
-			return invalidField{fmt.Sprintf("%s is longer than %d bytes", field, MaxIDBytes)}
-		}
-		return nil
-	}
-	var errs []error
+	type idField struct{ name, id string }
+	var fields [6]idField // no allocation: Decode is on the receiver's hot path
+	n := 0
 	if d := ev.Directory; d != nil {
-		errs = append(errs, check("data.id", d.ID), check("data.organization_id", d.OrganizationID))
-	}
-	userPath, groupPath := "data.", "data."
-	if ev.User != nil && ev.Group != nil {
-		userPath, groupPath = "data.user.", "data.group."
+		fields[0], fields[1] = idField{"data.id", d.ID}, idField{"data.organization_id", d.OrganizationID}
+		n = 2
 	}
 	if u := ev.User; u != nil {
-		errs = append(errs, check(userPath+"id", u.ID), check(userPath+"directory_id", u.DirectoryID), check(userPath+"organization_id", u.OrganizationID))
+		if ev.Group != nil {
+			fields[0], fields[1], fields[2] = idField{"data.user.id", u.ID}, idField{"data.user.directory_id", u.DirectoryID},
+				idField{"data.user.organization_id", u.OrganizationID}
+		} else {
+			fields[0], fields[1], fields[2] = idField{"data.id", u.ID}, idField{"data.directory_id", u.DirectoryID},
+				idField{"data.organization_id", u.OrganizationID}
+		}
+		n = 3
 	}
 	if g := ev.Group; g != nil {
-		errs = append(errs, check(groupPath+"id", g.ID), check(groupPath+"directory_id", g.DirectoryID), check(groupPath+"organization_id", g.OrganizationID))
+		if ev.User != nil {
+			fields[3], fields[4], fields[5] = idField{"data.group.id", g.ID}, idField{"data.group.directory_id", g.DirectoryID},
+				idField{"data.group.organization_id", g.OrganizationID}
+			n = 6
+		} else {
+			fields[0], fields[1], fields[2] = idField{"data.id", g.ID}, idField{"data.directory_id", g.DirectoryID},
+				idField{"data.organization_id", g.OrganizationID}
+			n = 3
+		}
 	}
-	for _, err := range errs {
-		if err != nil {
-			return err
+	for _, f := range fields[:n] {
+		if len(f.id) > MaxIDBytes {
+			return invalidField{fmt.Sprintf("%s is longer than %d bytes", f.name, MaxIDBytes)}
 		}
 	}
 	return nil
