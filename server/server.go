@@ -10,6 +10,13 @@
 // in time, so WorkOS retries. It never answers 2xx for an event that is not
 // stored.
 //
+// It runs the worker's own validation (events.Decode) before it answers: what
+// the worker would park for the event's content gets 400 with a reason, and
+// 503 is left for transient trouble. Unauthenticated clients get bounded
+// resources: at most Options.MaxConnections connections, a 401 decided from
+// the headers before any body is read, bodies reserved from
+// Options.MaxInflightBytes, and refusal logs sampled (see limits.go).
+//
 // # Caveats
 //
 // Without an API token the /v1 endpoints answer loopback clients only.
