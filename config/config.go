@@ -87,6 +87,12 @@ type HTTPConfig struct {
 	WriteTimeout time.Duration `mapstructure:"write_timeout"`
 	// ShutdownTimeout bounds the graceful shutdown of in-flight requests.
 	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`
+	// AllowedHosts are the names (host, or host:port) that /v1 accepts in
+	// the Host header besides Listen's host, "localhost" and loopback
+	// addresses: the names operators or a proxy use to reach the API. A
+	// request naming another host gets 421, so that a web page whose name
+	// an attacker rebinds to this address cannot use the API.
+	AllowedHosts []string `mapstructure:"allowed_hosts"`
 }
 
 // WebhookConfig is the webhook section.

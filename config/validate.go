@@ -34,6 +34,10 @@ func (c Config) Problems() []string {
 	v.positive("http.read_timeout", c.HTTP.ReadTimeout)
 	v.positive("http.write_timeout", c.HTTP.WriteTimeout)
 	v.positive("http.shutdown_timeout", c.HTTP.ShutdownTimeout)
+	for i, h := range c.HTTP.AllowedHosts {
+		v.check(h != "" && !strings.ContainsAny(h, "/ \t@?#"), fmt.Sprintf("http.allowed_hosts[%d]", i),
+			fmt.Sprintf("%q is not a host name or host:port (no scheme, path or spaces)", h))
+	}
 
 	v.webhookPath("webhook.path", c.Webhook.Path)
 	if c.Webhook.Enabled && len(c.Webhook.Secrets) == 0 {

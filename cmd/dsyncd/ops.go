@@ -41,7 +41,8 @@ const targetHelp = `
 
 WHERE IT READS
   With --server URL it asks the running "dsyncd serve" at URL through its /v1 API,
-  sending api.token as a bearer token when one is configured. Without --server it
+  sending api.token as a bearer token, or when it is unset the token serve created
+  in <data_dir>/api.token. Without --server it
   first tries the API at http://<http.listen> from the configuration and, if the
   connection is refused (serve is not running), opens the store under data_dir
   directly (and, for dead letters, the embedded JetStream). --offline skips the API;
@@ -128,7 +129,8 @@ func (a *app) withBackend(ctx context.Context, cfg config.Config, f *opsFlags, f
 			return offline("")
 		}
 	}
-	c := &apiClient{base: strings.TrimRight(server, "/"), token: cfg.API.Token}
+	token, note := cliToken(cfg)
+	c := &apiClient{base: strings.TrimRight(server, "/"), token: token, tokenNote: note}
 	err := fn(c)
 	switch {
 	case err == nil || !c.refused:
@@ -165,8 +167,9 @@ func defaultServer(listen string) string {
 // apiClient is a backend speaking to a running serve's /v1 API.
 type apiClient struct {
 	base, token string
-	refused     bool // a request found nothing listening
-	answered    bool // a request got an HTTP answer
+	tokenNote   string // why token is empty (cliToken), for a 401's error
+	refused     bool   // a request found nothing listening
+	answered    bool   // a request got an HTTP answer
 }
 
 // apiError is an HTTP error answer of the API.
@@ -192,9 +195,7 @@ func (c *apiClient) send(ctx context.Context, method, path string) (*http.Respon
 	if err != nil {
 		return nil, err
 	}
-	if c.token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.token)
-	}
+	setAPIHeaders(req, c.token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		if errors.Is(err, syscall.ECONNREFUSED) {
@@ -216,7 +217,7 @@ func (c *apiClient) send(ctx context.Context, method, path string) (*http.Respon
 	if json.Unmarshal(body, &e) == nil && e.Error != "" {
 		msg = e.Error
 	}
-	return nil, &apiError{method: method, path: path, status: resp.StatusCode, msg: msg}
+	return nil, &apiError{method: method, path: path, status: resp.StatusCode, msg: msg + unauthorizedNote(resp.StatusCode, c.tokenNote)}
 }
 
 // call performs a request with a 30s limit and decodes the JSON answer into out.

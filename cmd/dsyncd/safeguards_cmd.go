@@ -47,7 +47,7 @@ Exit status: 0, 1 on error, 2 if the change would leave an organisation without 
 			var plan *storage.Plan
 			if org != "" {
 				if server != "" {
-					plan, err = apiPlan(cmd, server, "/v1/organizations/"+url.PathEscape(org)+"/resume?dry_run=true", cfg.API.Token)
+					plan, err = apiPlan(cmd, server, "/v1/organizations/"+url.PathEscape(org)+"/resume?dry_run=true", cfg)
 				} else {
 					err = a.withStore(cfg, func(st *storage.Store) error {
 						if err := adoptMapping(st, cfg, true); err != nil {
@@ -149,7 +149,7 @@ With --server it asks a running dsyncd; otherwise it works on the stopped store.
 			}
 			var plan *storage.Plan
 			if server != "" {
-				plan, err = apiPlan(cmd, server, "/v1/organizations/"+url.PathEscape(args[0])+"/resume", cfg.API.Token)
+				plan, err = apiPlan(cmd, server, "/v1/organizations/"+url.PathEscape(args[0])+"/resume", cfg)
 			} else {
 				err = a.withStore(cfg, func(st *storage.Store) error {
 					if err := adoptMapping(st, cfg, false); err != nil {
@@ -199,8 +199,9 @@ func (a *app) withStore(cfg config.Config, fn func(st *storage.Store) error) err
 	return fn(st)
 }
 
-func apiPlan(cmd *cobra.Command, server, path, token string) (*storage.Plan, error) {
-	b, err := apiDo(cmd.Context(), http.MethodPost, server, path, token)
+func apiPlan(cmd *cobra.Command, server, path string, cfg config.Config) (*storage.Plan, error) {
+	token, note := cliToken(cfg)
+	b, err := apiDo(cmd.Context(), http.MethodPost, server, path, token, note)
 	if err != nil {
 		return nil, err
 	}
