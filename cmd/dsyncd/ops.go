@@ -69,16 +69,13 @@ func (a *app) addTargetFlags(cmd *cobra.Command, f *opsFlags, persistent bool) {
 	}
 	fs.StringVar(&f.server, "server", "", "base URL of a running dsyncd serve (default: http://<http.listen>, falling back to offline)")
 	fs.BoolVar(&f.offline, "offline", false, "do not use the API: open the store (and the embedded JetStream) directly; serve must be stopped")
-	fs.StringVar(&f.format, "format", "table", "output format: table (for humans) or json (for machines)")
+	formatFlag(fs, &f.format)
 	fs.StringVar(&a.dbPath, "db", "", "store file for offline use (default: store.path from the configuration)")
 }
 
 func (f *opsFlags) check() error {
-	if f.format != "table" && f.format != "json" {
-		return fmt.Errorf("--format: %q is not table or json", f.format)
-	}
 	if f.offline && f.server != "" {
-		return errors.New("--offline and --server exclude each other")
+		return usagef("--offline and --server exclude each other")
 	}
 	return nil
 }
@@ -118,7 +115,7 @@ func (a *app) withBackend(ctx context.Context, cfg config.Config, f *opsFlags, f
 	if a.dbPath != "" {
 		// --db names a store file: read it, not whatever serve runs.
 		if f.server != "" {
-			return errors.New("--db and --server exclude each other")
+			return usagef("--db and --server exclude each other")
 		}
 		return offline("")
 	}
@@ -625,7 +622,7 @@ func parseSince(s string, now time.Time) (time.Time, error) {
 	if d, err := time.ParseDuration(s); err == nil && d >= 0 {
 		return now.Add(-d), nil
 	}
-	return time.Time{}, fmt.Errorf("--since: %q is not an RFC 3339 time (2024-05-01T12:00:00Z), a date (2024-05-01) or a duration (24h)", s)
+	return time.Time{}, usagef("--since: %q is not an RFC 3339 time (2024-05-01T12:00:00Z), a date (2024-05-01) or a duration (24h)", s)
 }
 
 // ---------------------------------------------------------------- holds
@@ -634,7 +631,7 @@ func (a *app) holdsCommand() *cobra.Command {
 	var f opsFlags
 	var all bool
 	cmd := &cobra.Command{
-		Use:   "holds [--all] [--config FILE] [--server URL | --offline] [--format table|json]",
+		Use:   "holds [--all] [--config FILE] [--server URL | --offline] [--format text|json]",
 		Short: "List the holds: changes the safeguards did not make on their own",
 		Long: `holds lists the holds the safeguards opened, oldest first: open ones only, or every
 hold ever opened with --all.
@@ -729,7 +726,7 @@ operator's decision on hold ID), REASON.` + targetHelp + exitStatusHelp,
 				}
 			}
 			if filter.Limit < 0 {
-				return errors.New("--limit must be >= 0")
+				return usagef("--limit must be >= 0")
 			}
 			return a.withBackend(cmd.Context(), cfg, &f, func(b backend) error {
 				es, err := b.audit(cmd.Context(), filter)
@@ -875,7 +872,7 @@ func grantExplanation(g mapping.Grant, names map[string]string, holds []storage.
 func (a *app) whyCommand() *cobra.Command {
 	var f opsFlags
 	cmd := &cobra.Command{
-		Use:   "why USER BADGE [--config FILE] [--server URL | --offline] [--format table|json]",
+		Use:   "why USER BADGE [--config FILE] [--server URL | --offline] [--format text|json]",
 		Short: "Explain in one line why a user has, or does not have, a badge",
 		Long: `why answers in one line whether the directory user USER holds BADGE, and why: the
 group (and the mapping rule matching it), WorkOS role or default that grants it, and
@@ -963,7 +960,7 @@ func parseSeqs(args []string) ([]uint64, error) {
 	for _, s := range args {
 		n, err := strconv.ParseUint(s, 10, 64)
 		if err != nil || n == 0 {
-			return nil, fmt.Errorf("dead letter id %q: want a positive number, as \"dsyncd dlq list\" shows", s)
+			return nil, usagef("dead letter id %q: want a positive number, as \"dsyncd dlq list\" shows", s)
 		}
 		out = append(out, n)
 	}
@@ -1322,7 +1319,7 @@ func syncDir(dir string) error {
 func (a *app) checkConfigCommand() *cobra.Command {
 	var format string
 	cmd := &cobra.Command{
-		Use:   "check-config --config FILE [--format table|json]",
+		Use:   "check-config --config FILE [--format text|json]",
 		Short: "Check a configuration and list every problem at once",
 		Long: `check-config loads the configuration the way serve does (the file, then DSYNCD_*
 environment variables, then flags) and prints every problem at once, one per line,
@@ -1345,9 +1342,6 @@ EXIT STATUS
   sudo sh -c 'set -a; . /etc/dsyncd/dsyncd.env; dsyncd check-config --config /etc/dsyncd/dsyncd.yaml'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if format != "table" && format != "json" {
-				return fmt.Errorf("--format: %q is not table or json", format)
-			}
 			problems, warnings, err := checkConfig(a.configPath, cmd)
 			if err != nil {
 				return err
@@ -1379,7 +1373,7 @@ EXIT STATUS
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&format, "format", "table", "output format: table (for humans) or json (for machines)")
+	formatFlag(cmd.Flags(), &format)
 	config.BindFlags(cmd.Flags())
 	return cmd
 }

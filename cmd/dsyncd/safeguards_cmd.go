@@ -33,7 +33,7 @@ and exits 1.
 With --org ORG it previews "dsyncd resume ORG": the events deferred while the
 mass-deprovisioning breaker paused ORG.
 
-Exit status: 0, 1 on error, 2 if the change would leave an organisation without an admin
+Exit status: 0, 1 on error, 2 on a usage error, 3 if the change would leave an organisation without an admin
 (the safeguard would hold those revocations).`,
 		Example: `  dsyncd plan --config /etc/dsyncd/new.yaml
   dsyncd plan --config new.yaml --on-unmap keep --format json
@@ -82,7 +82,7 @@ Exit status: 0, 1 on error, 2 if the change would leave an organisation without 
 	}
 	cmd.Flags().StringVar(&org, "org", "", "preview resuming this paused organisation")
 	cmd.Flags().StringVar(&onUnmap, "on-unmap", "", "keep|remove: what happens to the badges of removed group rules")
-	cmd.Flags().StringVar(&format, "format", "text", "text|json")
+	formatFlag(cmd.Flags(), &format)
 	cmd.Flags().StringVar(&a.dbPath, "db", "", "store file (default: store.path from the configuration)")
 	cmd.Flags().StringVar(&server, "server", "", "with --org: ask a running dsyncd at this URL")
 	return cmd
@@ -123,7 +123,7 @@ and keeps the old one if the new configuration is invalid.`,
 		},
 	}
 	cmd.Flags().StringVar(&onUnmap, "on-unmap", "", "keep|remove: what happens to the badges of removed group rules")
-	cmd.Flags().StringVar(&format, "format", "text", "text|json")
+	formatFlag(cmd.Flags(), &format)
 	cmd.Flags().StringVar(&a.dbPath, "db", "", "store file (default: store.path from the configuration)")
 	return cmd
 }
@@ -166,7 +166,7 @@ With --server it asks a running dsyncd; otherwise it works on the stopped store.
 		},
 	}
 	cmd.Flags().StringVar(&server, "server", "", "base URL of a running dsyncd")
-	cmd.Flags().StringVar(&format, "format", "text", "text|json")
+	formatFlag(cmd.Flags(), &format)
 	cmd.Flags().StringVar(&a.dbPath, "db", "", "store file (default: store.path from the configuration)")
 	return cmd
 }

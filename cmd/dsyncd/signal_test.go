@@ -26,7 +26,9 @@ func TestMain(m *testing.M) {
 		main()
 		return
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	removeBuiltBinary()
+	os.Exit(code)
 }
 
 // serveProcess is "dsyncd serve" running as a child process.
@@ -57,10 +59,19 @@ webhook:
 `+adminMappingYAML)
 	cmd := exec.Command(os.Args[0], "serve", "--config", cfg)
 	cmd.Env = append(os.Environ(), runMainEnv+"=1")
+	p := startServeCmd(t, cmd)
+	p.cfg = cfg
+	return p
+}
+
+// startServeCmd starts cmd, a "dsyncd serve" logging JSON to stderr, and
+// waits until it is ready.
+func startServeCmd(t *testing.T, cmd *exec.Cmd) *serveProcess {
+	t.Helper()
 	stderr, err := cmd.StderrPipe()
 	mustf(t, err, "stderr pipe")
 	mustf(t, cmd.Start(), "start serve")
-	p := &serveProcess{cmd: cmd, cfg: cfg, logs: make(chan map[string]any, 1024), exit: make(chan error, 1)}
+	p := &serveProcess{cmd: cmd, logs: make(chan map[string]any, 1024), exit: make(chan error, 1)}
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
