@@ -180,20 +180,26 @@ func (m *metrics) handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
 }
 
-// version is set with -ldflags "-X main.version=...".
-var version = ""
+// version and commit are set with -ldflags "-X main.version=... -X
+// main.commit=..." (the Makefile does), so that a build without VCS
+// information (-buildvcs=false, a copy without .git) still names its commit.
+var version, commit = "", ""
 
+// buildInfo returns the version and the commit (revision) of this build.
 func buildInfo() (string, string) {
-	v, rev := version, "unknown"
+	v, rev := version, commit
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		if v == "" {
 			v = bi.Main.Version
 		}
 		for _, s := range bi.Settings {
-			if s.Key == "vcs.revision" {
+			if s.Key == "vcs.revision" && rev == "" {
 				rev = s.Value
 			}
 		}
+	}
+	if rev == "" {
+		rev = "unknown"
 	}
 	if v == "" {
 		v = "dev"

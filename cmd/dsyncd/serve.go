@@ -75,7 +75,8 @@ func (a *app) serve(ctx context.Context, cmd *cobra.Command, cfg config.Config, 
 	if _, err := n.Notify("READY=1\nSTATUS=serving"); err != nil {
 		log.Warn("systemd notify failed", zap.Error(err))
 	}
-	log.Info("dsyncd ready", zap.String("http", d.Addr()), zap.String("nats", d.q.ClientURL()),
+	v, rev := buildInfo()
+	log.Info("dsyncd ready", zap.String("version", v), zap.String("commit", rev), zap.String("http", d.Addr()), zap.String("nats", d.q.ClientURL()),
 		zap.String("store", cfg.StorePath()), zap.Duration("startup", time.Since(start)))
 
 	var watchdog <-chan time.Time

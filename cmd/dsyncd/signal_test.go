@@ -33,11 +33,12 @@ func TestMain(m *testing.M) {
 
 // serveProcess is "dsyncd serve" running as a child process.
 type serveProcess struct {
-	cmd  *exec.Cmd
-	cfg  string
-	addr string
-	logs chan map[string]any // every JSON log line
-	exit chan error
+	cmd   *exec.Cmd
+	cfg   string
+	addr  string
+	ready map[string]any      // the "dsyncd ready" log line
+	logs  chan map[string]any // every JSON log line
+	exit  chan error
 }
 
 // startServeProcess starts serve on a configuration whose HTTP timeouts are
@@ -89,6 +90,7 @@ func startServeCmd(t *testing.T, cmd *exec.Cmd) *serveProcess {
 		}
 	})
 	ready := p.waitLog(t, "dsyncd ready", 60*time.Second)
+	p.ready = ready
 	p.addr, _ = ready["http"].(string)
 	if p.addr == "" {
 		t.Fatalf("ready line without the HTTP address: %v", ready)
