@@ -758,3 +758,23 @@ worker:
 		}
 	}
 }
+
+func TestUnknownEnvNamesMisspeltVariables(t *testing.T) {
+	got := UnknownEnv([]string{
+		"DSYNCD_WEBHOOK_SECRET=whsec_x", // misspelt: the secrets stay unset
+		"DSYNCD_WEBHOOK_SECRETS=whsec_y",
+		"DSYNCD_HTTP_LISTEN=127.0.0.1:9000",
+		"DSYNCD_DEV=1",
+		"DSYNCD_MAPPING_GROUPS=admins",
+		"DSYNCD_NOTHING_LIKE_A_KEY=1",
+		"PATH=/usr/bin", "DSYNCDX=1",
+	}, "DSYNCD_DEV")
+	want := []string{
+		"DSYNCD_MAPPING_GROUPS: mapping.groups can only be set in the configuration file; the variable is ignored",
+		"DSYNCD_NOTHING_LIKE_A_KEY: no configuration key has this environment variable; it is ignored",
+		"DSYNCD_WEBHOOK_SECRET: no configuration key has this environment variable; it is ignored (did you mean DSYNCD_WEBHOOK_SECRETS?)",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("UnknownEnv =\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}

@@ -2,6 +2,8 @@ package main
 
 import (
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -91,5 +93,45 @@ func TestEveryFormatFlagSpeaksTextAndJSON(t *testing.T) {
 	var v map[string]any
 	if code != 0 || json.Unmarshal([]byte(out), &v) != nil {
 		t.Errorf("check-config --format json: exit %d %s", code, out)
+	}
+}
+
+// TestReplayOfNothingFails: a folder holding only folders, an empty folder
+// or file, or empty standard input is not "applied 0": replay says no events
+// were found and exits 1. Standard input ("-") is read like a file.
+func TestReplayOfNothingFails(t *testing.T) {
+	dir := t.TempDir()
+	cfg := writeFile(t, dir, "c.yaml", "data_dir: "+filepath.Join(dir, "data")+"\n"+adminMappingYAML)
+	folders := filepath.Join(dir, "events")
+	mustf(t, os.MkdirAll(filepath.Join(folders, "2026-01"), 0o755), "mkdir")
+	writeFile(t, filepath.Join(folders, "2026-01"), "e.json", readString(t, "../../testdata/try/3_group_created.json"))
+	emptyDir := filepath.Join(dir, "empty")
+	mustf(t, os.MkdirAll(emptyDir, 0o755), "mkdir")
+	emptyFile := writeFile(t, dir, "empty.ndjson", "\n\n")
+	for _, tc := range []struct {
+		name, stdin string
+		args        []string
+		code        int
+		say         string
+	}{
+		{"a folder of folders", "", []string{folders}, 1, folders + ": no events found: it holds only folders (2026-01), whose files are not read"},
+		{"an empty folder", "", []string{emptyDir}, 1, emptyDir + ": no events found: the folder is empty"},
+		{"an empty file", "", []string{emptyFile}, 1, emptyFile + ": no events found"},
+		{"empty standard input", "", []string{"-"}, 1, "standard input: no events found"},
+		{"standard input", readString(t, "../../testdata/try/2_users_created.ndjson"), []string{"-"}, 0, ""},
+		{"the folder's folder", "", []string{filepath.Join(folders, "2026-01")}, 0, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, errOut := runCLIStdin(tc.stdin, append([]string{"replay", "--config", cfg}, tc.args...)...)
+			if code != tc.code || !strings.Contains(errOut, tc.say) {
+				t.Errorf("exit %d, want %d; stderr %q, want %q", code, tc.code, errOut, tc.say)
+			}
+			if tc.code != 0 && strings.Contains(out, "applied") {
+				t.Errorf("reported counts for nothing: %s", out)
+			}
+			if tc.code == 0 && !strings.Contains(out, "applied ") {
+				t.Errorf("no counts: %s", out)
+			}
+		})
 	}
 }

@@ -1324,8 +1324,9 @@ func (a *app) checkConfigCommand() *cobra.Command {
 		Long: `check-config loads the configuration the way serve does (the file, then DSYNCD_*
 environment variables, then flags) and prints every problem at once, one per line,
 each "key: problem": unknown keys, values of the wrong type, invalid values, missing
-secrets, and a mapping in which no rule grants mapping.admin_badge (unless
-safeguards.allow_no_admin_rule is true), which serve refuses.
+secrets, a mapping in which no rule grants mapping.admin_badge (unless
+safeguards.allow_no_admin_rule is true), which serve refuses, and DSYNCD_* environment
+variables that set no key (a misspelt one is otherwise ignored).
 
 It then prints the warnings: settings that are valid but probably unintended.
 It does not start anything or open the store.
@@ -1394,6 +1395,8 @@ func checkConfig(path string, cmd *cobra.Command) (problems, warnings []string, 
 	if adminErr != nil {
 		problems = append(problems, adminErr.Error())
 	}
+	problems = append(problems, envProblems()...)
+	warnings = append(warnings, devSecretWarning(cfg)...)
 	for _, w := range cfg.Warnings() {
 		// The admin rule warning is the problem above when serve refuses it.
 		if (adminErr != nil || !mappingDecoded) && strings.HasPrefix(w, "mapping:") && strings.Contains(w, "admin") {

@@ -42,6 +42,9 @@ are up, WATCHDOG=1 every WatchdogSec/2, and STOPPING=1 on shutdown.`,
 				return err
 			}
 			defer log.Sync() //nolint:errcheck // stderr
+			for _, w := range append(envProblems(), devSecretWarning(cfg)...) {
+				log.Warn("configuration warning", zap.String("warning", w))
+			}
 			return a.serve(cmd.Context(), cmd, cfg, log)
 		},
 	}

@@ -23,6 +23,7 @@ const runMainEnv = "DSYNCD_TEST_RUN_MAIN"
 
 func TestMain(m *testing.M) {
 	if os.Getenv(runMainEnv) == "1" {
+		knownEnv = append(knownEnv, runMainEnv)
 		main()
 		return
 	}
@@ -37,6 +38,7 @@ type serveProcess struct {
 	cfg   string
 	addr  string
 	ready map[string]any      // the "dsyncd ready" log line
+	seen  []map[string]any    // the lines waitLog read
 	logs  chan map[string]any // every JSON log line
 	exit  chan error
 }
@@ -109,6 +111,7 @@ func (p *serveProcess) waitLog(t *testing.T, msg string, within time.Duration) m
 			if !ok {
 				t.Fatalf("serve exited before logging %q", msg)
 			}
+			p.seen = append(p.seen, line)
 			if line["msg"] == msg {
 				return line
 			}

@@ -79,6 +79,10 @@ func TestReadmeTryIt(t *testing.T) {
 
 	// make run: DSYNCD_DEV=1 bin/dsyncd serve --config config/example.yaml,
 	// here on a random port and logging JSON, for the test to read.
+	if mk := readString(t, "../../Makefile"); !strings.Contains(mk, "\tDSYNCD_DEV=1 $(BIN) serve --config $(CONFIG)\n") ||
+		!strings.Contains(mk, "BIN       := bin/dsyncd\n") || !strings.Contains(mk, "CONFIG    ?= config/example.yaml\n") {
+		t.Fatal("make run no longer runs DSYNCD_DEV=1 bin/dsyncd serve --config config/example.yaml: update this test")
+	}
 	serve := exec.Command(filepath.Join(work, "bin", "dsyncd"), "serve", "--config", "config/example.yaml")
 	serve.Dir = work
 	serve.Env = append(os.Environ(), "DSYNCD_DEV=1", "DSYNCD_HTTP_LISTEN=127.0.0.1:0", "DSYNCD_LOG_FORMAT=json")
