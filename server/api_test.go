@@ -6,9 +6,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -245,5 +250,34 @@ func TestAPIRefusesForeignHostsAndNonJSONChanges(t *testing.T) {
 				t.Errorf("handler ran: %v", ran)
 			}
 		})
+	}
+}
+
+// TestReasonsListsEveryRefusalReason: Reasons, which the metrics start at
+// 0, has every Reason constant of the package.
+func TestReasonsListsEveryRefusalReason(t *testing.T) {
+	f, err := parser.ParseFile(token.NewFileSet(), "server.go", nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var consts []string
+	ast.Inspect(f, func(n ast.Node) bool {
+		if vs, ok := n.(*ast.ValueSpec); ok {
+			for i, name := range vs.Names {
+				if strings.HasPrefix(name.Name, "Reason") && i < len(vs.Values) {
+					if lit, ok := vs.Values[i].(*ast.BasicLit); ok {
+						v, _ := strconv.Unquote(lit.Value)
+						consts = append(consts, v)
+					}
+				}
+			}
+		}
+		return true
+	})
+	got := server.Reasons()
+	slices.Sort(got)
+	slices.Sort(consts)
+	if len(consts) == 0 || !slices.Equal(got, consts) {
+		t.Errorf("Reasons() = %v, want the constants %v", got, consts)
 	}
 }

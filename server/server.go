@@ -252,6 +252,13 @@ const (
 	ReasonQueue        = "queue_unavailable"
 )
 
+// Reasons lists every refusal reason, so that a counter by reason can
+// start each at 0.
+func Reasons() []string {
+	return []string{ReasonMethod, ReasonContentType, ReasonTooLarge, ReasonBodyRead, ReasonNotSigned,
+		ReasonMalformedSig, ReasonStale, ReasonBadSignature, ReasonNotEvent, ReasonInvalidEvent, ReasonQueue}
+}
+
 func (s *Server) refuse(w http.ResponseWriter, r *http.Request, status int, reason string, err error) {
 	s.stats.refuse(reason)
 	fields := []zap.Field{zap.Int("status", status), zap.String("reason", reason), zap.String("remote", r.RemoteAddr)}
