@@ -778,3 +778,15 @@ func TestUnknownEnvNamesMisspeltVariables(t *testing.T) {
 		t.Errorf("UnknownEnv =\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
+
+func TestAllowedHostsAreHostNames(t *testing.T) {
+	c := Default()
+	c.Webhook.Secrets = []string{"s"}
+	c.HTTP.AllowedHosts = []string{"dsyncd.internal", "ops.example:8443", "https://dsyncd.example.com/", ""}
+	got := strings.Join(c.Problems(), "\n")
+	want := "http.allowed_hosts[2]: \"https://dsyncd.example.com/\" is not a host name or host:port (no scheme, path or spaces)\n" +
+		"http.allowed_hosts[3]: \"\" is not a host name or host:port (no scheme, path or spaces)"
+	if got != want {
+		t.Errorf("problems:\n%s\nwant\n%s", got, want)
+	}
+}
