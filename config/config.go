@@ -98,6 +98,12 @@ type HTTPConfig struct {
 	// shown a well-formed, fresh WorkOS signature header, or is closed
 	// itself when there is none. Keep it well below the open-files limit.
 	MaxConnections int `mapstructure:"max_connections"`
+	// AllowedHosts are the names (host, or host:port) that /v1 accepts in
+	// the Host header besides Listen's host, "localhost" and loopback
+	// addresses: the names operators or a proxy use to reach the API. A
+	// request naming another host gets 421, so that a web page whose name
+	// an attacker rebinds to this address cannot use the API.
+	AllowedHosts []string `mapstructure:"allowed_hosts"`
 }
 
 // WebhookConfig is the webhook section.

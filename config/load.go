@@ -24,6 +24,53 @@ func EnvVar(key string) string {
 	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))
 }
 
+// UnknownEnv returns a problem, "NAME: …", for every variable of environ
+// ("NAME=value" entries, as os.Environ) whose name starts with EnvPrefix but
+// sets no key, which Load would ignore silently: a misspelt
+// DSYNCD_WEBHOOK_SECRET leaves the secrets unset. extra names variables
+// that are not keys but are read elsewhere (such as DSYNCD_DEV).
+func UnknownEnv(environ []string, extra ...string) []string {
+	known := map[string]string{} // variable -> key; "" for extra
+	var names []string
+	for _, k := range keys() {
+		known[EnvVar(k.key)] = k.key
+		if k.kind != kindRules {
+			names = append(names, EnvVar(k.key))
+		}
+	}
+	for _, e := range extra {
+		known[e] = ""
+		names = append(names, e)
+	}
+	var out []string
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(name, EnvPrefix) {
+			continue
+		}
+		key, ok := known[name]
+		switch {
+		case ok && key != "" && slices.ContainsFunc(keys(), func(k keyInfo) bool { return k.key == key && k.kind == kindRules }):
+			out = append(out, name+": "+key+" can only be set in the configuration file; the variable is ignored")
+		case ok:
+		default:
+			p := name + ": no configuration key has this environment variable; it is ignored"
+			best, bestD := "", 4
+			for _, n := range names {
+				if d := levenshtein(name, n); d < bestD {
+					best, bestD = n, d
+				}
+			}
+			if best != "" {
+				p += fmt.Sprintf(" (did you mean %s?)", best)
+			}
+			out = append(out, p)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
 // Error lists configuration problems, one per line, each "key: problem".
 // Load and Config.Validate return it.
 type Error struct {

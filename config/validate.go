@@ -37,6 +37,10 @@ func (c Config) Problems() []string {
 	v.positive("http.read_header_timeout", c.HTTP.ReadHeaderTimeout)
 	v.positive("http.idle_timeout", c.HTTP.IdleTimeout)
 	v.check(c.HTTP.MaxConnections > 0, "http.max_connections", fmt.Sprintf("must be > 0, got %d", c.HTTP.MaxConnections))
+	for i, h := range c.HTTP.AllowedHosts {
+		v.check(h != "" && !strings.ContainsAny(h, "/ \t@?#"), fmt.Sprintf("http.allowed_hosts[%d]", i),
+			fmt.Sprintf("%q is not a host name or host:port (no scheme, path or spaces)", h))
+	}
 
 	v.webhookPath("webhook.path", c.Webhook.Path)
 	if c.Webhook.Enabled && len(c.Webhook.Secrets) == 0 {

@@ -19,7 +19,10 @@
 //
 // # Caveats
 //
-// Without an API token the /v1 endpoints answer loopback clients only.
+// /v1 always requires the bearer token (Options.APIToken; without one it
+// answers 401 to everyone), a Host header naming this server (DNS
+// rebinding), and a JSON content type on requests that change something
+// (cross-site form posts).
 package server
 
 import (
@@ -63,9 +66,14 @@ type Options struct {
 	MaxBodyBytes int64
 	// PublishTimeout bounds the wait for JetStream's ack; past it, 503. Default 5s.
 	PublishTimeout time.Duration
-	// APIToken, when set, is required as "Authorization: Bearer <token>" on /v1.
-	// When empty, /v1 answers loopback clients only.
+	// APIToken is required as "Authorization: Bearer <token>" on /v1
+	// (compared in constant time). When empty, /v1 answers 401 to everyone.
 	APIToken string
+	// AllowedHosts are the names, besides the Listen host, loopback
+	// addresses and "localhost", that /v1 accepts in the Host header (a
+	// name, or name:port). A request naming another host gets 421, so that
+	// a web page whose name was rebound to this address cannot read /v1.
+	AllowedHosts []string
 	// ReadTimeout and WriteTimeout bound each request. Defaults 10s.
 	ReadTimeout, WriteTimeout time.Duration
 	// ReadHeaderTimeout bounds reading a request's headers (slow or
@@ -100,8 +108,8 @@ type Stats struct {
 func (s *Stats) Refused() map[string]uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make(map[string]uint64, len(Reasons))
-	for _, k := range Reasons {
+	out := make(map[string]uint64, len(Reasons()))
+	for _, k := range Reasons() {
 		out[k] = 0
 	}
 	for k, v := range s.refused {
@@ -339,10 +347,13 @@ const (
 	ReasonConnectionEvicted = "connection_evicted"
 )
 
-// Reasons lists every refusal reason, so that each is exported from the start.
-var Reasons = []string{ReasonMethod, ReasonContentType, ReasonTooLarge, ReasonBodyRead, ReasonNotSigned,
-	ReasonMalformedSig, ReasonStale, ReasonBadSignature, ReasonNotEvent, ReasonInvalidEvent, ReasonQueue,
-	ReasonBusy, ReasonTooManyConnections, ReasonConnectionEvicted}
+// Reasons lists every refusal reason, so that a counter by reason can
+// start each at 0.
+func Reasons() []string {
+	return []string{ReasonMethod, ReasonContentType, ReasonTooLarge, ReasonBodyRead, ReasonNotSigned,
+		ReasonMalformedSig, ReasonStale, ReasonBadSignature, ReasonNotEvent, ReasonInvalidEvent, ReasonQueue,
+		ReasonBusy, ReasonTooManyConnections, ReasonConnectionEvicted}
+}
 
 // refuse answers status with {"error": reason} (and "detail" when answer is
 // set), counts the refusal and logs it (sampled). A refused request's
@@ -541,32 +552,80 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 }
 
-// authed guards a /v1 handler: a bearer token when one is configured
-// (compared in constant time), else loopback clients only.
+// authed guards a /v1 handler, in this order: the Host header must name
+// this server (else 421, against DNS rebinding); the bearer token must match
+// (else 401); a request that changes something must be JSON (else 415: a
+// browser posts forms and text cross-site without asking, never JSON).
 func (s *Server) authed(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if s.opts.APIToken != "" {
-			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-			if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(s.opts.APIToken)) != 1 {
-				w.Header().Set("WWW-Authenticate", `Bearer realm="dsyncd"`)
-				writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or wrong bearer token"})
-				return
-			}
-		} else if !isLoopback(r.RemoteAddr) {
-			writeJSON(w, http.StatusForbidden, map[string]string{"error": "api.token is not set: /v1 answers loopback clients only"})
+		if !s.hostAllowed(r) {
+			s.refuseAPI(w, r, http.StatusMisdirectedRequest, "foreign_host",
+				"Host "+strconv.Quote(r.Host)+" is not this server: /v1 answers requests for its listen address, loopback or http.allowed_hosts")
+			return
+		}
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || s.opts.APIToken == "" || subtle.ConstantTimeCompare([]byte(got), []byte(s.opts.APIToken)) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="dsyncd"`)
+			s.refuseAPI(w, r, http.StatusUnauthorized, "token", "missing or wrong bearer token")
+			return
+		}
+		if r.Method != http.MethodGet && r.Method != http.MethodHead && !isJSON(r.Header.Get("Content-Type")) {
+			s.refuseAPI(w, r, http.StatusUnsupportedMediaType, "content_type",
+				"a request that changes something must have Content-Type: application/json")
 			return
 		}
 		h(w, r)
 	}
 }
 
-func isLoopback(remote string) bool {
-	host, _, err := net.SplitHostPort(remote)
-	if err != nil {
-		host = remote
+// refuseAPI answers a refused /v1 request and logs why.
+func (s *Server) refuseAPI(w http.ResponseWriter, r *http.Request, status int, reason, msg string) {
+	s.log.Warn("api request refused", zap.Int("status", status), zap.String("reason", reason),
+		zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.String("host", r.Host), zap.String("remote", r.RemoteAddr))
+	writeJSON(w, status, map[string]string{"error": msg})
+}
+
+// isJSON reports whether a Content-Type is application/json or a +json type.
+func isJSON(ct string) bool {
+	mt, _, err := mime.ParseMediaType(ct)
+	return err == nil && (mt == "application/json" || strings.HasSuffix(mt, "+json"))
+}
+
+// hostAllowed reports whether r's Host names this server: "localhost", a
+// loopback address, the address the connection reached, the listen host,
+// or one of AllowedHosts. A name an attacker's DNS can point here is none
+// of these unless an operator listed it.
+func (s *Server) hostAllowed(r *http.Request) bool {
+	host := strings.ToLower(r.Host)
+	name := host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		name = h
 	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
+	name = strings.TrimSuffix(strings.Trim(name, "[]"), ".")
+	if name == "" {
+		return false
+	}
+	if name == "localhost" {
+		return true
+	}
+	if ip := net.ParseIP(name); ip != nil {
+		if ip.IsLoopback() {
+			return true
+		}
+		if la, ok := r.Context().Value(http.LocalAddrContextKey).(*net.TCPAddr); ok && la.IP.Equal(ip) {
+			return true
+		}
+	}
+	if lh, _, err := net.SplitHostPort(s.opts.Listen); err == nil && lh != "" && strings.EqualFold(strings.Trim(lh, "[]"), name) {
+		return true
+	}
+	for _, a := range s.opts.AllowedHosts {
+		a = strings.ToLower(strings.TrimSpace(a))
+		if a != "" && (a == host || a == name) {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *Server) handleExport(w http.ResponseWriter, _ *http.Request) {

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -305,7 +306,12 @@ func (e *env) hostilePhase(ctx context.Context, _ options) *result {
 		}
 		r.note("refusals counted by the daemon: %s (the net/http-level 431 and header slow-loris never reach it)", strings.Join(slices.Sorted(slices.Values(reasons)), ", "))
 	}
-	if code, body, err := harness.Get(ctx, e.ctl, d.URL()+"/v1/export"); err != nil || code != 200 {
+	// /v1 requires the token serve created under its data directory.
+	token, err := os.ReadFile(filepath.Join(dir, "data", "api.token"))
+	if err != nil {
+		r.fail("the API token serve creates: %v", err)
+	}
+	if code, body, err := harness.GetWithToken(ctx, e.ctl, d.URL()+"/v1/export", strings.TrimSpace(string(token))); err != nil || code != 200 {
 		r.fail("/v1/export: %d %v", code, err)
 	} else {
 		var snap struct {
