@@ -49,8 +49,8 @@ func TestSendSignsPostsAndWaitsUntilApplied(t *testing.T) {
 func TestSendFailsClearly(t *testing.T) {
 	d := startDaemon(t, testConfig(t), nil)
 	dir := t.TempDir()
-	// A user whose email is a number: the receiver stores it (it checks ids
-	// only), the worker cannot decode it and parks it.
+	// A user whose email is a number: the receiver runs the worker's own
+	// validation and refuses it for good (400), so WorkOS would not retry.
 	poison := writeFile(t, dir, "poison.json", `{"id":"event_poison","event":"dsync.user.created","created_at":"2026-01-05T09:00:00Z",`+
 		`"data":{"id":"directory_user_p","directory_id":"directory_p","organization_id":"org_p","email":42,"state":"active"}}`)
 	empty := filepath.Join(dir, "only-folders")
@@ -63,8 +63,8 @@ func TestSendFailsClearly(t *testing.T) {
 	}{
 		{"a wrong secret is refused, event by event", []string{"--config", sendConfig(t, d, "whsec_wrong"), "../../testdata/try/"}, 1,
 			[]string{"refused: ../../testdata/try/1_directory_activated.json:1", "HTTP 401", "bad_signature", "5 of 5 event(s) refused"}},
-		{"an event never applied times out naming it", []string{"--config", sendConfig(t, d, testSecret), "--timeout", "1s", poison}, 1,
-			[]string{`1 of 1 event(s) not applied after 1s (first: "event_poison" from ` + poison + `:1)`, "dlq list"}},
+		{"an event the worker would park is refused with the reason", []string{"--config", sendConfig(t, d, testSecret), "--timeout", "1s", poison}, 1,
+			[]string{"refused: " + poison + ":1", "HTTP 400", "data.email: a JSON number where a string belongs", "1 of 1 event(s) refused"}},
 		{"no daemon listening", []string{"--config", sendConfig(t, d, testSecret), "--server", "http://127.0.0.1:1", "../../testdata/try/"}, 1,
 			[]string{"connection refused", "is dsyncd serve running"}},
 		{"a folder of folders has no events", []string{"--config", sendConfig(t, d, testSecret), empty}, 1,
