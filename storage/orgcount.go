@@ -9,11 +9,12 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// The mass-deprovisioning breaker's percentage is of an organisation's users:
-// those not deleted whose organization_id (or, when empty, their directory's)
-// is the organisation. Bucket org_users keeps that number per organisation so
-// that the breaker need not read every user of the store for each
-// deprovisioning (which made a wave of them quadratic).
+// Bucket org_users keeps, per organisation, its users: those not deleted
+// whose organization_id (or, when empty, their directory's) is the
+// organisation, so that no reader needs to read every user of the store for
+// it (the breaker's percentage was of this number, which made a wave of
+// deprovisionings quadratic before the bucket; it is now of the holders of
+// a mapped badge, holders.go, and orgUserCount has no caller left).
 //
 // The counts are those of the committed users: a transaction keeps them up to
 // date at flush. Until then its own changes are the users it marked dirty,

@@ -117,7 +117,7 @@ var (
 	bktPending       = []byte("pending")         // org \x00 seq (8 bytes BE) -> raw event (paused orgs)
 	bktOpenHolds     = []byte("open_holds")      // hold id (8 bytes BE) -> {}
 	bktOrgAdmins     = []byte("org_admins")      // org \x00 user -> {}: holders of the admin badge
-	bktDeprov        = []byte("deprovisions")    // org \x00 event time (8 bytes BE) \x00 user -> {}
+	bktDeprov        = []byte("deprovisions")    // org \x00 event time (8 bytes BE) \x00 user -> badges lost (JSON; empty in older records)
 	bktPaused        = []byte("paused")          // org -> hold id (8 bytes BE)
 	bktOrgUsers      = []byte("org_users")       // org -> users not deleted (8 bytes BE); see orgcount.go
 	bktDrops         = []byte("drops")           // audit seq (8 bytes BE) -> AuditEntry of a drop, past the audit retention
