@@ -274,6 +274,7 @@ func (s *Store) planGrants(t *txn, u *userRec, eventID string, now time.Time) (*
 type loss struct {
 	user   string
 	badges []string
+	raw    []byte // badges as recorded (JSON), when read back
 }
 
 // commitGrants stores p's grants (with a held admin grant when the

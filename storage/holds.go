@@ -368,16 +368,12 @@ func (s *Store) checkBreaker(t *txn, c *change, index int) error {
 		}
 		// Users, not events: a user who loses badges twice within the
 		// window (inactive, active, inactive) counts once.
-		wave := make(map[string][]string, len(recent)+len(ls))
-		for _, l := range append(recent, ls...) {
-			for _, badge := range l.badges {
-				if !slices.Contains(wave[l.user], badge) {
-					wave[l.user] = append(wave[l.user], badge)
-				}
-			}
-			if _, ok := wave[l.user]; !ok {
-				wave[l.user] = nil
-			}
+		wave := make(map[string]bool, len(recent)+len(ls))
+		for _, l := range recent {
+			wave[l.user] = true
+		}
+		for _, l := range ls {
+			wave[l.user] = true
 		}
 		if total := len(wave); float64(total) > b.minLimit() {
 			// The holders before the wave: those holding a mapped badge
@@ -393,11 +389,26 @@ func (s *Store) checkBreaker(t *txn, c *change, index int) error {
 				}
 			}
 			if limit := b.Limit(holders); float64(total) > limit {
-				per := map[string]int{}
-				for _, badges := range wave {
-					for _, badge := range badges {
-						per[badge]++
+				// Per badge, the users losing it (decoded only now: a
+				// long wave reads its records once per event).
+				lost := map[string]map[string]bool{}
+				for _, l := range append(recent, ls...) {
+					badges := l.badges
+					if badges == nil && len(l.raw) > 0 {
+						if err := json.Unmarshal(l.raw, &badges); err != nil {
+							return fmt.Errorf("deprovision record of %s: %w", l.user, err)
+						}
 					}
+					for _, badge := range badges {
+						if lost[badge] == nil {
+							lost[badge] = map[string]bool{}
+						}
+						lost[badge][l.user] = true
+					}
+				}
+				per := make(map[string]int, len(lost))
+				for badge, users := range lost {
+					per[badge] = len(users)
 				}
 				return &errTrip{index: index, org: org, users: total, holders: holders, limit: limit, perBadge: per}
 			}
@@ -417,8 +428,9 @@ func (s *Store) checkBreaker(t *txn, c *change, index int) error {
 }
 
 // lossesNear returns org's recorded losses whose event time is within
-// window of at (a user who lost badges twice is listed twice). Records
-// written before the badges were kept have none.
+// window of at (a user who lost badges twice is listed twice), their badges
+// undecoded (raw; valid until the transaction ends). Records written before
+// the badges were kept have none.
 func (s *Store) lossesNear(t *txn, org string, at time.Time, window time.Duration) ([]loss, error) {
 	prefix := pair(org, "")
 	lo := append(slices.Clone(prefix), u64(uint64(max(at.Add(-window).UnixNano(), 0)))...)
@@ -430,13 +442,7 @@ func (s *Store) lossesNear(t *txn, org string, at time.Time, window time.Duratio
 			break
 		}
 		if len(k) > len(prefix)+9 {
-			l := loss{user: string(k[len(prefix)+9:])}
-			if len(v) > 0 {
-				if err := json.Unmarshal(v, &l.badges); err != nil {
-					return nil, fmt.Errorf("deprovision record %q: %w", k, err)
-				}
-			}
-			out = append(out, l)
+			out = append(out, loss{user: string(k[len(prefix)+9:]), raw: v})
 		}
 	}
 	return out, nil
