@@ -85,6 +85,10 @@ func (h *health) publishFailed() {
 	}
 }
 
+// Fault returns why the embedded server cannot store events (wrapping
+// ErrCannotStore), or nil.
+func (q *Queue) Fault() error { return q.health.fault() }
+
 // Restarts is how many times the embedded server was restarted to clear a
 // write error since the Queue was created.
 func (q *Queue) Restarts() uint64 { return q.health.restarts.Load() }
