@@ -799,3 +799,20 @@ func (l serverLogger) Fatalf(format string, v ...any)  { l.s.Errorf(format, v...
 func (l serverLogger) Errorf(format string, v ...any)  { l.s.Errorf(format, v...) }
 func (l serverLogger) Debugf(format string, v ...any)  { l.s.Debugf(format, v...) }
 func (l serverLogger) Tracef(format string, v ...any)  { l.s.Debugf(format, v...) }
+
+// AckFloor returns the stream sequence up to which the durable consumer
+// has acknowledged every message: 0 when the consumer does not exist.
+func (q *Queue) AckFloor(ctx context.Context, durable string) (uint64, error) {
+	st, err := q.state()
+	if err != nil {
+		return 0, err
+	}
+	c, err := st.main.Consumer(ctx, durable)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("queue: consumer %s: %w", durable, err)
+	}
+	return c.CachedInfo().AckFloor.Stream, nil
+}

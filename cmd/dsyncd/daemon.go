@@ -91,16 +91,19 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 	}
 	opts := storeOptions(d.cfg, "")
 	opts.OnHold = d.onHold
-	d.st, err = storage.Open(opts)
+	hadData, err := d.openStore(opts)
 	if err != nil {
-		return fmt.Errorf("%s: %w", storeKey(d.cfg), err)
-	}
-	if _, err := d.st.ApplyMapping(d.cfg.Mapping, "", false); err != nil {
-		return fmt.Errorf("mapping: %w", err)
+		return err
 	}
 	d.q = queue.New(queueOptions(d.cfg), d.log)
 	if err := d.q.Open(ctx); err != nil {
 		return fmt.Errorf("%s: %w", natsKeys(d.cfg), err)
+	}
+	if err := d.checkStorePosition(ctx, hadData); err != nil {
+		return err
+	}
+	if _, err := d.st.ApplyMapping(d.cfg.Mapping, "", false); err != nil {
+		return fmt.Errorf("mapping: %w", err)
 	}
 	verifier := events.NewVerifier(d.cfg.Webhook.Secrets, d.cfg.Webhook.Tolerance)
 	if d.clock != nil {
