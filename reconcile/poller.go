@@ -283,7 +283,7 @@ func (p *Poller) poll(ctx context.Context) error {
 				// The same list from now, without the cursor: if that
 				// works, the cursor was what the API refused.
 				if _, cerr := p.client.ListEvents(ctx, p.types, "", p.opts.Now().UTC().Format(rangeStartLayout)); cerr == nil {
-					return fmt.Errorf("list events after %s: %w: %w", after, ErrCursorStale, err)
+					return fmt.Errorf("%w: cursor %s: %w", ErrCursorStale, after, err)
 				}
 			}
 			return fmt.Errorf("list events: %w", err)

@@ -119,6 +119,7 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 		ReadTimeout:     d.cfg.HTTP.ReadTimeout,
 		WriteTimeout:    d.cfg.HTTP.WriteTimeout,
 		Ready:           d.ready,
+		Degraded:        d.degraded,
 		Extra:           d.routes,
 	}, verifier, d.q, d.st, d.log)
 	d.w = worker.New(d.q, d.st, worker.Options{
@@ -201,6 +202,18 @@ func (d *daemon) ready(ctx context.Context) error {
 		return errors.New("worker: not consuming")
 	}
 	return nil
+}
+
+// degraded lists what works but needs attention: the Events API refusing
+// the poller's cursor.
+func (d *daemon) degraded() []string {
+	var out []string
+	if d.bg != nil && d.bg.Poller != nil {
+		if why := d.bg.Poller.CursorStale(); why != "" {
+			out = append(out, "events poller: "+why)
+		}
+	}
+	return out
 }
 
 func (d *daemon) onHold(h storage.Hold) {

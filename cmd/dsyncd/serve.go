@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"syscall"
 	"time"
 
@@ -110,6 +111,8 @@ func (a *app) serve(ctx context.Context, cmd *cobra.Command, cfg config.Config, 
 				status = "STATUS=degraded: " + err.Error()
 			} else if !d.w.Consuming() {
 				status = "STATUS=degraded: the store cannot be written; events wait in JetStream"
+			} else if why := d.degraded(); len(why) > 0 {
+				status = "STATUS=degraded: " + strings.Join(why, "; ")
 			}
 			if ping {
 				status = "WATCHDOG=1\n" + status
