@@ -11,7 +11,7 @@ PREFIX    ?= /usr/local
 .PHONY: help build run test test-short bench bench-e2e bench-e2e-external fuzz lint soak soak-short install deps clean
 
 help: ## List the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-20s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-20s %s\n", $$1, $$2}'
 
 deps: ## Download the Go modules (the only install step: Go itself ships on the machine)
 	@command -v $(GO) >/dev/null || { echo "Go is required: install Go >= 1.26"; exit 1; }

@@ -1,0 +1,31 @@
+// Package events is what dsyncd knows of WorkOS's Directory Sync events: their
+// envelope and payloads, their order, and their webhook signature. It imports
+// nothing of the project and does no I/O beyond reading fixture files.
+//
+// # Basics
+//
+// A webhook body is verified with a Verifier (the WorkOS-Signature header:
+// HMAC-SHA256 over "t.body" with any live secret, a two-sided tolerance, a
+// constant-time compare), then either Peeked (the id, type and directory the
+// receiver needs to store it) or Decoded into an Event with its typed payload
+// (Directory, User, Group, or a membership's user and group).
+//
+// Events are ordered by Key: created_at (any of WorkOS's layouts, see
+// ParseTime), then the event id. The store gives each entity the state of the
+// newest event that touched it.
+//
+// HandledTypes lists the dsync types dsyncd applies; any other type decodes
+// as ignored, so WorkOS can add types without breaking the receiver.
+// ReadFixtures reads files of events (JSON, NDJSON, arrays) for replay and
+// tests; Sign signs a body the way WorkOS does, for tests and `dsyncd send`.
+//
+// # Caveats
+//
+// Errors are classified by sentinel: ErrMalformed (not an event envelope),
+// ErrInvalid (a dsync event lacking what it needs), and for signatures
+// ErrNotSigned, ErrMalformedSignature, ErrStale and ErrBadSignature. Callers
+// test them with errors.Is; each is the event's own fault, never transient.
+//
+// Decode does not copy the body: Event.Raw is the caller's buffer, which must
+// not be reused while the Event is alive.
+package events
