@@ -3,7 +3,8 @@ GO        ?= go
 BIN       := bin/dsyncd
 CONFIG    ?= config/example.yaml
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS   := -X main.version=$(VERSION)
+COMMIT    ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+LDFLAGS   := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 FUZZTIME  ?= 10s
 FUZZTIME_APPLY ?= $(FUZZTIME)
 PREFIX    ?= /usr/local
@@ -21,7 +22,8 @@ build: deps ## Build bin/dsyncd
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/dsyncd
 
 run: build ## Run the daemon on the embedded NATS server with config/example.yaml
-	$(BIN) serve --config $(CONFIG)
+	@# DSYNCD_DEV=1 marks a development run: the example's webhook secret is expected here.
+	DSYNCD_DEV=1 $(BIN) serve --config $(CONFIG)
 
 test: deps ## Every test with the race detector, each fuzz target briefly, and the short soak
 	$(GO) test -race -count=1 ./...

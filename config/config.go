@@ -87,6 +87,23 @@ type HTTPConfig struct {
 	WriteTimeout time.Duration `mapstructure:"write_timeout"`
 	// ShutdownTimeout bounds the graceful shutdown of in-flight requests.
 	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`
+	// ReadHeaderTimeout bounds reading a request's headers: a slow or
+	// half-open connection is closed past it. A value over ReadTimeout is
+	// cut to it.
+	ReadHeaderTimeout time.Duration `mapstructure:"read_header_timeout"`
+	// IdleTimeout closes a keep-alive connection idle this long.
+	IdleTimeout time.Duration `mapstructure:"idle_timeout"`
+	// MaxConnections bounds the open connections. At the limit a new one
+	// closes the oldest connection that is between requests and has not
+	// shown a well-formed, fresh WorkOS signature header, or is closed
+	// itself when there is none. Keep it well below the open-files limit.
+	MaxConnections int `mapstructure:"max_connections"`
+	// AllowedHosts are the names (host, or host:port) that /v1 accepts in
+	// the Host header besides Listen's host, "localhost" and loopback
+	// addresses: the names operators or a proxy use to reach the API. A
+	// request naming another host gets 421, so that a web page whose name
+	// an attacker rebinds to this address cannot use the API.
+	AllowedHosts []string `mapstructure:"allowed_hosts"`
 }
 
 // WebhookConfig is the webhook section.
@@ -106,6 +123,11 @@ type WebhookConfig struct {
 	// PublishTimeout bounds queueing one event on JetStream before the
 	// receiver answers 503 and lets WorkOS retry.
 	PublishTimeout time.Duration `mapstructure:"publish_timeout"`
+	// MaxInflightBytes bounds the bytes of webhook bodies being read and
+	// queued at once (each counted at its declared length, or at
+	// MaxBodyBytes when chunked); past it, 503 with Retry-After. Bodies over
+	// 64 KiB may use three quarters of it.
+	MaxInflightBytes int64 `mapstructure:"max_inflight_bytes"`
 }
 
 // NATSConfig is the nats section.
@@ -267,17 +289,21 @@ func Default() Config {
 		DataDir: "./data",
 		Log:     LogConfig{Level: "info", Format: "json"},
 		HTTP: HTTPConfig{
-			Listen:          "127.0.0.1:8080",
-			ReadTimeout:     10 * time.Second,
-			WriteTimeout:    10 * time.Second,
-			ShutdownTimeout: 15 * time.Second,
+			Listen:            "127.0.0.1:8080",
+			ReadTimeout:       10 * time.Second,
+			WriteTimeout:      10 * time.Second,
+			ShutdownTimeout:   15 * time.Second,
+			ReadHeaderTimeout: 5 * time.Second,
+			IdleTimeout:       60 * time.Second,
+			MaxConnections:    1024,
 		},
 		Webhook: WebhookConfig{
-			Enabled:        true,
-			Path:           "/webhooks/workos",
-			Tolerance:      3 * time.Minute,
-			MaxBodyBytes:   1 << 20,
-			PublishTimeout: 5 * time.Second,
+			Enabled:          true,
+			Path:             "/webhooks/workos",
+			Tolerance:        3 * time.Minute,
+			MaxBodyBytes:     1 << 20,
+			PublishTimeout:   5 * time.Second,
+			MaxInflightBytes: 64 << 20,
 		},
 		NATS: NATSConfig{
 			Stream:          "DSYNC",

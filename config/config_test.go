@@ -516,6 +516,21 @@ func TestValidate(t *testing.T) {
 			},
 		},
 		{
+			name: "connection and body limits are problems naming their keys",
+			edit: func(c *Config) {
+				c.HTTP.MaxConnections = 0
+				c.HTTP.ReadHeaderTimeout = 0
+				c.HTTP.IdleTimeout = 0
+				c.Webhook.MaxInflightBytes = c.Webhook.MaxBodyBytes
+			},
+			wantErr: []string{
+				"http.read_header_timeout: must be > 0",
+				"http.idle_timeout: must be > 0",
+				"http.max_connections: must be > 0, got 0",
+				"webhook.max_inflight_bytes: must be at least 2 × webhook.max_body_bytes (2097152), got 1048576",
+			},
+		},
+		{
 			name: "embedded NATS rejects external-server settings",
 			edit: func(c *Config) {
 				c.NATS.Replicas = 3
@@ -756,5 +771,37 @@ worker:
 		if got := Related(tc.key, tc.keys); got != tc.want {
 			t.Errorf("Related(%q, %q) = %v, want %v", tc.key, tc.keys, got, tc.want)
 		}
+	}
+}
+
+func TestUnknownEnvNamesMisspeltVariables(t *testing.T) {
+	got := UnknownEnv([]string{
+		"DSYNCD_WEBHOOK_SECRET=whsec_x", // misspelt: the secrets stay unset
+		"DSYNCD_WEBHOOK_SECRETS=whsec_y",
+		"DSYNCD_HTTP_LISTEN=127.0.0.1:9000",
+		"DSYNCD_DEV=1",
+		"DSYNCD_MAPPING_GROUPS=admins",
+		"DSYNCD_NOTHING_LIKE_A_KEY=1",
+		"PATH=/usr/bin", "DSYNCDX=1",
+	}, "DSYNCD_DEV")
+	want := []string{
+		"DSYNCD_MAPPING_GROUPS: mapping.groups can only be set in the configuration file; the variable is ignored",
+		"DSYNCD_NOTHING_LIKE_A_KEY: no configuration key has this environment variable; it is ignored",
+		"DSYNCD_WEBHOOK_SECRET: no configuration key has this environment variable; it is ignored (did you mean DSYNCD_WEBHOOK_SECRETS?)",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("UnknownEnv =\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+func TestAllowedHostsAreHostNames(t *testing.T) {
+	c := Default()
+	c.Webhook.Secrets = []string{"s"}
+	c.HTTP.AllowedHosts = []string{"dsyncd.internal", "ops.example:8443", "https://dsyncd.example.com/", ""}
+	got := strings.Join(c.Problems(), "\n")
+	want := "http.allowed_hosts[2]: \"https://dsyncd.example.com/\" is not a host name or host:port (no scheme, path or spaces)\n" +
+		"http.allowed_hosts[3]: \"\" is not a host name or host:port (no scheme, path or spaces)"
+	if got != want {
+		t.Errorf("problems:\n%s\nwant\n%s", got, want)
 	}
 }

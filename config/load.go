@@ -24,6 +24,53 @@ func EnvVar(key string) string {
 	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))
 }
 
+// UnknownEnv returns a problem, "NAME: …", for every variable of environ
+// ("NAME=value" entries, as os.Environ) whose name starts with EnvPrefix but
+// sets no key, which Load would ignore silently: a misspelt
+// DSYNCD_WEBHOOK_SECRET leaves the secrets unset. extra names variables
+// that are not keys but are read elsewhere (such as DSYNCD_DEV).
+func UnknownEnv(environ []string, extra ...string) []string {
+	known := map[string]string{} // variable -> key; "" for extra
+	var names []string
+	for _, k := range keys() {
+		known[EnvVar(k.key)] = k.key
+		if k.kind != kindRules {
+			names = append(names, EnvVar(k.key))
+		}
+	}
+	for _, e := range extra {
+		known[e] = ""
+		names = append(names, e)
+	}
+	var out []string
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(name, EnvPrefix) {
+			continue
+		}
+		key, ok := known[name]
+		switch {
+		case ok && key != "" && slices.ContainsFunc(keys(), func(k keyInfo) bool { return k.key == key && k.kind == kindRules }):
+			out = append(out, name+": "+key+" can only be set in the configuration file; the variable is ignored")
+		case ok:
+		default:
+			p := name + ": no configuration key has this environment variable; it is ignored"
+			best, bestD := "", 4
+			for _, n := range names {
+				if d := levenshtein(name, n); d < bestD {
+					best, bestD = n, d
+				}
+			}
+			if best != "" {
+				p += fmt.Sprintf(" (did you mean %s?)", best)
+			}
+			out = append(out, p)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
 // Error lists configuration problems, one per line, each "key: problem".
 // Load and Config.Validate return it.
 type Error struct {
@@ -182,11 +229,15 @@ func usages() map[string]string {
 		"http.read_timeout":                   "HTTP request read timeout",
 		"http.write_timeout":                  "HTTP response write timeout",
 		"http.shutdown_timeout":               "HTTP graceful shutdown timeout",
+		"http.read_header_timeout":            "HTTP request header read timeout (closes slow connections)",
+		"http.idle_timeout":                   "HTTP keep-alive idle timeout",
+		"http.max_connections":                "most HTTP connections open at once",
 		"webhook.enabled":                     "serve the WorkOS webhook receiver",
 		"webhook.path":                        "URL path of the webhook receiver",
 		"webhook.tolerance":                   "maximum age of a webhook signature's timestamp",
 		"webhook.max_body_bytes":              "maximum webhook body size in bytes",
 		"webhook.publish_timeout":             "timeout for queueing a webhook event on JetStream",
+		"webhook.max_inflight_bytes":          "most bytes of webhook bodies read and queued at once (503 past it)",
 		"nats.url":                            "NATS server URL(s); empty runs an embedded server",
 		"nats.stream":                         "JetStream stream for directory events",
 		"nats.subject_prefix":                 "subject prefix of the events stream",

@@ -34,6 +34,13 @@ func (c Config) Problems() []string {
 	v.positive("http.read_timeout", c.HTTP.ReadTimeout)
 	v.positive("http.write_timeout", c.HTTP.WriteTimeout)
 	v.positive("http.shutdown_timeout", c.HTTP.ShutdownTimeout)
+	v.positive("http.read_header_timeout", c.HTTP.ReadHeaderTimeout)
+	v.positive("http.idle_timeout", c.HTTP.IdleTimeout)
+	v.check(c.HTTP.MaxConnections > 0, "http.max_connections", fmt.Sprintf("must be > 0, got %d", c.HTTP.MaxConnections))
+	for i, h := range c.HTTP.AllowedHosts {
+		v.check(h != "" && !strings.ContainsAny(h, "/ \t@?#"), fmt.Sprintf("http.allowed_hosts[%d]", i),
+			fmt.Sprintf("%q is not a host name or host:port (no scheme, path or spaces)", h))
+	}
 
 	v.webhookPath("webhook.path", c.Webhook.Path)
 	if c.Webhook.Enabled && len(c.Webhook.Secrets) == 0 {
@@ -45,6 +52,10 @@ func (c Config) Problems() []string {
 	v.positive("webhook.tolerance", c.Webhook.Tolerance)
 	v.check(c.Webhook.MaxBodyBytes > 0, "webhook.max_body_bytes", fmt.Sprintf("must be > 0, got %d", c.Webhook.MaxBodyBytes))
 	v.positive("webhook.publish_timeout", c.Webhook.PublishTimeout)
+	if c.Webhook.MaxBodyBytes > 0 {
+		v.check(c.Webhook.MaxInflightBytes >= 2*c.Webhook.MaxBodyBytes, "webhook.max_inflight_bytes",
+			fmt.Sprintf("must be at least 2 × webhook.max_body_bytes (%d), got %d", 2*c.Webhook.MaxBodyBytes, c.Webhook.MaxInflightBytes))
+	}
 
 	embedded := c.NATS.URL == ""
 	if !embedded {

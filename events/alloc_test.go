@@ -24,3 +24,14 @@ func TestVerifyDoesNotAllocate(t *testing.T) {
 		t.Errorf("Verify of an unsigned webhook makes %v allocations, want 0", n)
 	}
 }
+
+func TestCheckHeaderDoesNotAllocate(t *testing.T) {
+	vec := loadVectors(t)[0]
+	v := NewVerifier([]string{vec.Secret}, 0).WithClock(clockAt(time.UnixMilli(vec.ts(t))))
+	if n := testing.AllocsPerRun(100, func() { _ = v.CheckHeader(vec.Header) }); n != 0 {
+		t.Errorf("CheckHeader of a well-formed header makes %v allocations, want 0", n)
+	}
+	if n := testing.AllocsPerRun(100, func() { _ = v.CheckHeader("") }); n != 0 {
+		t.Errorf("CheckHeader of an absent header makes %v allocations, want 0", n)
+	}
+}

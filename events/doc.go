@@ -6,9 +6,14 @@
 //
 // A webhook body is verified with a Verifier (the WorkOS-Signature header:
 // HMAC-SHA256 over "t.body" with any live secret, a two-sided tolerance, a
-// constant-time compare), then either Peeked (the id, type and directory the
-// receiver needs to store it) or Decoded into an Event with its typed payload
-// (Directory, User, Group, or a membership's user and group).
+// constant-time compare; CheckHeader decides what the header alone can, before
+// a body is read), then Decoded into an Event with its typed payload
+// (Directory, User, Group, or a membership's user and group). Decode is the
+// one validation of an event: the receiver runs it before answering 2xx and
+// the worker before applying, so what the worker would park for its content
+// (a field of the wrong JSON type, an id over MaxIDBytes) is refused with 400
+// first. Its *DecodeError has a Public form quoting no value of the body.
+// Peek extracts only the id, type and directory.
 //
 // Events are ordered by Key: created_at (any of WorkOS's layouts, see
 // ParseTime), then the event id. The store gives each entity the state of the

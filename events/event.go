@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Type is a WorkOS event type such as "dsync.user.created".
@@ -196,22 +198,139 @@ type wireMembership struct {
 	Group       *wireGroup `json:"group"`
 }
 
-// Decode decodes one event envelope. It returns an error wrapping ErrMalformed
-// when b is not a JSON event envelope and one wrapping ErrInvalid when a dsync
-// event lacks an id it needs; the message says what is missing. An event of a
-// type dsyncd does not handle decodes without error and reports Ignored.
+// MaxIDBytes is the longest id an event may carry, in bytes: its own id and
+// every id of its data (directory, organisation, user, group). The store
+// keys records by these ids, some by two of them joined, and bbolt refuses a
+// key over 32 KiB; JetStream refuses a message id (the event id) whose header
+// passes 64 KiB. WorkOS's ids are about 40 bytes: 1 KiB leaves room for any
+// identifier and none for an event that could only fail later.
+const MaxIDBytes = 1024
+
+// DecodeError is the error Decode returns. It wraps its Class.
+type DecodeError struct {
+	// Class is ErrMalformed (not a JSON event envelope, or a field of the
+	// wrong JSON type) or ErrInvalid (a dsync event without what it needs).
+	Class error
+	// Type is the event's type when it has one; ID its id (for operators).
+	Type Type
+	ID   string
+	// Reason says what is wrong, naming fields but quoting no value of the
+	// body: the receiver logs it and answers it.
+	Reason string
+	// Detail adds what an operator may need (the value that failed, the
+	// decoder's message); it may quote the body. Often empty.
+	Detail string
+}
+
+// Error is "<class>: <type> <id>: <reason>[: <detail>]", with a long id cut.
+func (e *DecodeError) Error() string {
+	var b strings.Builder
+	b.WriteString(e.Class.Error())
+	b.WriteString(": ")
+	if e.Type != "" {
+		b.WriteString(string(e.Type))
+		if e.ID != "" {
+			b.WriteByte(' ')
+			b.WriteString(shortID(e.ID))
+		}
+		b.WriteString(": ")
+	}
+	b.WriteString(e.Reason)
+	if e.Detail != "" {
+		b.WriteString(": ")
+		b.WriteString(e.Detail)
+	}
+	return b.String()
+}
+
+func (e *DecodeError) Unwrap() error { return e.Class }
+
+// Public is the error without any value of the body: its class, the event
+// type (when dsyncd handles it) and the reason. The receiver logs it and
+// puts it in its 400 answer.
+func (e *DecodeError) Public() string {
+	if e.Type.Handled() {
+		return e.Class.Error() + ": " + string(e.Type) + ": " + e.Reason
+	}
+	return e.Class.Error() + ": " + e.Reason
+}
+
+// shortID is id, cut to 64 bytes (and how long it was) when longer.
+func shortID(id string) string {
+	if len(id) <= 64 {
+		return id
+	}
+	cut := 64
+	for cut > 0 && !utf8.RuneStart(id[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s…(%d bytes)", id[:cut], len(id))
+}
+
+// jsonReason describes a decoding error of encoding/json without quoting the
+// body; path prefixes the field names it reports (e.g. "data.").
+func jsonReason(err error, path string) string {
+	var te *json.UnmarshalTypeError
+	var se *json.SyntaxError
+	switch {
+	case errors.As(err, &te):
+		field := strings.TrimSuffix(path, ".")
+		if te.Field != "" {
+			field = path + te.Field
+		}
+		if field == "" {
+			return "a JSON " + te.Value + " where an object belongs"
+		}
+		return fmt.Sprintf("%s: a JSON %s where %s belongs", field, te.Value, jsonKind(te.Type))
+	case errors.As(err, &se):
+		return fmt.Sprintf("not valid JSON (at byte %d)", se.Offset)
+	}
+	return "not valid JSON"
+}
+
+// jsonKind names the JSON type a Go type decodes from.
+func jsonKind(t reflect.Type) string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "a boolean"
+	case reflect.Slice, reflect.Array:
+		return "an array"
+	case reflect.Struct, reflect.Map:
+		return "an object"
+	}
+	return "a number"
+}
+
+// Decode decodes one event envelope. It returns a *DecodeError wrapping
+// ErrMalformed when b is not a JSON event envelope (or a field has the wrong
+// JSON type) and one wrapping ErrInvalid when a dsync event lacks an id it
+// needs or carries one longer than MaxIDBytes; the message says what is
+// wrong. An event of a type dsyncd does not handle decodes without error and
+// reports Ignored.
+//
+// It is the one validation of an event: the receiver runs it before it
+// answers 2xx, the worker before it applies, so that what the worker would
+// park for its own content is refused with 400 instead.
 func Decode(b []byte) (*Event, error) {
 	var env envelope
 	if !scanEnvelope(b, &env) {
 		env = envelope{}
 		if err := json.Unmarshal(b, &env); err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+			return nil, &DecodeError{Class: ErrMalformed, Reason: jsonReason(err, ""), Detail: err.Error()}
 		}
 	}
 	if env.Event == "" {
-		return nil, fmt.Errorf("%w: no \"event\" type", ErrMalformed)
+		return nil, &DecodeError{Class: ErrMalformed, Reason: `no "event" type`}
 	}
 	ev := &Event{ID: env.ID, Type: env.Event, Raw: b}
+	fail := func(class error, reason, detail string) (*Event, error) {
+		return nil, &DecodeError{Class: class, Type: ev.Type, ID: ev.ID, Reason: reason, Detail: detail}
+	}
 	if env.CreatedAt != "" {
 		t, err := ParseTime(env.CreatedAt)
 		if err == nil && t.IsZero() {
@@ -221,20 +340,23 @@ func Decode(b []byte) (*Event, error) {
 		if err == nil {
 			ev.CreatedAt = t
 		} else if ev.Type.Handled() {
-			return nil, fmt.Errorf("%w: %s %s: created_at %q: %v", ErrInvalid, ev.Type, ev.ID, env.CreatedAt, err)
+			return fail(ErrInvalid, "created_at is not a timestamp in a layout WorkOS uses", fmt.Sprintf("%s: %v", quote(env.CreatedAt), err))
 		}
 	}
 	if !ev.Type.Handled() {
 		return ev, nil
 	}
 	if ev.ID == "" {
-		return nil, fmt.Errorf("%w: %s: missing id", ErrInvalid, ev.Type)
+		return fail(ErrInvalid, "missing id", "")
+	}
+	if len(ev.ID) > MaxIDBytes {
+		return fail(ErrInvalid, fmt.Sprintf("id is longer than %d bytes", MaxIDBytes), "")
 	}
 	if env.CreatedAt == "" {
-		return nil, fmt.Errorf("%w: %s %s: missing created_at", ErrInvalid, ev.Type, ev.ID)
+		return fail(ErrInvalid, "missing created_at", "")
 	}
 	if len(bytes.TrimSpace(env.Data)) == 0 || bytes.Equal(bytes.TrimSpace(env.Data), []byte("null")) {
-		return nil, fmt.Errorf("%w: %s %s: missing data", ErrInvalid, ev.Type, ev.ID)
+		return fail(ErrInvalid, "missing data", "")
 	}
 	var err error
 	switch ev.Type {
@@ -247,16 +369,65 @@ func Decode(b []byte) (*Event, error) {
 	case GroupUserAdded, GroupUserRemoved:
 		err = ev.decodeMembership(env.Data)
 	}
+	if err == nil {
+		err = ev.checkIDs()
+	}
 	if err != nil {
-		if errors.Is(err, ErrInvalid) {
-			return nil, fmt.Errorf("%s %s: %w", ev.Type, ev.ID, err)
+		var inv invalidField
+		if errors.As(err, &inv) {
+			return fail(ErrInvalid, inv.reason, "")
 		}
-		return nil, fmt.Errorf("%w: %s %s: data: %v", ErrMalformed, ev.Type, ev.ID, err)
+		return fail(ErrMalformed, "data: "+jsonReason(err, "data."), err.Error())
 	}
 	return ev, nil
 }
 
-func missing(field string) error { return fmt.Errorf("%w: missing %s", ErrInvalid, field) }
+// invalidField is what the data decoders return for a dsync event that
+// lacks an id or carries one too long. It wraps ErrInvalid.
+type invalidField struct{ reason string }
+
+func (e invalidField) Error() string { return ErrInvalid.Error() + ": " + e.reason }
+func (e invalidField) Unwrap() error { return ErrInvalid }
+
+// checkIDs refuses an id of the decoded data longer than MaxIDBytes.
+func (ev *Event) checkIDs() error {
+	type idField struct{ name, id string }
+	var fields [6]idField // no allocation: Decode is on the receiver's hot path
+	n := 0
+	if d := ev.Directory; d != nil {
+		fields[0], fields[1] = idField{"data.id", d.ID}, idField{"data.organization_id", d.OrganizationID}
+		n = 2
+	}
+	if u := ev.User; u != nil {
+		if ev.Group != nil {
+			fields[0], fields[1], fields[2] = idField{"data.user.id", u.ID}, idField{"data.user.directory_id", u.DirectoryID},
+				idField{"data.user.organization_id", u.OrganizationID}
+		} else {
+			fields[0], fields[1], fields[2] = idField{"data.id", u.ID}, idField{"data.directory_id", u.DirectoryID},
+				idField{"data.organization_id", u.OrganizationID}
+		}
+		n = 3
+	}
+	if g := ev.Group; g != nil {
+		if ev.User != nil {
+			fields[3], fields[4], fields[5] = idField{"data.group.id", g.ID}, idField{"data.group.directory_id", g.DirectoryID},
+				idField{"data.group.organization_id", g.OrganizationID}
+			n = 6
+		} else {
+			fields[0], fields[1], fields[2] = idField{"data.id", g.ID}, idField{"data.directory_id", g.DirectoryID},
+				idField{"data.organization_id", g.OrganizationID}
+			n = 3
+		}
+	}
+	for _, f := range fields[:n] {
+		if len(f.id) > MaxIDBytes {
+			return invalidField{fmt.Sprintf("%s is longer than %d bytes", f.name, MaxIDBytes)}
+		}
+	}
+	return nil
+}
+
+func missing(field string) error { return invalidField{"missing " + field} }
 
 func (ev *Event) decodeDirectory(data []byte) error {
 	var w wireDirectory

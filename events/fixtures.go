@@ -65,6 +65,14 @@ func readFixtureFile(path string) ([]Raw, error) {
 	if err != nil {
 		return nil, err
 	}
+	return ParseFixture(path, data)
+}
+
+// ParseFixture splits data, read from the file (or stream) named name, into
+// events as ReadFixtures does a file's: one JSON event, a JSON array of
+// events, or NDJSON.
+func ParseFixture(name string, data []byte) ([]Raw, error) {
+	path := name
 	trimmed := bytes.TrimSpace(data)
 	if len(trimmed) == 0 {
 		return nil, nil

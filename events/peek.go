@@ -34,8 +34,9 @@ type peekEnvelope struct {
 
 // Peek checks b the way Decode does — the same error classes for the same
 // bodies as far as ids, type and created_at go — but extracts only the
-// Header, for the webhook hot path. Fields Decode also checks (their JSON
-// types) are left to the worker, which parks what it cannot decode.
+// Header. Fields Decode also checks (their JSON types, the organisation ids'
+// length) are not checked: the receiver runs Decode, the one validation the
+// worker runs too.
 //
 // Its errors are logged by the receiver, so they carry no value of the body
 // but the event's type, one dsyncd handles: not its id, not the bad value.
@@ -56,6 +57,9 @@ func Peek(b []byte) (Header, error) {
 	}
 	if h.ID == "" {
 		return Header{}, fmt.Errorf("%w: %s: missing id", ErrInvalid, h.Type)
+	}
+	if len(h.ID) > MaxIDBytes {
+		return Header{}, fmt.Errorf("%w: %s: id is longer than %d bytes", ErrInvalid, h.Type, MaxIDBytes)
 	}
 	if env.CreatedAt == "" {
 		return Header{}, fmt.Errorf("%w: %s: missing created_at", ErrInvalid, h.Type)
@@ -92,6 +96,16 @@ func Peek(b []byte) (Header, error) {
 	}
 	if h.DirectoryID == "" {
 		return miss("data.directory_id")
+	}
+	for _, id := range []string{d.ID, d.DirectoryID, h.DirectoryID} {
+		if len(id) > MaxIDBytes {
+			return Header{}, fmt.Errorf("%w: %s: an id of data is longer than %d bytes", ErrInvalid, h.Type, MaxIDBytes)
+		}
+	}
+	for _, r := range []*peekRef{d.User, d.Group} {
+		if r != nil && (len(r.ID) > MaxIDBytes || len(r.DirectoryID) > MaxIDBytes) {
+			return Header{}, fmt.Errorf("%w: %s: an id of data is longer than %d bytes", ErrInvalid, h.Type, MaxIDBytes)
+		}
 	}
 	return h, nil
 }

@@ -115,28 +115,9 @@ func (v *Verifier) WithClock(now func() time.Time) *Verifier {
 // ErrNotSigned, ErrMalformedSignature, ErrStale or ErrBadSignature, with
 // context that never includes a secret. Verify never panics.
 func (v *Verifier) Verify(header string, body []byte) error {
-	rawT, ts, nv1, err := scanHeader(header)
+	rawT, nv1, err := v.checkHeader(header)
 	if err != nil {
 		return err
-	}
-	if v == nil {
-		return fmt.Errorf("%w: no verifier", ErrBadSignature)
-	}
-	now := time.Now
-	if v.now != nil {
-		now = v.now
-	}
-	tol := v.tolerance
-	if tol <= 0 {
-		tol = DefaultTolerance
-	}
-	// Sub saturates, so huge timestamps cannot overflow the comparisons.
-	at, n := time.UnixMilli(ts), now()
-	if d := n.Sub(at); d > tol {
-		return fmt.Errorf("%w: t=%d is %v old (tolerance %v)", ErrStale, ts, d, tol)
-	}
-	if d := at.Sub(n); d > tol {
-		return fmt.Errorf("%w: t=%d is %v in the future (tolerance %v)", ErrStale, ts, d, tol)
 	}
 	for _, k := range v.keys {
 		st := k.pool.Get().(*macState)
@@ -156,6 +137,44 @@ func (v *Verifier) Verify(header string, body []byte) error {
 		return fmt.Errorf("%w: no secret configured", ErrBadSignature)
 	}
 	return fmt.Errorf("%w: no v1 of %d matches the body", ErrBadSignature, nv1)
+}
+
+// CheckHeader is the part of Verify that needs no body: header is well
+// formed and its timestamp within the tolerance. It returns Verify's error
+// for such a header (ErrNotSigned, ErrMalformedSignature, ErrStale) and nil
+// for one whose signatures Verify would then check against the body. A
+// well-formed header is cheap to forge: it proves nothing, but a request
+// without one can be refused before its body is read.
+func (v *Verifier) CheckHeader(header string) error {
+	_, _, err := v.checkHeader(header)
+	return err
+}
+
+func (v *Verifier) checkHeader(header string) (rawT string, nv1 int, err error) {
+	rawT, ts, nv1, err := scanHeader(header)
+	if err != nil {
+		return "", 0, err
+	}
+	if v == nil {
+		return "", 0, fmt.Errorf("%w: no verifier", ErrBadSignature)
+	}
+	now := time.Now
+	if v.now != nil {
+		now = v.now
+	}
+	tol := v.tolerance
+	if tol <= 0 {
+		tol = DefaultTolerance
+	}
+	// Sub saturates, so huge timestamps cannot overflow the comparisons.
+	at, n := time.UnixMilli(ts), now()
+	if d := n.Sub(at); d > tol {
+		return "", 0, fmt.Errorf("%w: t=%d is %v old (tolerance %v)", ErrStale, ts, d, tol)
+	}
+	if d := at.Sub(n); d > tol {
+		return "", 0, fmt.Errorf("%w: t=%d is %v in the future (tolerance %v)", ErrStale, ts, d, tol)
+	}
+	return rawT, nv1, nil
 }
 
 // matchAny reports whether one of the v1 signatures of header, which

@@ -6,9 +6,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -33,10 +38,12 @@ func apiServer(t *testing.T, token string, ready func(context.Context) error) *s
 		events.NewVerifier([]string{"whsec_api"}, 0), nil, st, zaptest.NewLogger(t))
 }
 
-// get serves one request from remote through the server's routes.
+// get serves one request from remote through the server's routes, for
+// Host localhost:8080.
 func get(h http.Handler, path, remote, auth string) *httptest.ResponseRecorder {
 	req := httptest.NewRequest(http.MethodGet, path, nil)
 	req.RemoteAddr = remote
+	req.Host = "localhost:8080"
 	if auth != "" {
 		req.Header.Set("Authorization", auth)
 	}
@@ -45,16 +52,15 @@ func get(h http.Handler, path, remote, auth string) *httptest.ResponseRecorder {
 	return rec
 }
 
-// TestAPIAuthorization: without api.token /v1 answers loopback clients
-// only; with one, every client must send it as a bearer token.
+// TestAPIAuthorization: every client, loopback included, must send the
+// token as a bearer token; without a configured token nobody gets in.
 func TestAPIAuthorization(t *testing.T) {
-	open := apiServer(t, "", nil).Handler()
-	for remote, want := range map[string]int{
-		"127.0.0.1:5000": 200, "[::1]:5000": 200, "127.9.9.9:1": 200,
-		"192.0.2.10:5000": 403, "[2001:db8::1]:5000": 403, "10.0.0.1:80": 403, "garbage": 403,
+	unset := apiServer(t, "", nil).Handler()
+	for _, tc := range []struct{ remote, auth string }{
+		{"127.0.0.1:5000", ""}, {"[::1]:5000", ""}, {"192.0.2.10:5000", ""}, {"127.0.0.1:5000", "Bearer "},
 	} {
-		if got := get(open, "/v1/export", remote, "").Code; got != want {
-			t.Errorf("no token, client %s: %d, want %d", remote, got, want)
+		if got := get(unset, "/v1/export", tc.remote, tc.auth).Code; got != 401 {
+			t.Errorf("no token configured, client %s, Authorization %q: %d, want 401", tc.remote, tc.auth, got)
 		}
 	}
 	const token = "s3cret-api-token"
@@ -152,7 +158,7 @@ func TestAuditStreamsEveryEntryAsOneAnswer(t *testing.T) {
 	if _, err := st.Apply(evs); err != nil {
 		t.Fatal(err)
 	}
-	h := server.New(server.Options{Listen: "127.0.0.1:0"}, events.NewVerifier([]string{"whsec_api"}, 0), nil, st, zaptest.NewLogger(t)).Handler()
+	h := server.New(server.Options{Listen: "127.0.0.1:0", APIToken: "tok"}, events.NewVerifier([]string{"whsec_api"}, 0), nil, st, zaptest.NewLogger(t)).Handler()
 	for _, tc := range []struct {
 		name, query string
 		filter      storage.AuditFilter
@@ -163,7 +169,7 @@ func TestAuditStreamsEveryEntryAsOneAnswer(t *testing.T) {
 		{"nothing matches", "?user=nobody", storage.AuditFilter{UserID: "nobody"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			rec := get(h, "/v1/audit"+tc.query, "127.0.0.1:4000", "")
+			rec := get(h, "/v1/audit"+tc.query, "127.0.0.1:4000", "Bearer tok")
 			if rec.Code != http.StatusOK {
 				t.Fatalf("GET /v1/audit%s: %d %s", tc.query, rec.Code, rec.Body)
 			}
@@ -197,5 +203,102 @@ func TestOpenRefusesAWebhookPathTheRouterRejects(t *testing.T) {
 		if !strings.Contains(err.Error(), "webhook path") {
 			t.Errorf("Open with webhook path %q: %v", p, err)
 		}
+	}
+}
+
+// TestAPIRefusesForeignHostsAndNonJSONChanges: a page in a browser on the
+// host can neither read /v1 through a rebound name (421) nor change
+// anything with a form post (401 without the token, 415 even with it).
+// Health and metrics-like routes outside /v1 answer any Host.
+func TestAPIRefusesForeignHostsAndNonJSONChanges(t *testing.T) {
+	const token = "s3cret-api-token"
+	st, err := storage.Open(storage.Options{Path: filepath.Join(t.TempDir(), "dsyncd.db"),
+		Mapping: mapping.Config{AdminBadge: "admin", DefaultBadges: []string{"member"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	changed := 0
+	h := server.New(server.Options{Listen: "10.1.2.3:8080", APIToken: token, AllowedHosts: []string{"dsyncd.internal", "Ops.Example:8443"},
+		Extra: func(mux *http.ServeMux, authed func(http.HandlerFunc) http.HandlerFunc) {
+			mux.HandleFunc("POST /v1/change", authed(func(w http.ResponseWriter, _ *http.Request) { changed++ }))
+		}}, events.NewVerifier([]string{"whsec_api"}, 0), nil, st, zaptest.NewLogger(t)).Handler()
+	do := func(method, path, host, auth, ct string) int {
+		req := httptest.NewRequest(method, path, strings.NewReader("hold=1"))
+		req.RemoteAddr, req.Host = "127.0.0.1:5000", host
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		if ct != "" {
+			req.Header.Set("Content-Type", ct)
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec.Code
+	}
+	bearer := "Bearer " + token
+	for _, tc := range []struct {
+		name                         string
+		method, path, host, auth, ct string
+		want                         int
+	}{
+		{"a rebound name is refused", "GET", "/v1/export", "attacker.example", "", "", 421},
+		{"a rebound name is refused even with the token", "GET", "/v1/export", "attacker.example:8080", bearer, "", 421},
+		{"a rebound name cannot post", "POST", "/v1/change", "attacker.example", "", "application/x-www-form-urlencoded", 421},
+		{"a form post without the token", "POST", "/v1/change", "localhost:8080", "", "application/x-www-form-urlencoded", 401},
+		{"a text post without the token", "POST", "/v1/change", "127.0.0.1:8080", "", "text/plain", 401},
+		{"a form post with the token", "POST", "/v1/change", "localhost:8080", bearer, "application/x-www-form-urlencoded", 415},
+		{"a multipart post with the token", "POST", "/v1/change", "localhost:8080", bearer, "multipart/form-data; boundary=x", 415},
+		{"a post without a content type", "POST", "/v1/change", "localhost:8080", bearer, "", 415},
+		{"a JSON post with the token", "POST", "/v1/change", "localhost:8080", bearer, "application/json", 200},
+		{"localhost", "GET", "/v1/export", "localhost", bearer, "", 200},
+		{"loopback v4", "GET", "/v1/export", "127.0.0.1:8080", bearer, "", 200},
+		{"loopback v6", "GET", "/v1/export", "[::1]:8080", bearer, "", 200},
+		{"the listen host", "GET", "/v1/export", "10.1.2.3:8080", bearer, "", 200},
+		{"an allowed name", "GET", "/v1/export", "DSYNCD.internal:9000", bearer, "", 200},
+		{"an allowed name:port", "GET", "/v1/export", "ops.example:8443", bearer, "", 200},
+		{"an allowed name on another port", "GET", "/v1/export", "ops.example:8080", bearer, "", 421},
+		{"no Host", "GET", "/v1/export", "", bearer, "", 421},
+		{"health answers any Host", "GET", "/healthz", "attacker.example", "", "", 200},
+		{"readiness answers any Host", "GET", "/readyz", "attacker.example", "", "", 200},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := changed
+			if got := do(tc.method, tc.path, tc.host, tc.auth, tc.ct); got != tc.want {
+				t.Errorf("%s %s, Host %q, Authorization %q, Content-Type %q: %d, want %d", tc.method, tc.path, tc.host, tc.auth, tc.ct, got, tc.want)
+			}
+			if ran := changed > before; ran != (tc.want == 200 && tc.method == "POST") {
+				t.Errorf("handler ran: %v", ran)
+			}
+		})
+	}
+}
+
+// TestReasonsListsEveryRefusalReason: Reasons, which the metrics start at
+// 0, has every Reason constant of the package.
+func TestReasonsListsEveryRefusalReason(t *testing.T) {
+	f, err := parser.ParseFile(token.NewFileSet(), "server.go", nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var consts []string
+	ast.Inspect(f, func(n ast.Node) bool {
+		if vs, ok := n.(*ast.ValueSpec); ok {
+			for i, name := range vs.Names {
+				if strings.HasPrefix(name.Name, "Reason") && i < len(vs.Values) {
+					if lit, ok := vs.Values[i].(*ast.BasicLit); ok {
+						v, _ := strconv.Unquote(lit.Value)
+						consts = append(consts, v)
+					}
+				}
+			}
+		}
+		return true
+	})
+	got := server.Reasons()
+	slices.Sort(got)
+	slices.Sort(consts)
+	if len(consts) == 0 || !slices.Equal(got, consts) {
+		t.Errorf("Reasons() = %v, want the constants %v", got, consts)
 	}
 }

@@ -42,7 +42,10 @@ type rig struct {
 	st  *storage.Store
 }
 
-func newRig(tb testing.TB, log *zap.Logger) *rig {
+func newRig(tb testing.TB, log *zap.Logger) *rig { return newRigWith(tb, log, nil) }
+
+// newRigWith is newRig with the server's options changed by edit.
+func newRigWith(tb testing.TB, log *zap.Logger, edit func(*server.Options)) *rig {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -57,12 +60,16 @@ func newRig(tb testing.TB, log *zap.Logger) *rig {
 		tb.Fatalf("store open: %v", err)
 	}
 	tb.Cleanup(func() { _ = st.Close() })
-	srv := server.New(server.Options{
+	opts := server.Options{
 		Listen:       "127.0.0.1:0",
 		MaxBodyBytes: hostileMaxBody,
 		ReadTimeout:  hostileReadTO,
 		WriteTimeout: 10 * time.Second,
-	}, events.NewVerifier([]string{hostileSecret}, 0), q, st, log)
+	}
+	if edit != nil {
+		edit(&opts)
+	}
+	srv := server.New(opts, events.NewVerifier([]string{hostileSecret}, 0), q, st, log)
 	if err := srv.Open(); err != nil {
 		tb.Fatalf("server open: %v", err)
 	}
@@ -208,6 +215,11 @@ func hostileCases() []hostileCase {
 			env["event"] = "dsync.group.user_added"
 			env["data"] = map[string]any{"directory_id": "directory_hostile", "user": data}
 		}), want: 400, reason: server.ReasonInvalidEvent},
+		// Signed dsync events the worker would park for their content.
+		{name: "event id over 1 KiB -> 400 invalid_event", header: sign, body: userEvent("longid", func(env, _ map[string]any) { env["id"] = strings.Repeat("e", 2048) }), want: 400, reason: server.ReasonInvalidEvent},
+		{name: "user id over 1 KiB -> 400 invalid_event", header: sign, body: userEvent("longuser", func(_, data map[string]any) { data["id"] = strings.Repeat("u", 2048) }), want: 400, reason: server.ReasonInvalidEvent},
+		{name: "first_name a number -> 400 not_an_event", header: sign, body: userEvent("fnnum", func(_, data map[string]any) { data["first_name"] = 123 }), want: 400, reason: server.ReasonNotEvent},
+		{name: "role a string -> 400 not_an_event", header: sign, body: userEvent("rolestr", func(_, data map[string]any) { data["role"] = "admin" }), want: 400, reason: server.ReasonNotEvent},
 		// Transport-level.
 		{name: "Content-Type text/plain -> 415", ctype: "text/plain", header: sign, body: valid, want: 415, reason: server.ReasonContentType},
 		{name: "Content-Type form -> 415", ctype: "application/x-www-form-urlencoded", header: sign, body: valid, want: 415, reason: server.ReasonContentType},

@@ -10,9 +10,19 @@
 // in time, so WorkOS retries. It never answers 2xx for an event that is not
 // stored.
 //
+// It runs the worker's own validation (events.Decode) before it answers: what
+// the worker would park for the event's content gets 400 with a reason, and
+// 503 is left for transient trouble. Unauthenticated clients get bounded
+// resources: at most Options.MaxConnections connections, a 401 decided from
+// the headers before any body is read, bodies reserved from
+// Options.MaxInflightBytes, and refusal logs sampled (see limits.go).
+//
 // # Caveats
 //
-// Without an API token the /v1 endpoints answer loopback clients only.
+// /v1 always requires the bearer token (Options.APIToken; without one it
+// answers 401 to everyone), a Host header naming this server (DNS
+// rebinding), and a JSON content type on requests that change something
+// (cross-site form posts).
 package server
 
 import (
@@ -32,6 +42,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
 
 	"github.com/dsyncd/dsyncd/events"
@@ -55,11 +66,29 @@ type Options struct {
 	MaxBodyBytes int64
 	// PublishTimeout bounds the wait for JetStream's ack; past it, 503. Default 5s.
 	PublishTimeout time.Duration
-	// APIToken, when set, is required as "Authorization: Bearer <token>" on /v1.
-	// When empty, /v1 answers loopback clients only.
+	// APIToken is required as "Authorization: Bearer <token>" on /v1
+	// (compared in constant time). When empty, /v1 answers 401 to everyone.
 	APIToken string
+	// AllowedHosts are the names, besides the Listen host, loopback
+	// addresses and "localhost", that /v1 accepts in the Host header (a
+	// name, or name:port). A request naming another host gets 421, so that
+	// a web page whose name was rebound to this address cannot read /v1.
+	AllowedHosts []string
 	// ReadTimeout and WriteTimeout bound each request. Defaults 10s.
 	ReadTimeout, WriteTimeout time.Duration
+	// ReadHeaderTimeout bounds reading a request's headers (slow or
+	// half-open connections are closed past it). Default 5s, at most ReadTimeout.
+	ReadHeaderTimeout time.Duration
+	// IdleTimeout closes a keep-alive connection idle this long. Default 60s.
+	IdleTimeout time.Duration
+	// MaxConnections bounds the open connections (see limits.go). Default 1024.
+	MaxConnections int
+	// MaxInflightBytes bounds the bytes of webhook bodies being read or
+	// published at once; past it, 503 with Retry-After. Default 64 MiB.
+	MaxInflightBytes int64
+	// RefusalLogBurst is how many refusals of one reason are logged each
+	// second; the others are counted and summed up in one line. Default 5.
+	RefusalLogBurst int
 	// Ready reports whether the daemon can do its work (store open,
 	// JetStream reachable, worker consuming); /readyz answers 503 with its error.
 	Ready func(ctx context.Context) error
@@ -78,11 +107,15 @@ type Stats struct {
 	refused                                map[string]uint64
 }
 
-// Refused returns a copy of the refusal counts by reason.
+// Refused returns a copy of the refusal counts by reason; every reason of
+// Reasons is there, at 0 until counted.
 func (s *Stats) Refused() map[string]uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make(map[string]uint64, len(s.refused))
+	out := make(map[string]uint64, len(Reasons()))
+	for _, k := range Reasons() {
+		out[k] = 0
+	}
 	for k, v := range s.refused {
 		out[k] = v
 	}
@@ -106,8 +139,10 @@ type Server struct {
 	st       *storage.Store
 	log      *zap.Logger
 	stats    Stats
+	refusals *refusalLog
+	inflight budget
 
-	ln        net.Listener
+	ln        *connLimiter
 	srv       *http.Server
 	done      chan struct{}
 	closeOnce sync.Once
@@ -131,7 +166,25 @@ func New(opts Options, verifier *events.Verifier, pub Publisher, st *storage.Sto
 	if opts.WriteTimeout <= 0 {
 		opts.WriteTimeout = 10 * time.Second
 	}
-	return &Server{opts: opts, verifier: verifier, pub: pub, st: st, log: log.Named("http"), done: make(chan struct{})}
+	if opts.ReadHeaderTimeout <= 0 {
+		opts.ReadHeaderTimeout = 5 * time.Second
+	}
+	opts.ReadHeaderTimeout = min(opts.ReadHeaderTimeout, opts.ReadTimeout)
+	if opts.IdleTimeout <= 0 {
+		opts.IdleTimeout = 60 * time.Second
+	}
+	if opts.MaxConnections <= 0 {
+		opts.MaxConnections = 1024
+	}
+	if opts.MaxInflightBytes <= 0 {
+		opts.MaxInflightBytes = 64 << 20
+	}
+	if opts.RefusalLogBurst <= 0 {
+		opts.RefusalLogBurst = 5
+	}
+	log = log.Named("http")
+	return &Server{opts: opts, verifier: verifier, pub: pub, st: st, log: log, done: make(chan struct{}),
+		refusals: newRefusalLog(log, opts.RefusalLogBurst, time.Second), inflight: budget{max: opts.MaxInflightBytes}}
 }
 
 // Stats returns the receiver's counters.
@@ -175,19 +228,30 @@ func (s *Server) Open() error {
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", s.opts.Listen)
+	inner, err := net.Listen("tcp", s.opts.Listen)
 	if err != nil {
 		return fmt.Errorf("http: listen %s: %w", s.opts.Listen, err)
 	}
+	ln := newConnLimiter(inner, s.opts.MaxConnections, s.refuseConn)
 	s.ln = ln
 	s.srv = &http.Server{
-		Handler:           handler,
+		Handler:           s.tracked(handler),
 		ReadTimeout:       s.opts.ReadTimeout,
-		ReadHeaderTimeout: s.opts.ReadTimeout,
+		ReadHeaderTimeout: s.opts.ReadHeaderTimeout,
 		WriteTimeout:      s.opts.WriteTimeout,
-		IdleTimeout:       2 * time.Minute,
+		IdleTimeout:       s.opts.IdleTimeout,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          zap.NewStdLog(s.log.Named("net")),
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if lc, ok := c.(*limitedConn); ok {
+				return context.WithValue(ctx, connKey{}, lc)
+			}
+			return ctx
+		},
+	}
+	if n := fileLimit(); n > 0 && n < uint64(s.opts.MaxConnections)+256 {
+		s.log.Warn("the open-files limit leaves little room above http.max_connections: raise it (LimitNOFILE) or lower http.max_connections",
+			zap.Uint64("open_files_limit", n), zap.Int("max_connections", s.opts.MaxConnections))
 	}
 	go func() {
 		defer close(s.done)
@@ -195,8 +259,38 @@ func (s *Server) Open() error {
 			s.log.Error("serve", zap.Error(err))
 		}
 	}()
-	s.log.Info("listening", zap.String("addr", ln.Addr().String()), zap.String("webhook_path", s.opts.WebhookPath))
+	s.log.Info("listening", zap.String("addr", ln.Addr().String()), zap.String("webhook_path", s.opts.WebhookPath),
+		zap.Int("max_connections", s.opts.MaxConnections), zap.Int64("max_inflight_bytes", s.opts.MaxInflightBytes))
 	return nil
+}
+
+// OpenConnections returns how many connections the listener holds open.
+func (s *Server) OpenConnections() int {
+	if s.ln == nil {
+		return 0
+	}
+	return s.ln.Open()
+}
+
+// tracked marks, around each request, that its connection is in a handler
+// (not evictable).
+func (s *Server) tracked(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if c := connOf(r); c != nil {
+			c.enter()
+			defer c.leave()
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// refuseConn counts and logs (sampled) a connection closed by the listener.
+func (s *Server) refuseConn(reason, remote string) {
+	s.stats.refuse(reason)
+	if s.refusals.allow(reason) {
+		s.log.Warn("connection refused", zap.String("reason", reason), zap.String("remote", remote),
+			zap.Int("max_connections", s.opts.MaxConnections))
+	}
 }
 
 // Addr returns the bound address, e.g. "127.0.0.1:41234".
@@ -222,6 +316,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			s.closeErr = errors.Join(s.closeErr, s.srv.Close())
 		}
 		<-s.done
+		s.refusals.stop()
 	})
 	return s.closeErr
 }
@@ -246,53 +341,103 @@ const (
 	ReasonNotEvent     = "not_an_event"
 	ReasonInvalidEvent = "invalid_event"
 	ReasonQueue        = "queue_unavailable"
+	// ReasonBusy: the bodies in flight hold Options.MaxInflightBytes (503).
+	ReasonBusy = "inflight_bytes_exceeded"
+	// ReasonTooManyConnections: a connection closed on arrival, at
+	// Options.MaxConnections with none evictable (closed unread).
+	ReasonTooManyConnections = "too_many_connections"
+	// ReasonConnectionEvicted: an unproven connection between requests
+	// closed to admit a new one at Options.MaxConnections.
+	ReasonConnectionEvicted = "connection_evicted"
 )
 
-func (s *Server) refuse(w http.ResponseWriter, r *http.Request, status int, reason string, err error) {
+// Reasons lists every refusal reason, so that a counter by reason can
+// start each at 0.
+func Reasons() []string {
+	return []string{ReasonMethod, ReasonContentType, ReasonTooLarge, ReasonBodyRead, ReasonNotSigned,
+		ReasonMalformedSig, ReasonStale, ReasonBadSignature, ReasonNotEvent, ReasonInvalidEvent, ReasonQueue,
+		ReasonBusy, ReasonTooManyConnections, ReasonConnectionEvicted}
+}
+
+// refuse answers status with {"error": reason} (and "detail" when answer is
+// set), counts the refusal and logs it (sampled). A refused request's
+// connection is closed: an unauthenticated client gets no keep-alive to
+// repeat itself on. logDetail is logged and must quote no value of the body.
+func (s *Server) refuse(w http.ResponseWriter, r *http.Request, status int, reason, logDetail, answer string) {
 	s.stats.refuse(reason)
-	fields := []zap.Field{zap.Int("status", status), zap.String("reason", reason), zap.String("remote", r.RemoteAddr)}
-	if err != nil {
-		fields = append(fields, zap.String("detail", err.Error()))
+	if c := connOf(r); c != nil {
+		c.prove(false)
 	}
-	s.log.Warn("webhook refused", fields...)
-	writeJSON(w, status, map[string]string{"error": reason})
+	if s.refusals.allow(reason) {
+		fields := []zap.Field{zap.Int("status", status), zap.String("reason", reason), zap.String("remote", r.RemoteAddr)}
+		if logDetail != "" {
+			fields = append(fields, zap.String("detail", logDetail))
+		}
+		s.log.Warn("webhook refused", fields...)
+	}
+	w.Header().Set("Connection", "close")
+	body := map[string]string{"error": reason}
+	if answer != "" {
+		body["detail"] = answer
+	}
+	writeJSON(w, status, body)
 }
 
 func (s *Server) handleWebhook(w http.ResponseWriter, r *http.Request) {
 	s.stats.Received.Add(1)
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
-		s.refuse(w, r, http.StatusMethodNotAllowed, ReasonMethod, nil)
+		s.refuse(w, r, http.StatusMethodNotAllowed, ReasonMethod, "", "")
 		return
 	}
 	if r.ContentLength > s.opts.MaxBodyBytes {
-		s.refuse(w, r, http.StatusRequestEntityTooLarge, ReasonTooLarge, fmt.Errorf("content length %d", r.ContentLength))
+		s.refuse(w, r, http.StatusRequestEntityTooLarge, ReasonTooLarge, fmt.Sprintf("content length %d", r.ContentLength), "")
 		return
 	}
+	// What the signature header alone decides is decided before the body
+	// is read: an unsigned flood costs no memory.
+	sig := r.Header.Get(events.HeaderName)
+	if err := s.verifier.CheckHeader(sig); err != nil {
+		s.refuseSignature(w, r, err)
+		return
+	}
+	conn := connOf(r)
+	if conn != nil {
+		conn.prove(true)
+	}
+	// Reserve the body's bytes in the in-flight budget.
+	want, limit := s.opts.MaxBodyBytes, s.inflight.max
+	if r.ContentLength >= 0 {
+		want = r.ContentLength
+	}
+	if want > smallBody {
+		limit = s.inflight.max / 4 * 3
+	}
+	if !s.inflight.take(want, limit) {
+		w.Header().Set("Retry-After", "1")
+		s.refuse(w, r, http.StatusServiceUnavailable, ReasonBusy, fmt.Sprintf("%d bytes of bodies in flight", s.inflight.used.Load()),
+			"too many request bodies in flight; retry")
+		return
+	}
+	defer s.inflight.give(want)
 	buf := getBodyBuffer()
 	defer putBodyBuffer(buf)
+	if r.ContentLength > 0 {
+		buf.Grow(int(r.ContentLength) + bytes.MinRead) // ReadFrom then needs no second buffer
+	}
 	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes))
 	body := buf.Bytes()
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			s.refuse(w, r, http.StatusRequestEntityTooLarge, ReasonTooLarge, nil)
+			s.refuse(w, r, http.StatusRequestEntityTooLarge, ReasonTooLarge, "", "")
 			return
 		}
-		s.refuse(w, r, http.StatusBadRequest, ReasonBodyRead, err)
+		s.refuse(w, r, http.StatusBadRequest, ReasonBodyRead, err.Error(), "")
 		return
 	}
-	if err := s.verifier.Verify(r.Header.Get(events.HeaderName), body); err != nil {
-		reason := ReasonBadSignature
-		switch {
-		case errors.Is(err, events.ErrNotSigned):
-			reason = ReasonNotSigned
-		case errors.Is(err, events.ErrMalformedSignature):
-			reason = ReasonMalformedSig
-		case errors.Is(err, events.ErrStale):
-			reason = ReasonStale
-		}
-		s.refuse(w, r, http.StatusUnauthorized, reason, err)
+	if err := s.verifier.Verify(sig, body); err != nil {
+		s.refuseSignature(w, r, err)
 		return
 	}
 	// The content type is judged only for a signed body, so that every
@@ -300,22 +445,27 @@ func (s *Server) handleWebhook(w http.ResponseWriter, r *http.Request) {
 	if ct := r.Header.Get("Content-Type"); ct != "" && ct != "application/json" {
 		mt, _, err := mime.ParseMediaType(ct)
 		if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
-			s.refuse(w, r, http.StatusUnsupportedMediaType, ReasonContentType, fmt.Errorf("content type %q", ct))
+			s.refuse(w, r, http.StatusUnsupportedMediaType, ReasonContentType, fmt.Sprintf("content type %q", ct), "")
 			return
 		}
 	}
-	// Only the id, type and directory are needed here: the worker decodes
-	// the whole event (and parks it if it cannot).
-	ev, err := events.Peek(body)
+	// The worker's own validation: what it would park for the event's
+	// content is refused here, with a 400 WorkOS does not retry.
+	ev, err := events.Decode(body)
 	if err != nil {
 		reason := ReasonNotEvent
 		if errors.Is(err, events.ErrInvalid) {
 			reason = ReasonInvalidEvent
 		}
-		s.refuse(w, r, http.StatusBadRequest, reason, err)
+		public := "not an event"
+		var de *events.DecodeError
+		if errors.As(err, &de) {
+			public = de.Public()
+		}
+		s.refuse(w, r, http.StatusBadRequest, reason, public, public)
 		return
 	}
-	if !ev.Type.Handled() {
+	if ev.Ignored() {
 		s.stats.Ignored.Add(1)
 		s.log.Debug("event type not handled, acknowledged", zap.String("event_id", ev.ID), zap.String("type", string(ev.Type)))
 		writeStatus(w, statusIgnored)
@@ -324,9 +474,14 @@ func (s *Server) handleWebhook(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), s.opts.PublishTimeout)
 	defer cancel()
 	dup, err := s.pub.Publish(ctx, ev.DirectoryID, string(ev.Type), ev.ID, body)
+	if errors.Is(err, nats.ErrMaxPayload) {
+		// Permanent: the stored message would pass the queue's limit.
+		s.refuse(w, r, http.StatusRequestEntityTooLarge, ReasonTooLarge, err.Error(), "larger than the queue's largest message")
+		return
+	}
 	if err != nil {
 		w.Header().Set("Retry-After", "5")
-		s.refuse(w, r, http.StatusServiceUnavailable, ReasonQueue, err)
+		s.refuse(w, r, http.StatusServiceUnavailable, ReasonQueue, err.Error(), "")
 		return
 	}
 	if dup {
@@ -336,6 +491,20 @@ func (s *Server) handleWebhook(w http.ResponseWriter, r *http.Request) {
 	}
 	s.stats.Enqueued.Add(1)
 	writeStatus(w, statusEnqueued)
+}
+
+// refuseSignature answers 401 for Verify's or CheckHeader's error.
+func (s *Server) refuseSignature(w http.ResponseWriter, r *http.Request, err error) {
+	reason := ReasonBadSignature
+	switch {
+	case errors.Is(err, events.ErrNotSigned):
+		reason = ReasonNotSigned
+	case errors.Is(err, events.ErrMalformedSignature):
+		reason = ReasonMalformedSig
+	case errors.Is(err, events.ErrStale):
+		reason = ReasonStale
+	}
+	s.refuse(w, r, http.StatusUnauthorized, reason, err.Error(), "")
 }
 
 // The webhook's 200 bodies, as writeJSON would encode {"status": …}, built
@@ -394,32 +563,80 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, body)
 }
 
-// authed guards a /v1 handler: a bearer token when one is configured
-// (compared in constant time), else loopback clients only.
+// authed guards a /v1 handler, in this order: the Host header must name
+// this server (else 421, against DNS rebinding); the bearer token must match
+// (else 401); a request that changes something must be JSON (else 415: a
+// browser posts forms and text cross-site without asking, never JSON).
 func (s *Server) authed(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if s.opts.APIToken != "" {
-			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-			if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(s.opts.APIToken)) != 1 {
-				w.Header().Set("WWW-Authenticate", `Bearer realm="dsyncd"`)
-				writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or wrong bearer token"})
-				return
-			}
-		} else if !isLoopback(r.RemoteAddr) {
-			writeJSON(w, http.StatusForbidden, map[string]string{"error": "api.token is not set: /v1 answers loopback clients only"})
+		if !s.hostAllowed(r) {
+			s.refuseAPI(w, r, http.StatusMisdirectedRequest, "foreign_host",
+				"Host "+strconv.Quote(r.Host)+" is not this server: /v1 answers requests for its listen address, loopback or http.allowed_hosts")
+			return
+		}
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || s.opts.APIToken == "" || subtle.ConstantTimeCompare([]byte(got), []byte(s.opts.APIToken)) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="dsyncd"`)
+			s.refuseAPI(w, r, http.StatusUnauthorized, "token", "missing or wrong bearer token")
+			return
+		}
+		if r.Method != http.MethodGet && r.Method != http.MethodHead && !isJSON(r.Header.Get("Content-Type")) {
+			s.refuseAPI(w, r, http.StatusUnsupportedMediaType, "content_type",
+				"a request that changes something must have Content-Type: application/json")
 			return
 		}
 		h(w, r)
 	}
 }
 
-func isLoopback(remote string) bool {
-	host, _, err := net.SplitHostPort(remote)
-	if err != nil {
-		host = remote
+// refuseAPI answers a refused /v1 request and logs why.
+func (s *Server) refuseAPI(w http.ResponseWriter, r *http.Request, status int, reason, msg string) {
+	s.log.Warn("api request refused", zap.Int("status", status), zap.String("reason", reason),
+		zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.String("host", r.Host), zap.String("remote", r.RemoteAddr))
+	writeJSON(w, status, map[string]string{"error": msg})
+}
+
+// isJSON reports whether a Content-Type is application/json or a +json type.
+func isJSON(ct string) bool {
+	mt, _, err := mime.ParseMediaType(ct)
+	return err == nil && (mt == "application/json" || strings.HasSuffix(mt, "+json"))
+}
+
+// hostAllowed reports whether r's Host names this server: "localhost", a
+// loopback address, the address the connection reached, the listen host,
+// or one of AllowedHosts. A name an attacker's DNS can point here is none
+// of these unless an operator listed it.
+func (s *Server) hostAllowed(r *http.Request) bool {
+	host := strings.ToLower(r.Host)
+	name := host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		name = h
 	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
+	name = strings.TrimSuffix(strings.Trim(name, "[]"), ".")
+	if name == "" {
+		return false
+	}
+	if name == "localhost" {
+		return true
+	}
+	if ip := net.ParseIP(name); ip != nil {
+		if ip.IsLoopback() {
+			return true
+		}
+		if la, ok := r.Context().Value(http.LocalAddrContextKey).(*net.TCPAddr); ok && la.IP.Equal(ip) {
+			return true
+		}
+	}
+	if lh, _, err := net.SplitHostPort(s.opts.Listen); err == nil && lh != "" && strings.EqualFold(strings.Trim(lh, "[]"), name) {
+		return true
+	}
+	for _, a := range s.opts.AllowedHosts {
+		a = strings.ToLower(strings.TrimSpace(a))
+		if a != "" && (a == host || a == name) {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *Server) handleExport(w http.ResponseWriter, _ *http.Request) {

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -119,6 +120,11 @@ func hostileRequests(limit int) []badRequest {
 			env["event"] = "dsync.group.user_added"
 			env["data"] = map[string]any{"directory_id": "directory_hostile", "user": data}
 		}), want: 400},
+		// What the worker would park for the event's content: 400, never a 2xx or a 503.
+		{name: "100 KB event id", sig: signNow, body: edit("longid", func(env, _ map[string]any) { env["id"] = strings.Repeat("e", 100<<10) }), want: 400},
+		{name: "user id over 32 KB", sig: signNow, body: edit("longuser", func(_, data map[string]any) { data["id"] = strings.Repeat("u", 33<<10) }), want: 400},
+		{name: "first_name a number", sig: signNow, body: edit("fnnum", func(_, data map[string]any) { data["first_name"] = 123 }), want: 400},
+		{name: "roles a string", sig: signNow, body: edit("rolesstr", func(_, data map[string]any) { data["roles"] = "admin" }), want: 400},
 		{name: "Content-Type text/plain", ctype: "text/plain", sig: signNow, body: valid, want: 415},
 		{name: "Content-Type form", ctype: "application/x-www-form-urlencoded", sig: signNow, body: valid, want: 415},
 		{name: "Content-Type unparsable", ctype: "application/json; charset", sig: signNow, body: valid, want: 415},
@@ -300,7 +306,12 @@ func (e *env) hostilePhase(ctx context.Context, _ options) *result {
 		}
 		r.note("refusals counted by the daemon: %s (the net/http-level 431 and header slow-loris never reach it)", strings.Join(slices.Sorted(slices.Values(reasons)), ", "))
 	}
-	if code, body, err := harness.Get(ctx, e.ctl, d.URL()+"/v1/export"); err != nil || code != 200 {
+	// /v1 requires the token serve created under its data directory.
+	token, err := os.ReadFile(filepath.Join(dir, "data", "api.token"))
+	if err != nil {
+		r.fail("the API token serve creates: %v", err)
+	}
+	if code, body, err := harness.GetWithToken(ctx, e.ctl, d.URL()+"/v1/export", strings.TrimSpace(string(token))); err != nil || code != 200 {
 		r.fail("/v1/export: %d %v", code, err)
 	} else {
 		var snap struct {

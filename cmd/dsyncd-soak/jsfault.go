@@ -22,13 +22,13 @@ import (
 // events again by itself.
 const recoveryBound = 10 * time.Second
 
-// jsDiskFullPhase (f): the embedded JetStream's file system fills up while
+// jsDiskFullPhase (g): the embedded JetStream's file system fills up while
 // webhooks arrive, and is freed again. While events cannot be stored,
 // webhooks get 503 and /readyz 503 with the reason; once space returns,
 // dsyncd stores again by itself within recoveryBound, and every event
 // answered 2xx before, during or after is applied.
 func (e *env) jsDiskFullPhase(ctx context.Context, o options) *result {
-	r := &result{phase: "f. JetStream disk full"}
+	r := &result{phase: "g. JetStream disk full"}
 	if os.Geteuid() != 0 {
 		r.skipped = "needs root to mount a tmpfs for JetStream (running as uid " + fmt.Sprint(os.Geteuid()) + ")"
 		return r
@@ -175,12 +175,12 @@ func (e *env) jsDiskFullPhase(ctx context.Context, o options) *result {
 	return r
 }
 
-// fdExhaustionPhase (g): dsyncd runs with a low open-files limit (ulimit -n
+// fdExhaustionPhase (h): dsyncd runs with a low open-files limit (ulimit -n
 // 256) and idle connections take every descriptor while webhooks arrive.
 // Once they close, dsyncd serves again by itself within recoveryBound, and
 // every event answered 2xx is applied.
 func (e *env) fdExhaustionPhase(ctx context.Context, o options) *result {
-	r := &result{phase: "g. descriptors exhausted"}
+	r := &result{phase: "h. descriptors exhausted"}
 	dir, err := e.phaseDir("fdexhaustion")
 	if err != nil {
 		r.fail("%v", err)
@@ -300,13 +300,13 @@ func (e *env) fdExhaustionPhase(ctx context.Context, o options) *result {
 	return r
 }
 
-// damagedStorePhase (h): with the daemon stopped, its store is truncated,
+// damagedStorePhase (i): with the daemon stopped, its store is truncated,
 // its meta pages zeroed, overwritten with random bytes, or swapped for an
 // older copy. Each time serve must exit 1 with one line naming the store
 // and saying to run dsyncd rebuild, never a panic nor "ready"; after dsyncd
 // rebuild it serves the same state as before.
 func (e *env) damagedStorePhase(ctx context.Context, o options) *result {
-	r := &result{phase: "h. damaged store"}
+	r := &result{phase: "i. damaged store"}
 	dir, err := e.phaseDir("damagedstore")
 	if err != nil {
 		r.fail("%v", err)

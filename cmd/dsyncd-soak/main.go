@@ -20,14 +20,20 @@
 //	   answered with its documented status; nothing stored; /readyz still 200.
 //	e. sustained load (not with -short): 80% of the measured ceiling for
 //	   -load-duration, with latency, lag and memory samples.
-//	f. JetStream disk full: the embedded JetStream's data on a 32 MiB tmpfs
+//	f. 5,000 slow connections: each trickles its request headers (redialled
+//	   as soon as the daemon closes it) for 8 s (30 s without -short) while
+//	   200 signed webhooks are delivered WorkOS-style. Every one must be
+//	   stored and applied; the daemon's peak RSS must stay under 300 MB and
+//	   its open files within http.max_connections + 256. Needs an open-files
+//	   limit of 11,000 (raised when run as root; otherwise skipped).
+//	g. JetStream disk full: the embedded JetStream's data on a 32 MiB tmpfs
 //	   filled to ENOSPC while webhooks arrive, then freed (needs root). While
 //	   full: 503s, /readyz 503 with the reason; once freed, /readyz 200 and
 //	   2xx again within 10 s without a restart, every 2xx applied.
-//	g. descriptors exhausted: dsyncd under ulimit -n 256 with more idle
+//	h. descriptors exhausted: dsyncd under ulimit -n 256 with more idle
 //	   connections than that while webhooks arrive; once they close it
 //	   serves again within 10 s, every 2xx applied.
-//	h. damaged store: truncated, meta pages zeroed, random bytes, an older
+//	i. damaged store: truncated, meta pages zeroed, random bytes, an older
 //	   copy swapped in: serve exits 1 with one line saying to run dsyncd
 //	   rebuild, never a panic; after the rebuild the export equals the golden.
 //
@@ -76,7 +82,7 @@ func main() {
 	flag.DurationVar(&o.fuzz, "fuzz", 0, "also run `go test -fuzz=FuzzVerify ./events/` this long and report its executions (0: leave fuzzing to make test)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (it is always kept on failure)")
 	flag.Uint64Var(&o.seed, "seed", 0, "seed of the random kill moments (0: from the clock)")
-	flag.StringVar(&o.phases, "phases", "abcdefgh", "phases to run")
+	flag.StringVar(&o.phases, "phases", "abcdefghi", "phases to run")
 	flag.Parse()
 	if o.seed == 0 {
 		o.seed = uint64(time.Now().UnixNano())
@@ -131,12 +137,13 @@ func run(ctx context.Context, o options) int {
 	runPhase("b", func() *result { return e.outagePhase(ctx, o) })
 	runPhase("c", func() *result { return e.storeFaultPhase(ctx, o) })
 	runPhase("d", func() *result { return e.hostilePhase(ctx, o) })
-	runPhase("f", func() *result { return e.jsDiskFullPhase(ctx, o) })
-	runPhase("g", func() *result { return e.fdExhaustionPhase(ctx, o) })
-	runPhase("h", func() *result { return e.damagedStorePhase(ctx, o) })
 	if !o.short {
 		runPhase("e", func() *result { return e.sustainPhase(ctx, o) })
 	}
+	runPhase("f", func() *result { return e.slowConnsPhase(ctx, o) })
+	runPhase("g", func() *result { return e.jsDiskFullPhase(ctx, o) })
+	runPhase("h", func() *result { return e.fdExhaustionPhase(ctx, o) })
+	runPhase("i", func() *result { return e.damagedStorePhase(ctx, o) })
 	fuzzCell, fuzzOK := "not run here: make test runs every fuzz target (make fuzz)", true
 	if o.fuzz > 0 {
 		fuzzCell, fuzzOK = runFuzz(ctx, o.fuzz)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -36,6 +37,9 @@ type daemon struct {
 	w   *worker.Worker
 	srv *server.Server
 	bg  *reconcile.Background // Events API poller and periodic reconcile, when configured
+	// apiToken is the bearer token /v1 requires: api.token, or the one in
+	// <data_dir>/api.token.
+	apiToken string
 
 	workerCancel context.CancelFunc
 	workerDone   chan struct{}
@@ -105,22 +109,40 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 	if _, err := d.st.ApplyMapping(d.cfg.Mapping, "", false); err != nil {
 		return fmt.Errorf("mapping: %w", err)
 	}
+	var created bool
+	if d.apiToken, created, err = serveToken(d.cfg); err != nil {
+		return fmt.Errorf("api.token: %w", err)
+	}
+	if created {
+		d.log.Info("API token created: the CLI on this host reads it from the file; other API clients send it as a bearer token",
+			zap.String("file", tokenFile(d.cfg)))
+	} else if d.cfg.API.Token == "" {
+		if fi, err := os.Stat(tokenFile(d.cfg)); err == nil && fi.Mode().Perm()&0o077 != 0 {
+			d.log.Warn("the API token file is readable by other users: chmod 600 it", zap.String("file", tokenFile(d.cfg)),
+				zap.String("mode", fi.Mode().Perm().String()))
+		}
+	}
 	verifier := events.NewVerifier(d.cfg.Webhook.Secrets, d.cfg.Webhook.Tolerance)
 	if d.clock != nil {
 		verifier = verifier.WithClock(d.clock)
 	}
 	d.srv = server.New(server.Options{
-		Listen:          d.cfg.HTTP.Listen,
-		WebhookPath:     d.cfg.Webhook.Path,
-		WebhookDisabled: !d.cfg.Webhook.Enabled,
-		MaxBodyBytes:    d.cfg.Webhook.MaxBodyBytes,
-		PublishTimeout:  d.cfg.Webhook.PublishTimeout,
-		APIToken:        d.cfg.API.Token,
-		ReadTimeout:     d.cfg.HTTP.ReadTimeout,
-		WriteTimeout:    d.cfg.HTTP.WriteTimeout,
-		Ready:           d.ready,
-		Degraded:        d.degraded,
-		Extra:           d.routes,
+		Listen:            d.cfg.HTTP.Listen,
+		WebhookPath:       d.cfg.Webhook.Path,
+		WebhookDisabled:   !d.cfg.Webhook.Enabled,
+		MaxBodyBytes:      d.cfg.Webhook.MaxBodyBytes,
+		PublishTimeout:    d.cfg.Webhook.PublishTimeout,
+		APIToken:          d.apiToken,
+		AllowedHosts:      d.cfg.HTTP.AllowedHosts,
+		ReadTimeout:       d.cfg.HTTP.ReadTimeout,
+		WriteTimeout:      d.cfg.HTTP.WriteTimeout,
+		ReadHeaderTimeout: d.cfg.HTTP.ReadHeaderTimeout,
+		IdleTimeout:       d.cfg.HTTP.IdleTimeout,
+		MaxConnections:    d.cfg.HTTP.MaxConnections,
+		MaxInflightBytes:  d.cfg.Webhook.MaxInflightBytes,
+		Ready:             d.ready,
+		Degraded:          d.degraded,
+		Extra:             d.routes,
 	}, verifier, d.q, d.st, d.log)
 	d.w = worker.New(d.q, d.st, worker.Options{
 		Durable:      workerDurable,

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -128,5 +129,37 @@ func TestUnitHardeningRatesAtMostTwo(t *testing.T) {
 	if err != nil {
 		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
 		t.Fatalf("systemd-analyze security: %v: %s", err, lines[len(lines)-1])
+	}
+}
+
+// TestUnitBoundsWhatAFloodCanTake: the unit caps open files well above the
+// connections the shipped configuration admits, and caps memory and tasks.
+func TestUnitBoundsWhatAFloodCanTake(t *testing.T) {
+	d := unitDirectives(t, filepath.Join(deployDir, "dsyncd.service"))
+	t.Setenv("DSYNCD_WEBHOOK_SECRETS", "x")
+	cfg, err := config.Load(filepath.Join(deployDir, "dsyncd.yaml"), nil)
+	mustf(t, err, "load the shipped configuration")
+	one := func(key string) string {
+		t.Helper()
+		if len(d[key]) != 1 {
+			t.Fatalf("%s = %q, want it set once", key, d[key])
+		}
+		return d[key][0]
+	}
+	nofile, err := strconv.Atoi(one("LimitNOFILE"))
+	mustf(t, err, "LimitNOFILE")
+	// Each connection is a file; the store, the stream's files and the
+	// embedded server's clients need room besides.
+	if nofile < 4*cfg.HTTP.MaxConnections {
+		t.Errorf("LimitNOFILE=%d leaves too little above http.max_connections=%d", nofile, cfg.HTTP.MaxConnections)
+	}
+	mem := one("MemoryMax")
+	n, err := strconv.ParseInt(strings.TrimSuffix(mem, "G"), 10, 64)
+	if err != nil || !strings.HasSuffix(mem, "G") || n < 1 || n > 4 {
+		t.Errorf("MemoryMax=%s, want 1G to 4G: above the daemon's ~300 MB under load, a bound on a leak", mem)
+	}
+	tasks, err := strconv.Atoi(one("TasksMax"))
+	if err != nil || tasks < 128 || tasks > 4096 {
+		t.Errorf("TasksMax=%s, want 128 to 4096", one("TasksMax"))
 	}
 }

@@ -298,6 +298,9 @@ func TestReadAPIAndHealth(t *testing.T) {
 	// event age at apply; build info.
 	for _, m := range []string{
 		`dsyncd_webhooks_received_total 4`, `dsyncd_webhooks_refused_total{reason="not_signed"} 1`,
+		// Every refusal reason is exported from the start, at 0.
+		`dsyncd_webhooks_refused_total{reason="too_many_connections"} 0`,
+		`dsyncd_webhooks_refused_total{reason="inflight_bytes_exceeded"} 0`,
 		`dsyncd_webhooks_enqueued_total 1`, `dsyncd_webhooks_duplicate_total 1`, `dsyncd_webhooks_ignored_total 1`,
 		`dsyncd_events_total{outcome="applied"} 1`, `dsyncd_events_total{outcome="duplicate"} 0`,
 		`dsyncd_events_total{outcome="stale"} 0`, `dsyncd_events_total{outcome="invalid"} 0`,

@@ -19,7 +19,7 @@ Deleted users and groups are not listed; a directory's state is "active" or "del
 
 With --db FILE it reads that store file. Otherwise it asks the running "dsyncd serve"
 (GET /v1/export) at --server URL, or by default at http://<http.listen>, sending
-api.token as a bearer token if set; when nothing listens there (serve is stopped) it
+api.token (else <data_dir>/api.token) as a bearer token; when nothing listens there (serve is stopped) it
 reads the store file (store.path). --offline reads the file without trying the API.`,
 		Example: `  dsyncd export --config /etc/dsyncd/dsyncd.yaml > snapshot.json
   dsyncd export --server http://127.0.0.1:8080
@@ -40,7 +40,7 @@ reads the store file (store.path). --offline reads the file without trying the A
 			})
 		},
 	}
-	f.format = "table" // not used: the snapshot is JSON
+	f.format = "json" // the snapshot is JSON
 	cmd.Flags().StringVar(&a.dbPath, "db", "", "store file to read (default: the running daemon, else store.path)")
 	cmd.Flags().StringVar(&f.server, "server", "", "base URL of a running dsyncd serve (default: http://<http.listen>, falling back to the store file)")
 	cmd.Flags().BoolVar(&f.offline, "offline", false, "do not use the API: read the store file; serve must be stopped")

@@ -139,7 +139,7 @@ func waitApplied(t testing.TB, d *daemon) {
 
 func apiGetT(t testing.TB, d *daemon, path string) []byte {
 	t.Helper()
-	b, err := apiGet(context.Background(), "http://"+d.Addr(), path, d.cfg.API.Token)
+	b, err := apiGet(context.Background(), "http://"+d.Addr(), path, d.apiToken)
 	if err != nil {
 		t.Fatalf("GET %s: %v", path, err)
 	}

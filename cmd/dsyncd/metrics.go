@@ -11,6 +11,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/dsyncd/dsyncd/reconcile"
+	"github.com/dsyncd/dsyncd/server"
+	"github.com/dsyncd/dsyncd/storage"
 	"github.com/dsyncd/dsyncd/worker"
 )
 
@@ -44,8 +46,13 @@ func newMetrics() *metrics {
 		yielded: prometheus.NewCounter(prometheus.CounterOpts{Name: "dsyncd_worker_yield_seconds_total",
 			Help: "Time the worker paused to leave the CPU to the webhook receiver during a flood (worker.max_yield_lag)."}),
 	}
+	// Every label value exists from the start, at 0, so that an alert on
+	// increase(...) > 0 sees the first one.
 	for _, o := range []string{"applied", "duplicate", "stale", "ignored", "invalid", "deferred"} {
 		m.applied.WithLabelValues(o)
+	}
+	for _, k := range []string{storage.HoldLastAdmin, storage.HoldMassDeprovision} {
+		m.holdsOpened.WithLabelValues(k)
 	}
 	m.reg.MustRegister(m.applied, m.parked, m.holdsOpened, m.applyLatency, m.eventAge, m.batchSize, m.yielded,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -183,8 +190,15 @@ type refusedCollector struct {
 
 func (c *refusedCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 
+// Collect reports every reason, those never seen at 0.
 func (c *refusedCollector) Collect(ch chan<- prometheus.Metric) {
-	for reason, n := range c.d.srv.Stats().Refused() {
+	refused := c.d.srv.Stats().Refused()
+	for _, r := range server.Reasons() {
+		if _, ok := refused[r]; !ok {
+			refused[r] = 0
+		}
+	}
+	for reason, n := range refused {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(n), reason)
 	}
 }
@@ -193,20 +207,26 @@ func (m *metrics) handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
 }
 
-// version is set with -ldflags "-X main.version=...".
-var version = ""
+// version and commit are set with -ldflags "-X main.version=... -X
+// main.commit=..." (the Makefile does), so that a build without VCS
+// information (-buildvcs=false, a copy without .git) still names its commit.
+var version, commit = "", ""
 
+// buildInfo returns the version and the commit (revision) of this build.
 func buildInfo() (string, string) {
-	v, rev := version, "unknown"
+	v, rev := version, commit
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		if v == "" {
 			v = bi.Main.Version
 		}
 		for _, s := range bi.Settings {
-			if s.Key == "vcs.revision" {
+			if s.Key == "vcs.revision" && rev == "" {
 				rev = s.Value
 			}
 		}
+	}
+	if rev == "" {
+		rev = "unknown"
 	}
 	if v == "" {
 		v = "dev"

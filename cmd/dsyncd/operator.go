@@ -90,6 +90,12 @@ func (d *daemon) operatorRoutes(mux *http.ServeMux, authed func(http.HandlerFunc
 		d.reply(w, map[string]any{"dropped": n}, err)
 	}))
 	mux.HandleFunc("GET /v1/backup", authed(d.handleBackup))
+	// Whether an event was processed (applied, or found stale) within
+	// store.processed_retention: dsyncd send waits on it.
+	mux.HandleFunc("GET /v1/events/{id}", authed(func(w http.ResponseWriter, r *http.Request) {
+		ok, err := d.st.Processed(r.PathValue("id"))
+		d.reply(w, map[string]any{"id": r.PathValue("id"), "processed": ok}, err)
+	}))
 }
 
 // handleBackup streams a consistent copy of the store (one bbolt read

@@ -41,7 +41,8 @@ const targetHelp = `
 
 WHERE IT READS
   With --server URL it asks the running "dsyncd serve" at URL through its /v1 API,
-  sending api.token as a bearer token when one is configured. Without --server it
+  sending api.token as a bearer token, or when it is unset the token serve created
+  in <data_dir>/api.token. Without --server it
   first tries the API at http://<http.listen> from the configuration and, if the
   connection is refused (serve is not running), opens the store under data_dir
   directly (and, for dead letters, the embedded JetStream). --offline skips the API;
@@ -68,16 +69,13 @@ func (a *app) addTargetFlags(cmd *cobra.Command, f *opsFlags, persistent bool) {
 	}
 	fs.StringVar(&f.server, "server", "", "base URL of a running dsyncd serve (default: http://<http.listen>, falling back to offline)")
 	fs.BoolVar(&f.offline, "offline", false, "do not use the API: open the store (and the embedded JetStream) directly; serve must be stopped")
-	fs.StringVar(&f.format, "format", "table", "output format: table (for humans) or json (for machines)")
+	formatFlag(fs, &f.format)
 	fs.StringVar(&a.dbPath, "db", "", "store file for offline use (default: store.path from the configuration)")
 }
 
 func (f *opsFlags) check() error {
-	if f.format != "table" && f.format != "json" {
-		return fmt.Errorf("--format: %q is not table or json", f.format)
-	}
 	if f.offline && f.server != "" {
-		return errors.New("--offline and --server exclude each other")
+		return usagef("--offline and --server exclude each other")
 	}
 	return nil
 }
@@ -117,7 +115,7 @@ func (a *app) withBackend(ctx context.Context, cfg config.Config, f *opsFlags, f
 	if a.dbPath != "" {
 		// --db names a store file: read it, not whatever serve runs.
 		if f.server != "" {
-			return errors.New("--db and --server exclude each other")
+			return usagef("--db and --server exclude each other")
 		}
 		return offline("")
 	}
@@ -128,7 +126,8 @@ func (a *app) withBackend(ctx context.Context, cfg config.Config, f *opsFlags, f
 			return offline("")
 		}
 	}
-	c := &apiClient{base: strings.TrimRight(server, "/"), token: cfg.API.Token}
+	token, note := cliToken(cfg)
+	c := &apiClient{base: strings.TrimRight(server, "/"), token: token, tokenNote: note}
 	err := fn(c)
 	switch {
 	case err == nil || !c.refused:
@@ -165,8 +164,9 @@ func defaultServer(listen string) string {
 // apiClient is a backend speaking to a running serve's /v1 API.
 type apiClient struct {
 	base, token string
-	refused     bool // a request found nothing listening
-	answered    bool // a request got an HTTP answer
+	tokenNote   string // why token is empty (cliToken), for a 401's error
+	refused     bool   // a request found nothing listening
+	answered    bool   // a request got an HTTP answer
 }
 
 // apiError is an HTTP error answer of the API.
@@ -192,9 +192,7 @@ func (c *apiClient) send(ctx context.Context, method, path string) (*http.Respon
 	if err != nil {
 		return nil, err
 	}
-	if c.token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.token)
-	}
+	setAPIHeaders(req, c.token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		if errors.Is(err, syscall.ECONNREFUSED) {
@@ -216,7 +214,7 @@ func (c *apiClient) send(ctx context.Context, method, path string) (*http.Respon
 	if json.Unmarshal(body, &e) == nil && e.Error != "" {
 		msg = e.Error
 	}
-	return nil, &apiError{method: method, path: path, status: resp.StatusCode, msg: msg}
+	return nil, &apiError{method: method, path: path, status: resp.StatusCode, msg: msg + unauthorizedNote(resp.StatusCode, c.tokenNote)}
 }
 
 // call performs a request with a 30s limit and decodes the JSON answer into out.
@@ -624,7 +622,7 @@ func parseSince(s string, now time.Time) (time.Time, error) {
 	if d, err := time.ParseDuration(s); err == nil && d >= 0 {
 		return now.Add(-d), nil
 	}
-	return time.Time{}, fmt.Errorf("--since: %q is not an RFC 3339 time (2024-05-01T12:00:00Z), a date (2024-05-01) or a duration (24h)", s)
+	return time.Time{}, usagef("--since: %q is not an RFC 3339 time (2024-05-01T12:00:00Z), a date (2024-05-01) or a duration (24h)", s)
 }
 
 // ---------------------------------------------------------------- holds
@@ -633,7 +631,7 @@ func (a *app) holdsCommand() *cobra.Command {
 	var f opsFlags
 	var all bool
 	cmd := &cobra.Command{
-		Use:   "holds [--all] [--config FILE] [--server URL | --offline] [--format table|json]",
+		Use:   "holds [--all] [--config FILE] [--server URL | --offline] [--format text|json]",
 		Short: "List the holds: changes the safeguards did not make on their own",
 		Long: `holds lists the holds the safeguards opened, oldest first: open ones only, or every
 hold ever opened with --all.
@@ -728,7 +726,7 @@ operator's decision on hold ID), REASON.` + targetHelp + exitStatusHelp,
 				}
 			}
 			if filter.Limit < 0 {
-				return errors.New("--limit must be >= 0")
+				return usagef("--limit must be >= 0")
 			}
 			return a.withBackend(cmd.Context(), cfg, &f, func(b backend) error {
 				es, err := b.audit(cmd.Context(), filter)
@@ -874,7 +872,7 @@ func grantExplanation(g mapping.Grant, names map[string]string, holds []storage.
 func (a *app) whyCommand() *cobra.Command {
 	var f opsFlags
 	cmd := &cobra.Command{
-		Use:   "why USER BADGE [--config FILE] [--server URL | --offline] [--format table|json]",
+		Use:   "why USER BADGE [--config FILE] [--server URL | --offline] [--format text|json]",
 		Short: "Explain in one line why a user has, or does not have, a badge",
 		Long: `why answers in one line whether the directory user USER holds BADGE, and why: the
 group (and the mapping rule matching it), WorkOS role or default that grants it, and
@@ -962,7 +960,7 @@ func parseSeqs(args []string) ([]uint64, error) {
 	for _, s := range args {
 		n, err := strconv.ParseUint(s, 10, 64)
 		if err != nil || n == 0 {
-			return nil, fmt.Errorf("dead letter id %q: want a positive number, as \"dsyncd dlq list\" shows", s)
+			return nil, usagef("dead letter id %q: want a positive number, as \"dsyncd dlq list\" shows", s)
 		}
 		out = append(out, n)
 	}
@@ -1321,13 +1319,14 @@ func syncDir(dir string) error {
 func (a *app) checkConfigCommand() *cobra.Command {
 	var format string
 	cmd := &cobra.Command{
-		Use:   "check-config --config FILE [--format table|json]",
+		Use:   "check-config --config FILE [--format text|json]",
 		Short: "Check a configuration and list every problem at once",
 		Long: `check-config loads the configuration the way serve does (the file, then DSYNCD_*
 environment variables, then flags) and prints every problem at once, one per line,
 each "key: problem": unknown keys, values of the wrong type, invalid values, missing
-secrets, and a mapping in which no rule grants mapping.admin_badge (unless
-safeguards.allow_no_admin_rule is true), which serve refuses.
+secrets, a mapping in which no rule grants mapping.admin_badge (unless
+safeguards.allow_no_admin_rule is true), which serve refuses, and DSYNCD_* environment
+variables that set no key (a misspelt one is otherwise ignored).
 
 It then prints the warnings: settings that are valid but probably unintended.
 It does not start anything or open the store.
@@ -1344,9 +1343,6 @@ EXIT STATUS
   sudo sh -c 'set -a; . /etc/dsyncd/dsyncd.env; dsyncd check-config --config /etc/dsyncd/dsyncd.yaml'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if format != "table" && format != "json" {
-				return fmt.Errorf("--format: %q is not table or json", format)
-			}
 			problems, warnings, err := checkConfig(a.configPath, cmd)
 			if err != nil {
 				return err
@@ -1378,7 +1374,7 @@ EXIT STATUS
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&format, "format", "table", "output format: table (for humans) or json (for machines)")
+	formatFlag(cmd.Flags(), &format)
 	config.BindFlags(cmd.Flags())
 	return cmd
 }
@@ -1399,6 +1395,8 @@ func checkConfig(path string, cmd *cobra.Command) (problems, warnings []string, 
 	if adminErr != nil {
 		problems = append(problems, adminErr.Error())
 	}
+	problems = append(problems, envProblems()...)
+	warnings = append(warnings, devSecretWarning(cfg)...)
 	for _, w := range cfg.Warnings() {
 		// The admin rule warning is the problem above when serve refuses it.
 		if (adminErr != nil || !mappingDecoded) && strings.HasPrefix(w, "mapping:") && strings.Contains(w, "admin") {

@@ -252,7 +252,7 @@ func TestOperationsOnlineThenOffline(t *testing.T) {
 	if got, want := cli(t, 0, append([]string{"export"}, c...)...), snapshotJSON(t, d.st); got != want {
 		t.Errorf("export through the daemon:\n%s\nwant the live export:\n%s", got, want)
 	}
-	if out := cli(t, 1, append([]string{"export", "--db", d.cfg.StorePath(), "--server", "http://" + d.Addr()}, c...)...); !strings.Contains(out, "exclude each other") {
+	if out := cli(t, exitUsage, append([]string{"export", "--db", d.cfg.StorePath(), "--server", "http://" + d.Addr()}, c...)...); !strings.Contains(out, "exclude each other") {
 		t.Errorf("export --db --server: %q", out)
 	}
 

@@ -65,7 +65,7 @@ func (a *app) rebuildCommand() *cobra.Command {
 	var o rebuildOptions
 	var format string
 	cmd := &cobra.Command{
-		Use:   "rebuild --config FILE [--dry-run] [--allow-partial] [--format table|json]",
+		Use:   "rebuild --config FILE [--dry-run] [--allow-partial] [--format text|json]",
 		Short: "Rebuild the store from the events still retained in the JetStream stream",
 		Long: `rebuild makes a fresh store from every event still retained in the events stream and
 swaps it in for the current one. Use it when the store is lost or damaged, or to
@@ -108,9 +108,6 @@ EXIT STATUS
   sudo systemctl start dsyncd`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if format != "table" && format != "json" {
-				return fmt.Errorf("--format: %q is not table or json", format)
-			}
 			cfg, err := a.loadConfig(cmd)
 			if err != nil {
 				return err
@@ -132,7 +129,7 @@ EXIT STATUS
 	cmd.Flags().BoolVar(&o.dryRun, "dry-run", false, "build and compare the new store, but keep the current one")
 	cmd.Flags().BoolVar(&o.allowPartial, "allow-partial", false, "rebuild even though the stream lost its oldest events (max_age, max_bytes)")
 	cmd.Flags().StringVar(&o.from, "from", "", "start from this backup (dsyncd backup) instead of an empty store")
-	cmd.Flags().StringVar(&format, "format", "table", "output format: table (for humans) or json (for machines)")
+	formatFlag(cmd.Flags(), &format)
 	return cmd
 }
 

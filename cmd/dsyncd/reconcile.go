@@ -46,15 +46,12 @@ for when dsyncd was stopped longer than the Events API keeps events (30 days) an
 API refuses the stored cursor.
 
 Exit status: 0; 1 on error, or when a directory could not be listed (the others are
-reconciled); 2 when a dry run would leave an organisation without an admin.`,
+reconciled); 2 on a usage error; 3 when a dry run would leave an organisation without an admin.`,
 		Example: `  dsyncd reconcile --dry-run
   dsyncd reconcile --directory directory_01ECAZ4NV9QMV47GW873HDCX74
   dsyncd reconcile --org org_01EZTR6WYX1A0DSE2CYMGXQ24Y --dry-run --format json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if format != "text" && format != "json" {
-				return fmt.Errorf("--format: %q is not text or json", format)
-			}
 			cfg, err := a.loadConfig(cmd)
 			if err != nil {
 				return err
@@ -106,7 +103,7 @@ reconciled); 2 when a dry run would leave an organisation without an admin.`,
 	cmd.Flags().StringVar(&org, "org", "", "reconcile only the directories of this organisation")
 	cmd.MarkFlagsMutuallyExclusive("directory", "org")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "change nothing: print the differences and the plan")
-	cmd.Flags().StringVar(&format, "format", "text", "text|json")
+	formatFlag(cmd.Flags(), &format)
 	cmd.Flags().BoolVar(&resetCursor, "reset-events-cursor", false, "then forget the Events API cursor (after an outage longer than its retention)")
 	cmd.MarkFlagsMutuallyExclusive("dry-run", "reset-events-cursor")
 	cmd.Flags().StringVar(&a.dbPath, "db", "", "store file (default: store.path from the configuration)")

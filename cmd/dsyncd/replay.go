@@ -2,6 +2,9 @@ package main
 
 import (
 	"fmt"
+	"io"
+	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -18,7 +21,8 @@ func (a *app) replayCommand() *cobra.Command {
 live worker uses, and prints what happened to them.
 
 Each PATH is a file holding one JSON event, a JSON array of events, or NDJSON (one
-event per line), or a directory, meaning its files in name order.
+event per line), a directory, meaning its files in name order (not its subdirectories),
+or - for standard input. A PATH that holds no event is an error.
 
 It prints the counts — applied, duplicate, stale, ignored, invalid — and one line per
 invalid event with its file, line and reason. It exits 1 if any event was invalid,
@@ -35,7 +39,7 @@ names another; a store held by a running "dsyncd serve" cannot be replayed into.
 			if err := checkAdminRule(cfg); err != nil {
 				return err
 			}
-			raws, err := events.ReadFixtures(args...)
+			raws, err := readEvents(a.stdin, args)
 			if err != nil {
 				return err
 			}
@@ -63,4 +67,61 @@ names another; a store held by a running "dsyncd serve" cannot be replayed into.
 	}
 	cmd.Flags().StringVar(&a.dbPath, "db", "", "store file (default: store.path from the configuration)")
 	return cmd
+}
+
+// readEvents reads the events of replay's and send's PATH arguments: files,
+// directories (their files in name order) and - (standard input). A PATH
+// that yields no event is an error, so that a wrong folder is not taken for
+// an empty change.
+func readEvents(stdin io.Reader, args []string) ([]events.Raw, error) {
+	var out []events.Raw
+	for _, p := range args {
+		var raws []events.Raw
+		var err error
+		if p == "-" {
+			var data []byte
+			if data, err = io.ReadAll(stdin); err != nil {
+				return nil, fmt.Errorf("standard input: %w", err)
+			}
+			raws, err = events.ParseFixture("-", data)
+		} else {
+			raws, err = events.ReadFixtures(p)
+		}
+		if err != nil {
+			return nil, err
+		}
+		if len(raws) == 0 {
+			return nil, noEvents(p)
+		}
+		out = append(out, raws...)
+	}
+	return out, nil
+}
+
+// noEvents says why PATH held no event.
+func noEvents(p string) error {
+	if p == "-" {
+		return fmt.Errorf("standard input: no events found")
+	}
+	fi, err := os.Stat(p)
+	if err != nil || !fi.IsDir() {
+		return fmt.Errorf("%s: no events found (the file is empty)", p)
+	}
+	entries, _ := os.ReadDir(p)
+	var dirs []string
+	files := 0
+	for _, e := range entries {
+		if e.IsDir() {
+			dirs = append(dirs, e.Name())
+		} else if !strings.HasPrefix(e.Name(), ".") {
+			files++
+		}
+	}
+	switch {
+	case files > 0:
+		return fmt.Errorf("%s: no events found: its files are empty", p)
+	case len(dirs) > 0:
+		return fmt.Errorf("%s: no events found: it holds only folders (%s), whose files are not read; name them", p, strings.Join(dirs, ", "))
+	}
+	return fmt.Errorf("%s: no events found: the folder is empty", p)
 }

@@ -19,9 +19,46 @@ import (
 // Exit codes.
 const (
 	exitOK      = 0
-	exitError   = 1
-	exitNoAdmin = 2 // plan: the change would leave an organisation without an admin
+	exitError   = 1 // a runtime error
+	exitUsage   = 2 // an unknown command or flag, a missing or extra argument, a bad flag value
+	exitNoAdmin = 3 // plan, reconcile --dry-run: the change would leave an organisation without an admin
 )
+
+// usageError is a command line the command cannot run: run prints the
+// command's usage line with it and exits exitUsage.
+type usageError struct{ err error }
+
+func (e *usageError) Error() string { return e.err.Error() }
+func (e *usageError) Unwrap() error { return e.err }
+
+// formatValue is every command's --format: text (for humans) or json (for
+// machines). "table", the name some commands used for text, is accepted.
+type formatValue struct{ p *string }
+
+// formatFlag registers --format on fs, storing "text" or "json" in p.
+func formatFlag(fs *pflag.FlagSet, p *string) {
+	*p = "text"
+	fs.Var(formatValue{p}, "format", "output format: text (for humans) or json (for machines)")
+}
+
+func (f formatValue) String() string { return *f.p }
+func (f formatValue) Type() string   { return "text|json" }
+func (f formatValue) Set(s string) error {
+	switch s {
+	case "text", "table":
+		*f.p = "text"
+	case "json":
+		*f.p = "json"
+	default:
+		return fmt.Errorf("%q is not text or json", s)
+	}
+	return nil
+}
+
+// usagef returns a usageError.
+func usagef(format string, args ...any) error {
+	return &usageError{err: fmt.Errorf(format, args...)}
+}
 
 // exitError carries a specific exit code out of a command.
 type exitCodeError struct {
@@ -50,9 +87,18 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	root.SetIn(stdin)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	err := root.ExecuteContext(ctx)
+	cmd, err := root.ExecuteContextC(ctx)
 	if err == nil {
 		return exitOK
+	}
+	var ue *usageError
+	if errors.As(err, &ue) || strings.HasPrefix(err.Error(), "unknown command ") {
+		if cmd == nil {
+			cmd = root
+		}
+		fmt.Fprintln(stderr, "dsyncd:", err)
+		fmt.Fprintf(stderr, "Usage: %s\nRun '%s --help' for more.\n", cmd.UseLine(), cmd.CommandPath())
+		return exitUsage
 	}
 	var ce *exitCodeError
 	if errors.As(err, &ce) {
@@ -83,17 +129,35 @@ Configuration comes from a YAML file (--config), then DSYNCD_* environment varia
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().StringVarP(&a.configPath, "config", "c", "", "configuration file (YAML)")
-	root.AddCommand(a.replayCommand(), a.exportCommand(), a.serveCommand(), a.versionCommand(),
+	root.AddCommand(a.replayCommand(), a.sendCommand(), a.exportCommand(), a.serveCommand(), a.versionCommand(),
 		a.planCommand(), a.applyCommand(), a.resumeCommand(),
 		a.holdsCommand(), a.auditCommand(), a.whyCommand(), a.dlqCommand(), a.backupCommand(), a.rebuildCommand(), a.checkConfigCommand(),
 		a.reconcileCommand())
+	markUsageErrors(root)
 	return root
+}
+
+// markUsageErrors makes the flag and argument errors of cmd and its
+// subcommands usage errors.
+func markUsageErrors(cmd *cobra.Command) {
+	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err: err} })
+	if args := cmd.Args; args != nil {
+		cmd.Args = func(c *cobra.Command, a []string) error {
+			if err := args(c, a); err != nil {
+				return &usageError{err: err}
+			}
+			return nil
+		}
+	}
+	for _, c := range cmd.Commands() {
+		markUsageErrors(c)
+	}
 }
 
 // loadConfig reads the configuration (file, environment, flags) and
 // validates it. Commands that do not receive webhooks do not need secrets.
 func (a *app) loadConfig(cmd *cobra.Command) (config.Config, error) {
-	return loadConfig(a.configPath, cmd.Flags(), cmd.Name() == "serve" || cmd.Name() == "check-config")
+	return loadConfig(a.configPath, cmd.Flags(), cmd.Name() == "serve" || cmd.Name() == "check-config" || cmd.Name() == "send")
 }
 
 func loadConfig(path string, flags *pflag.FlagSet, needSecrets bool) (config.Config, error) {

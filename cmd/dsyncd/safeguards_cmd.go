@@ -33,7 +33,7 @@ and exits 1.
 With --org ORG it previews "dsyncd resume ORG": the events deferred while the
 mass-deprovisioning breaker paused ORG.
 
-Exit status: 0, 1 on error, 2 if the change would leave an organisation without an admin
+Exit status: 0, 1 on error, 2 on a usage error, 3 if the change would leave an organisation without an admin
 (the safeguard would hold those revocations).`,
 		Example: `  dsyncd plan --config /etc/dsyncd/new.yaml
   dsyncd plan --config new.yaml --on-unmap keep --format json
@@ -47,7 +47,7 @@ Exit status: 0, 1 on error, 2 if the change would leave an organisation without 
 			var plan *storage.Plan
 			if org != "" {
 				if server != "" {
-					plan, err = apiPlan(cmd, server, "/v1/organizations/"+url.PathEscape(org)+"/resume?dry_run=true", cfg.API.Token)
+					plan, err = apiPlan(cmd, server, "/v1/organizations/"+url.PathEscape(org)+"/resume?dry_run=true", cfg)
 				} else {
 					err = a.withStore(cfg, func(st *storage.Store) error {
 						if err := adoptMapping(st, cfg, true); err != nil {
@@ -82,7 +82,7 @@ Exit status: 0, 1 on error, 2 if the change would leave an organisation without 
 	}
 	cmd.Flags().StringVar(&org, "org", "", "preview resuming this paused organisation")
 	cmd.Flags().StringVar(&onUnmap, "on-unmap", "", "keep|remove: what happens to the badges of removed group rules")
-	cmd.Flags().StringVar(&format, "format", "text", "text|json")
+	formatFlag(cmd.Flags(), &format)
 	cmd.Flags().StringVar(&a.dbPath, "db", "", "store file (default: store.path from the configuration)")
 	cmd.Flags().StringVar(&server, "server", "", "with --org: ask a running dsyncd at this URL")
 	return cmd
@@ -123,7 +123,7 @@ and keeps the old one if the new configuration is invalid.`,
 		},
 	}
 	cmd.Flags().StringVar(&onUnmap, "on-unmap", "", "keep|remove: what happens to the badges of removed group rules")
-	cmd.Flags().StringVar(&format, "format", "text", "text|json")
+	formatFlag(cmd.Flags(), &format)
 	cmd.Flags().StringVar(&a.dbPath, "db", "", "store file (default: store.path from the configuration)")
 	return cmd
 }
@@ -149,7 +149,7 @@ With --server it asks a running dsyncd; otherwise it works on the stopped store.
 			}
 			var plan *storage.Plan
 			if server != "" {
-				plan, err = apiPlan(cmd, server, "/v1/organizations/"+url.PathEscape(args[0])+"/resume", cfg.API.Token)
+				plan, err = apiPlan(cmd, server, "/v1/organizations/"+url.PathEscape(args[0])+"/resume", cfg)
 			} else {
 				err = a.withStore(cfg, func(st *storage.Store) error {
 					if err := adoptMapping(st, cfg, false); err != nil {
@@ -166,7 +166,7 @@ With --server it asks a running dsyncd; otherwise it works on the stopped store.
 		},
 	}
 	cmd.Flags().StringVar(&server, "server", "", "base URL of a running dsyncd")
-	cmd.Flags().StringVar(&format, "format", "text", "text|json")
+	formatFlag(cmd.Flags(), &format)
 	cmd.Flags().StringVar(&a.dbPath, "db", "", "store file (default: store.path from the configuration)")
 	return cmd
 }
@@ -199,8 +199,9 @@ func (a *app) withStore(cfg config.Config, fn func(st *storage.Store) error) err
 	return fn(st)
 }
 
-func apiPlan(cmd *cobra.Command, server, path, token string) (*storage.Plan, error) {
-	b, err := apiDo(cmd.Context(), http.MethodPost, server, path, token)
+func apiPlan(cmd *cobra.Command, server, path string, cfg config.Config) (*storage.Plan, error) {
+	token, note := cliToken(cfg)
+	b, err := apiDo(cmd.Context(), http.MethodPost, server, path, token, note)
 	if err != nil {
 		return nil, err
 	}

@@ -33,7 +33,7 @@ func TestPlanAndApplyAMappingChange(t *testing.T) {
 		wantOut  string
 	}{
 		{"no unmap choice is refused with the users it concerns", nil, 1, "removed rule group:name=App Admins: 2 users hold badges through it; on_unmap: NOT GIVEN"},
-		{"remove would leave the organisation without an admin", []string{"--on-unmap", "remove"}, 2, "admins 2 -> 0"},
+		{"remove would leave the organisation without an admin", []string{"--on-unmap", "remove"}, exitNoAdmin, "admins 2 -> 0"},
 		{"keep changes no badge", []string{"--on-unmap", "keep"}, 0, "no badge changes"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -43,6 +43,9 @@ are up, WATCHDOG=1 every WatchdogSec/2, and STOPPING=1 on shutdown.`,
 				return err
 			}
 			defer log.Sync() //nolint:errcheck // stderr
+			for _, w := range append(envProblems(), devSecretWarning(cfg)...) {
+				log.Warn("configuration warning", zap.String("warning", w))
+			}
 			return a.serve(cmd.Context(), cmd, cfg, log)
 		},
 	}
@@ -80,7 +83,8 @@ func (a *app) serve(ctx context.Context, cmd *cobra.Command, cfg config.Config, 
 	if _, err := n.Notify("READY=1\nSTATUS=serving"); err != nil {
 		log.Warn("systemd notify failed", zap.Error(err))
 	}
-	log.Info("dsyncd ready", zap.String("http", d.Addr()), zap.String("nats", d.q.ClientURL()),
+	v, rev := buildInfo()
+	log.Info("dsyncd ready", zap.String("version", v), zap.String("commit", rev), zap.String("http", d.Addr()), zap.String("nats", d.q.ClientURL()),
 		zap.String("store", cfg.StorePath()), zap.Duration("startup", time.Since(start)))
 
 	// The status goes to systemd with each watchdog ping, or every

@@ -23,19 +23,24 @@ const runMainEnv = "DSYNCD_TEST_RUN_MAIN"
 
 func TestMain(m *testing.M) {
 	if os.Getenv(runMainEnv) == "1" {
+		knownEnv = append(knownEnv, runMainEnv)
 		main()
 		return
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	removeBuiltBinary()
+	os.Exit(code)
 }
 
 // serveProcess is "dsyncd serve" running as a child process.
 type serveProcess struct {
-	cmd  *exec.Cmd
-	cfg  string
-	addr string
-	logs chan map[string]any // every JSON log line
-	exit chan error
+	cmd   *exec.Cmd
+	cfg   string
+	addr  string
+	ready map[string]any      // the "dsyncd ready" log line
+	seen  []map[string]any    // the lines waitLog read
+	logs  chan map[string]any // every JSON log line
+	exit  chan error
 }
 
 // startServeProcess starts serve on a configuration whose HTTP timeouts are
@@ -57,10 +62,19 @@ webhook:
 `+adminMappingYAML)
 	cmd := exec.Command(os.Args[0], "serve", "--config", cfg)
 	cmd.Env = append(os.Environ(), runMainEnv+"=1")
+	p := startServeCmd(t, cmd)
+	p.cfg = cfg
+	return p
+}
+
+// startServeCmd starts cmd, a "dsyncd serve" logging JSON to stderr, and
+// waits until it is ready.
+func startServeCmd(t *testing.T, cmd *exec.Cmd) *serveProcess {
+	t.Helper()
 	stderr, err := cmd.StderrPipe()
 	mustf(t, err, "stderr pipe")
 	mustf(t, cmd.Start(), "start serve")
-	p := &serveProcess{cmd: cmd, cfg: cfg, logs: make(chan map[string]any, 1024), exit: make(chan error, 1)}
+	p := &serveProcess{cmd: cmd, logs: make(chan map[string]any, 1024), exit: make(chan error, 1)}
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
@@ -78,6 +92,7 @@ webhook:
 		}
 	})
 	ready := p.waitLog(t, "dsyncd ready", 60*time.Second)
+	p.ready = ready
 	p.addr, _ = ready["http"].(string)
 	if p.addr == "" {
 		t.Fatalf("ready line without the HTTP address: %v", ready)
@@ -96,6 +111,7 @@ func (p *serveProcess) waitLog(t *testing.T, msg string, within time.Duration) m
 			if !ok {
 				t.Fatalf("serve exited before logging %q", msg)
 			}
+			p.seen = append(p.seen, line)
 			if line["msg"] == msg {
 				return line
 			}

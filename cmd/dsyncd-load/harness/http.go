@@ -33,11 +33,20 @@ func NewClient(conns int, timeout time.Duration) *http.Client {
 
 // Get fetches url and returns the status and body (at most 64 MiB).
 func Get(ctx context.Context, c *http.Client, url string) (int, []byte, error) {
+	return GetWithToken(ctx, c, url, "")
+}
+
+// GetWithToken is Get with a bearer token (the /v1 API requires one: the
+// daemon's api.token, or the <data_dir>/api.token serve created).
+func GetWithToken(ctx context.Context, c *http.Client, url, token string) (int, []byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return 0, nil, err
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	resp, err := c.Do(req)
 	if err != nil {
