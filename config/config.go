@@ -273,6 +273,12 @@ type EventsConfig struct {
 	PollInterval time.Duration `mapstructure:"poll_interval"`
 	// Start is where polling starts the first time: "now" or an RFC 3339 time.
 	Start string `mapstructure:"start"`
+	// OnStaleCursor is what the poller does when the Events API refuses its
+	// cursor (an outage longer than the API keeps events): "reconcile" (run
+	// a full reconciliation, then poll from the time it started) or "fail"
+	// (keep failing, say so in /readyz and dsyncd_events_cursor_stale, and
+	// leave it to an operator).
+	OnStaleCursor string `mapstructure:"on_stale_cursor"`
 }
 
 // ReconcileConfig is the reconcile section.
@@ -334,7 +340,7 @@ func Default() Config {
 			OpenTimeout:        time.Second,
 		},
 		WorkOS: WorkOSConfig{Endpoint: "https://api.workos.com"},
-		Events: EventsConfig{Start: EventsStartNow},
+		Events: EventsConfig{Start: EventsStartNow, OnStaleCursor: OnStaleCursorReconcile},
 		Worker: WorkerConfig{
 			BatchSize:    1024,
 			MaxAttempts:  5,
@@ -354,6 +360,12 @@ const (
 // EventsStartNow is the events.start value that starts polling at the
 // current time.
 const EventsStartNow = "now"
+
+// events.on_stale_cursor values.
+const (
+	OnStaleCursorReconcile = "reconcile"
+	OnStaleCursorFail      = "fail"
+)
 
 // StorePath returns store.path, or <data_dir>/dsyncd.db when it is empty.
 func (c Config) StorePath() string {

@@ -270,6 +270,7 @@ func usages() map[string]string {
 		"workos.endpoint":                     "WorkOS API base URL",
 		"events.poll_interval":                "WorkOS Events API poll interval (0 = off)",
 		"events.start":                        "where polling first starts: now or an RFC 3339 time",
+		"events.on_stale_cursor":              "when the Events API refuses the cursor: reconcile (full reconcile, then poll from then) or fail",
 		"reconcile.interval":                  "full reconciliation interval (0 = off)",
 		"worker.batch_size":                   "events fetched per batch, 1 to 10000",
 		"worker.max_attempts":                 "attempts before an event goes to the DLQ",

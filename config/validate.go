@@ -141,6 +141,9 @@ func (c Config) Problems() []string {
 	if c.Events.PollInterval > 0 && c.Events.PollInterval < time.Second {
 		v.add("events.poll_interval", fmt.Sprintf("must be 0 (off) or at least 1s, got %s", c.Events.PollInterval))
 	}
+	if c.Events.OnStaleCursor != OnStaleCursorReconcile && c.Events.OnStaleCursor != OnStaleCursorFail {
+		v.add("events.on_stale_cursor", fmt.Sprintf("%q is not %q or %q", c.Events.OnStaleCursor, OnStaleCursorReconcile, OnStaleCursorFail))
+	}
 	if c.Events.Start != EventsStartNow {
 		if _, err := time.Parse(time.RFC3339, c.Events.Start); err != nil {
 			v.add("events.start", fmt.Sprintf("%q is not %q or an RFC 3339 time like 2024-01-02T15:04:05Z", c.Events.Start, EventsStartNow))

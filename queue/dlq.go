@@ -95,6 +95,7 @@ func (q *Queue) Park(ctx context.Context, msg jetstream.Msg, reason string, atte
 		jetstream.WithExpectStream(q.opts.DLQStream),
 		jetstream.WithMsgID(fmt.Sprintf("park:%s:%d", md.Stream, md.Sequence.Stream)))
 	if err != nil {
+		q.health.publishFailed()
 		return fmt.Errorf("queue: park: %w", err)
 	}
 	return nil

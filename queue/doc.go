@@ -76,6 +76,15 @@
 // the worker must apply events idempotently, which it must anyway since
 // delivery is at least once.
 //
+// Write errors. nats-server keeps a stream's first write error (disk full,
+// descriptors exhausted) and answers no publish to it afterwards, even once
+// the cause is gone. With the embedded server a monitor (every
+// [Options.HealthInterval], and at once after a failed publish) finds it,
+// makes [Queue.Ready] and [Queue.Publish] fail at once with an error
+// wrapping [ErrCannotStore], and restarts the server in place, same port and
+// store directory, once a probe write to the store directory succeeds; the
+// client reconnects by itself ([Queue.Fault], [Queue.Restarts]).
+//
 // Duplicates. Deduplication by Nats-Msg-Id only covers DuplicateWindow
 // (default 2s: JetStream holds the window's ids in memory); a webhook
 // retried later is stored again. Replayed dead letters get a new id

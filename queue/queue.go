@@ -26,6 +26,7 @@ const (
 	DefaultConnectTimeout  = 5 * time.Second
 	DefaultReconnectWait   = time.Second
 	DefaultMaxAckPending   = 1024
+	DefaultHealthInterval  = 2 * time.Second
 )
 
 // How long Open waits at most for the embedded server to accept clients when
@@ -149,6 +150,11 @@ type Options struct {
 	// delivered but unacknowledged; make it a few times the worker's batch
 	// size. Default 1024.
 	MaxAckPending int
+
+	// HealthInterval is how often the embedded server's JetStream health is
+	// checked (and, after a failed publish, at once): see the package doc's
+	// "Write errors". Default 2 s.
+	HealthInterval time.Duration
 }
 
 // Queue is dsyncd's JetStream event queue. Its methods are safe for
@@ -160,11 +166,18 @@ type Queue struct {
 	mu      sync.RWMutex
 	st      *state // nil unless open
 	opening bool
+
+	health health // the embedded server's write health; see recover.go
 }
 
 // state is what an open Queue holds.
 type state struct {
-	srv    *server.Server // nil with an external server
+	// srv is the embedded server (nil with an external one). Once open, only
+	// the monitor goroutine replaces it (recover.go), and shutdown reads it
+	// after the monitor stopped.
+	srv    *server.Server
+	sopts  *server.Options // the embedded server's options, its port fixed once started
+	mon    *monitor        // nil with an external server
 	nc     *nats.Conn
 	closed chan struct{} // closed by the connection's ClosedHandler
 	js     jetstream.JetStream
@@ -212,7 +225,12 @@ func New(opts Options, log *zap.Logger) *Queue {
 	if opts.Encoding == "" {
 		opts.Encoding = EncodingJSON
 	}
-	return &Queue{opts: opts, log: log.Named("queue")}
+	if opts.HealthInterval <= 0 {
+		opts.HealthInterval = DefaultHealthInterval
+	}
+	q := &Queue{opts: opts, log: log.Named("queue")}
+	q.health.kick = make(chan struct{}, 1)
+	return q
 }
 
 // Options returns the options in effect, defaults filled in.
@@ -297,7 +315,7 @@ func (q *Queue) Open(ctx context.Context) (err error) {
 
 	st.url = q.opts.URL
 	if st.url == "" {
-		if st.srv, st.url, err = q.startServer(ctx); err != nil {
+		if st.srv, st.sopts, st.url, err = q.startServer(ctx); err != nil {
 			return err
 		}
 	}
@@ -314,12 +332,16 @@ func (q *Queue) Open(ctx context.Context) (err error) {
 		return fmt.Errorf("queue: create or update stream %s: %w", q.opts.DLQStream, err)
 	}
 
+	q.health.reset()
+	if st.srv != nil {
+		st.mon = q.startMonitor(st)
+	}
 	q.mu.Lock()
 	q.st = st
 	q.mu.Unlock()
 	q.log.Info("queue open",
 		zap.String("url", redact(st.url)),
-		zap.Bool("embedded", st.srv != nil),
+		zap.Bool("embedded", q.opts.URL == ""),
 		zap.String("stream", q.opts.Stream),
 		zap.String("dlq_stream", q.opts.DLQStream))
 	return nil
@@ -364,17 +386,18 @@ func (q *Queue) dlqConfig() jetstream.StreamConfig {
 }
 
 // startServer runs the embedded nats-server and waits until it accepts
-// clients. It returns the server and the URL to connect to.
-func (q *Queue) startServer(ctx context.Context) (*server.Server, string, error) {
+// clients. It returns the server, its options (with the port it listens on,
+// for a restart in place) and the URL to connect to.
+func (q *Queue) startServer(ctx context.Context) (*server.Server, *server.Options, string, error) {
 	host, port := "127.0.0.1", server.RANDOM_PORT
 	if q.opts.Listen != "" {
 		h, p, err := net.SplitHostPort(q.opts.Listen)
 		if err != nil {
-			return nil, "", fmt.Errorf("%w: Listen %q: %v", ErrInvalidOptions, q.opts.Listen, err)
+			return nil, nil, "", fmt.Errorf("%w: Listen %q: %v", ErrInvalidOptions, q.opts.Listen, err)
 		}
 		n, err := strconv.Atoi(p)
 		if err != nil || n < 0 || n > 65535 {
-			return nil, "", fmt.Errorf("%w: Listen %q: bad port", ErrInvalidOptions, q.opts.Listen)
+			return nil, nil, "", fmt.Errorf("%w: Listen %q: bad port", ErrInvalidOptions, q.opts.Listen)
 		}
 		if n == 0 {
 			n = server.RANDOM_PORT // nats-server takes 0 as its default port, 4222
@@ -402,37 +425,25 @@ func (q *Queue) startServer(ctx context.Context) (*server.Server, string, error)
 		JetStreamMaxMemory: q.opts.MaxMemory,
 		JetStreamMaxStore:  q.opts.MaxStore,
 	}
-	srv, err := server.NewServer(sopts)
-	if err != nil {
-		return nil, "", fmt.Errorf("queue: embedded server: %w", err)
-	}
-	slog := q.log.Named("nats-server")
-	srv.SetLogger(serverLogger{slog.Sugar()}, slog.Core().Enabled(zap.DebugLevel), false)
-	srv.Start()
-
 	wait := defaultStartTimeout
 	if dl, ok := ctx.Deadline(); ok {
 		wait = time.Until(dl)
 	}
-	if !srv.ReadyForConnections(wait) {
-		srv.Shutdown()
-		srv.WaitForShutdown()
-		if err := ctx.Err(); err != nil {
-			return nil, "", fmt.Errorf("queue: embedded server not ready: %w", err)
+	srv, err := q.launch(sopts, wait)
+	if err != nil {
+		if cerr := ctx.Err(); cerr != nil {
+			return nil, nil, "", fmt.Errorf("%w: %w", err, cerr)
 		}
-		return nil, "", fmt.Errorf("queue: embedded server not ready within %s", wait)
-	}
-	if !srv.JetStreamEnabled() {
-		srv.Shutdown()
-		srv.WaitForShutdown()
-		return nil, "", errors.New("queue: embedded server started without JetStream (see its log)")
+		return nil, nil, "", err
 	}
 	addr, ok := srv.Addr().(*net.TCPAddr)
 	if !ok {
 		srv.Shutdown()
 		srv.WaitForShutdown()
-		return nil, "", errors.New("queue: embedded server has no TCP address")
+		return nil, nil, "", errors.New("queue: embedded server has no TCP address")
 	}
+	fixed := *sopts
+	fixed.Port = addr.Port
 	chost := host
 	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
 		chost = "127.0.0.1"
@@ -441,7 +452,31 @@ func (q *Queue) startServer(ctx context.Context) (*server.Server, string, error)
 		}
 	}
 	u := url.URL{Scheme: "nats", Host: net.JoinHostPort(chost, strconv.Itoa(addr.Port))}
-	return srv, u.String(), nil
+	return srv, &fixed, u.String(), nil
+}
+
+// launch starts an embedded server with a copy of sopts and waits up to wait
+// for it to accept clients with JetStream enabled.
+func (q *Queue) launch(sopts *server.Options, wait time.Duration) (*server.Server, error) {
+	o := *sopts
+	srv, err := server.NewServer(&o)
+	if err != nil {
+		return nil, fmt.Errorf("queue: embedded server: %w", err)
+	}
+	slog := q.log.Named("nats-server")
+	srv.SetLogger(serverLogger{slog.Sugar()}, slog.Core().Enabled(zap.DebugLevel), false)
+	srv.Start()
+	if !srv.ReadyForConnections(wait) {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+		return nil, fmt.Errorf("queue: embedded server not ready within %s", wait)
+	}
+	if !srv.JetStreamEnabled() {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+		return nil, errors.New("queue: embedded server started without JetStream (see its log)")
+	}
+	return srv, nil
 }
 
 // connect dials url; closed is closed once the connection is closed for good.
@@ -490,6 +525,7 @@ func (q *Queue) connect(url string, closed chan struct{}) (*nats.Conn, error) {
 // shutdown drains the connection and stops the embedded server, whatever of
 // them exists.
 func (st *state) shutdown(log *zap.Logger) {
+	st.mon.stop()
 	if st.nc != nil {
 		if err := st.nc.Drain(); err != nil {
 			st.nc.Close()
@@ -552,6 +588,9 @@ func (q *Queue) Publish(ctx context.Context, directoryID, eventType, msgID strin
 	if err != nil {
 		return false, err
 	}
+	if err := q.health.fault(); err != nil {
+		return false, err // fail at once rather than wait for the deadline
+	}
 	opts := []jetstream.PublishOpt{jetstream.WithExpectStream(q.opts.Stream)}
 	if msgID != "" {
 		opts = append(opts, jetstream.WithMsgID(msgID))
@@ -566,6 +605,7 @@ func (q *Queue) Publish(ctx context.Context, directoryID, eventType, msgID strin
 	}
 	ack, err := st.js.PublishMsg(ctx, m, opts...)
 	if err != nil {
+		q.health.publishFailed()
 		return false, fmt.Errorf("queue: publish: %w", err)
 	}
 	return ack.Duplicate, nil
@@ -575,6 +615,9 @@ func (q *Queue) Publish(ctx context.Context, directoryID, eventType, msgID strin
 func (q *Queue) Ready(ctx context.Context) error {
 	st, err := q.state()
 	if err != nil {
+		return err
+	}
+	if err := q.health.fault(); err != nil {
 		return err
 	}
 	if s := st.nc.Status(); s != nats.CONNECTED {
@@ -756,3 +799,20 @@ func (l serverLogger) Fatalf(format string, v ...any)  { l.s.Errorf(format, v...
 func (l serverLogger) Errorf(format string, v ...any)  { l.s.Errorf(format, v...) }
 func (l serverLogger) Debugf(format string, v ...any)  { l.s.Debugf(format, v...) }
 func (l serverLogger) Tracef(format string, v ...any)  { l.s.Debugf(format, v...) }
+
+// AckFloor returns the stream sequence up to which the durable consumer
+// has acknowledged every message: 0 when the consumer does not exist.
+func (q *Queue) AckFloor(ctx context.Context, durable string) (uint64, error) {
+	st, err := q.state()
+	if err != nil {
+		return 0, err
+	}
+	c, err := st.main.Consumer(ctx, durable)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("queue: consumer %s: %w", durable, err)
+	}
+	return c.CachedInfo().AckFloor.Stream, nil
+}

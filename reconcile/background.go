@@ -36,8 +36,15 @@ func StartBackground(cfg config.Config, pub Publisher, st *storage.Store, log *z
 	ctx, cancel := context.WithCancel(context.Background())
 	b := &Background{cancel: cancel}
 	if cfg.Events.PollInterval > 0 {
+		// A reconciler of its own for a refused cursor, which may come
+		// with reconcile.interval 0.
+		r := NewReconciler(ReconcilerOptions{ClientOptions: ClientOptionsFrom(cfg)}, st, log)
 		b.Poller = New(Options{ClientOptions: ClientOptionsFrom(cfg), Interval: cfg.Events.PollInterval, Start: cfg.Events.Start,
-			Applied: st.Processed}, pub, st, log)
+			Applied: st.Processed, OnStaleCursor: cfg.Events.OnStaleCursor,
+			Reconcile: func(ctx context.Context) error {
+				_, err := r.Reconcile(ctx, Scope{}, false)
+				return err
+			}}, pub, st, log)
 		b.wg.Go(func() { _ = b.Poller.Run(ctx) })
 	}
 	if cfg.Reconcile.Interval > 0 {

@@ -189,7 +189,7 @@ func errorMessage(body []byte) string {
 		Error   string `json:"error"`
 	}
 	if json.Unmarshal(body, &e) == nil {
-		msg := strings.TrimSpace(strings.Join([]string{e.Code, e.Error, e.Message}, " "))
+		msg := strings.Join(strings.Fields(strings.Join([]string{e.Code, e.Error, e.Message}, " ")), " ")
 		if msg != "" {
 			return msg
 		}

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -28,6 +30,19 @@ const EventsRetention = 30 * 24 * time.Hour
 
 // StartNow is the Options.Start that starts polling at the first poll's time.
 const StartNow = "now"
+
+// Options.OnStaleCursor values.
+const (
+	OnStaleCursorReconcile = "reconcile"
+	OnStaleCursorFail      = "fail"
+)
+
+// ErrCursorStale is wrapped by Poll's error when the Events API refuses the
+// stored cursor while it answers a request without one: the cursor's event
+// is past the API's retention (dsyncd was down, or polling off, longer than
+// that). WorkOS does not document that answer; any 400, 404, 410 or 422 to
+// a request with a cursor, confirmed by a success without it, counts.
+var ErrCursorStale = errors.New("the Events API refused the events cursor (older than it keeps events?)")
 
 // DefaultPublishTimeout bounds the wait for JetStream's ack of one event.
 const DefaultPublishTimeout = 10 * time.Second
@@ -57,6 +72,14 @@ type Options struct {
 	PublishTimeout time.Duration
 	// Now is the clock. Nil means time.Now.
 	Now func() time.Time
+	// OnStaleCursor is what Poll does when the Events API refuses the stored
+	// cursor (see ErrCursorStale): OnStaleCursorReconcile (the default) runs
+	// Reconcile, then polls from the time it started; OnStaleCursorFail
+	// keeps failing. Either way CursorStale says so until polling works.
+	OnStaleCursor string
+	// Reconcile runs a full reconciliation; without it OnStaleCursorReconcile
+	// behaves as OnStaleCursorFail.
+	Reconcile func(ctx context.Context) error
 	// Applied, if set, reports whether the store already applied the event
 	// with this id; such an event is not published again (the store would
 	// count it a duplicate anyway), which keeps the stream from holding a
@@ -76,6 +99,9 @@ type PollerStats struct {
 	AlreadyApplied uint64 `json:"already_applied"`
 	Invalid        uint64 `json:"invalid"` // skipped: not decodable as a dsync event
 	Ignored        uint64 `json:"ignored"` // skipped: a type dsyncd does not apply
+	// StaleResets counts refused cursors replaced by a reconciliation and
+	// polling from then.
+	StaleResets uint64 `json:"stale_resets"`
 }
 
 // Poller reads the WorkOS Events API and publishes every dsync event onto
@@ -96,6 +122,10 @@ type Poller struct {
 	types  []string
 
 	polls, failures, pages, published, duplicates, applied, invalid, ignored atomic.Uint64
+	staleResets                                                              atomic.Uint64
+
+	staleMu sync.Mutex
+	stale   string // why the cursor is refused; "" while it is not
 }
 
 // New returns a Poller. It does no I/O.
@@ -115,6 +145,9 @@ func New(opts Options, pub Publisher, cursor CursorStore, log *zap.Logger) *Poll
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.OnStaleCursor == "" {
+		opts.OnStaleCursor = OnStaleCursorReconcile
+	}
 	var types []string
 	for _, t := range events.HandledTypes() {
 		types = append(types, string(t))
@@ -127,7 +160,21 @@ func New(opts Options, pub Publisher, cursor CursorStore, log *zap.Logger) *Poll
 func (p *Poller) Stats() PollerStats {
 	return PollerStats{Polls: p.polls.Load(), Failures: p.failures.Load(), Pages: p.pages.Load(),
 		Published: p.published.Load(), Duplicates: p.duplicates.Load(), AlreadyApplied: p.applied.Load(),
-		Invalid: p.invalid.Load(), Ignored: p.ignored.Load()}
+		Invalid: p.invalid.Load(), Ignored: p.ignored.Load(), StaleResets: p.staleResets.Load()}
+}
+
+// CursorStale returns why the Events API refuses the poller's cursor, or ""
+// while it does not (see ErrCursorStale).
+func (p *Poller) CursorStale() string {
+	p.staleMu.Lock()
+	defer p.staleMu.Unlock()
+	return p.stale
+}
+
+func (p *Poller) setStale(why string) {
+	p.staleMu.Lock()
+	defer p.staleMu.Unlock()
+	p.stale = why
 }
 
 // Run polls at once, then every Interval after the previous poll ended,
@@ -154,10 +201,68 @@ func (p *Poller) Run(ctx context.Context) error {
 func (p *Poller) Poll(ctx context.Context) error {
 	p.polls.Add(1)
 	err := p.poll(ctx)
+	if errors.Is(err, ErrCursorStale) && ctx.Err() == nil {
+		err = p.onStale(ctx, err)
+	}
+	if err == nil {
+		p.setStale("")
+	}
 	if err != nil && ctx.Err() == nil {
 		p.failures.Add(1)
 	}
 	return err
+}
+
+// onStale handles a refused cursor (err): with OnStaleCursorReconcile, a
+// full reconciliation brings the store up to date, then the cursor is
+// dropped and polling starts again from the time the reconciliation
+// started (what changed meanwhile comes by webhook or by the next poll).
+func (p *Poller) onStale(ctx context.Context, err error) error {
+	if p.opts.OnStaleCursor != OnStaleCursorReconcile || p.opts.Reconcile == nil {
+		p.setStale(err.Error() + "; events.on_stale_cursor is fail: stop dsyncd and run dsyncd reconcile --reset-events-cursor")
+		return err
+	}
+	p.setStale(err.Error() + "; reconciling every directory, then polling from now")
+	p.log.Warn("the Events API refused the events cursor: running a full reconciliation, then polling from now", zap.Error(err))
+	start := p.opts.Now()
+	if rerr := p.opts.Reconcile(ctx); rerr != nil {
+		p.setStale(err.Error() + "; the reconciliation failed, tried again at the next poll: " + rerr.Error())
+		return fmt.Errorf("%w; reconciliation failed: %w", err, rerr)
+	}
+	if err := p.ResetCursor(start); err != nil {
+		return err
+	}
+	p.staleResets.Add(1)
+	p.log.Info("reconciled; polling the Events API again from the reconciliation's start", zap.Time("range_start", start))
+	return nil
+}
+
+// ResetCursor drops the stored cursor: the next poll starts at at.
+func (p *Poller) ResetCursor(at time.Time) error {
+	if err := p.cursor.SetCursor(CursorEventsStart, at.UTC().Format(rangeStartLayout)); err != nil {
+		return fmt.Errorf("store events start: %w", err)
+	}
+	if err := p.cursor.SetCursor(CursorEvents, ""); err != nil {
+		return fmt.Errorf("store events cursor: %w", err)
+	}
+	return nil
+}
+
+// rangeStartLayout is how range_start is sent.
+const rangeStartLayout = "2006-01-02T15:04:05.000Z07:00"
+
+// cursorRefused reports whether err, the answer to a list of events after a
+// cursor, may be a refusal of the cursor; staleCursor confirms it.
+func cursorRefused(err error) bool {
+	var ae *APIError
+	if !errors.As(err, &ae) {
+		return false
+	}
+	switch ae.Status {
+	case http.StatusBadRequest, http.StatusNotFound, http.StatusGone, http.StatusUnprocessableEntity:
+		return true
+	}
+	return false
 }
 
 func (p *Poller) poll(ctx context.Context) error {
@@ -174,6 +279,13 @@ func (p *Poller) poll(ctx context.Context) error {
 	for ctx.Err() == nil {
 		page, err := p.client.ListEvents(ctx, p.types, after, start)
 		if err != nil {
+			if after != "" && cursorRefused(err) {
+				// The same list from now, without the cursor: if that
+				// works, the cursor was what the API refused.
+				if _, cerr := p.client.ListEvents(ctx, p.types, "", p.opts.Now().UTC().Format(rangeStartLayout)); cerr == nil {
+					return fmt.Errorf("%w: cursor %s: %w", ErrCursorStale, after, err)
+				}
+			}
 			return fmt.Errorf("list events: %w", err)
 		}
 		p.pages.Add(1)
@@ -226,7 +338,7 @@ func (p *Poller) rangeStart() (string, error) {
 	} else if at.After(now) {
 		p.log.Warn("events.start is in the future: events until then are not polled", zap.Time("events_start", at))
 	}
-	s = at.UTC().Format("2006-01-02T15:04:05.000Z07:00")
+	s = at.UTC().Format(rangeStartLayout)
 	if err := p.cursor.SetCursor(CursorEventsStart, s); err != nil {
 		return "", fmt.Errorf("store events start: %w", err)
 	}

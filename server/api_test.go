@@ -113,6 +113,27 @@ func TestReadyzSaysWhy(t *testing.T) {
 	}
 }
 
+// TestReadyzListsWhatIsDegraded: what needs an operator but does not stop
+// the daemon is listed, and the status code stays 200.
+func TestReadyzListsWhatIsDegraded(t *testing.T) {
+	st, err := storage.Open(storage.Options{Path: filepath.Join(t.TempDir(), "dsyncd.db"),
+		Mapping: mapping.Config{AdminBadge: "admin", DefaultBadges: []string{"member"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	var degraded []string
+	h := server.New(server.Options{Listen: "127.0.0.1:0", Ready: func(context.Context) error { return nil }, Degraded: func() []string { return degraded }},
+		events.NewVerifier([]string{"whsec_api"}, 0), nil, st, zaptest.NewLogger(t)).Handler()
+	if rec := get(h, "/readyz", "127.0.0.1:1", ""); rec.Code != 200 || strings.Contains(rec.Body.String(), "degraded") {
+		t.Errorf("/readyz = %d %s, want 200 without degraded", rec.Code, rec.Body.String())
+	}
+	degraded = []string{"events: the Events API refused the events cursor"}
+	if rec := get(h, "/readyz", "127.0.0.1:1", ""); rec.Code != 200 || !strings.Contains(rec.Body.String(), `"degraded":["events: the Events API refused`) {
+		t.Errorf("/readyz = %d %s, want 200 listing the degradation", rec.Code, rec.Body.String())
+	}
+}
+
 // TestAuditStreamsEveryEntryAsOneAnswer: GET /v1/audit without a limit reads
 // the trail a page at a time; the answer must be the whole trail, as one
 // JSON document, whatever the number of pages.

@@ -92,6 +92,10 @@ type Options struct {
 	// Ready reports whether the daemon can do its work (store open,
 	// JetStream reachable, worker consuming); /readyz answers 503 with its error.
 	Ready func(ctx context.Context) error
+	// Degraded, if set, lists what works but needs an operator's attention
+	// (the Events API refusing the poller's cursor): /readyz shows it as
+	// "degraded" next to its status, and its status code stays Ready's.
+	Degraded func() []string
 	// Extra registers more handlers on the same mux (metrics, operations).
 	Extra func(mux *http.ServeMux, authed func(http.HandlerFunc) http.HandlerFunc)
 }
@@ -541,15 +545,22 @@ func putBodyBuffer(b *bytes.Buffer) {
 }
 
 func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
+	body := map[string]any{"status": "ready"}
+	if s.opts.Degraded != nil {
+		if d := s.opts.Degraded(); len(d) > 0 {
+			body["degraded"] = d
+		}
+	}
 	if s.opts.Ready != nil {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
 		if err := s.opts.Ready(ctx); err != nil {
-			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": err.Error()})
+			body["status"], body["reason"] = "not ready", err.Error()
+			writeJSON(w, http.StatusServiceUnavailable, body)
 			return
 		}
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	writeJSON(w, http.StatusOK, body)
 }
 
 // authed guards a /v1 handler, in this order: the Host header must name

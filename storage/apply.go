@@ -49,11 +49,17 @@ const pruneBatch = 512
 // organisation paused from that event on: the event and the organisation's
 // later events are deferred, the others applied.
 func (s *Store) Apply(evs []*events.Event) ([]Outcome, error) {
+	return s.ApplyAt(evs, 0)
+}
+
+// ApplyAt is Apply that also records, in the same transaction, seq as the
+// last stream sequence applied (see AppliedSeq); 0 records nothing.
+func (s *Store) ApplyAt(evs []*events.Event, seq uint64) ([]Outcome, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	trips := map[int]*errTrip{} // event index -> the trip that paused its organisation there
 	for {
-		out, err := s.applyBatch(evs, trips)
+		out, err := s.applyBatch(evs, trips, seq)
 		var trip *errTrip
 		if errors.As(err, &trip) {
 			trips[trip.index] = trip
@@ -69,7 +75,7 @@ func (s *Store) Apply(evs []*events.Event) ([]Outcome, error) {
 	}
 }
 
-func (s *Store) applyBatch(evs []*events.Event, trips map[int]*errTrip) ([]Outcome, error) {
+func (s *Store) applyBatch(evs []*events.Event, trips map[int]*errTrip, seq uint64) ([]Outcome, error) {
 	out := make([]Outcome, len(evs))
 	var created []Hold
 	err := s.db.Update(func(tx *bolt.Tx) error {
@@ -82,6 +88,9 @@ func (s *Store) applyBatch(evs []*events.Event, trips map[int]*errTrip) ([]Outco
 			return err
 		}
 		created = t.newHolds
+		if err := recordAppliedSeq(tx, seq); err != nil {
+			return err
+		}
 		return s.prune(t, now)
 	})
 	if err == nil {

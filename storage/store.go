@@ -127,8 +127,10 @@ var (
 		bktOpenHolds, bktOrgAdmins, bktDeprov, bktPaused, bktOrgUsers, bktDrops, bktOrgHolders}
 )
 
-// Open opens (creating if needed) the store at opts.Path.
-func Open(opts Options) (*Store, error) {
+// Open opens (creating if needed) the store at opts.Path. A file that is not
+// a usable store (truncated, overwritten, both meta pages invalid) is an
+// error wrapping ErrDamaged, never a panic.
+func Open(opts Options) (st *Store, err error) {
 	if opts.Path == "" {
 		return nil, errors.New("storage: no path")
 	}
@@ -147,10 +149,24 @@ func Open(opts Options) (*Store, error) {
 	if err := os.MkdirAll(filepath.Dir(opts.Path), 0o700); err != nil {
 		return nil, fmt.Errorf("storage: create directory: %w", err)
 	}
-	db, err := bolt.Open(opts.Path, 0o600, &bolt.Options{Timeout: opts.OpenTimeout, NoSync: opts.NoSync, FreelistType: bolt.FreelistMapType})
+	// bbolt panics on some damaged files (a page that is not what it
+	// claims): at this edge, that is an error like any other.
+	var db *bolt.DB
+	defer func() {
+		if r := recover(); r != nil {
+			if db != nil {
+				_ = db.Close()
+			}
+			st, err = nil, fmt.Errorf("storage: open %s: %w: %v", opts.Path, ErrDamaged, r)
+		}
+	}()
+	db, err = bolt.Open(opts.Path, 0o600, &bolt.Options{Timeout: opts.OpenTimeout, NoSync: opts.NoSync, FreelistType: bolt.FreelistMapType})
 	if err != nil {
 		if errors.Is(err, bolt.ErrTimeout) {
 			return nil, fmt.Errorf("storage: open %s: %w (is another dsyncd running?)", opts.Path, ErrInUse)
+		}
+		if damaged(err) {
+			return nil, fmt.Errorf("storage: open %s: %w: %w", opts.Path, ErrDamaged, err)
 		}
 		return nil, fmt.Errorf("storage: open %s: %w", opts.Path, err)
 	}
@@ -194,10 +210,16 @@ func (s *Store) Mapping() mapping.Config {
 	return s.opts.Mapping
 }
 
-// Check runs bbolt's consistency check and returns every problem found.
-func (s *Store) Check() error {
+// Check runs bbolt's consistency check and returns every problem found,
+// wrapping ErrDamaged; a page so damaged that bbolt panics is such an error.
+func (s *Store) Check() (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: %v", ErrDamaged, r)
+		}
+	}()
 	defaults := s.Mapping().DefaultBadges
-	return s.db.View(func(tx *bolt.Tx) error {
+	err = s.db.View(func(tx *bolt.Tx) error {
 		var errs []error
 		for err := range tx.Check() {
 			errs = append(errs, err)
@@ -207,6 +229,10 @@ func (s *Store) Check() error {
 		}
 		return errors.Join(errs...)
 	})
+	if err != nil && !errors.Is(err, bolt.ErrDatabaseNotOpen) {
+		return fmt.Errorf("%w: %w", ErrDamaged, err)
+	}
+	return err
 }
 
 // Backup writes a consistent copy of the store to path (mode 0600) while the

@@ -355,7 +355,7 @@ func (w *Worker) process(msgs []jetstream.Msg) bool {
 		w.report(rep, start)
 		return true
 	}
-	outs, err := w.st.Apply(evs)
+	outs, err := w.st.ApplyAt(evs, lastSeq(valid))
 	if err == nil {
 		for i, m := range valid {
 			rep.Counts.Add(outs[i])
@@ -395,7 +395,7 @@ func (w *Worker) process(msgs []jetstream.Msg) bool {
 		if w.holdBack(dir, m) {
 			continue
 		}
-		outs, err := w.st.Apply(evs[i : i+1])
+		outs, err := w.st.ApplyAt(evs[i:i+1], lastSeq(valid[i:i+1]))
 		if err == nil && outs[0] == storage.Future {
 			rep.Counts.Add(outs[0])
 			w.parkFuture(ctx, m, evs[i], &rep)
@@ -509,6 +509,18 @@ func (w *Worker) unblock(dir string, m jetstream.Msg) {
 	}
 }
 
+// lastSeq is the highest stream sequence of msgs (0 if none is known): the
+// store records it with their effect.
+func lastSeq(msgs []jetstream.Msg) uint64 {
+	var last uint64
+	for _, m := range msgs {
+		if seq, ok := streamSeq(m); ok {
+			last = max(last, seq)
+		}
+	}
+	return last
+}
+
 func streamSeq(m jetstream.Msg) (uint64, bool) {
 	md, err := m.Metadata()
 	if err != nil {
@@ -540,6 +552,13 @@ func (w *Worker) park(ctx context.Context, m jetstream.Msg, reason string, attem
 		return false
 	}
 	w.log.Warn("event parked in dead-letter stream", zap.String("subject", m.Subject()), zap.String("reason", reason))
+	// The store's applied sequence covers it, so that the acknowledgement
+	// does not make the store look behind the stream at the next start.
+	if seq, ok := streamSeq(m); ok {
+		if err := w.st.MarkApplied(seq); err != nil {
+			w.log.Warn("could not record the parked event's sequence in the store", zap.Uint64("seq", seq), zap.Error(err))
+		}
+	}
 	w.ack(m)
 	return true
 }

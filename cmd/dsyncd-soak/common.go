@@ -154,7 +154,10 @@ func checkStore(path string) error {
 func streamIDs(ctx context.Context, url, storeDir string) (msgs int, ids map[string]bool, err error) {
 	// The daemon's stream settings (config defaults), so Open changes nothing.
 	def := config.Default().NATS
-	q := queue.New(queue.Options{URL: url, StoreDir: storeDir, MaxBytes: def.MaxBytes, MaxAge: def.MaxAge, DuplicateWindow: def.DuplicateWindow}, zap.NewNop())
+	// MaxStore as the daemon sets it, so that a small file system (phase f)
+	// does not refuse the stream's MaxBytes.
+	q := queue.New(queue.Options{URL: url, StoreDir: storeDir, MaxBytes: def.MaxBytes, MaxAge: def.MaxAge, DuplicateWindow: def.DuplicateWindow,
+		MaxStore: 2 * def.MaxBytes}, zap.NewNop())
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	if err := q.Open(ctx); err != nil {

@@ -311,6 +311,16 @@ func (e *env) hostilePhase(ctx context.Context, _ options) *result {
 	if err != nil {
 		r.fail("the API token serve creates: %v", err)
 	}
+	// What a web page open on this host can send (cross-site forms and
+	// simple requests, DNS rebinding): refused, and the export below shows
+	// that nothing changed.
+	csrf := crossSiteRequests(strings.TrimSpace(string(token)))
+	for _, c := range csrf {
+		if got, err := c.do(ctx, e.ctl, d.URL()); err != nil || got != c.want {
+			r.fail("cross-site %s: %d %v, want %d", c.name, got, err, c.want)
+		}
+	}
+	r.note("%d cross-site requests (form posts, a foreign Host) refused with 401/415/421", len(csrf))
 	if code, body, err := harness.GetWithToken(ctx, e.ctl, d.URL()+"/v1/export", strings.TrimSpace(string(token))); err != nil || code != 200 {
 		r.fail("/v1/export: %d %v", code, err)
 	} else {
@@ -351,4 +361,49 @@ func (e *env) hostilePhase(ctx context.Context, _ options) *result {
 		r.fail("bbolt check: %v", err)
 	}
 	return r
+}
+
+// crossSiteRequest is a request a browser page could make to the API.
+type crossSiteRequest struct {
+	name, method, path, ctype, host, token string
+	want                                   int
+}
+
+func (c crossSiteRequest) do(ctx context.Context, client *http.Client, base string) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, c.method, base+c.path, strings.NewReader("approve=1"))
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Origin", "http://attacker.example")
+	if c.ctype != "" {
+		req.Header.Set("Content-Type", c.ctype)
+	}
+	if c.host != "" {
+		req.Host = c.host
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode, nil
+}
+
+// crossSiteRequests: without the token a page gets 401, with a rebound name
+// 421; even a request that somehow carried the token is refused as a form.
+func crossSiteRequests(token string) []crossSiteRequest {
+	const form = "application/x-www-form-urlencoded"
+	return []crossSiteRequest{
+		{name: "form post resuming an organisation", method: "POST", path: "/v1/organizations/org_hostile/resume", ctype: form, want: 401},
+		{name: "text/plain post replaying dead letters", method: "POST", path: "/v1/dlq/replay", ctype: "text/plain", want: 401},
+		{name: "form post approving a hold, with the token", method: "POST", path: "/v1/holds/1/approve", ctype: form, token: token, want: 415},
+		{name: "export under a rebound name", method: "GET", path: "/v1/export", host: "attacker.example", want: 421},
+		{name: "backup under a rebound name, with the token", method: "GET", path: "/v1/backup", host: "attacker.example:8080", token: token, want: 421},
+	}
 }

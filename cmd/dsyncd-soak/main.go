@@ -26,6 +26,16 @@
 //	   stored and applied; the daemon's peak RSS must stay under 300 MB and
 //	   its open files within http.max_connections + 256. Needs an open-files
 //	   limit of 11,000 (raised when run as root; otherwise skipped).
+//	g. JetStream disk full: the embedded JetStream's data on a 32 MiB tmpfs
+//	   filled to ENOSPC while webhooks arrive, then freed (needs root). While
+//	   full: 503s, /readyz 503 with the reason; once freed, /readyz 200 and
+//	   2xx again within 10 s without a restart, every 2xx applied.
+//	h. descriptors exhausted: dsyncd under ulimit -n 256 with more idle
+//	   connections than that while webhooks arrive; once they close it
+//	   serves again within 10 s, every 2xx applied.
+//	i. damaged store: truncated, meta pages zeroed, random bytes, an older
+//	   copy swapped in: serve exits 1 with one line saying to run dsyncd
+//	   rebuild, never a panic; after the rebuild the export equals the golden.
 //
 // The mapping grants the admin badge through no rule
 // (safeguards.allow_no_admin_rule) and the mass-deprovisioning breaker is off:
@@ -72,7 +82,7 @@ func main() {
 	flag.DurationVar(&o.fuzz, "fuzz", 0, "also run `go test -fuzz=FuzzVerify ./events/` this long and report its executions (0: leave fuzzing to make test)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (it is always kept on failure)")
 	flag.Uint64Var(&o.seed, "seed", 0, "seed of the random kill moments (0: from the clock)")
-	flag.StringVar(&o.phases, "phases", "abcdef", "phases to run")
+	flag.StringVar(&o.phases, "phases", "abcdefghi", "phases to run")
 	flag.Parse()
 	if o.seed == 0 {
 		o.seed = uint64(time.Now().UnixNano())
@@ -131,6 +141,9 @@ func run(ctx context.Context, o options) int {
 		runPhase("e", func() *result { return e.sustainPhase(ctx, o) })
 	}
 	runPhase("f", func() *result { return e.slowConnsPhase(ctx, o) })
+	runPhase("g", func() *result { return e.jsDiskFullPhase(ctx, o) })
+	runPhase("h", func() *result { return e.fdExhaustionPhase(ctx, o) })
+	runPhase("i", func() *result { return e.damagedStorePhase(ctx, o) })
 	fuzzCell, fuzzOK := "not run here: make test runs every fuzz target (make fuzz)", true
 	if o.fuzz > 0 {
 		fuzzCell, fuzzOK = runFuzz(ctx, o.fuzz)

@@ -95,16 +95,19 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 	}
 	opts := storeOptions(d.cfg, "")
 	opts.OnHold = d.onHold
-	d.st, err = storage.Open(opts)
+	hadData, err := d.openStore(opts)
 	if err != nil {
-		return fmt.Errorf("%s: %w", storeKey(d.cfg), err)
-	}
-	if _, err := d.st.ApplyMapping(d.cfg.Mapping, "", false); err != nil {
-		return fmt.Errorf("mapping: %w", err)
+		return err
 	}
 	d.q = queue.New(queueOptions(d.cfg), d.log)
 	if err := d.q.Open(ctx); err != nil {
 		return fmt.Errorf("%s: %w", natsKeys(d.cfg), err)
+	}
+	if err := d.checkStorePosition(ctx, hadData); err != nil {
+		return err
+	}
+	if _, err := d.st.ApplyMapping(d.cfg.Mapping, "", false); err != nil {
+		return fmt.Errorf("mapping: %w", err)
 	}
 	var created bool
 	if d.apiToken, created, err = serveToken(d.cfg); err != nil {
@@ -138,6 +141,7 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 		MaxConnections:    d.cfg.HTTP.MaxConnections,
 		MaxInflightBytes:  d.cfg.Webhook.MaxInflightBytes,
 		Ready:             d.ready,
+		Degraded:          d.degraded,
 		Extra:             d.routes,
 	}, verifier, d.q, d.st, d.log)
 	d.w = worker.New(d.q, d.st, worker.Options{
@@ -220,6 +224,18 @@ func (d *daemon) ready(ctx context.Context) error {
 		return errors.New("worker: not consuming")
 	}
 	return nil
+}
+
+// degraded lists what works but needs attention: the Events API refusing
+// the poller's cursor.
+func (d *daemon) degraded() []string {
+	var out []string
+	if d.bg != nil && d.bg.Poller != nil {
+		if why := d.bg.Poller.CursorStale(); why != "" {
+			out = append(out, "events poller: "+why)
+		}
+	}
+	return out
 }
 
 func (d *daemon) onHold(h storage.Hold) {

@@ -131,6 +131,19 @@ func (m *metrics) register(d *daemon) {
 			}
 			return 0
 		}),
+		gauge("dsyncd_jetstream_writable", "1 while JetStream stores events; 0 while a write error (disk full, no file descriptors) stops it: webhooks get 503 until the embedded server recovers.", func() float64 {
+			if d.q.Fault() != nil {
+				return 0
+			}
+			return 1
+		}),
+		counter("dsyncd_jetstream_restarts_total", "Restarts of the embedded NATS server to clear a JetStream write error.", func() float64 { return float64(d.q.Restarts()) }),
+		gauge("dsyncd_events_cursor_stale", "1 while the WorkOS Events API refuses the poller's cursor (an outage longer than it keeps events; events.on_stale_cursor says what happens), else 0.", func() float64 {
+			if d.bg != nil && d.bg.Poller != nil && d.bg.Poller.CursorStale() != "" {
+				return 1
+			}
+			return 0
+		}),
 		gauge("dsyncd_stream_bytes", "Bytes held by the event stream; at nats.max_bytes new webhooks get 503.", func() float64 {
 			ctx, cancel := scrapeCtx()
 			defer cancel()

@@ -285,6 +285,11 @@ func (a *app) rebuild(ctx context.Context, cfg config.Config, o rebuildOptions) 
 	if err := applyStream(ctx, q, st, parkedSeq, parkedID, dropped, rep); err != nil {
 		return nil, err
 	}
+	// The new store stands for every message of the stream: serve checks
+	// it against the consumer's acknowledged position at start.
+	if err := st.MarkApplied(rep.LastSeq); err != nil {
+		return nil, err
+	}
 	// Carry the drops over (those a --from backup does not have already).
 	have := map[string]bool{}
 	if o.from != "" {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dsyncd/dsyncd/config"
 	"github.com/dsyncd/dsyncd/reconcile"
 	"github.com/dsyncd/dsyncd/reconcile/workostest"
 	"github.com/dsyncd/dsyncd/storage"
@@ -250,5 +252,82 @@ func TestReconcileServeReconcilesPeriodically(t *testing.T) {
 	}
 	if strings.Contains(logs.String(), reconcileTestKey) {
 		t.Fatalf("logs:\n%s", logs.String())
+	}
+}
+
+// TestReconcileServeSurfacesARefusedEventsCursor: after the Events API
+// forgot the event the cursor names, /readyz lists it (staying 200) and
+// dsyncd_events_cursor_stale is 1 with on_stale_cursor fail; with
+// reconcile (the default) serve reconciles every directory and polls on.
+func TestReconcileServeSurfacesARefusedEventsCursor(t *testing.T) {
+	metric := func(d *daemon) string {
+		for _, l := range strings.Split(string(apiGetT(t, d, "/metrics")), "\n") {
+			if strings.HasPrefix(l, "dsyncd_events_cursor_stale ") {
+				return strings.TrimPrefix(l, "dsyncd_events_cursor_stale ")
+			}
+		}
+		t.Fatal("/metrics has no dsyncd_events_cursor_stale")
+		return ""
+	}
+	readyz := func(d *daemon) (int, string) {
+		resp, err := httpClient.Get("http://" + d.Addr() + "/readyz")
+		mustf(t, err, "GET /readyz")
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	waitFor := func(what string, ok func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for !ok() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+			time.Sleep(20 * time.Millisecond) // polling interval, not a wait for work
+		}
+	}
+	for _, mode := range []string{config.OnStaleCursorFail, config.OnStaleCursorReconcile} {
+		t.Run(mode, func(t *testing.T) {
+			fake := newWorkOS(t)
+			bodies := referenceBodies(t)
+			fake.AddEvents(bodies...)
+			cfg := testConfig(t)
+			cfg.WorkOS.APIKey, cfg.WorkOS.Endpoint = reconcileTestKey, fake.URL
+			cfg.Events.PollInterval, cfg.Events.Start, cfg.Events.OnStaleCursor = 50*time.Millisecond, "2021-01-01T00:00:00Z", mode
+			d := startDaemon(t, cfg, nil)
+			p := d.bg.Poller
+			waitFor("the first poll", func() bool { return p.Stats().Published+p.Stats().AlreadyApplied > 0 })
+			if got := metric(d); got != "0" {
+				t.Fatalf("dsyncd_events_cursor_stale = %s before the refusal, want 0", got)
+			}
+			fake.ExpireEvents(len(bodies))
+			if mode == config.OnStaleCursorFail {
+				waitFor("the refusal to show", func() bool { return metric(d) == "1" })
+				code, body := readyz(d)
+				if code != 200 || !strings.Contains(body, `"degraded":["events poller: the Events API refused the events cursor`) {
+					t.Fatalf("/readyz = %d %s; want 200 listing the refused cursor", code, body)
+				}
+				return
+			}
+			waitFor("a reconciliation after the refusal", func() bool { return p.Stats().StaleResets > 0 })
+			if got := metric(d); got != "0" {
+				t.Errorf("dsyncd_events_cursor_stale = %s after the reconciliation, want 0", got)
+			}
+			if code, body := readyz(d); code != 200 || strings.Contains(body, "degraded") {
+				t.Errorf("/readyz = %d %s after the reconciliation; want 200, nothing degraded", code, body)
+			}
+			waitApplied(t, d)
+			var snap storage.Snapshot
+			mustf(t, json.Unmarshal(apiGetT(t, d, "/v1/export"), &snap), "decode export")
+			have := map[string]bool{}
+			for _, u := range snap.Users {
+				have[u.ID] = true
+			}
+			for _, id := range fake.Users(workostest.UsersDirectory) {
+				if !have[id] {
+					t.Errorf("user %s of WorkOS missing after the reconciliation", id)
+				}
+			}
+		})
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"syscall"
 	"time"
 
@@ -62,6 +63,10 @@ are up, WATCHDOG=1 every WatchdogSec/2, and STOPPING=1 on shutdown.`,
 // is ~1.6x larger and 128 MiB makes the collector run often: set GOMEMLIMIT.
 const defaultMemoryLimit = 128 << 20
 
+// statusInterval is the longest time between two STATUS updates to systemd
+// (degraded: ..., serving).
+const statusInterval = 5 * time.Second
+
 func (a *app) serve(ctx context.Context, cmd *cobra.Command, cfg config.Config, log *zap.Logger) error {
 	// A soft memory limit keeps the heap near its live size under load (the
 	// garbage of decoding is large, the live state small: the store is
@@ -82,8 +87,14 @@ func (a *app) serve(ctx context.Context, cmd *cobra.Command, cfg config.Config, 
 	log.Info("dsyncd ready", zap.String("version", v), zap.String("commit", rev), zap.String("http", d.Addr()), zap.String("nats", d.q.ClientURL()),
 		zap.String("store", cfg.StorePath()), zap.Duration("startup", time.Since(start)))
 
+	// The status goes to systemd with each watchdog ping, or every
+	// statusInterval without a watchdog.
 	var watchdog <-chan time.Time
-	if iv := n.WatchdogInterval(); iv > 0 {
+	ping := n.WatchdogInterval() > 0
+	if iv := n.WatchdogInterval(); iv > 0 || n.addr != "" {
+		if !ping || iv > statusInterval {
+			iv = statusInterval
+		}
 		t := time.NewTicker(iv)
 		defer t.Stop()
 		watchdog = t.C
@@ -104,8 +115,13 @@ func (a *app) serve(ctx context.Context, cmd *cobra.Command, cfg config.Config, 
 				status = "STATUS=degraded: " + err.Error()
 			} else if !d.w.Consuming() {
 				status = "STATUS=degraded: the store cannot be written; events wait in JetStream"
+			} else if why := d.degraded(); len(why) > 0 {
+				status = "STATUS=degraded: " + strings.Join(why, "; ")
 			}
-			_, _ = n.Notify("WATCHDOG=1\n" + status)
+			if ping {
+				status = "WATCHDOG=1\n" + status
+			}
+			_, _ = n.Notify(status)
 		case <-hup:
 			next, err := loadConfig(a.configPath, cmd.Flags(), true)
 			if err == nil {

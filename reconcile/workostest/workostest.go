@@ -204,6 +204,14 @@ func (s *Server) AddEvents(raws ...[]byte) {
 	}
 }
 
+// ExpireEvents drops the n oldest events, as the Events API does past its
+// retention: a cursor naming one of them is then refused (400).
+func (s *Server) ExpireEvents(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.events = s.events[min(n, len(s.events)):]
+}
+
 // Fail makes the next len(faults) requests to path (such as "/events" or
 // "/directory_users") fail, one fault each, in order.
 func (s *Server) Fail(path string, faults ...Fault) {
@@ -459,7 +467,11 @@ func (s *Server) listEvents(w http.ResponseWriter, q url.Values) int {
 		items = append(items, e)
 	}
 	if a := q.Get("after"); a != "" && !slices.ContainsFunc(items, func(e json.RawMessage) bool { return idOf(e) == a }) {
-		writeJSON(w, http.StatusBadRequest, map[string]string{"message": "unknown after cursor"})
+		// WorkOS does not document this answer; it is shaped like its
+		// other 400s ({"message", "code"}, as recorded in
+		// events_list_events_with_no_options).
+		writeJSON(w, http.StatusBadRequest, map[string]string{"code": "invalid_pagination_cursor",
+			"message": "The 'after' cursor does not refer to an event the API still has."})
 		return http.StatusBadRequest
 	}
 	limit := limitOf(q)
