@@ -1,10 +1,13 @@
 package storage_test
 
 import (
+	"errors"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/dsyncd/dsyncd/mapping"
 	"github.com/dsyncd/dsyncd/storage"
 )
 
@@ -42,5 +45,18 @@ func TestWhyWritesTheRetentionAsConfigured(t *testing.T) {
 		if got := storage.Explain(u, "admin", nil, nil, d).Explanation; !strings.Contains(got, "(kept for "+want+")") {
 			t.Errorf("retention %v: %q, want (kept for %s)", d, got, want)
 		}
+	}
+}
+
+// TestWhyOfAnUnknownUserIsNotFound: the API answers it 404 and the CLI "no such user".
+func TestWhyOfAnUnknownUserIsNotFound(t *testing.T) {
+	st, err := storage.Open(storage.Options{Path: filepath.Join(t.TempDir(), "s.db"),
+		Mapping: mapping.Config{AdminBadge: "admin", DefaultBadges: []string{"member"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, err := st.Why("u_missing", "admin"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("Why of an unknown user: %v, want ErrNotFound", err)
 	}
 }
