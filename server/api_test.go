@@ -218,11 +218,11 @@ func TestAPIRefusesForeignHostsAndNonJSONChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = st.Close() })
-	changed := 0
-	h := server.New(server.Options{Listen: "10.1.2.3:8080", APIToken: token, AllowedHosts: []string{"dsyncd.internal", "Ops.Example:8443"},
-		Extra: func(mux *http.ServeMux, authed func(http.HandlerFunc) http.HandlerFunc) {
-			mux.HandleFunc("POST /v1/change", authed(func(w http.ResponseWriter, _ *http.Request) { changed++ }))
-		}}, events.NewVerifier([]string{"whsec_api"}, 0), nil, st, zaptest.NewLogger(t)).Handler()
+	h := server.New(server.Options{Listen: "10.1.2.3:8080", APIToken: token, AllowedHosts: []string{"dsyncd.internal", "Ops.Example:8443"}},
+		events.NewVerifier([]string{"whsec_api"}, 0), nil, st, zaptest.NewLogger(t)).Handler()
+	// A change the handler refuses with 409 (the organisation is not
+	// paused): that answer proves the request got past the guards.
+	const change = "/v1/organizations/org_1/resume?dry_run=true"
 	do := func(method, path, host, auth, ct string) int {
 		req := httptest.NewRequest(method, path, strings.NewReader("hold=1"))
 		req.RemoteAddr, req.Host = "127.0.0.1:5000", host
@@ -244,13 +244,13 @@ func TestAPIRefusesForeignHostsAndNonJSONChanges(t *testing.T) {
 	}{
 		{"a rebound name is refused", "GET", "/v1/export", "attacker.example", "", "", 421},
 		{"a rebound name is refused even with the token", "GET", "/v1/export", "attacker.example:8080", bearer, "", 421},
-		{"a rebound name cannot post", "POST", "/v1/change", "attacker.example", "", "application/x-www-form-urlencoded", 421},
-		{"a form post without the token", "POST", "/v1/change", "localhost:8080", "", "application/x-www-form-urlencoded", 401},
-		{"a text post without the token", "POST", "/v1/change", "127.0.0.1:8080", "", "text/plain", 401},
-		{"a form post with the token", "POST", "/v1/change", "localhost:8080", bearer, "application/x-www-form-urlencoded", 415},
-		{"a multipart post with the token", "POST", "/v1/change", "localhost:8080", bearer, "multipart/form-data; boundary=x", 415},
-		{"a post without a content type", "POST", "/v1/change", "localhost:8080", bearer, "", 415},
-		{"a JSON post with the token", "POST", "/v1/change", "localhost:8080", bearer, "application/json", 200},
+		{"a rebound name cannot post", "POST", change, "attacker.example", "", "application/x-www-form-urlencoded", 421},
+		{"a form post without the token", "POST", change, "localhost:8080", "", "application/x-www-form-urlencoded", 401},
+		{"a text post without the token", "POST", change, "127.0.0.1:8080", "", "text/plain", 401},
+		{"a form post with the token", "POST", change, "localhost:8080", bearer, "application/x-www-form-urlencoded", 415},
+		{"a multipart post with the token", "POST", change, "localhost:8080", bearer, "multipart/form-data; boundary=x", 415},
+		{"a post without a content type", "POST", change, "localhost:8080", bearer, "", 415},
+		{"a JSON post with the token reaches the handler", "POST", change, "localhost:8080", bearer, "application/json", 409},
 		{"localhost", "GET", "/v1/export", "localhost", bearer, "", 200},
 		{"loopback v4", "GET", "/v1/export", "127.0.0.1:8080", bearer, "", 200},
 		{"loopback v6", "GET", "/v1/export", "[::1]:8080", bearer, "", 200},
@@ -263,12 +263,8 @@ func TestAPIRefusesForeignHostsAndNonJSONChanges(t *testing.T) {
 		{"readiness answers any Host", "GET", "/readyz", "attacker.example", "", "", 200},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			before := changed
 			if got := do(tc.method, tc.path, tc.host, tc.auth, tc.ct); got != tc.want {
 				t.Errorf("%s %s, Host %q, Authorization %q, Content-Type %q: %d, want %d", tc.method, tc.path, tc.host, tc.auth, tc.ct, got, tc.want)
-			}
-			if ran := changed > before; ran != (tc.want == 200 && tc.method == "POST") {
-				t.Errorf("handler ran: %v", ran)
 			}
 		})
 	}

@@ -96,8 +96,12 @@ type Options struct {
 	// (the Events API refusing the poller's cursor): /readyz shows it as
 	// "degraded" next to its status, and its status code stays Ready's.
 	Degraded func() []string
-	// Extra registers more handlers on the same mux (metrics, operations).
-	Extra func(mux *http.ServeMux, authed func(http.HandlerFunc) http.HandlerFunc)
+	// Metrics, when set, is served at GET /metrics, without the token
+	// (what Prometheus scrapes).
+	Metrics http.Handler
+	// DeadLetters, when set, backs /v1/dlq (operator.go); without it those
+	// routes do not exist.
+	DeadLetters DeadLetters
 }
 
 // Stats counts what the receiver did. Refused is keyed by reason.
@@ -204,8 +208,9 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/users/{id}", s.authed(s.handleUser))
 	mux.HandleFunc("GET /v1/directories/{id}/users", s.authed(s.handleDirectoryUsers))
 	mux.HandleFunc("GET /v1/audit", s.authed(s.handleAudit))
-	if s.opts.Extra != nil {
-		s.opts.Extra(mux, s.authed)
+	s.operatorRoutes(mux)
+	if s.opts.Metrics != nil {
+		mux.Handle("GET /metrics", s.opts.Metrics)
 	}
 	return mux
 }
@@ -639,15 +644,15 @@ func (s *Server) hostAllowed(r *http.Request) bool {
 	return false
 }
 
-func (s *Server) handleExport(w http.ResponseWriter, _ *http.Request) {
+func (s *Server) handleExport(w http.ResponseWriter, r *http.Request) {
 	snap, err := s.st.Export()
 	if err != nil {
-		s.internal(w, err)
+		s.fail(w, r, err)
 		return
 	}
 	b, err := storage.MarshalSnapshot(snap)
 	if err != nil {
-		s.internal(w, err)
+		s.fail(w, r, err)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
@@ -657,11 +662,10 @@ func (s *Server) handleExport(w http.ResponseWriter, _ *http.Request) {
 func (s *Server) handleUser(w http.ResponseWriter, r *http.Request) {
 	u, err := s.st.User(r.PathValue("id"))
 	if errors.Is(err, storage.ErrNotFound) {
-		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no such user"})
-		return
+		err = &publicError{http.StatusNotFound, "no such user"}
 	}
 	if err != nil {
-		s.internal(w, err)
+		s.fail(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, u)
@@ -670,7 +674,7 @@ func (s *Server) handleUser(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handleDirectoryUsers(w http.ResponseWriter, r *http.Request) {
 	users, err := s.st.UsersWithBadge(r.PathValue("id"), r.URL.Query().Get("badge"))
 	if err != nil {
-		s.internal(w, err)
+		s.fail(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"users": users})
@@ -682,7 +686,7 @@ func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 	if v := q.Get("since"); v != "" {
 		t, err := time.Parse(time.RFC3339, v)
 		if err != nil {
-			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "since: want an RFC 3339 time"})
+			s.fail(w, r, badRequest("since: want an RFC 3339 time"))
 			return
 		}
 		f.Since = t
@@ -690,7 +694,7 @@ func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 0 {
-			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "limit: want a number >= 0 (0: every entry)"})
+			s.fail(w, r, badRequest("limit: want a number >= 0 (0: every entry)"))
 			return
 		}
 		f.Limit = n
@@ -698,7 +702,7 @@ func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 	if v := q.Get("after"); v != "" {
 		n, err := strconv.ParseUint(v, 10, 64)
 		if err != nil {
-			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "after: want an entry's seq"})
+			s.fail(w, r, badRequest("after: want an entry's seq"))
 			return
 		}
 		f.After = n
@@ -706,13 +710,13 @@ func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 	if f.Limit > 0 {
 		entries, err := s.st.Audit(f)
 		if err != nil {
-			s.internal(w, err)
+			s.fail(w, r, err)
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"entries": entries})
 		return
 	}
-	s.streamAudit(w, f)
+	s.streamAudit(w, r, f)
 }
 
 // auditPage is how many entries streamAudit reads in one store transaction.
@@ -721,11 +725,11 @@ const auditPage = 1000
 // streamAudit writes every entry matching f (as writeJSON would write them
 // all), a page at a time: the answer's size is not held in memory, and no
 // read transaction stays open while a slow client reads.
-func (s *Server) streamAudit(w http.ResponseWriter, f storage.AuditFilter) {
+func (s *Server) streamAudit(w http.ResponseWriter, r *http.Request, f storage.AuditFilter) {
 	f.Limit, f.Oldest = auditPage, true
 	page, err := s.st.Audit(f)
 	if err != nil {
-		s.internal(w, err)
+		s.fail(w, r, err)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
@@ -756,11 +760,6 @@ func (s *Server) streamAudit(w http.ResponseWriter, f storage.AuditFilter) {
 	}
 	_, _ = bw.WriteString("]}\n")
 	_ = bw.Flush()
-}
-
-func (s *Server) internal(w http.ResponseWriter, err error) {
-	s.log.Error("request failed", zap.Error(err))
-	writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "internal error"})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

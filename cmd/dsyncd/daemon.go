@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -142,7 +141,8 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 		MaxInflightBytes:  d.cfg.Webhook.MaxInflightBytes,
 		Ready:             d.ready,
 		Degraded:          d.degraded,
-		Extra:             d.routes,
+		Metrics:           d.metrics.handler(),
+		DeadLetters:       dlqStore{q: d.q, st: d.st},
 	}, verifier, d.q, d.st, d.log)
 	d.w = worker.New(d.q, d.st, worker.Options{
 		Durable:      workerDurable,
@@ -286,10 +286,4 @@ func (d *daemon) Close() error {
 		d.closeErr = errors.Join(errs...)
 	})
 	return d.closeErr
-}
-
-// routes adds the operator endpoints to the server's mux.
-func (d *daemon) routes(mux *http.ServeMux, authed func(http.HandlerFunc) http.HandlerFunc) {
-	mux.Handle("GET /metrics", d.metrics.handler())
-	d.operatorRoutes(mux, authed)
 }

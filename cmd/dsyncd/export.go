@@ -40,10 +40,7 @@ reads the store file (store.path). --offline reads the file without trying the A
 			})
 		},
 	}
-	f.format = "json" // the snapshot is JSON
-	cmd.Flags().StringVar(&a.dbPath, "db", "", "store file to read (default: the running daemon, else store.path)")
-	cmd.Flags().StringVar(&f.server, "server", "", "base URL of a running dsyncd serve (default: http://<http.listen>, falling back to the store file)")
-	cmd.Flags().BoolVar(&f.offline, "offline", false, "do not use the API: read the store file; serve must be stopped")
+	a.addTargetFlagSet(cmd.Flags(), &f) // no --format: the snapshot is JSON
 	return cmd
 }
 

@@ -137,6 +137,12 @@ func waitApplied(t testing.TB, d *daemon) {
 	}
 }
 
+// apiGet fetches path from a running dsyncd's API with token, through the
+// CLI's client.
+func apiGet(ctx context.Context, server, path, token string) ([]byte, error) {
+	return (&apiClient{base: strings.TrimRight(server, "/"), token: token}).read(ctx, path)
+}
+
 func apiGetT(t testing.TB, d *daemon, path string) []byte {
 	t.Helper()
 	b, err := apiGet(context.Background(), "http://"+d.Addr(), path, d.apiToken)

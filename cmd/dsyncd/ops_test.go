@@ -549,40 +549,6 @@ mapping:
 	}
 }
 
-func TestWhyWithoutAuditEntriesSaysWhatTheTrailCanProve(t *testing.T) {
-	u := &storage.UserView{ExportUser: storage.ExportUser{ID: "u1", State: "active"}}
-	for _, tc := range []struct {
-		name      string
-		retention time.Duration
-		want      string
-	}{
-		{"a trail kept forever proves the badge was never granted", 0,
-			"u1 does not have admin: never granted: no rule of the mapping grants it to this user"},
-		{"a pruned trail only proves no recent change", 720 * time.Hour,
-			"u1 does not have admin: no rule of the mapping grants it to this user, and the audit trail (kept for 720h) records no change of it"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := explain(u, "admin", nil, nil, tc.retention).Explanation; got != tc.want {
-				t.Fatalf("why = %q, want %q", got, tc.want)
-			}
-		})
-	}
-}
-
-func TestShortDurationReadsAsConfigured(t *testing.T) {
-	for d, want := range map[time.Duration]string{
-		720 * time.Hour:                      "720h",
-		90 * time.Minute:                     "1h30m",
-		30 * time.Second:                     "30s",
-		time.Hour + 30*time.Second:           "1h0m30s",
-		5*time.Minute + 500*time.Millisecond: "5m0.5s",
-	} {
-		if got := shortDuration(d); got != want {
-			t.Errorf("shortDuration(%v) = %q, want %q", d, got, want)
-		}
-	}
-}
-
 // TestDLQShowsUndecodableStoredData: a message whose compressed data is
 // corrupt is parked as stored, and dlq show says which encoding it was in.
 func TestDLQShowsUndecodableStoredData(t *testing.T) {

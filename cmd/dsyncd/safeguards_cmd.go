@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
-	"net/url"
 	"slices"
 	"strings"
 
@@ -17,7 +15,8 @@ import (
 )
 
 func (a *app) planCommand() *cobra.Command {
-	var org, onUnmap, format, server string
+	var org, onUnmap string
+	var f opsFlags
 	cmd := &cobra.Command{
 		Use:   "plan --config NEW.yaml [--on-unmap keep|remove] | plan --org ORG",
 		Short: "Preview a mapping change, or what resuming a paused organisation would do",
@@ -31,7 +30,9 @@ before it was removed; without one, plan lists the rules and how many users they
 and exits 1.
 
 With --org ORG it previews "dsyncd resume ORG": the events deferred while the
-mass-deprovisioning breaker paused ORG.
+mass-deprovisioning breaker paused ORG. It asks the running daemon, or reads the
+store of a stopped one, as the operator commands do (WHERE IT READS below); a
+mapping change is always previewed on the store (serve stopped, or --db FILE).` + targetHelp + `
 
 Exit status: 0, 1 on error, 2 on a usage error, 3 if the change would leave an organisation without an admin
 (the safeguard would hold those revocations).`,
@@ -46,17 +47,10 @@ Exit status: 0, 1 on error, 2 on a usage error, 3 if the change would leave an o
 			}
 			var plan *storage.Plan
 			if org != "" {
-				if server != "" {
-					plan, err = apiPlan(cmd, server, "/v1/organizations/"+url.PathEscape(org)+"/resume?dry_run=true", cfg)
-				} else {
-					err = a.withStore(cfg, func(st *storage.Store) error {
-						if err := adoptMapping(st, cfg, true); err != nil {
-							return err
-						}
-						plan, err = st.Resume(org, true)
-						return err
-					})
-				}
+				err = a.withBackend(cmd.Context(), cfg, &f, func(b backend) error {
+					plan, err = b.resume(cmd.Context(), org, true)
+					return err
+				})
 			} else {
 				if err := checkAdminRule(cfg); err != nil {
 					return err
@@ -67,7 +61,7 @@ Exit status: 0, 1 on error, 2 on a usage error, 3 if the change would leave an o
 				})
 			}
 			if plan != nil {
-				if perr := printPlan(a.stdout, plan, format); perr != nil {
+				if perr := printPlan(a.stdout, plan, f.format); perr != nil {
 					return perr
 				}
 			}
@@ -82,9 +76,7 @@ Exit status: 0, 1 on error, 2 on a usage error, 3 if the change would leave an o
 	}
 	cmd.Flags().StringVar(&org, "org", "", "preview resuming this paused organisation")
 	cmd.Flags().StringVar(&onUnmap, "on-unmap", "", "keep|remove: what happens to the badges of removed group rules")
-	formatFlag(cmd.Flags(), &format)
-	cmd.Flags().StringVar(&a.dbPath, "db", "", "store file (default: store.path from the configuration)")
-	cmd.Flags().StringVar(&server, "server", "", "with --org: ask a running dsyncd at this URL")
+	a.addTargetFlags(cmd, &f, false)
 	return cmd
 }
 
@@ -124,21 +116,23 @@ and keeps the old one if the new configuration is invalid.`,
 	}
 	cmd.Flags().StringVar(&onUnmap, "on-unmap", "", "keep|remove: what happens to the badges of removed group rules")
 	formatFlag(cmd.Flags(), &format)
-	cmd.Flags().StringVar(&a.dbPath, "db", "", "store file (default: store.path from the configuration)")
+	dbFlag(cmd.Flags(), &a.dbPath)
 	return cmd
 }
 
 func (a *app) resumeCommand() *cobra.Command {
-	var server, format string
+	var f opsFlags
 	cmd := &cobra.Command{
-		Use:   "resume ORG",
+		Use:   "resume ORG [--config FILE] [--server URL | --offline] [--format text|json]",
 		Short: "Resume an organisation paused by the mass-deprovisioning breaker",
 		Long: `resume applies, in order, the events deferred while the mass-deprovisioning breaker paused
 ORG — through the other safeguards — closes its hold and lets its sync carry on. Preview it
 first with "dsyncd plan --org ORG". To drop the deferred events instead, reject the hold
 (POST /v1/holds/{id}/reject).
 
-With --server it asks a running dsyncd; otherwise it works on the stopped store.`,
+It asks the running daemon, whose mapping is in force; on a stopped one it first makes
+the configuration's mapping the one in force (refusing one serve would refuse), then
+applies the deferred events with it.` + targetHelp + exitStatusHelp,
 		Example: `  dsyncd plan --org org_01XYZ
   dsyncd resume org_01XYZ --server http://127.0.0.1:8080`,
 		Args: cobra.ExactArgs(1),
@@ -147,27 +141,16 @@ With --server it asks a running dsyncd; otherwise it works on the stopped store.
 			if err != nil {
 				return err
 			}
-			var plan *storage.Plan
-			if server != "" {
-				plan, err = apiPlan(cmd, server, "/v1/organizations/"+url.PathEscape(args[0])+"/resume", cfg)
-			} else {
-				err = a.withStore(cfg, func(st *storage.Store) error {
-					if err := adoptMapping(st, cfg, false); err != nil {
-						return err
-					}
-					plan, err = st.Resume(args[0], false)
+			return a.withBackend(cmd.Context(), cfg, &f, func(b backend) error {
+				plan, err := b.resume(cmd.Context(), args[0], false)
+				if err != nil {
 					return err
-				})
-			}
-			if err != nil {
-				return err
-			}
-			return printPlan(a.stdout, plan, format)
+				}
+				return printPlan(a.stdout, plan, f.format)
+			})
 		},
 	}
-	cmd.Flags().StringVar(&server, "server", "", "base URL of a running dsyncd")
-	formatFlag(cmd.Flags(), &format)
-	cmd.Flags().StringVar(&a.dbPath, "db", "", "store file (default: store.path from the configuration)")
+	a.addTargetFlags(cmd, &f, false)
 	return cmd
 }
 
@@ -184,32 +167,6 @@ func adoptMapping(st *storage.Store, cfg config.Config, dryRun bool) error {
 		return fmt.Errorf("the configuration's mapping: %w (preview it with dsyncd plan --config, apply it with dsyncd apply --config)", err)
 	}
 	return nil
-}
-
-// withStore opens the configured store (or --db) for fn.
-func (a *app) withStore(cfg config.Config, fn func(st *storage.Store) error) error {
-	st, err := storage.Open(storeOptions(cfg, a.dbPath))
-	if errors.Is(err, storage.ErrInUse) {
-		return fmt.Errorf("%w: a running dsyncd serve holds it; use --server, or stop it first", err)
-	}
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	return fn(st)
-}
-
-func apiPlan(cmd *cobra.Command, server, path string, cfg config.Config) (*storage.Plan, error) {
-	token, note := cliToken(cfg)
-	b, err := apiDo(cmd.Context(), http.MethodPost, server, path, token, note)
-	if err != nil {
-		return nil, err
-	}
-	var p storage.Plan
-	if err := json.Unmarshal(b, &p); err != nil {
-		return nil, fmt.Errorf("decode plan: %w", err)
-	}
-	return &p, nil
 }
 
 // printPlan renders a plan for people (text) or machines (json).

@@ -1,10 +1,14 @@
 package main
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"go.uber.org/zap/zaptest"
 )
 
 func scenario(name string) (cfg, events string) {
@@ -110,5 +114,44 @@ func TestReloadKeepsTheOldMappingWhenTheNewOneIsInvalid(t *testing.T) {
 	mustf(t, d.Reload(good), "reload")
 	if got := d.st.Mapping().DefaultBadges; strings.Join(got, ",") != "member,viewer" {
 		t.Fatalf("mapping after reload: %v", got)
+	}
+}
+
+// TestPlanAndResumeGoThroughTheRunningDaemon: with serve running, plan --org
+// and resume reach it through /v1 at http.listen, as holds, why and dlq do,
+// where they used to need --server.
+func TestPlanAndResumeGoThroughTheRunningDaemon(t *testing.T) {
+	scenCfg, evPath := scenario("mass-deprovision")
+	dir := t.TempDir()
+	dataDir := filepath.Join(dir, "data")
+	conf := func(listen string) string {
+		return "data_dir: " + dataDir + "\nlog:\n  level: warn\nhttp:\n  listen: " + listen + "\nwebhook:\n  secrets: [" + testSecret +
+			"]\napi:\n  token: " + opsToken + "\nstore:\n  open_timeout: 200ms\n" + readString(t, scenCfg)
+	}
+	serveCfg := writeFile(t, dir, "serve.yaml", conf("127.0.0.1:0"))
+	if code, out, errOut := runCLI(t, "replay", "--config", serveCfg, evPath); code != 0 || !strings.Contains(out, "deferred 3") {
+		t.Fatalf("replay: %d %s %s", code, out, errOut)
+	}
+	cfg, err := loadConfig(serveCfg, nil, true)
+	mustf(t, err, "config")
+	d := newDaemon(cfg, zaptest.NewLogger(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	mustf(t, d.Open(ctx), "open daemon")
+	t.Cleanup(func() { _ = d.Close() })
+	cliCfg := writeFile(t, dir, "cli.yaml", conf(d.Addr()))
+
+	org := "org_01HSCENARIO00000000000000001"
+	if out := cli(t, 0, "plan", "--org", org, "--config", cliCfg); !strings.Contains(out, "- member (2): directory_user_05, directory_user_06") {
+		t.Errorf("plan --org through the daemon:\n%s", out)
+	}
+	if out := cli(t, 0, "resume", org, "--config", cliCfg); !strings.Contains(out, "applied 3") {
+		t.Errorf("resume through the daemon:\n%s", out)
+	}
+	if export := snapshotJSON(t, d.st); !strings.Contains(export, `"first_name": "AfterPause"`) || strings.Contains(export, "mass_deprovision") {
+		t.Errorf("after resume the deferred events should be applied and the hold closed:\n%s", export)
+	}
+	if code, _, errOut := runCLI(t, "resume", org, "--config", cliCfg); code != 1 || !strings.Contains(errOut, "not paused") || !strings.Contains(errOut, "409") {
+		t.Errorf("second resume: exit %d, want 1 with the daemon's 409 not paused; stderr: %s", code, errOut)
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"strings"
 	"syscall"
 	"time"
@@ -179,23 +178,17 @@ func (a *app) waitApplied(ctx context.Context, cfg config.Config, server string,
 	if len(todo) == 0 {
 		return nil
 	}
-	token, note := cliToken(cfg)
+	c := newAPIClient(cfg, server)
 	deadline := time.Now().Add(timeout)
 	for done := 0; ; {
 		// Events are applied in about the order they were sent: look again
 		// from the first one not yet applied.
 		for done < len(todo) {
-			b, err := apiDo(ctx, http.MethodGet, server, "/v1/events/"+url.PathEscape(todo[done].id), token, note)
+			processed, err := c.processed(ctx, todo[done].id)
 			if err != nil {
 				return fmt.Errorf("waiting for the events to be applied (--wait=false skips it): %w", err)
 			}
-			var st struct {
-				Processed bool `json:"processed"`
-			}
-			if err := json.Unmarshal(b, &st); err != nil {
-				return fmt.Errorf("waiting for the events to be applied: %w", err)
-			}
-			if !st.Processed {
+			if !processed {
 				break
 			}
 			done++

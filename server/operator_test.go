@@ -1,0 +1,102 @@
+package server_test
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/dsyncd/dsyncd/events"
+	"github.com/dsyncd/dsyncd/mapping"
+	"github.com/dsyncd/dsyncd/server"
+	"github.com/dsyncd/dsyncd/storage"
+)
+
+// TestAnInternalErrorIsLoggedNeverSent: every /v1 route answers a store
+// failure with 500 and a generic message; the error's text (here the
+// store's "store closed") is in the log, once per request, never in the body.
+func TestAnInternalErrorIsLoggedNeverSent(t *testing.T) {
+	const token = "s3cret-api-token"
+	st, err := storage.Open(storage.Options{Path: filepath.Join(t.TempDir(), "dsyncd.db"),
+		Mapping: mapping.Config{AdminBadge: "admin", DefaultBadges: []string{"member"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zap.InfoLevel)
+	h := server.New(server.Options{Listen: "127.0.0.1:0", APIToken: token}, events.NewVerifier([]string{"whsec_api"}, 0),
+		nil, st, zap.New(core)).Handler()
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	secret := storage.ErrClosed.Error()
+	for _, tc := range []struct{ method, path string }{
+		{"GET", "/v1/export"},
+		{"GET", "/v1/users/u1"},
+		{"GET", "/v1/users/u1/why/admin"},
+		{"GET", "/v1/directories/d1/users"},
+		{"GET", "/v1/audit"},
+		{"GET", "/v1/audit?limit=5"},
+		{"GET", "/v1/holds"},
+		{"GET", "/v1/events/e1"},
+		{"GET", "/v1/backup"},
+		{"POST", "/v1/holds/1/approve?dry_run=true"},
+		{"POST", "/v1/organizations/org_1/resume?dry_run=true"},
+	} {
+		t.Run(tc.method+" "+tc.path, func(t *testing.T) {
+			before := logs.FilterMessage("api request failed").FilterFieldKey("error").Len()
+			req := httptest.NewRequest(tc.method, tc.path, nil)
+			req.Host = "localhost"
+			req.Header.Set("Authorization", "Bearer "+token)
+			req.Header.Set("Content-Type", "application/json")
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			body := rec.Body.String()
+			if rec.Code != http.StatusInternalServerError || strings.TrimSpace(body) != `{"error":"internal error"}` {
+				t.Errorf("%d %s, want 500 {\"error\":\"internal error\"}", rec.Code, body)
+			}
+			if strings.Contains(body, secret) {
+				t.Errorf("the body tells the internal error: %s", body)
+			}
+			logged := logs.FilterMessage("api request failed").FilterFieldKey("error").All()
+			if n := len(logged) - before; n != 1 || !strings.Contains(logged[len(logged)-1].ContextMap()["error"].(string), secret) {
+				t.Errorf("want the error logged once with its text, got %d new lines", n)
+			}
+		})
+	}
+}
+
+// TestOperatorErrorsNameWhatWasAsked: the store's sentinel errors are
+// answered with their status and their text; bad ids with 400.
+func TestOperatorErrorsNameWhatWasAsked(t *testing.T) {
+	const token = "s3cret-api-token"
+	h := apiServer(t, token, nil).Handler()
+	for _, tc := range []struct {
+		name, method, path string
+		want               int
+		body               string
+	}{
+		{"an unknown hold is not found", "POST", "/v1/holds/7/approve", 404, "hold 7: not found"},
+		{"a hold id that is no number is a bad request", "POST", "/v1/holds/x/reject", 400, "hold id must be a number"},
+		{"resuming an organisation that is not paused conflicts", "POST", "/v1/organizations/org_1/resume", 409, "organisation is not paused: org_1"},
+		{"an unknown user is not found", "GET", "/v1/users/u9", 404, "no such user"},
+		{"why of an unknown user is not found", "GET", "/v1/users/u9/why/admin", 404, "not found"},
+		{"a bad audit limit is a bad request", "GET", "/v1/audit?limit=-1", 400, "limit: want a number"},
+		{"without a dead-letter stream there is no /v1/dlq", "GET", "/v1/dlq", 404, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req := httptest.NewRequest(tc.method, tc.path, nil)
+			req.Host = "localhost"
+			req.Header.Set("Authorization", "Bearer "+token)
+			req.Header.Set("Content-Type", "application/json")
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			if rec.Code != tc.want || !strings.Contains(rec.Body.String(), tc.body) {
+				t.Errorf("%d %s, want %d with %q", rec.Code, rec.Body.String(), tc.want, tc.body)
+			}
+		})
+	}
+}
