@@ -50,15 +50,9 @@ type DeadLetter struct {
 	Encoding string
 }
 
-// Park copies msg, a message of the main stream, into the DLQ stream with
-// reason (one line, at most 1 KiB kept) and attempts. Park does not
-// acknowledge msg: ack it once Park returned nil, so that a failed Park
-// leaves it to be redelivered. Parking the same message again (say after the
-// ack was lost) within the duplicate window stores nothing new. The dead
-// letter holds the event decoded (see Data), so that an operator can read it;
-// data that cannot be decoded, or that decoded would not fit in a NATS
-// message, is kept as stored, with its HeaderEncoding.
-func (q *Queue) Park(ctx context.Context, msg jetstream.Msg, reason string, attempts int) error {
+// park copies msg, a message of the main stream, into the DLQ stream: see
+// Delivery.Park.
+func (q *Queue) park(ctx context.Context, msg jetstream.Msg, reason string, attempts int) error {
 	st, err := q.state()
 	if err != nil {
 		return err

@@ -29,7 +29,7 @@
 //     [Options.DuplicateWindow].
 //   - the dead-letter stream ([Options.DLQStream], default "DSYNC_DLQ") on
 //     "<DLQStream>.>", a namespace disjoint from the main stream's.
-//     [Queue.Park] copies a message there with headers saying where it came
+//     [Delivery.Park] copies a message there with headers saying where it came
 //     from and why; operators list ([Queue.DeadLetters]), show
 //     ([Queue.DeadLetter]), drop ([Queue.DropDeadLetter]) or replay
 //     ([Queue.ReplayDeadLetter]) them.
@@ -43,13 +43,15 @@
 //
 // Event data is stored as [Options.Encoding] says: as received, or
 // S2-compressed and marked with the [HeaderEncoding] header. Every reader
-// decodes with [Data] ([Queue.Each] and [Queue.Park] do it themselves), so
+// decodes with [Data] ([Queue.Each], [Consumer.Fetch] and [Delivery.Park] do it themselves), so
 // streams mixing both encodings read the same; data [Data] cannot decode is
 // an error wrapping [ErrUndecodable], which retrying cannot cure.
 //
 // The worker reads with a durable pull consumer from [Queue.Consumer]
 // (explicit acks, unlimited deliveries: the worker decides when to park a
-// poison message). [Queue.Pending] reports its lag and [Queue.Ready] whether
+// poison message). It hands out [Delivery] values: the event decoded, its
+// stream position, and Ack, RetryLater and Park, so that no NATS type leaves
+// this package (a test in cmd/dsyncd enforces that only queue imports NATS). [Queue.Pending] reports its lag and [Queue.Ready] whether
 // JetStream answers.
 //
 // # Caveats

@@ -30,11 +30,11 @@ func referenceEvent(t *testing.T) []byte {
 func parkFirst(t *testing.T, q *Queue, n int) DeadLetter {
 	t.Helper()
 	ctx := testCtx(t, 30*time.Second)
-	c, err := q.Consumer(ctx, "worker", 30*time.Second)
+	c, err := q.jsConsumer(ctx, "worker", 30*time.Second)
 	if err != nil {
 		t.Fatalf("Consumer: %v", err)
 	}
-	if err := q.Park(ctx, fetch(t, c, n)[0], "test", 1); err != nil {
+	if err := q.park(ctx, fetch(t, c, n)[0], "test", 1); err != nil {
 		t.Fatalf("Park: %v", err)
 	}
 	dls, err := q.DeadLetters(ctx)
@@ -147,7 +147,7 @@ func TestUndecodableParkedAsStored(t *testing.T) {
 	if _, err := st.js.PublishMsg(ctx, m, jetstream.WithMsgID("evt_bad")); err != nil {
 		t.Fatalf("PublishMsg: %v", err)
 	}
-	c, err := q.Consumer(ctx, "worker", 30*time.Second)
+	c, err := q.jsConsumer(ctx, "worker", 30*time.Second)
 	if err != nil {
 		t.Fatalf("Consumer: %v", err)
 	}
@@ -155,7 +155,7 @@ func TestUndecodableParkedAsStored(t *testing.T) {
 	if _, err := Data(got.Headers(), got.Data()); !errors.Is(err, ErrUndecodable) {
 		t.Fatalf("Data = %v, want ErrUndecodable", err)
 	}
-	if err := q.Park(ctx, got, "undecodable", 1); err != nil {
+	if err := q.park(ctx, got, "undecodable", 1); err != nil {
 		t.Fatalf("Park: %v", err)
 	}
 	ack(t, got)

@@ -50,7 +50,18 @@ var (
 	// ErrNotFound is wrapped by errors about a dead letter or consumer that
 	// does not exist.
 	ErrNotFound = errors.New("queue: not found")
+
+	// ErrTooLarge is wrapped by Publish's error when the event, as stored,
+	// is larger than the server's largest message (max_payload): retrying
+	// cannot help. Its TooLarge method reports true, so that a caller which
+	// does not import queue (the receiver) can tell with errors.As.
+	ErrTooLarge error = tooLargeError{}
 )
+
+type tooLargeError struct{}
+
+func (tooLargeError) Error() string  { return "queue: larger than the queue's largest message" }
+func (tooLargeError) TooLarge() bool { return true }
 
 // Options configures a Queue. Zero values take the defaults documented per
 // field.
@@ -606,6 +617,9 @@ func (q *Queue) Publish(ctx context.Context, directoryID, eventType, msgID strin
 	ack, err := st.js.PublishMsg(ctx, m, opts...)
 	if err != nil {
 		q.health.publishFailed()
+		if errors.Is(err, nats.ErrMaxPayload) {
+			return false, fmt.Errorf("queue: publish: %w: %w", ErrTooLarge, err)
+		}
 		return false, fmt.Errorf("queue: publish: %w", err)
 	}
 	return ack.Duplicate, nil
@@ -646,7 +660,16 @@ func (q *Queue) StreamInfo(ctx context.Context) (*jetstream.StreamInfo, error) {
 // the main stream: explicit acks, redelivery after ackWait (the server's
 // default, 30 s, when zero), at most Options.MaxAckPending unacknowledged
 // messages, and unlimited deliveries: the worker decides when to Park.
-func (q *Queue) Consumer(ctx context.Context, durable string, ackWait time.Duration) (jetstream.Consumer, error) {
+func (q *Queue) Consumer(ctx context.Context, durable string, ackWait time.Duration) (*Consumer, error) {
+	c, err := q.jsConsumer(ctx, durable, ackWait)
+	if err != nil {
+		return nil, err
+	}
+	return &Consumer{q: q, c: c}, nil
+}
+
+// jsConsumer is Consumer's JetStream consumer.
+func (q *Queue) jsConsumer(ctx context.Context, durable string, ackWait time.Duration) (jetstream.Consumer, error) {
 	st, err := q.state()
 	if err != nil {
 		return nil, err

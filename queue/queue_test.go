@@ -124,7 +124,7 @@ func publishConsume(t *testing.T, q *Queue) {
 		t.Fatalf("stream holds %d messages, want 1", n)
 	}
 
-	c, err := q.Consumer(ctx, "worker", 30*time.Second)
+	c, err := q.jsConsumer(ctx, "worker", 30*time.Second)
 	if err != nil {
 		t.Fatalf("Consumer: %v", err)
 	}
@@ -322,7 +322,7 @@ func TestExternal(t *testing.T) {
 	if n := streamMsgs(t, q); n != 2 {
 		t.Fatalf("stream holds %d messages, want 2 (evt_1, evt_up)", n)
 	}
-	c, err := q.Consumer(testCtx(t, 5*time.Second), "worker", 30*time.Second)
+	c, err := q.jsConsumer(testCtx(t, 5*time.Second), "worker", 30*time.Second)
 	if err != nil {
 		t.Fatalf("Consumer: %v", err)
 	}
@@ -375,21 +375,21 @@ func TestDeadLetters(t *testing.T) {
 			t.Fatalf("Publish: %v", err)
 		}
 	}
-	c, err := q.Consumer(ctx, "worker", 30*time.Second)
+	c, err := q.jsConsumer(ctx, "worker", 30*time.Second)
 	if err != nil {
 		t.Fatalf("Consumer: %v", err)
 	}
 	msgs := fetch(t, c, 3)
 
 	before := time.Now().Add(-time.Second)
-	if err := q.Park(ctx, msgs[0], "boom:\nline two", 5); err != nil {
+	if err := q.park(ctx, msgs[0], "boom:\nline two", 5); err != nil {
 		t.Fatalf("Park: %v", err)
 	}
 	// Parking again (as after a lost ack) adds nothing.
-	if err := q.Park(ctx, msgs[0], "boom again", 6); err != nil {
+	if err := q.park(ctx, msgs[0], "boom again", 6); err != nil {
 		t.Fatalf("second Park: %v", err)
 	}
-	if err := q.Park(ctx, msgs[1], "bad", 1); err != nil {
+	if err := q.park(ctx, msgs[1], "bad", 1); err != nil {
 		t.Fatalf("Park: %v", err)
 	}
 	for _, m := range msgs {

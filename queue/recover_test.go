@@ -116,7 +116,7 @@ func consumeAll(t *testing.T, q *Queue) map[string]bool {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := q.Consumer(testCtx(t, 5*time.Second), "check", 30*time.Second)
+	c, err := q.jsConsumer(testCtx(t, 5*time.Second), "check", 30*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +146,7 @@ func TestFullDiskRecoversInProcessAndKeepsEveryAcknowledgedEvent(t *testing.T) {
 			t.Fatalf("publish before the fault: %v", err)
 		}
 	}
-	cons, err := q.Consumer(testCtx(t, 5*time.Second), "worker", 30*time.Second)
+	cons, err := q.jsConsumer(testCtx(t, 5*time.Second), "worker", 30*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,7 +167,7 @@ func TestFullDiskRecoversInProcessAndKeepsEveryAcknowledgedEvent(t *testing.T) {
 		t.Errorf("publish during the fault = %v after %s; want ErrCannotStore at once", err, time.Since(start))
 	}
 	// Parking fails too, and must work again afterwards.
-	if err := q.Park(testCtx(t, 2*time.Second), first, "test", 1); err == nil {
+	if err := q.park(testCtx(t, 2*time.Second), first, "test", 1); err == nil {
 		t.Log("park on a full disk succeeded (the dead-letter stream had room)")
 	}
 
@@ -188,7 +188,7 @@ func TestFullDiskRecoversInProcessAndKeepsEveryAcknowledgedEvent(t *testing.T) {
 			t.Fatalf("publish after recovery: %v", err)
 		}
 	}
-	if err := q.Park(testCtx(t, 5*time.Second), first, "after recovery", 1); err != nil {
+	if err := q.park(testCtx(t, 5*time.Second), first, "after recovery", 1); err != nil {
 		t.Fatalf("Park after recovery: %v", err)
 	}
 	if n, err := q.DeadLetterCount(testCtx(t, 5*time.Second)); err != nil || n != 1 {

@@ -1,6 +1,7 @@
 package reconcile
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,13 +15,16 @@ import (
 
 	"github.com/dsyncd/dsyncd/events"
 	"github.com/dsyncd/dsyncd/storage"
+	"github.com/dsyncd/dsyncd/worker"
 )
 
 // Store is what the reconciler reads and changes; *storage.Store implements it.
 type Store interface {
 	Export() (*storage.Snapshot, error)
 	User(id string) (*storage.UserView, error)
-	Apply(evs []*events.Event) ([]storage.Outcome, error)
+	// ApplyAt applies events in one transaction (worker.Apply applies the
+	// corrections through it, as it does every event).
+	ApplyAt(evs []*events.Event, seq uint64) ([]storage.Outcome, error)
 	Preview(evs []*events.Event) (*storage.Plan, error)
 }
 
@@ -211,13 +215,25 @@ func (r *Reconciler) Reconcile(ctx context.Context, scope Scope, dryRun bool) (*
 			pendingDiffs = append(pendingDiffs, idx...)
 			continue
 		}
-		outs, err := r.st.Apply(evs)
-		if err != nil {
-			return res, fmt.Errorf("directory %s: apply: %w", d.ID, err)
-		}
-		for i, o := range outs {
+		// The worker's apply path: one transaction; when it fails because
+		// of a correction, the earlier ones are applied and the run stops
+		// at that one, naming it.
+		var failed error
+		ar := worker.Apply(r.st, evs, nil, worker.Hooks{
+			Hold: func(int) bool { return failed != nil },
+			Failed: func(i int, err error) {
+				failed = fmt.Errorf("correction %s (%s): %w", evs[i].ID, evs[i].Type, err)
+			},
+		})
+		for i, o := range ar.Outcomes {
+			if o == "" {
+				continue
+			}
 			res.Differences[idx[i]].Outcome = o
 			res.Outcomes[o]++
+		}
+		if err := cmp.Or(ar.Err, failed); err != nil {
+			return res, fmt.Errorf("directory %s: apply: %w", d.ID, err)
 		}
 	}
 	if scope.Directory == "" {

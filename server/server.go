@@ -42,14 +42,15 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
 
 	"github.com/dsyncd/dsyncd/events"
 	"github.com/dsyncd/dsyncd/storage"
 )
 
-// Publisher stores an event durably; queue.Queue implements it.
+// Publisher stores an event durably; queue.Queue implements it. An error
+// with a TooLarge method reporting true (queue.ErrTooLarge: the event is
+// larger than the queue's largest message) is answered 413, any other 503.
 type Publisher interface {
 	Publish(ctx context.Context, directoryID, eventType, msgID string, data []byte) (duplicate bool, err error)
 }
@@ -479,7 +480,7 @@ func (s *Server) handleWebhook(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), s.opts.PublishTimeout)
 	defer cancel()
 	dup, err := s.pub.Publish(ctx, ev.DirectoryID, string(ev.Type), ev.ID, body)
-	if errors.Is(err, nats.ErrMaxPayload) {
+	if tooLarge(err) {
 		// Permanent: the stored message would pass the queue's limit.
 		s.refuse(w, r, http.StatusRequestEntityTooLarge, ReasonTooLarge, err.Error(), "larger than the queue's largest message")
 		return
@@ -766,4 +767,12 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+// tooLarge reports whether err says the event is larger than the queue's
+// largest message (queue.ErrTooLarge, which has a TooLarge method: the
+// server does not import the queue).
+func tooLarge(err error) bool {
+	var tl interface{ TooLarge() bool }
+	return errors.As(err, &tl) && tl.TooLarge()
 }

@@ -1,10 +1,10 @@
 // Package worker applies queued WorkOS events to the store.
 //
-// The live worker is a durable JetStream pull consumer. It takes messages in
-// stream order, decodes them and applies them in batches through
-// storage.Store.Apply — the same path Replay uses for files — and
-// acknowledges each message only after the transaction that applied it has
-// committed. When an event fails to apply, the later events of its directory
+// The live worker is a durable pull consumer of the queue (queue.Consumer):
+// it takes the deliveries in stream order, decodes their events and applies
+// them in batches through Apply (applier.go) — the one apply path, which
+// Replay, "dsyncd rebuild" and the reconciler use too — and acknowledges
+// each delivery only after the transaction that applied it has committed. When an event fails to apply, the later events of its directory
 // wait behind its retries, so each directory's events apply in stream order;
 // other directories carry on. A message that cannot be decoded, or whose event keeps failing to
 // apply, is parked in the dead-letter stream with the reason; a store that
@@ -19,16 +19,11 @@ package worker
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
-	"os"
 	"runtime/metrics"
 	"sync/atomic"
-	"syscall"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
 	"github.com/dsyncd/dsyncd/events"
@@ -203,7 +198,7 @@ func (w *Worker) Attached() bool { return w.consuming.Load() }
 // Run consumes until ctx is cancelled. It finishes the batch being applied
 // before returning. It returns nil on cancellation.
 func (w *Worker) Run(ctx context.Context) error {
-	var cons jetstream.Consumer
+	var cons *queue.Consumer
 	backoff := w.opts.RetryBackoff
 	for {
 		var err error
@@ -228,7 +223,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	storeBackoff := w.opts.RetryBackoff
 	var lastCommit time.Time
 	for ctx.Err() == nil {
-		batch, err := cons.Fetch(w.opts.BatchSize, jetstream.FetchMaxWait(w.opts.FetchWait))
+		batch, err := cons.Fetch(w.opts.BatchSize, w.opts.FetchWait)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -258,7 +253,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		} else {
 			storeBackoff = w.opts.RetryBackoff
 		}
-		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+		if err := batch.Err(); err != nil && ctx.Err() == nil {
 			w.log.Debug("fetch ended", zap.Error(err))
 		}
 	}
@@ -270,8 +265,8 @@ func (w *Worker) Run(ctx context.Context) error {
 // every CommitInterval (a flood is batched); with whole, only when the batch
 // is full or the fetch ends (a backlog is applied in full batches). It
 // reports whether the store could not be written.
-func (w *Worker) drain(batch jetstream.MessageBatch, lastCommit *time.Time, whole bool) (storeDown bool) {
-	var msgs []jetstream.Msg
+func (w *Worker) drain(batch *queue.Batch, lastCommit *time.Time, whole bool) (storeDown bool) {
+	var ds []queue.Delivery
 	var timer *time.Timer
 	var due <-chan time.Time
 	defer func() {
@@ -280,159 +275,171 @@ func (w *Worker) drain(batch jetstream.MessageBatch, lastCommit *time.Time, whol
 		}
 	}()
 	flush := func() {
-		if len(msgs) > 0 {
-			storeDown = !w.process(msgs) || storeDown
-			msgs = msgs[:0]
+		if len(ds) > 0 {
+			storeDown = !w.process(ds) || storeDown
+			clear(ds) // let go of the messages
+			ds = ds[:0]
 			*lastCommit = time.Now()
 		}
 		due = nil
 	}
-	in := batch.Messages()
-	for in != nil || len(msgs) > 0 {
-		select {
-		case m, ok := <-in:
-			if !ok {
-				in = nil
-				flush()
-				continue
+	for {
+		d, ok := batch.Next(due)
+		if !ok {
+			flush() // due, or the fetch ended
+			if batch.Ended() {
+				return storeDown
 			}
-			msgs = append(msgs, m)
-			if len(msgs) < w.opts.BatchSize && (len(in) > 0 || whole) {
-				continue
-			}
-			wait := w.opts.CommitInterval - time.Since(*lastCommit)
-			if len(msgs) >= w.opts.BatchSize || wait <= 0 {
-				flush()
-			} else if due == nil {
-				if timer == nil {
-					timer = time.NewTimer(wait)
-				} else {
-					timer.Reset(wait)
-				}
-				due = timer.C
-			}
-		case <-due:
+			continue
+		}
+		ds = append(ds, d)
+		if len(ds) < w.opts.BatchSize && (batch.Buffered() || whole) {
+			continue
+		}
+		wait := w.opts.CommitInterval - time.Since(*lastCommit)
+		if len(ds) >= w.opts.BatchSize || wait <= 0 {
 			flush()
+		} else if due == nil {
+			if timer == nil {
+				timer = time.NewTimer(wait)
+			} else {
+				timer.Reset(wait)
+			}
+			due = timer.C
 		}
 	}
-	return storeDown
 }
 
-// process applies one batch. It never returns an error: every message ends
-// acknowledged (applied or parked) or left for redelivery (nak with delay).
-// It returns false when the store could not be written at all.
-func (w *Worker) process(msgs []jetstream.Msg) bool {
+// process applies one batch. It never returns an error: every delivery ends
+// acknowledged (applied or parked) or left for redelivery (retry later).
+// It returns false when the store could not be written.
+func (w *Worker) process(ds []queue.Delivery) bool {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var rep BatchReport
-	evs := make([]*events.Event, 0, len(msgs))
-	valid := make([]jetstream.Msg, 0, len(msgs))
-	for _, m := range msgs {
-		ev, err := decode(m)
+	evs := make([]*events.Event, 0, len(ds))
+	valid := make([]*queue.Delivery, 0, len(ds))
+	for i := range ds {
+		d := &ds[i]
+		err := d.Err
+		var ev *events.Event
+		if err == nil {
+			ev, err = events.Decode(d.Data)
+		}
 		if err != nil {
 			// Poison: retrying cannot help.
 			rep.Counts.Invalid++
-			if w.park(ctx, m, "undecodable event: "+err.Error(), 1) {
+			if w.park(ctx, d, "undecodable event: "+err.Error(), 1) {
 				rep.Parked++
 			}
 			continue
 		}
 		evs = append(evs, ev)
-		valid = append(valid, m)
+		valid = append(valid, d)
 	}
-	// Events of a directory whose earlier event waits for a retry wait too.
-	kept := 0
-	for i, m := range valid {
-		if w.holdBack(evs[i].DirectoryID, m) {
-			continue
-		}
-		evs[kept], valid[kept] = evs[i], m
-		kept++
-	}
-	evs, valid = evs[:kept], valid[:kept]
 	if len(evs) == 0 {
 		w.report(rep, start)
 		return true
 	}
-	outs, err := w.st.ApplyAt(evs, lastSeq(valid))
-	if err == nil {
-		for i, m := range valid {
-			rep.Counts.Add(outs[i])
-			if outs[i] == storage.Future {
-				w.parkFuture(ctx, m, evs[i], &rep)
-				continue
-			}
-			rep.CreatedAt = append(rep.CreatedAt, evs[i].CreatedAt)
-			w.ack(m)
-			w.unblock(evs[i].DirectoryID, m)
-		}
-		if md, err := valid[len(valid)-1].Metadata(); err == nil {
-			w.behind, w.waited = md.NumPending, time.Since(md.Timestamp)
-		}
-		w.healthy.Store(true)
-		w.report(rep, start)
-		return true
+	seqs := make([]uint64, len(valid))
+	for i, d := range valid {
+		seqs[i] = d.Seq
 	}
-	if environmental(err) {
-		// Nothing was committed. Leave every message for redelivery and
-		// tell readiness; the stream keeps them.
-		w.healthy.Store(false)
-		w.log.Error("store not writable, events stay queued", zap.Error(err), zap.Int("events", len(evs)))
-		for _, m := range valid {
-			_ = m.NakWithDelay(w.opts.RetryBackoff)
+	// settled marks the events the hooks dealt with: held back, or failed
+	// (retried later or parked).
+	var settled []bool
+	settle := func(i int) {
+		if settled == nil {
+			settled = make([]bool, len(evs))
 		}
-		if rep.Parked > 0 || rep.Counts.Invalid > 0 {
-			w.report(rep, start) // the undecodable ones parked above
+		settled[i] = true
+	}
+	res := Apply(w.st, evs, seqs, Hooks{
+		// Events of a directory whose earlier event waits for a retry wait too.
+		Hold: func(i int) bool {
+			if settled != nil && settled[i] {
+				return true
+			}
+			if w.holdBack(evs[i].DirectoryID, valid[i]) {
+				settle(i)
+				return true
+			}
+			return false
+		},
+		// An event at fault: retry it later, or park it once it has used
+		// its attempts.
+		Failed: func(i int, err error) {
+			settle(i)
+			w.failed(ctx, valid[i], evs[i], err, &rep)
+		},
+	})
+	last := -1
+	for i, o := range res.Outcomes {
+		if o == "" {
+			continue
+		}
+		rep.Counts.Add(o)
+		last = i
+		if o == storage.Future {
+			w.parkFuture(ctx, valid[i], evs[i], &rep)
+			continue
+		}
+		rep.CreatedAt = append(rep.CreatedAt, evs[i].CreatedAt)
+		w.ack(valid[i])
+		w.unblock(evs[i].DirectoryID, valid[i])
+	}
+	if res.Err != nil {
+		// Nothing more was committed. Leave the events for redelivery and
+		// tell readiness; the stream keeps them.
+		left := 0
+		for i, o := range res.Outcomes {
+			if o == "" && (settled == nil || !settled[i]) {
+				_ = valid[i].RetryLater(w.opts.RetryBackoff)
+				left++
+			}
+		}
+		w.healthy.Store(false)
+		w.log.Error("store not writable, events stay queued", zap.Error(res.Err), zap.Int("events", left))
+		if rep.Parked > 0 || rep.Counts != (Counts{}) {
+			w.report(rep, start) // the undecodable ones parked above, or what was applied before
 		}
 		return false
 	}
-	// A batch failed for a reason tied to its events: apply one by one to
-	// find the culprit(s), and park those that have used their attempts.
-	w.log.Warn("batch failed, applying its events one by one", zap.Error(err), zap.Int("events", len(evs)))
-	for i, m := range valid {
-		dir := evs[i].DirectoryID
-		if w.holdBack(dir, m) {
-			continue
+	if res.Split {
+		w.log.Warn("batch failed; applied it in parts to find the events at fault", zap.Int("events", len(evs)))
+	} else {
+		if last >= 0 {
+			w.behind, w.waited = valid[last].Pending, time.Since(valid[last].Stored)
 		}
-		outs, err := w.st.ApplyAt(evs[i:i+1], lastSeq(valid[i:i+1]))
-		if err == nil && outs[0] == storage.Future {
-			rep.Counts.Add(outs[0])
-			w.parkFuture(ctx, m, evs[i], &rep)
-			continue
-		}
-		if err == nil {
-			rep.Counts.Add(outs[0])
-			rep.CreatedAt = append(rep.CreatedAt, evs[i].CreatedAt)
-			w.ack(m)
-			w.unblock(dir, m)
-			continue
-		}
-		seq, hasSeq := streamSeq(m)
-		attempts := w.failures[seq]
-		if !environmental(err) {
-			attempts++ // a store that cannot be written is not the event's failure
-		}
-		if hasSeq && attempts > 0 {
-			w.failures[seq] = attempts
-		}
-		if environmental(err) || attempts < w.opts.MaxAttempts {
-			delay := w.opts.RetryBackoff * time.Duration(1<<min(max(attempts, 1), 5))
-			w.log.Warn("event failed to apply, will retry", zap.String("event_id", evs[i].ID), zap.Int("attempt", attempts),
-				zap.Duration("in", delay), zap.Error(err))
-			_ = m.NakWithDelay(delay)
-			if hasSeq {
-				w.blocked[dir] = blockedEvent{seq: seq, until: time.Now().Add(delay)}
-			}
-			continue
-		}
-		if w.park(ctx, m, fmt.Sprintf("apply failed after %d attempts: %v", attempts, err), attempts) {
-			rep.Parked++
-			w.unblock(dir, m)
-		}
+		w.healthy.Store(true)
 	}
 	w.report(rep, start)
 	return true
+}
+
+// failed deals with d, whose event ev failed to apply for its own fault
+// (err): it is retried later, and the later events of its directory wait
+// behind it, until it has used its attempts; then it is parked.
+func (w *Worker) failed(ctx context.Context, d *queue.Delivery, ev *events.Event, err error, rep *BatchReport) {
+	attempts := w.failures[d.Seq] + 1
+	if d.HasSeq {
+		w.failures[d.Seq] = attempts
+	}
+	if attempts < w.opts.MaxAttempts {
+		delay := w.opts.RetryBackoff * time.Duration(1<<min(attempts, 5))
+		w.log.Warn("event failed to apply, will retry", zap.String("event_id", ev.ID), zap.Int("attempt", attempts),
+			zap.Duration("in", delay), zap.Error(err))
+		_ = d.RetryLater(delay)
+		if d.HasSeq {
+			w.blocked[ev.DirectoryID] = blockedEvent{seq: d.Seq, until: time.Now().Add(delay)}
+		}
+		return
+	}
+	if w.park(ctx, d, fmt.Sprintf("apply failed after %d attempts: %v", attempts, err), attempts) {
+		rep.Parked++
+		w.unblock(ev.DirectoryID, d)
+	}
 }
 
 // inflow reads Options.Inflow (zero without one).
@@ -471,10 +478,10 @@ func (w *Worker) yield(ctx context.Context, took time.Duration, arrived uint64) 
 	return sleep(ctx, d)
 }
 
-// holdBack naks m, an event of directory dir, when an earlier event of dir
-// waits for a retry, so that it is redelivered after that one. It reports
-// whether it did.
-func (w *Worker) holdBack(dir string, m jetstream.Msg) bool {
+// holdBack leaves d, an event of directory dir, for redelivery when an
+// earlier event of dir waits for a retry, so that it is redelivered after
+// that one. It reports whether it did.
+func (w *Worker) holdBack(dir string, d *queue.Delivery) bool {
 	b, ok := w.blocked[dir]
 	if !ok {
 		return false
@@ -485,48 +492,23 @@ func (w *Worker) holdBack(dir string, m jetstream.Msg) bool {
 		delete(w.failures, b.seq)
 		return false
 	}
-	seq, ok := streamSeq(m)
-	if !ok || seq <= b.seq {
+	if !d.HasSeq || d.Seq <= b.seq {
 		return false
 	}
-	_ = m.NakWithDelay(max(time.Until(b.until), 0) + w.opts.RetryBackoff)
+	_ = d.RetryLater(max(time.Until(b.until), 0) + w.opts.RetryBackoff)
 	return true
 }
 
-// unblock releases dir's later events once m, the event they waited
+// unblock releases dir's later events once d, the event they waited
 // behind, is applied or parked.
-func (w *Worker) unblock(dir string, m jetstream.Msg) {
-	if len(w.failures) == 0 && len(w.blocked) == 0 {
-		return // the usual case: spare parsing m's metadata
-	}
-	seq, ok := streamSeq(m)
-	if !ok {
+func (w *Worker) unblock(dir string, d *queue.Delivery) {
+	if len(w.failures) == 0 && len(w.blocked) == 0 || !d.HasSeq {
 		return
 	}
-	delete(w.failures, seq)
-	if b, ok := w.blocked[dir]; ok && seq == b.seq {
+	delete(w.failures, d.Seq)
+	if b, ok := w.blocked[dir]; ok && d.Seq == b.seq {
 		delete(w.blocked, dir)
 	}
-}
-
-// lastSeq is the highest stream sequence of msgs (0 if none is known): the
-// store records it with their effect.
-func lastSeq(msgs []jetstream.Msg) uint64 {
-	var last uint64
-	for _, m := range msgs {
-		if seq, ok := streamSeq(m); ok {
-			last = max(last, seq)
-		}
-	}
-	return last
-}
-
-func streamSeq(m jetstream.Msg) (uint64, bool) {
-	md, err := m.Metadata()
-	if err != nil {
-		return 0, false
-	}
-	return md.Sequence.Stream, true
 }
 
 func (w *Worker) report(rep BatchReport, start time.Time) {
@@ -536,62 +518,43 @@ func (w *Worker) report(rep BatchReport, start time.Time) {
 	}
 }
 
-func (w *Worker) ack(m jetstream.Msg) {
-	if err := m.Ack(); err != nil {
+func (w *Worker) ack(d *queue.Delivery) {
+	if err := d.Ack(); err != nil {
 		// The effect is committed; a redelivery will be a duplicate.
 		w.log.Debug("ack failed", zap.Error(err))
 	}
 }
 
-// park moves m to the dead-letter stream and acknowledges it. If parking
-// fails the message is left for redelivery: it is never dropped.
-func (w *Worker) park(ctx context.Context, m jetstream.Msg, reason string, attempts int) bool {
-	if err := w.q.Park(ctx, m, reason, attempts); err != nil {
-		w.log.Error("could not park event, leaving it queued", zap.String("subject", m.Subject()), zap.Error(err))
-		_ = m.NakWithDelay(w.opts.RetryBackoff)
+// park moves d to the dead-letter stream and acknowledges it. If parking
+// fails the delivery is left for redelivery: it is never dropped.
+func (w *Worker) park(ctx context.Context, d *queue.Delivery, reason string, attempts int) bool {
+	if err := d.Park(ctx, reason, attempts); err != nil {
+		w.log.Error("could not park event, leaving it queued", zap.String("subject", d.Subject), zap.Error(err))
+		_ = d.RetryLater(w.opts.RetryBackoff)
 		return false
 	}
-	w.log.Warn("event parked in dead-letter stream", zap.String("subject", m.Subject()), zap.String("reason", reason))
+	w.log.Warn("event parked in dead-letter stream", zap.String("subject", d.Subject), zap.String("reason", reason))
 	// The store's applied sequence covers it, so that the acknowledgement
 	// does not make the store look behind the stream at the next start.
-	if seq, ok := streamSeq(m); ok {
-		if err := w.st.MarkApplied(seq); err != nil {
-			w.log.Warn("could not record the parked event's sequence in the store", zap.Uint64("seq", seq), zap.Error(err))
+	if d.HasSeq {
+		if err := w.st.MarkApplied(d.Seq); err != nil {
+			w.log.Warn("could not record the parked event's sequence in the store", zap.Uint64("seq", d.Seq), zap.Error(err))
 		}
 	}
-	w.ack(m)
+	w.ack(d)
 	return true
 }
 
-// parkFuture parks m, whose event ev the store refused as dated in the
+// parkFuture parks d, whose event ev the store refused as dated in the
 // future, in the dead-letter stream with the reason. The directory's later
 // events go on: they do not wait behind an event that may never be due.
-func (w *Worker) parkFuture(ctx context.Context, m jetstream.Msg, ev *events.Event, rep *BatchReport) {
+func (w *Worker) parkFuture(ctx context.Context, d *queue.Delivery, ev *events.Event, rep *BatchReport) {
 	reason := fmt.Sprintf("future-dated: created_at %s is later than this node's clock plus webhook.tolerance; not applied",
 		ev.CreatedAt.UTC().Format(time.RFC3339Nano))
-	if w.park(ctx, m, reason, 1) {
+	if w.park(ctx, d, reason, 1) {
 		rep.Parked++
-		w.unblock(ev.DirectoryID, m)
+		w.unblock(ev.DirectoryID, d)
 	}
-}
-
-// decode decodes a stream message's event: its data as the queue stored it
-// (see queue.Data), then the event's JSON.
-func decode(m jetstream.Msg) (*events.Event, error) {
-	data, err := queue.Data(m.Headers(), m.Data())
-	if err != nil {
-		return nil, err
-	}
-	return events.Decode(data)
-}
-
-// environmental reports whether err comes from the store's environment
-// (disk full, read-only file system, closed store) rather than from the
-// events: such errors are retried without counting attempts.
-func environmental(err error) bool {
-	var errno syscall.Errno
-	var pe *fs.PathError
-	return errors.As(err, &errno) || errors.As(err, &pe) || errors.Is(err, storage.ErrClosed) || errors.Is(err, os.ErrPermission)
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {

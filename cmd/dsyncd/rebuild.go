@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -413,8 +412,10 @@ func eventIDOf(msgID string) string {
 	return id
 }
 
-// applyStream applies the stream's messages to st in batches, leaving out
-// what the live worker left out, and counts everything into rep.
+// applyStream applies the stream's messages to st in batches, through the
+// worker's apply path, leaving out what the live worker left out, and counts
+// everything into rep. An event that fails to apply is reported and
+// skipped; a store that cannot be written stops the rebuild.
 func applyStream(ctx context.Context, q *queue.Queue, st *storage.Store, parkedSeq map[uint64]bool, parkedID, dropped map[string]bool, rep *rebuildReport) error {
 	var batch []*events.Event
 	var seqs []uint64
@@ -423,26 +424,15 @@ func applyStream(ctx context.Context, q *queue.Queue, st *storage.Store, parkedS
 			return nil
 		}
 		defer func() { batch, seqs = batch[:0], seqs[:0] }()
-		outs, err := st.Apply(batch)
-		if err == nil {
-			for _, o := range outs {
+		res := worker.Apply(st, batch, nil, worker.Hooks{Failed: func(i int, err error) {
+			rep.Failed = append(rep.Failed, rebuildFailure{Seq: seqs[i], EventID: batch[i].ID, Error: err.Error()})
+		}})
+		for _, o := range res.Outcomes {
+			if o != "" {
 				rep.Outcomes.Add(o)
 			}
-			return nil
 		}
-		// As the worker does: one by one, to find the culprit(s).
-		for i, ev := range batch {
-			outs, err := st.Apply(batch[i : i+1])
-			if err != nil {
-				if errors.Is(err, storage.ErrClosed) || isEnvironmental(err) {
-					return err
-				}
-				rep.Failed = append(rep.Failed, rebuildFailure{Seq: seqs[i], EventID: ev.ID, Error: err.Error()})
-				continue
-			}
-			rep.Outcomes.Add(outs[0])
-		}
-		return nil
+		return res.Err
 	}
 	err := q.Each(ctx, func(seq uint64, _ string, data []byte) error {
 		if parkedSeq[seq] {
@@ -473,14 +463,6 @@ func applyStream(ctx context.Context, q *queue.Queue, st *storage.Store, parkedS
 		return fmt.Errorf("read stream: %w", err)
 	}
 	return flush()
-}
-
-// isEnvironmental reports a store error that is not the event's fault (disk
-// full, read-only file system): the rebuild stops rather than skip events.
-func isEnvironmental(err error) bool {
-	var errno syscall.Errno
-	var pe *os.PathError
-	return errors.As(err, &errno) || errors.As(err, &pe) || errors.Is(err, os.ErrPermission)
 }
 
 // apiAnswers reports whether anything answers HTTP at server.
