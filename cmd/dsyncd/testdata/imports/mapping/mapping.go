@@ -1,0 +1,8 @@
+package mapping
+
+import (
+	"os"
+	"strings"
+
+	"github.com/dsyncd/dsyncd/events"
+)

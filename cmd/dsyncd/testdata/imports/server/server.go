@@ -1,0 +1,3 @@
+package server
+
+import bolt "go.etcd.io/bbolt"

@@ -1,0 +1,3 @@
+package storage
+
+import bolt "go.etcd.io/bbolt"

@@ -1,0 +1,3 @@
+package worker
+
+import "github.com/nats-io/nats.go/jetstream"

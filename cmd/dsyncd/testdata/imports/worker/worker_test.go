@@ -1,0 +1,6 @@
+package worker
+
+import (
+	"github.com/nats-io/nats.go"
+	bolt "go.etcd.io/bbolt"
+)
