@@ -26,7 +26,8 @@ or - for standard input. A PATH that holds no event is an error.
 
 It prints the counts — applied, duplicate, stale, ignored, invalid — and one line per
 invalid event with its file, line and reason. It exits 1 if any event was invalid,
-after applying the valid ones.
+after applying the valid ones. An event the store cannot take stops the replay there,
+every earlier event applied, with an error naming its file and line.
 
 The store is the configured one (store.path, default <data_dir>/dsyncd.db) unless --db
 names another; a store held by a running "dsyncd serve" cannot be replayed into.`,
