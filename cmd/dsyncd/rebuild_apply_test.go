@@ -49,7 +49,9 @@ func TestRebuildReportsAndSkipsAnEventThatFailsToApply(t *testing.T) {
 	mustf(t, st.Close(), "close")
 	db, err := bolt.Open(path, 0o600, nil)
 	mustf(t, err, "bolt open")
-	mustf(t, db.Update(func(tx *bolt.Tx) error { return tx.Bucket([]byte("groups")).Put([]byte("g2"), []byte("\xffnot a record")) }), "corrupt")
+	mustf(t, db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket([]byte("groups")).Put([]byte("g2"), []byte("\xffnot a record"))
+	}), "corrupt")
 	mustf(t, db.Close(), "bolt close")
 	st, err = storage.Open(storage.Options{Path: path})
 	mustf(t, err, "reopen store")
