@@ -4,12 +4,13 @@
 // it takes the deliveries in stream order, decodes their events and applies
 // them in batches through Apply (applier.go) — the one apply path, which
 // Replay, "dsyncd rebuild" and the reconciler use too — and acknowledges
-// each delivery only after the transaction that applied it has committed. When an event fails to apply, the later events of its directory
-// wait behind its retries, so each directory's events apply in stream order;
-// other directories carry on. A message that cannot be decoded, or whose event keeps failing to
-// apply, is parked in the dead-letter stream with the reason; a store that
-// cannot be written (disk full, read-only) is retried with backoff, forever,
-// without acknowledging anything.
+// each delivery only after the transaction that applied it has committed.
+// When an event fails to apply, the later events of its directory wait
+// behind its retries, so each directory's events apply in stream order;
+// other directories carry on. A message that cannot be decoded, or whose
+// event keeps failing to apply, is parked in the dead-letter stream with the
+// reason; a store that cannot be written (disk full, read-only) is retried
+// with backoff, forever, without acknowledging anything.
 //
 // During a flood that the webhook receiver takes faster when the worker
 // steps aside (they share the CPU), the worker pauses after each batch and
