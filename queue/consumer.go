@@ -69,7 +69,7 @@ func (q *Queue) delivery(m jetstream.Msg) Delivery {
 	if md, err := m.Metadata(); err == nil {
 		d.Seq, d.HasSeq, d.Pending, d.Stored = md.Sequence.Stream, true, md.NumPending, md.Timestamp
 	}
-	d.Data, d.Err = Data(m.Headers(), m.Data())
+	d.Data, d.Err = dataOf(m.Headers(), m.Data())
 	return d
 }
 

@@ -71,7 +71,7 @@ func (q *Queue) park(ctx context.Context, msg jetstream.Msg, reason string, atte
 	h.Set(HeaderReason, oneLine(reason, maxReason))
 	h.Set(HeaderAttempts, strconv.Itoa(attempts))
 	h.Set(HeaderParkedAt, time.Now().UTC().Format(time.RFC3339Nano))
-	data, derr := Data(msg.Headers(), msg.Data())
+	data, derr := dataOf(msg.Headers(), msg.Data())
 	if derr != nil || int64(len(data))+parkHeadroom > st.nc.MaxPayload() {
 		// Undecodable, or too large decoded for a NATS message: keep it
 		// as stored.

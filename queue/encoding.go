@@ -35,10 +35,10 @@ var ErrUndecodable = errors.New("queue: undecodable message data")
 const maxDecodedLen = 64 << 20
 
 // Data returns a main-stream message's event JSON, decoding data according
-// to the message's HeaderEncoding. Data without the header is returned as it
-// is. Errors wrap ErrUndecodable.
-func Data(h nats.Header, data []byte) ([]byte, error) {
-	switch enc := h.Get(HeaderEncoding); enc {
+// to encoding, the message's HeaderEncoding ("" without one: data is
+// returned as it is). Errors wrap ErrUndecodable.
+func Data(encoding string, data []byte) ([]byte, error) {
+	switch enc := encoding; enc {
 	case "", EncodingJSON:
 		return data, nil
 	case EncodingS2:
@@ -57,6 +57,11 @@ func Data(h nats.Header, data []byte) ([]byte, error) {
 	default:
 		return nil, fmt.Errorf("%w: unknown %s %q", ErrUndecodable, HeaderEncoding, enc)
 	}
+}
+
+// dataOf is Data of a message with headers h.
+func dataOf(h nats.Header, data []byte) ([]byte, error) {
+	return Data(h.Get(HeaderEncoding), data)
 }
 
 // encodeBufs recycles Publish's compression buffers: the connection copies

@@ -643,8 +643,24 @@ func (q *Queue) Ready(ctx context.Context) error {
 	return nil
 }
 
-// StreamInfo returns the main stream's current info and state.
-func (q *Queue) StreamInfo(ctx context.Context) (*jetstream.StreamInfo, error) {
+// StreamInfo is what the main stream holds (see Queue.StreamInfo).
+type StreamInfo struct {
+	State StreamState
+}
+
+// StreamState counts the main stream's messages.
+type StreamState struct {
+	Msgs       uint64    // messages held
+	Bytes      uint64    // bytes held
+	FirstSeq   uint64    // sequence of the oldest message held
+	FirstTime  time.Time // when it was stored
+	LastSeq    uint64    // sequence of the newest message stored
+	LastTime   time.Time // when it was stored
+	NumDeleted int       // messages removed between FirstSeq and LastSeq
+}
+
+// StreamInfo returns the main stream's current state.
+func (q *Queue) StreamInfo(ctx context.Context) (*StreamInfo, error) {
 	st, err := q.state()
 	if err != nil {
 		return nil, err
@@ -653,7 +669,9 @@ func (q *Queue) StreamInfo(ctx context.Context) (*jetstream.StreamInfo, error) {
 	if err != nil {
 		return nil, fmt.Errorf("queue: stream %s: %w", q.opts.Stream, err)
 	}
-	return info, nil
+	s := info.State
+	return &StreamInfo{State: StreamState{Msgs: s.Msgs, Bytes: s.Bytes, FirstSeq: s.FirstSeq, FirstTime: s.FirstTime,
+		LastSeq: s.LastSeq, LastTime: s.LastTime, NumDeleted: s.NumDeleted}}, nil
 }
 
 // Consumer creates, or updates, the durable pull consumer named durable on
@@ -782,7 +800,7 @@ func (q *Queue) Each(ctx context.Context, fn func(seq uint64, subject string, da
 		if seq > last {
 			return nil
 		}
-		data, derr := Data(msg.Headers(), msg.Data())
+		data, derr := dataOf(msg.Headers(), msg.Data())
 		if derr != nil {
 			q.log.Warn("stream message undecodable, passed on as stored", zap.Uint64("seq", seq), zap.Error(derr))
 			data = msg.Data()

@@ -349,7 +349,7 @@ func TestExternalNATS(t *testing.T) {
 	mustf(t, err, "stream")
 	raw, err := stream.GetMsg(context.Background(), 1)
 	mustf(t, err, "get stored message")
-	got, err := queue.Data(raw.Header, raw.Data)
+	got, err := queue.Data(raw.Header.Get(queue.HeaderEncoding), raw.Data)
 	if raw.Header.Get(queue.HeaderEncoding) != "s2" || len(raw.Data) >= len(body) || err != nil || !bytes.Equal(got, body) {
 		t.Fatalf("stored %d bytes with encoding %q for a %d-byte body (decoded equal: %v, %v); want it s2-compressed",
 			len(raw.Data), raw.Header.Get(queue.HeaderEncoding), len(body), bytes.Equal(got, body), err)
