@@ -167,15 +167,16 @@ func (s *Store) applyOne(t *txn, ev *events.Event, now time.Time, fl applyFlags)
 			return Deferred, err
 		}
 	}
-	c := &change{s: s, t: t, ev: ev, k: toKey(ev.Key()), now: now, losses: map[string][]loss{}}
-	switch ev.Type {
-	case events.DirectoryActivated, events.DirectoryDeleted:
+	kind, _ := events.KindOf(ev.Type)
+	c := &change{s: s, t: t, ev: ev, ends: kind.Ends, k: toKey(ev.Key()), now: now, losses: map[string][]loss{}}
+	switch kind.Payload {
+	case events.PayloadDirectory:
 		err = c.directory()
-	case events.UserCreated, events.UserUpdated, events.UserDeleted:
+	case events.PayloadUser:
 		err = c.user()
-	case events.GroupCreated, events.GroupUpdated, events.GroupDeleted:
+	case events.PayloadGroup:
 		err = c.group()
-	case events.GroupUserAdded, events.GroupUserRemoved:
+	case events.PayloadMembership:
 		err = c.membership()
 	default:
 		return Ignored, nil
@@ -287,6 +288,7 @@ type change struct {
 	s       *Store
 	t       *txn
 	ev      *events.Event
+	ends    bool // the event's kind ends what it names (events.Kind.Ends)
 	k       key
 	now     time.Time
 	changed bool
@@ -304,7 +306,7 @@ func (c *change) directory() error {
 	if err != nil {
 		return err
 	}
-	deleted := c.ev.Type == events.DirectoryDeleted
+	deleted := c.ends
 	if d == nil {
 		d = &dirRec{}
 	} else if !c.k.newer(d.Key) {
@@ -488,7 +490,7 @@ func (c *change) pinBreakGlass(u, rec *userRec) error {
 }
 
 func (c *change) user() error {
-	return c.setUser(c.ev.User, c.ev.Type == events.UserDeleted)
+	return c.setUser(c.ev.User, c.ends)
 }
 
 // setGroup applies the group payload g0 if newer; it returns whether the
@@ -619,7 +621,7 @@ func (c *change) touchMembers(groupID string) error {
 }
 
 func (c *change) group() error {
-	identity, err := c.setGroup(c.ev.Group, c.ev.Type == events.GroupDeleted)
+	identity, err := c.setGroup(c.ev.Group, c.ends)
 	if err != nil || !identity {
 		return err
 	}
@@ -668,7 +670,7 @@ func (c *change) membership() error {
 		c.changed = true
 		c.touch(u0.ID)
 	}
-	return c.t.putMember(g0.ID, u0.ID, &memberRec{Key: c.k, Present: c.ev.Type == events.GroupUserAdded})
+	return c.t.putMember(g0.ID, u0.ID, &memberRec{Key: c.k, Present: !c.ends})
 }
 
 // isMember reports whether u is, in effect, a member of group g: the newest
