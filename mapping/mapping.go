@@ -127,14 +127,32 @@ type Subject struct {
 	Groups []Group  // the groups the user is a member of
 }
 
+// GrantSource says how a user came to hold a badge (Grant.Source).
+type GrantSource string
+
+// Grant sources. Grants gives the first three; the store's safeguards add
+// the others.
+const (
+	SourceDefault GrantSource = "default" // a default badge of every active user
+	SourceGroup   GrantSource = "group"   // a group rule matched one of the user's groups
+	SourceRole    GrantSource = "role"    // a role rule matched one of the user's role slugs
+	// SourceHeld: the mapping no longer grants the badge, but revoking it
+	// would leave the organisation without an admin; an open hold keeps it.
+	SourceHeld GrantSource = "held"
+	// SourceRetained: the rule that granted it was removed with on_unmap
+	// keep (or a last-admin hold was rejected); it stays while the user is active.
+	SourceRetained GrantSource = "retained"
+	// SourceBreakGlass: a break-glass account keeps what sync would revoke.
+	SourceBreakGlass GrantSource = "break_glass"
+)
+
 // Grant is one reason a user holds a badge.
 type Grant struct {
 	Badge string `json:"badge"`
 	Rule  string `json:"rule"`            // "default", GroupRule.String() or RoleRule.String()
 	Group string `json:"group,omitempty"` // the group id, for a group rule
 	Role  string `json:"role,omitempty"`  // the role slug, for a role rule
-	// Source is "group", "role" or "default".
-	Source string `json:"source"`
+	Source GrantSource `json:"source"`
 }
 
 // Grants returns every grant the configuration gives subject s, sorted by badge,
@@ -145,13 +163,13 @@ func (c *Config) Grants(s Subject) []Grant {
 	}
 	var out []Grant
 	for _, b := range c.DefaultBadges {
-		out = append(out, Grant{Badge: b, Rule: RuleDefault, Source: "default"})
+		out = append(out, Grant{Badge: b, Rule: RuleDefault, Source: SourceDefault})
 	}
 	for _, r := range c.Groups {
 		for _, g := range s.Groups {
 			if r.Matches(g) {
 				for _, b := range r.Badges {
-					out = append(out, Grant{Badge: b, Rule: r.String(), Group: g.ID, Source: "group"})
+					out = append(out, Grant{Badge: b, Rule: r.String(), Group: g.ID, Source: SourceGroup})
 				}
 			}
 		}
@@ -159,7 +177,7 @@ func (c *Config) Grants(s Subject) []Grant {
 	for _, r := range c.Roles {
 		if slices.Contains(s.Roles, r.Slug) {
 			for _, b := range r.Badges {
-				out = append(out, Grant{Badge: b, Rule: r.String(), Role: r.Slug, Source: "role"})
+				out = append(out, Grant{Badge: b, Rule: r.String(), Role: r.Slug, Source: SourceRole})
 			}
 		}
 	}

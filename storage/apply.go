@@ -14,29 +14,6 @@ import (
 	"github.com/dsyncd/dsyncd/mapping"
 )
 
-// Outcome says what applying one event did.
-type Outcome string
-
-// Outcomes of Apply.
-const (
-	// Applied: the event changed at least one entity.
-	Applied Outcome = "applied"
-	// Duplicate: an event with this id was applied before.
-	Duplicate Outcome = "duplicate"
-	// Stale: every entity the event touches holds newer state; nothing changed.
-	Stale Outcome = "stale"
-	// Ignored: dsyncd does not handle this event type.
-	Ignored Outcome = "ignored"
-	// Deferred: the organisation's sync is paused; the event is kept, in
-	// order, until an operator resumes it.
-	Deferred Outcome = "deferred"
-	// Future: the event's created_at is later than the clock plus
-	// Options.MaxFuture. It is not applied nor recorded as processed: the
-	// caller parks it (an event dated in the future would make every later
-	// real event about its entities stale).
-	Future Outcome = "future"
-)
-
 // pruneBatch bounds how many expired processed-id records one Apply removes.
 const pruneBatch = 512
 
@@ -253,8 +230,8 @@ func (s *Store) pruneAudit(t *txn, now time.Time) error {
 	n := 0
 	for k, v := c.First(); k != nil && n < budget; k, v = c.First() {
 		var e struct {
-			Time   time.Time `json:"time"`
-			Action string    `json:"action"`
+			Time   time.Time   `json:"time"`
+			Action AuditAction `json:"action"`
 		}
 		if err := json.Unmarshal(v, &e); err != nil {
 			return fmt.Errorf("audit entry %x: %w", k, err)

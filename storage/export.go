@@ -23,16 +23,16 @@ type Snapshot struct {
 // ExportHold is an open hold in the snapshot (without times, so that the
 // snapshot stays byte-stable).
 type ExportHold struct {
-	ID             uint64 `json:"id"`
-	Kind           string `json:"kind"`
-	OrganizationID string `json:"organization_id"`
-	UserID         string `json:"user_id,omitempty"`
-	Badge          string `json:"badge,omitempty"`
-	EventID        string `json:"event_id,omitempty"`
-	Deferred       int    `json:"deferred_events,omitempty"`
-	Users          int    `json:"users,omitempty"`
-	MovedTo        string `json:"moved_to,omitempty"`
-	Reason         string `json:"reason"`
+	ID             uint64   `json:"id"`
+	Kind           HoldKind `json:"kind"`
+	OrganizationID string   `json:"organization_id"`
+	UserID         string   `json:"user_id,omitempty"`
+	Badge          string   `json:"badge,omitempty"`
+	EventID        string   `json:"event_id,omitempty"`
+	Deferred       int      `json:"deferred_events,omitempty"`
+	Users          int      `json:"users,omitempty"`
+	MovedTo        string   `json:"moved_to,omitempty"`
+	Reason         string   `json:"reason"`
 }
 
 // ExportDirectory is a directory in the snapshot. State is "active" or "deleted".

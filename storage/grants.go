@@ -12,33 +12,20 @@ import (
 	"github.com/dsyncd/dsyncd/mapping"
 )
 
-// Audit actions.
-const (
-	ActionGrant   = "grant"
-	ActionRevoke  = "revoke"
-	ActionHold    = "hold"
-	ActionRelease = "release"
-	ActionSkip    = "skip" // a change sync was not allowed to make
-	ActionDrop    = "drop" // an operator dropped a dead letter
-	// ActionProfile: a profile change the safeguards note (a break-glass
-	// account's email changed; it stays recognised by its id).
-	ActionProfile = "profile"
-)
-
 // AuditEntry records one badge change, or one change that was not made, and why.
 type AuditEntry struct {
-	Seq            uint64    `json:"seq"`
-	Time           time.Time `json:"time"`
-	EventID        string    `json:"event_id,omitempty"`
-	OrganizationID string    `json:"organization_id,omitempty"`
-	DirectoryID    string    `json:"directory_id,omitempty"`
-	UserID         string    `json:"user_id,omitempty"`
-	Badge          string    `json:"badge,omitempty"`
-	Action         string    `json:"action"`
-	Rule           string    `json:"rule,omitempty"`
-	Group          string    `json:"group,omitempty"`
-	Role           string    `json:"role,omitempty"`
-	Reason         string    `json:"reason"`
+	Seq            uint64      `json:"seq"`
+	Time           time.Time   `json:"time"`
+	EventID        string      `json:"event_id,omitempty"`
+	OrganizationID string      `json:"organization_id,omitempty"`
+	DirectoryID    string      `json:"directory_id,omitempty"`
+	UserID         string      `json:"user_id,omitempty"`
+	Badge          string      `json:"badge,omitempty"`
+	Action         AuditAction `json:"action"`
+	Rule           string      `json:"rule,omitempty"`
+	Group          string      `json:"group,omitempty"`
+	Role           string      `json:"role,omitempty"`
+	Reason         string      `json:"reason"`
 }
 
 func (s *Store) addAudit(t *txn, e AuditEntry) error {
@@ -74,18 +61,6 @@ func (s *Store) auditBreakGlass(t *txn, ev *events.Event, u *userRec, now time.T
 	return s.addAudit(t, AuditEntry{Time: now, EventID: ev.ID, OrganizationID: org, DirectoryID: u.DirectoryID,
 		UserID: u.ID, Action: ActionSkip, Reason: what + ": not applied, break-glass account"})
 }
-
-// Grant sources beyond mapping's "default", "group" and "role".
-const (
-	// SourceHeld: the mapping no longer grants the badge, but revoking it
-	// would leave the organisation without an admin; an open hold keeps it.
-	SourceHeld = "held"
-	// SourceRetained: the rule that granted it was removed with on_unmap
-	// keep (or a last-admin hold was rejected); it stays while the user is active.
-	SourceRetained = "retained"
-	// SourceBreakGlass: a break-glass account keeps what sync would revoke.
-	SourceBreakGlass = "break_glass"
-)
 
 type regrantOpts struct {
 	// forceRevokeAdmin applies admin revocations even when they leave the
@@ -215,7 +190,7 @@ func (s *Store) planGrants(t *txn, u *userRec, eventID string, now time.Time) (*
 	// moved to another one gets that one's rules only.
 	if sub.Active && (u.MappedOrg == "" || u.MappedOrg == org) {
 		for _, g := range u.Grants {
-			if g.Source == SourceRetained && !slices.Contains(mapping.Badges(p.want), g.Badge) {
+			if g.Source == mapping.SourceRetained && !slices.Contains(mapping.Badges(p.want), g.Badge) {
 				p.want = append(p.want, g)
 			}
 		}
@@ -237,7 +212,7 @@ func (s *Store) planGrants(t *txn, u *userRec, eventID string, now time.Time) (*
 				return nil, err
 			}
 		} else {
-			p.want = append(p.want, mapping.Grant{Badge: hold.Badge, Rule: hold.Rule, Source: SourceHeld})
+			p.want = append(p.want, mapping.Grant{Badge: hold.Badge, Rule: hold.Rule, Source: mapping.SourceHeld})
 		}
 	} else if hold != nil {
 		if slices.Contains(mapping.Badges(p.want), hold.Badge) {
@@ -245,7 +220,7 @@ func (s *Store) planGrants(t *txn, u *userRec, eventID string, now time.Time) (*
 				return nil, err
 			}
 		} else {
-			p.want = append(p.want, mapping.Grant{Badge: hold.Badge, Rule: hold.Rule, Source: SourceHeld})
+			p.want = append(p.want, mapping.Grant{Badge: hold.Badge, Rule: hold.Rule, Source: mapping.SourceHeld})
 		}
 	}
 	if s.breakGlass(u) {
@@ -256,7 +231,7 @@ func (s *Store) planGrants(t *txn, u *userRec, eventID string, now time.Time) (*
 			}
 			for _, og := range u.Grants {
 				if og.Badge == b {
-					og.Source = SourceBreakGlass
+					og.Source = mapping.SourceBreakGlass
 					p.want = append(p.want, og)
 				}
 			}
@@ -297,7 +272,7 @@ func (s *Store) commitGrants(t *txn, p *grantPlan, eventID string, now time.Time
 		if err := s.openNewHold(t, h); err != nil {
 			return nil, err
 		}
-		want = append(want, mapping.Grant{Badge: admin, Rule: g.Rule, Group: g.Group, Role: g.Role, Source: SourceHeld})
+		want = append(want, mapping.Grant{Badge: admin, Rule: g.Rule, Group: g.Group, Role: g.Role, Source: mapping.SourceHeld})
 		e := base
 		e.Badge, e.Action, e.Rule, e.Group, e.Role = admin, ActionHold, g.Rule, g.Group, g.Role
 		e.Reason = h.Reason + fmt.Sprintf(" (hold %d)", h.ID)
@@ -351,7 +326,7 @@ func (s *Store) commitGrants(t *txn, p *grantPlan, eventID string, now time.Time
 }
 
 func compareGrants(a, b mapping.Grant) int {
-	for _, c := range [][2]string{{a.Badge, b.Badge}, {a.Rule, b.Rule}, {a.Group, b.Group}, {a.Role, b.Role}, {a.Source, b.Source}} {
+	for _, c := range [][2]string{{a.Badge, b.Badge}, {a.Rule, b.Rule}, {a.Group, b.Group}, {a.Role, b.Role}, {string(a.Source), string(b.Source)}} {
 		if r := strings.Compare(c[0], c[1]); r != 0 {
 			return r
 		}
@@ -380,9 +355,9 @@ func grantReason(g mapping.Grant) string {
 		return "has WorkOS role " + g.Role
 	case "default":
 		return "default badge of every active user"
-	case SourceHeld:
+	case mapping.SourceHeld:
 		return "kept by an open last-admin hold"
-	case SourceRetained:
+	case mapping.SourceRetained:
 		return "retained after its rule was removed"
 	}
 	return "granted by " + g.Rule

@@ -14,31 +14,13 @@ import (
 	"github.com/dsyncd/dsyncd/events"
 )
 
-// Hold kinds.
-const (
-	// HoldLastAdmin: a revocation that would have left an organisation
-	// without an admin. The user keeps the badge until another admin exists.
-	HoldLastAdmin = "last_admin"
-	// HoldMassDeprovision: the organisation's sync is paused because more
-	// users than allowed would have lost a mapped badge (or every badge)
-	// within the window; Badge names the one most of them would lose.
-	HoldMassDeprovision = "mass_deprovision"
-)
-
-// Hold resolutions.
-const (
-	ResolutionReleased = "released" // closed by itself: another admin exists, or the badge is granted again
-	ResolutionApproved = "approved" // an operator approved the held change
-	ResolutionRejected = "rejected" // an operator rejected the held change
-)
-
 // ErrHoldClosed is returned when approving or rejecting a hold that is not open.
 var ErrHoldClosed = errors.New("hold is not open")
 
 // Hold is a change sync did not make on its own.
 type Hold struct {
 	ID             uint64    `json:"id"`
-	Kind           string    `json:"kind"`
+	Kind           HoldKind  `json:"kind"`
 	OrganizationID string    `json:"organization_id"`
 	UserID         string    `json:"user_id,omitempty"`
 	Badge          string    `json:"badge,omitempty"`
@@ -50,10 +32,10 @@ type Hold struct {
 	Users          int       `json:"users,omitempty"`           // mass_deprovision: users who would lose badges within the window
 	// MovedTo: a last_admin hold on a move; the organisation the user was
 	// moved to. Until the hold closes the user stays in OrganizationID.
-	MovedTo       string     `json:"moved_to,omitempty"`
-	ClosedAt      *time.Time `json:"closed_at,omitempty"`
-	Resolution    string     `json:"resolution,omitempty"`
-	ClosedBecause string     `json:"closed_because,omitempty"`
+	MovedTo       string         `json:"moved_to,omitempty"`
+	ClosedAt      *time.Time     `json:"closed_at,omitempty"`
+	Resolution    HoldResolution `json:"resolution,omitempty"`
+	ClosedBecause string         `json:"closed_because,omitempty"`
 }
 
 // Open reports whether the hold is still open.
@@ -72,7 +54,7 @@ func (s *Store) openNewHold(t *txn, h *Hold) error {
 	return t.openHolds.Put(u64(id), nil)
 }
 
-func (s *Store) closeHold(t *txn, h *Hold, resolution, because, eventID string, now time.Time) error {
+func (s *Store) closeHold(t *txn, h *Hold, resolution HoldResolution, because, eventID string, now time.Time) error {
 	h.ClosedAt, h.Resolution, h.ClosedBecause = &now, resolution, because
 	if err := putJSON(t.holds, u64(h.ID), h); err != nil {
 		return err
@@ -128,7 +110,7 @@ func (s *Store) eachOpenHold(t *txn, fn func(h *Hold) error) error {
 }
 
 // openHold returns the open hold of kind for (org, user), if any.
-func (s *Store) openHold(t *txn, kind, org, userID string) (*Hold, error) {
+func (s *Store) openHold(t *txn, kind HoldKind, org, userID string) (*Hold, error) {
 	if k, _ := t.openHolds.Cursor().First(); k == nil {
 		return nil, nil
 	}

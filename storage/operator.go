@@ -44,34 +44,6 @@ var errRollback = errors.New("rollback")
 
 var keyMapping = []byte("mapping")
 
-// Plan is what a change does (or would do), per organisation.
-type Plan struct {
-	Organizations []OrgPlan   `json:"organizations"`
-	Unmapped      []UnmapPlan `json:"unmapped,omitempty"`
-	Applied       Counts      `json:"events,omitzero"`
-}
-
-// Counts tallies outcomes of the events a resume applies.
-type Counts map[Outcome]int
-
-// OrgPlan is what a change does to one organisation.
-type OrgPlan struct {
-	Organization string              `json:"organization"`
-	Gains        map[string][]string `json:"gains"`  // badge -> user ids
-	Losses       map[string][]string `json:"losses"` // badge -> user ids
-	Kept         []AuditEntry        `json:"kept,omitempty"`
-	AdminsBefore int                 `json:"admins_before"`
-	AdminsAfter  int                 `json:"admins_after"`
-	Holds        []Hold              `json:"holds"`
-}
-
-// UnmapPlan is a group rule the new mapping removes.
-type UnmapPlan struct {
-	Rule   string `json:"rule"`
-	Users  int    `json:"users"`  // users holding a badge through it
-	Choice string `json:"choice"` // keep, remove, or "" (not given)
-}
-
 // LeavesNoAdmin reports whether the change would take an organisation from
 // at least one admin to none, were the last-admin safeguard not there.
 func (p *Plan) LeavesNoAdmin() bool {
@@ -260,7 +232,7 @@ func (s *Store) ApplyMapping(m mapping.Config, onUnmap string, dryRun bool) (*Pl
 			retained := false
 			for i, g := range u.Grants {
 				if choice, ok := removed[g.Rule]; ok && choice == mapping.OnUnmapKeep && g.Source == "group" {
-					u.Grants[i].Source = SourceRetained
+					u.Grants[i].Source = mapping.SourceRetained
 					retained = true
 				}
 			}
@@ -370,7 +342,7 @@ func (s *Store) resume(t *txn, org string, now time.Time, counts Counts) error {
 	for _, raw := range raws {
 		ev, err := events.Decode(raw)
 		if err != nil {
-			counts["invalid"]++
+			counts[Invalid]++
 			continue
 		}
 		o, err := s.applyOne(t, ev, now, applyFlags{resumed: true})
@@ -450,7 +422,7 @@ func (s *Store) DecideHold(id uint64, approve, dryRun bool) (*Plan, error) {
 			if err := deletePrefix(t.deprov, pair(h.OrganizationID, "")); err != nil {
 				return err
 			}
-			counts["dropped"] = len(raws)
+			counts[Dropped] = len(raws)
 			return s.addAudit(t, AuditEntry{Time: now, EventID: holdDecision(h), OrganizationID: h.OrganizationID, Action: ActionDrop,
 				Reason: fmt.Sprintf("hold %d rejected: %d deferred events dropped", h.ID, len(raws))})
 		}
@@ -460,8 +432,8 @@ func (s *Store) DecideHold(id uint64, approve, dryRun bool) (*Plan, error) {
 		}
 		if !approve {
 			for i, g := range u.Grants {
-				if g.Badge == h.Badge && g.Source == SourceHeld {
-					u.Grants[i].Source = SourceRetained
+				if g.Badge == h.Badge && g.Source == mapping.SourceHeld {
+					u.Grants[i].Source = mapping.SourceRetained
 				}
 			}
 			if err := t.putUser(u); err != nil {
@@ -491,7 +463,7 @@ func (s *Store) Preview(evs []*events.Event) (*Plan, error) {
 		plan, err := s.simulate(func(t *txn, now time.Time) error {
 			return s.applyInOrder(t, evs, trips, now, func(i int, o Outcome) {
 				if _, tripped := trips[i]; tripped {
-					o = "would_pause"
+					o = WouldPause
 				}
 				counts[o]++
 			})

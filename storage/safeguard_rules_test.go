@@ -220,7 +220,7 @@ func engineerRuleKept(t *testing.T) (*storage.Store, mapping.Config) {
 func TestKeptBadgeStaysRetainedAfterNextEvent(t *testing.T) {
 	st, _ := engineerRuleKept(t)
 	u, _ := st.User("u1")
-	if !slices.ContainsFunc(u.Grants, func(g mapping.Grant) bool { return g.Badge == "engineer" && g.Source == storage.SourceRetained }) {
+	if !slices.ContainsFunc(u.Grants, func(g mapping.Grant) bool { return g.Badge == "engineer" && g.Source == mapping.SourceRetained }) {
 		t.Errorf("after keep, engineer grant is not recorded as retained: %+v", u.Grants)
 	}
 	// A profile change, unrelated to groups, recomputes u1.

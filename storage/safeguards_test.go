@@ -73,7 +73,7 @@ func TestLastAdminIsHeldThenReleased(t *testing.T) {
 	}
 	actions := []string{}
 	for _, e := range why {
-		actions = append(actions, e.Action)
+		actions = append(actions, string(e.Action))
 	}
 	if !slices.Equal(actions, []string{"grant", "hold", "release", "revoke"}) {
 		t.Fatalf("u2 admin audit = %v", actions)

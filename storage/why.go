@@ -30,11 +30,11 @@ type Why struct {
 // role, default, held, retained, break_glass) and the group or role that
 // matched, with the reason in words.
 type WhyGrant struct {
-	Rule   string `json:"rule"`
-	Source string `json:"source"`
-	Group  string `json:"group,omitempty"`
-	Role   string `json:"role,omitempty"`
-	Reason string `json:"reason"`
+	Rule   string              `json:"rule"`
+	Source mapping.GrantSource `json:"source"`
+	Group  string              `json:"group,omitempty"`
+	Role   string              `json:"role,omitempty"`
+	Reason string              `json:"reason"`
 }
 
 // Why explains whether the user userID has badge, from the user's grants,
@@ -137,18 +137,18 @@ func grantExplanation(g mapping.Grant, names map[string]string, holds []Hold) st
 		return "has WorkOS role " + g.Role + " matched by rule " + g.Rule
 	case "default":
 		return "default badge of every active user"
-	case SourceHeld:
+	case mapping.SourceHeld:
 		s := "kept by an open last-admin hold"
 		if len(holds) > 0 {
 			s += fmt.Sprintf(" (hold %d: %s)", holds[0].ID, holds[0].Reason)
 		}
 		return s
-	case SourceRetained:
+	case mapping.SourceRetained:
 		return "retained after its rule " + g.Rule + " was removed from the mapping (on_unmap: keep)"
-	case SourceBreakGlass:
+	case mapping.SourceBreakGlass:
 		return "break-glass account: sync never revokes its badges (granted by rule " + g.Rule + ")"
 	}
-	return "granted by rule " + g.Rule + " (" + g.Source + ")"
+	return "granted by rule " + g.Rule + " (" + string(g.Source) + ")"
 }
 
 // whyTime writes t in UTC, RFC 3339; "" for the zero time.

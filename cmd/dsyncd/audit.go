@@ -60,7 +60,7 @@ operator's decision on hold ID), REASON.` + targetHelp + exitStatusHelp,
 				}
 				rows := make([][]string, 0, len(es))
 				for _, e := range es {
-					rows = append(rows, []string{strconv.FormatUint(e.Seq, 10), fmtTime(e.Time), e.Action, e.UserID, e.Badge, e.OrganizationID, e.EventID, e.Reason})
+					rows = append(rows, []string{strconv.FormatUint(e.Seq, 10), fmtTime(e.Time), string(e.Action), e.UserID, e.Badge, e.OrganizationID, e.EventID, e.Reason})
 				}
 				return table(a.stdout, []string{"SEQ", "TIME", "ACTION", "USER", "BADGE", "ORGANIZATION", "EVENT", "REASON"}, rows)
 			})

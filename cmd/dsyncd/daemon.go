@@ -239,8 +239,8 @@ func (d *daemon) degraded() []string {
 }
 
 func (d *daemon) onHold(h storage.Hold) {
-	d.metrics.holdsOpened.WithLabelValues(h.Kind).Inc()
-	d.log.Warn("hold opened", zap.Uint64("hold", h.ID), zap.String("kind", h.Kind), zap.String("organization", h.OrganizationID),
+	d.metrics.holdsOpened.WithLabelValues(string(h.Kind)).Inc()
+	d.log.Warn("hold opened", zap.Uint64("hold", h.ID), zap.String("kind", string(h.Kind)), zap.String("organization", h.OrganizationID),
 		zap.String("user", h.UserID), zap.String("badge", h.Badge), zap.String("event_id", h.EventID), zap.String("reason", h.Reason))
 }
 

@@ -221,7 +221,7 @@ func TestOperationsOnlineThenOffline(t *testing.T) {
 	var actions []string
 	for _, e := range audit.Entries {
 		if e.Badge == "admin" {
-			actions = append(actions, e.Action+":"+e.EventID)
+			actions = append(actions, string(e.Action)+":"+e.EventID)
 		}
 	}
 	if strings.Join(actions, ",") != "grant:ev_add_u2,revoke:ev_rm_u2" {
