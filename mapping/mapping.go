@@ -148,10 +148,10 @@ const (
 
 // Grant is one reason a user holds a badge.
 type Grant struct {
-	Badge string `json:"badge"`
-	Rule  string `json:"rule"`            // "default", GroupRule.String() or RoleRule.String()
-	Group string `json:"group,omitempty"` // the group id, for a group rule
-	Role  string `json:"role,omitempty"`  // the role slug, for a role rule
+	Badge  string      `json:"badge"`
+	Rule   string      `json:"rule"`            // "default", GroupRule.String() or RoleRule.String()
+	Group  string      `json:"group,omitempty"` // the group id, for a group rule
+	Role   string      `json:"role,omitempty"`  // the role slug, for a role rule
 	Source GrantSource `json:"source"`
 }
 
