@@ -324,7 +324,7 @@ func Default() Config {
 		},
 		Mapping: mapping.Config{
 			AdminBadge:    "admin",
-			DefaultBadges: []string{"member"},
+			DefaultBadges: []mapping.Badge{"member"},
 		},
 		Safeguards: SafeguardsConfig{
 			OnDirectoryDeleted: OnDirectoryDeletedKeep,

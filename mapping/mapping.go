@@ -24,6 +24,10 @@ import (
 	"strings"
 )
 
+// Badge is a role in the product, granted by the mapping: what dsyncd
+// computes for each user. Its JSON is its name.
+type Badge string
+
 // OnUnmap values say what happens to the badges a group rule granted when the
 // rule is removed from the configuration.
 const (
@@ -42,7 +46,7 @@ type GroupRule struct {
 	// Organization, when set, limits the rule to groups of that WorkOS organization.
 	Organization string `mapstructure:"organization" json:"organization,omitempty"`
 	// Badges are granted to every active member of a matching group.
-	Badges []string `mapstructure:"badges" json:"badges"`
+	Badges []Badge `mapstructure:"badges" json:"badges"`
 	// OnUnmap is "keep" or "remove": what to do with the badges this rule granted
 	// once it disappears from the configuration. Empty means "ask".
 	OnUnmap string `mapstructure:"on_unmap" json:"on_unmap,omitempty"`
@@ -50,16 +54,16 @@ type GroupRule struct {
 
 // RoleRule grants Badges to every active user carrying the WorkOS role Slug.
 type RoleRule struct {
-	Slug   string   `mapstructure:"slug" json:"slug"`
-	Badges []string `mapstructure:"badges" json:"badges"`
+	Slug   string  `mapstructure:"slug" json:"slug"`
+	Badges []Badge `mapstructure:"badges" json:"badges"`
 }
 
 // Config is the mapping section of dsyncd's configuration.
 type Config struct {
 	// AdminBadge is the badge the last-admin safeguard protects.
-	AdminBadge string `mapstructure:"admin_badge" json:"admin_badge"`
+	AdminBadge Badge `mapstructure:"admin_badge" json:"admin_badge"`
 	// DefaultBadges go to every active user.
-	DefaultBadges []string `mapstructure:"default_badges" json:"default_badges"`
+	DefaultBadges []Badge `mapstructure:"default_badges" json:"default_badges"`
 	// Groups are the group rules, matched in order (all matching rules apply).
 	Groups []GroupRule `mapstructure:"groups" json:"groups"`
 	// Roles are the role-slug rules.
@@ -148,7 +152,7 @@ const (
 
 // Grant is one reason a user holds a badge.
 type Grant struct {
-	Badge  string      `json:"badge"`
+	Badge  Badge       `json:"badge"`
 	Rule   string      `json:"rule"`            // "default", GroupRule.String() or RoleRule.String()
 	Group  string      `json:"group,omitempty"` // the group id, for a group rule
 	Role   string      `json:"role,omitempty"`  // the role slug, for a role rule
@@ -187,7 +191,7 @@ func (c *Config) Grants(s Subject) []Grant {
 
 func compareGrant(a, b Grant) int {
 	return cmpChain(
-		strings.Compare(a.Badge, b.Badge),
+		strings.Compare(string(a.Badge), string(b.Badge)),
 		strings.Compare(a.Rule, b.Rule),
 		strings.Compare(a.Group, b.Group),
 		strings.Compare(a.Role, b.Role),
@@ -204,8 +208,8 @@ func cmpChain(cs ...int) int {
 }
 
 // Badges returns the sorted, unique badge names of grants.
-func Badges(grants []Grant) []string {
-	out := make([]string, 0, len(grants))
+func Badges(grants []Grant) []Badge {
+	out := make([]Badge, 0, len(grants))
 	for _, g := range grants {
 		out = append(out, g.Badge)
 	}
@@ -243,11 +247,11 @@ func (c *Config) GrantsAdmin() bool {
 // Validate returns one error per problem, each naming its key under "mapping.".
 func (c *Config) Validate() []error {
 	var errs []error
-	if strings.TrimSpace(c.AdminBadge) == "" {
+	if strings.TrimSpace(string(c.AdminBadge)) == "" {
 		errs = append(errs, fmt.Errorf("mapping.admin_badge: must not be empty"))
 	}
 	for i, b := range c.DefaultBadges {
-		if strings.TrimSpace(b) == "" {
+		if strings.TrimSpace(string(b)) == "" {
 			errs = append(errs, fmt.Errorf("mapping.default_badges[%d]: must not be empty", i))
 		}
 	}
@@ -260,7 +264,7 @@ func (c *Config) Validate() []error {
 			errs = append(errs, fmt.Errorf("%s.badges: must list at least one badge", key))
 		}
 		for j, b := range r.Badges {
-			if strings.TrimSpace(b) == "" {
+			if strings.TrimSpace(string(b)) == "" {
 				errs = append(errs, fmt.Errorf("%s.badges[%d]: must not be empty", key, j))
 			}
 		}

@@ -46,6 +46,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/dsyncd/dsyncd/events"
+	"github.com/dsyncd/dsyncd/mapping"
 	"github.com/dsyncd/dsyncd/storage"
 )
 
@@ -672,7 +673,7 @@ func (s *Server) handleUser(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleDirectoryUsers(w http.ResponseWriter, r *http.Request) {
-	users, err := s.st.UsersWithBadge(r.PathValue("id"), r.URL.Query().Get("badge"))
+	users, err := s.st.UsersWithBadge(r.PathValue("id"), mapping.Badge(r.URL.Query().Get("badge")))
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -682,7 +683,7 @@ func (s *Server) handleDirectoryUsers(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	f := storage.AuditFilter{UserID: q.Get("user"), OrganizationID: q.Get("org"), Badge: q.Get("badge")}
+	f := storage.AuditFilter{UserID: q.Get("user"), OrganizationID: q.Get("org"), Badge: mapping.Badge(q.Get("badge"))}
 	if v := q.Get("since"); v != "" {
 		t, err := time.Parse(time.RFC3339, v)
 		if err != nil {

@@ -14,18 +14,18 @@ import (
 
 // AuditEntry records one badge change, or one change that was not made, and why.
 type AuditEntry struct {
-	Seq            uint64      `json:"seq"`
-	Time           time.Time   `json:"time"`
-	EventID        string      `json:"event_id,omitempty"`
-	OrganizationID string      `json:"organization_id,omitempty"`
-	DirectoryID    string      `json:"directory_id,omitempty"`
-	UserID         string      `json:"user_id,omitempty"`
-	Badge          string      `json:"badge,omitempty"`
-	Action         AuditAction `json:"action"`
-	Rule           string      `json:"rule,omitempty"`
-	Group          string      `json:"group,omitempty"`
-	Role           string      `json:"role,omitempty"`
-	Reason         string      `json:"reason"`
+	Seq            uint64        `json:"seq"`
+	Time           time.Time     `json:"time"`
+	EventID        string        `json:"event_id,omitempty"`
+	OrganizationID string        `json:"organization_id,omitempty"`
+	DirectoryID    string        `json:"directory_id,omitempty"`
+	UserID         string        `json:"user_id,omitempty"`
+	Badge          mapping.Badge `json:"badge,omitempty"`
+	Action         AuditAction   `json:"action"`
+	Rule           string        `json:"rule,omitempty"`
+	Group          string        `json:"group,omitempty"`
+	Role           string        `json:"role,omitempty"`
+	Reason         string        `json:"reason"`
 }
 
 func (s *Store) addAudit(t *txn, e AuditEntry) error {
@@ -248,7 +248,7 @@ func (s *Store) planGrants(t *txn, u *userRec, eventID string, now time.Time) (*
 // badges it lost, or every badge when it lost them all.
 type loss struct {
 	user   string
-	badges []string
+	badges []mapping.Badge
 	raw    []byte // badges as recorded (JSON), when read back
 }
 
@@ -256,7 +256,7 @@ type loss struct {
 // safeguard said so) and audits the difference. It returns the badges the
 // user lost that count for the breaker: its mapped (non-default) badges
 // lost, or every badge when it lost them all.
-func (s *Store) commitGrants(t *txn, p *grantPlan, eventID string, now time.Time) (lost []string, err error) {
+func (s *Store) commitGrants(t *txn, p *grantPlan, eventID string, now time.Time) (lost []mapping.Badge, err error) {
 	u, admin := p.u, s.opts.Mapping.AdminBadge
 	base := AuditEntry{Time: now, EventID: eventID, OrganizationID: p.org, DirectoryID: u.DirectoryID, UserID: u.ID}
 	want := p.want
@@ -264,7 +264,7 @@ func (s *Store) commitGrants(t *txn, p *grantPlan, eventID string, now time.Time
 	if p.holdAdmin {
 		g := firstGrant(u.Grants, admin)
 		h := &Hold{Kind: HoldLastAdmin, OrganizationID: p.org, UserID: u.ID, Badge: admin, Rule: g.Rule,
-			Reason:  "revoking " + admin + " (" + revokeReason(u, p.sub) + ") would leave organisation " + p.org + " without an admin",
+			Reason:  "revoking " + string(admin) + " (" + revokeReason(u, p.sub) + ") would leave organisation " + p.org + " without an admin",
 			EventID: eventID, CreatedAt: now, MovedTo: p.movedTo}
 		if p.movedTo != "" {
 			h.Reason = "moving the user to organisation " + p.movedTo + " would leave organisation " + p.org + " without an admin"
@@ -326,7 +326,7 @@ func (s *Store) commitGrants(t *txn, p *grantPlan, eventID string, now time.Time
 }
 
 func compareGrants(a, b mapping.Grant) int {
-	for _, c := range [][2]string{{a.Badge, b.Badge}, {a.Rule, b.Rule}, {a.Group, b.Group}, {a.Role, b.Role}, {string(a.Source), string(b.Source)}} {
+	for _, c := range [][2]string{{string(a.Badge), string(b.Badge)}, {a.Rule, b.Rule}, {a.Group, b.Group}, {a.Role, b.Role}, {string(a.Source), string(b.Source)}} {
 		if r := strings.Compare(c[0], c[1]); r != 0 {
 			return r
 		}
@@ -338,7 +338,7 @@ func grantsEqual(a, b []mapping.Grant) bool {
 	return slices.Equal(a, b)
 }
 
-func firstGrant(gs []mapping.Grant, badge string) mapping.Grant {
+func firstGrant(gs []mapping.Grant, badge mapping.Badge) mapping.Grant {
 	for _, g := range gs {
 		if g.Badge == badge {
 			return g

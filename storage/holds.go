@@ -12,6 +12,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/dsyncd/dsyncd/events"
+	"github.com/dsyncd/dsyncd/mapping"
 )
 
 // ErrHoldClosed is returned when approving or rejecting a hold that is not open.
@@ -19,17 +20,17 @@ var ErrHoldClosed = errors.New("hold is not open")
 
 // Hold is a change sync did not make on its own.
 type Hold struct {
-	ID             uint64    `json:"id"`
-	Kind           HoldKind  `json:"kind"`
-	OrganizationID string    `json:"organization_id"`
-	UserID         string    `json:"user_id,omitempty"`
-	Badge          string    `json:"badge,omitempty"`
-	Rule           string    `json:"rule,omitempty"`
-	Reason         string    `json:"reason"`
-	EventID        string    `json:"event_id,omitempty"`
-	CreatedAt      time.Time `json:"created_at"`
-	Deferred       int       `json:"deferred_events,omitempty"` // mass_deprovision: events waiting
-	Users          int       `json:"users,omitempty"`           // mass_deprovision: users who would lose badges within the window
+	ID             uint64        `json:"id"`
+	Kind           HoldKind      `json:"kind"`
+	OrganizationID string        `json:"organization_id"`
+	UserID         string        `json:"user_id,omitempty"`
+	Badge          mapping.Badge `json:"badge,omitempty"`
+	Rule           string        `json:"rule,omitempty"`
+	Reason         string        `json:"reason"`
+	EventID        string        `json:"event_id,omitempty"`
+	CreatedAt      time.Time     `json:"created_at"`
+	Deferred       int           `json:"deferred_events,omitempty"` // mass_deprovision: events waiting
+	Users          int           `json:"users,omitempty"`           // mass_deprovision: users who would lose badges within the window
 	// MovedTo: a last_admin hold on a move; the organisation the user was
 	// moved to. Until the hold closes the user stays in OrganizationID.
 	MovedTo       string         `json:"moved_to,omitempty"`
@@ -262,7 +263,7 @@ type errTrip struct {
 	// and the holders it was computed from, users per badge lost.
 	users, holders int
 	limit          float64
-	perBadge       map[string]int
+	perBadge       map[mapping.Badge]int
 }
 
 func (e *errTrip) Error() string {
@@ -271,12 +272,12 @@ func (e *errTrip) Error() string {
 
 // badgesByLoss returns the badges lost, mapped ones first, then by the
 // number of users losing them, then by name.
-func (e *errTrip) badgesByLoss(defaults []string) []string {
-	out := make([]string, 0, len(e.perBadge))
+func (e *errTrip) badgesByLoss(defaults []mapping.Badge) []mapping.Badge {
+	out := make([]mapping.Badge, 0, len(e.perBadge))
 	for b := range e.perBadge {
 		out = append(out, b)
 	}
-	slices.SortFunc(out, func(x, y string) int {
+	slices.SortFunc(out, func(x, y mapping.Badge) int {
 		dx, dy := slices.Contains(defaults, x), slices.Contains(defaults, y)
 		switch {
 		case dx != dy && dy:
@@ -287,7 +288,7 @@ func (e *errTrip) badgesByLoss(defaults []string) []string {
 		if d := e.perBadge[y] - e.perBadge[x]; d != 0 {
 			return d
 		}
-		return strings.Compare(x, y)
+		return strings.Compare(string(x), string(y))
 	})
 	return out
 }
@@ -373,7 +374,7 @@ func (s *Store) checkBreaker(t *txn, c *change, index int) error {
 			if limit := b.Limit(holders); float64(total) > limit {
 				// Per badge, the users losing it (decoded only now: a
 				// long wave reads its records once per event).
-				lost := map[string]map[string]bool{}
+				lost := map[mapping.Badge]map[string]bool{}
 				for _, l := range append(recent, ls...) {
 					badges := l.badges
 					if badges == nil && len(l.raw) > 0 {
@@ -388,7 +389,7 @@ func (s *Store) checkBreaker(t *txn, c *change, index int) error {
 						lost[badge][l.user] = true
 					}
 				}
-				per := make(map[string]int, len(lost))
+				per := make(map[mapping.Badge]int, len(lost))
 				for badge, users := range lost {
 					per[badge] = len(users)
 				}
@@ -443,7 +444,7 @@ func (s *Store) pause(t *txn, trip *errTrip, ev *events.Event, now time.Time) er
 	for _, badge := range badges {
 		lost = append(lost, fmt.Sprintf("%s: %d", badge, trip.perBadge[badge]))
 	}
-	var top string
+	var top mapping.Badge
 	if len(badges) > 0 {
 		top = badges[0]
 	}

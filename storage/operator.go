@@ -110,7 +110,7 @@ func buildPlan(t *txn, startSeq uint64, before, after map[string]int) (*Plan, er
 		if o, ok := orgs[org]; ok {
 			return o
 		}
-		o := &OrgPlan{Organization: org, Gains: map[string][]string{}, Losses: map[string][]string{}, Holds: []Hold{},
+		o := &OrgPlan{Organization: org, Gains: map[mapping.Badge][]string{}, Losses: map[mapping.Badge][]string{}, Holds: []Hold{},
 			AdminsBefore: before[org], AdminsAfter: after[org]}
 		orgs[org] = o
 		return o
@@ -142,7 +142,7 @@ func buildPlan(t *txn, startSeq uint64, before, after map[string]int) (*Plan, er
 	}
 	p := &Plan{Organizations: []OrgPlan{}}
 	for _, o := range orgs {
-		for _, m := range []map[string][]string{o.Gains, o.Losses} {
+		for _, m := range []map[mapping.Badge][]string{o.Gains, o.Losses} {
 			for b := range m {
 				slices.Sort(m[b])
 				m[b] = slices.Compact(m[b])

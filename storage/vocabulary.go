@@ -1,5 +1,7 @@
 package storage
 
+import "github.com/dsyncd/dsyncd/mapping"
+
 // This file is the store's vocabulary: the named types the store, the server,
 // the worker and the commands share — what applying an event did (Outcome,
 // Counts), what a safeguard holds (HoldKind, HoldResolution), what the audit
@@ -94,13 +96,13 @@ type Plan struct {
 
 // OrgPlan is what a change does to one organisation.
 type OrgPlan struct {
-	Organization string              `json:"organization"`
-	Gains        map[string][]string `json:"gains"`  // badge -> user ids
-	Losses       map[string][]string `json:"losses"` // badge -> user ids
-	Kept         []AuditEntry        `json:"kept,omitempty"`
-	AdminsBefore int                 `json:"admins_before"`
-	AdminsAfter  int                 `json:"admins_after"`
-	Holds        []Hold              `json:"holds"`
+	Organization string                     `json:"organization"`
+	Gains        map[mapping.Badge][]string `json:"gains"`  // badge -> user ids
+	Losses       map[mapping.Badge][]string `json:"losses"` // badge -> user ids
+	Kept         []AuditEntry               `json:"kept,omitempty"`
+	AdminsBefore int                        `json:"admins_before"`
+	AdminsAfter  int                        `json:"admins_after"`
+	Holds        []Hold                     `json:"holds"`
 }
 
 // UnmapPlan is a group rule the new mapping removes.

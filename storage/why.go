@@ -13,9 +13,9 @@ import (
 // Why says whether a user has a badge and why: what "dsyncd why" prints and
 // GET /v1/users/{id}/why/{badge} answers.
 type Why struct {
-	User  string `json:"user"`
-	Badge string `json:"badge"`
-	Has   bool   `json:"has"`
+	User  string        `json:"user"`
+	Badge mapping.Badge `json:"badge"`
+	Has   bool          `json:"has"`
 	// Explanation is the answer in one line.
 	Explanation string `json:"explanation"`
 	// Grants are the user's grants of the badge, each with its reason.
@@ -40,7 +40,7 @@ type WhyGrant struct {
 // Why explains whether the user userID has badge, from the user's grants,
 // the audit entries of (user, badge) and the open holds. It returns
 // ErrNotFound for an unknown user.
-func (s *Store) Why(userID, badge string) (*Why, error) {
+func (s *Store) Why(userID string, badge mapping.Badge) (*Why, error) {
 	u, err := s.User(userID)
 	if err != nil {
 		return nil, err
@@ -61,7 +61,7 @@ func (s *Store) Why(userID, badge string) (*Why, error) {
 // entries of (u, badge) oldest first, and the open holds.
 // auditRetention is store.audit_retention: with it set, an empty trail no
 // longer proves a badge was never granted.
-func Explain(u *UserView, badge string, entries []AuditEntry, open []Hold, auditRetention time.Duration) Why {
+func Explain(u *UserView, badge mapping.Badge, entries []AuditEntry, open []Hold, auditRetention time.Duration) Why {
 	ans := Why{User: u.ID, Badge: badge, Has: slices.Contains(u.Badges, badge), Grants: []WhyGrant{}}
 	for _, h := range open {
 		if h.UserID == u.ID && h.Badge == badge && h.Open() {

@@ -241,7 +241,7 @@ func (d *daemon) degraded() []string {
 func (d *daemon) onHold(h storage.Hold) {
 	d.metrics.holdsOpened.WithLabelValues(string(h.Kind)).Inc()
 	d.log.Warn("hold opened", zap.Uint64("hold", h.ID), zap.String("kind", string(h.Kind)), zap.String("organization", h.OrganizationID),
-		zap.String("user", h.UserID), zap.String("badge", h.Badge), zap.String("event_id", h.EventID), zap.String("reason", h.Reason))
+		zap.String("user", h.UserID), zap.String("badge", string(h.Badge)), zap.String("event_id", h.EventID), zap.String("reason", h.Reason))
 }
 
 // Reload applies a new configuration's mapping (SIGHUP). An invalid one

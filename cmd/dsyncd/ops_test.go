@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/dsyncd/dsyncd/mapping"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -455,7 +456,7 @@ func TestRebuildHelpers(t *testing.T) {
 			t.Errorf("eventIDOf(%q) = %q, want %q", in, got, want)
 		}
 	}
-	u := func(id string, badges ...string) storage.ExportUser {
+	u := func(id string, badges ...mapping.Badge) storage.ExportUser {
 		return storage.ExportUser{ID: id, Badges: badges}
 	}
 	old := &storage.Snapshot{Users: []storage.ExportUser{u("a", "admin"), u("b"), u("c")}}

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/dsyncd/dsyncd/config"
+	"github.com/dsyncd/dsyncd/mapping"
 	"github.com/dsyncd/dsyncd/storage"
 )
 
@@ -188,9 +189,9 @@ func printPlan(w io.Writer, p *storage.Plan, format string) error {
 		fmt.Fprintf(&b, "organisation %s: admins %d -> %d\n", name, o.AdminsBefore, o.AdminsAfter)
 		for _, side := range []struct {
 			sign string
-			m    map[string][]string
+			m    map[mapping.Badge][]string
 		}{{"+", o.Gains}, {"-", o.Losses}} {
-			badges := make([]string, 0, len(side.m))
+			badges := make([]mapping.Badge, 0, len(side.m))
 			for badge := range side.m {
 				badges = append(badges, badge)
 			}
