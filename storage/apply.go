@@ -328,50 +328,6 @@ func (c *change) directory() error {
 	return nil
 }
 
-// deprovisionDirectory ends every user and group of d older than its
-// deletion, when the policy is deprovision.
-func (c *change) deprovisionDirectory(d *dirRec) error {
-	if c.s.opts.Safeguards.OnDirectoryDeleted != OnDirectoryDeletedDeprovision {
-		return nil
-	}
-	err := eachPrefix(c.t.dirUsers, d.ID, func(uid string) error {
-		u, err := c.t.user(uid)
-		if err != nil || u == nil {
-			return err
-		}
-		// A user newer than the deletion stays, but its memberships older
-		// than the deletion end: its badges change too.
-		c.touch(uid)
-		if !u.RolesKey.newer(d.DeletedKey) && (u.Roles != nil || u.RolesKey != (key{})) {
-			// Roles carried only by events older than the deletion go with it.
-			u.Roles, u.RolesKey = nil, key{}
-			if err := c.t.putUser(u); err != nil {
-				return err
-			}
-		}
-		if !d.DeletedKey.newer(u.Key) {
-			return nil
-		}
-		if c.s.breakGlass(u) {
-			return c.s.auditBreakGlass(c.t, c.ev, u, c.now, "directory deprovisioned")
-		}
-		u.Deleted, u.Key, u.DeletedKey = true, d.DeletedKey, maxKey(u.DeletedKey, d.DeletedKey)
-		c.touch(uid)
-		return c.t.putUser(u)
-	})
-	if err != nil {
-		return err
-	}
-	return eachPrefix(c.t.dirGroups, d.ID, func(gid string) error {
-		g, err := c.t.group(gid)
-		if err != nil || g == nil || !d.DeletedKey.newer(g.Key) {
-			return err
-		}
-		g.Deleted, g.Key, g.DeletedKey = true, d.DeletedKey, maxKey(g.DeletedKey, d.DeletedKey)
-		return c.t.putGroup(g)
-	})
-}
-
 // setUser applies the user payload u0 if it is newer than what the store
 // holds. deleted marks a dsync.user.deleted.
 func (c *change) setUser(u0 *events.User, deleted bool) error {
@@ -440,30 +396,6 @@ func (c *change) setUser(u0 *events.User, deleted bool) error {
 	c.changed = true
 	c.touch(rec.ID)
 	return c.t.putUser(&rec)
-}
-
-// pinBreakGlass keeps a break-glass account recognised by its directory user
-// id: rec, the new state of u, records the break_glass entry either matched,
-// and an email change of the account is audited.
-func (c *change) pinBreakGlass(u, rec *userRec) error {
-	entry := c.s.breakGlassEntry(u)
-	if entry == "" {
-		entry = c.s.breakGlassEntry(rec)
-	}
-	if entry == "" {
-		return nil
-	}
-	rec.BreakGlassBy = entry
-	if u.ID == "" || u.Email == "" || strings.EqualFold(u.Email, rec.Email) {
-		return nil
-	}
-	org, err := c.s.userOrg(c.t, rec)
-	if err != nil {
-		return err
-	}
-	return c.s.addAudit(c.t, AuditEntry{Time: c.now, EventID: c.ev.ID, OrganizationID: org, DirectoryID: rec.DirectoryID, UserID: rec.ID,
-		Action: ActionProfile, Reason: fmt.Sprintf("break-glass account's email changed from %s to %s: applied; still protected, "+
-			"recognised by its directory user id (break_glass entry %s)", u.Email, rec.Email, entry)})
 }
 
 func (c *change) user() error {

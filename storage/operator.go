@@ -20,14 +20,6 @@ import (
 // and nobody said whether its badges stay (keep) or go (remove).
 var ErrUnmapChoice = errors.New("a removed group rule needs on_unmap: keep or remove")
 
-// ErrNotRejectable is returned by DecideHold when rejecting a last-admin hold
-// on a move: the directory moved the user; approve the hold, or give the old
-// organisation another admin (the hold then closes by itself).
-var ErrNotRejectable = errors.New("a held move cannot be rejected: approve it, or give the organisation another admin")
-
-// ErrNotPaused is returned by Resume for an organisation whose sync is not paused.
-var ErrNotPaused = errors.New("organisation is not paused")
-
 // EventMappingChange is the event id audit entries of a mapping change carry.
 const EventMappingChange = "config:mapping"
 
@@ -299,61 +291,6 @@ func liveUserIDs(t *txn) ([]string, error) {
 	return ids, err
 }
 
-// Resume applies the events deferred while org was paused, in order,
-// through the other safeguards, and unpauses it. With dryRun it only says
-// what it would do.
-func (s *Store) Resume(org string, dryRun bool) (*Plan, error) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	counts := Counts{}
-	plan, err := s.simulate(func(t *txn, now time.Time) error {
-		hid := t.paused.Get([]byte(org))
-		if hid == nil {
-			return fmt.Errorf("%w: %s", ErrNotPaused, org)
-		}
-		h, err := getJSON[Hold](t.holds, hid)
-		if err != nil {
-			return err
-		}
-		if h != nil && h.Open() {
-			if err := s.closeHold(t, h, ResolutionApproved, "an operator resumed the organisation's sync", holdDecision(h), now); err != nil {
-				return err
-			}
-		}
-		return s.resume(t, org, now, counts)
-	}, !dryRun)
-	if plan != nil {
-		plan.Applied = counts
-	}
-	return plan, err
-}
-
-func (s *Store) resume(t *txn, org string, now time.Time, counts Counts) error {
-	if err := t.paused.Delete([]byte(org)); err != nil {
-		return err
-	}
-	if err := deletePrefix(t.deprov, pair(org, "")); err != nil {
-		return err
-	}
-	raws, err := takePrefix(t.pending, pair(org, ""))
-	if err != nil {
-		return err
-	}
-	for _, raw := range raws {
-		ev, err := events.Decode(raw)
-		if err != nil {
-			counts[Invalid]++
-			continue
-		}
-		o, err := s.applyOne(t, ev, now, applyFlags{resumed: true})
-		if err != nil {
-			return fmt.Errorf("resume %s: apply %s: %w", org, ev.ID, err)
-		}
-		counts[o]++
-	}
-	return nil
-}
-
 // takePrefix deletes and returns the values under prefix, in key order.
 func takePrefix(b *bolt.Bucket, prefix []byte) ([][]byte, error) {
 	var out [][]byte
@@ -398,8 +335,12 @@ func (s *Store) DecideHold(id uint64, approve, dryRun bool) (*Plan, error) {
 		if !h.Open() {
 			return fmt.Errorf("hold %d: %w", id, ErrHoldClosed)
 		}
-		if h.MovedTo != "" && !approve {
-			return fmt.Errorf("hold %d: %w", id, ErrNotRejectable)
+		rule := holdRuleOf(h.Kind)
+		if rule == nil {
+			return fmt.Errorf("hold %d: no safeguard holds %q", id, h.Kind)
+		}
+		if err := rule.decidable(h, approve); err != nil {
+			return fmt.Errorf("hold %d: %w", id, err)
 		}
 		res, because := ResolutionRejected, "rejected by an operator"
 		if approve {
@@ -408,40 +349,7 @@ func (s *Store) DecideHold(id uint64, approve, dryRun bool) (*Plan, error) {
 		if err := s.closeHold(t, h, res, because, holdDecision(h), now); err != nil {
 			return err
 		}
-		switch {
-		case h.Kind == HoldMassDeprovision && approve:
-			return s.resume(t, h.OrganizationID, now, counts)
-		case h.Kind == HoldMassDeprovision:
-			raws, err := takePrefix(t.pending, pair(h.OrganizationID, ""))
-			if err != nil {
-				return err
-			}
-			if err := t.paused.Delete([]byte(h.OrganizationID)); err != nil {
-				return err
-			}
-			if err := deletePrefix(t.deprov, pair(h.OrganizationID, "")); err != nil {
-				return err
-			}
-			counts[Dropped] = len(raws)
-			return s.addAudit(t, AuditEntry{Time: now, EventID: holdDecision(h), OrganizationID: h.OrganizationID, Action: ActionDrop,
-				Reason: fmt.Sprintf("hold %d rejected: %d deferred events dropped", h.ID, len(raws))})
-		}
-		u, err := t.user(h.UserID)
-		if err != nil || u == nil {
-			return err
-		}
-		if !approve {
-			for i, g := range u.Grants {
-				if g.Badge == h.Badge && g.Source == mapping.SourceHeld {
-					u.Grants[i].Source = mapping.SourceRetained
-				}
-			}
-			if err := t.putUser(u); err != nil {
-				return err
-			}
-		}
-		_, err = s.regrant(t, []*userRec{u}, holdDecision(h), now, regrantOpts{forceRevokeAdmin: approve})
-		return err
+		return rule.decide(s, t, h, approve, now, counts)
 	}, !dryRun)
 	if plan != nil {
 		plan.Applied = counts

@@ -362,3 +362,11 @@ func BenchmarkDeprovisionWave(b *testing.B) {
 		b.ReportMetric(float64(time.Since(start).Microseconds())/deletes, "µs/delete")
 	}
 }
+
+// Every safeguard that holds changes is listed, so that its metric exists
+// from the start and its holds can be decided.
+func TestHoldKindsListsEverySafeguardThatHolds(t *testing.T) {
+	if got, want := storage.HoldKinds(), []storage.HoldKind{storage.HoldLastAdmin, storage.HoldMassDeprovision}; !slices.Equal(got, want) {
+		t.Fatalf("HoldKinds() = %v, want %v", got, want)
+	}
+}

@@ -23,12 +23,6 @@ var (
 	ErrNotFound = errors.New("not found")
 )
 
-// Directory deletion policies (safeguards.on_directory_deleted).
-const (
-	OnDirectoryDeletedKeep        = "keep"
-	OnDirectoryDeletedDeprovision = "deprovision"
-)
-
 // Options configures a Store. The zero value of every field is usable except Path.
 type Options struct {
 	// Path is the bbolt file. It is created with mode 0600 if missing.
@@ -74,21 +68,6 @@ type Safeguards struct {
 	BreakGlass []string
 	// MaxDeprovisions is the mass-deprovisioning breaker.
 	MaxDeprovisions Breaker
-}
-
-// Breaker pauses an organisation's sync when more of its users than Limit
-// allows would lose a mapped (non-default) badge, or every badge, within
-// Window. A zero Count and Percent disable it.
-type Breaker struct {
-	// Count caps the limit: more than Count users always pause.
-	Count int
-	// Percent is the limit as a percentage of the organisation's holders of
-	// a mapped badge, once past Floor.
-	Percent float64
-	// Floor is the least the percentage limit can be: in an organisation
-	// of few holders up to Floor users may lose badges within Window.
-	Floor  int
-	Window time.Duration
 }
 
 // Store is dsyncd's state: directories, users, groups, memberships, badges,

@@ -1,6 +1,8 @@
 package storage
 
-import "github.com/dsyncd/dsyncd/mapping"
+import (
+	"github.com/dsyncd/dsyncd/mapping"
+)
 
 // This file is the store's vocabulary: the named types the store, the server,
 // the worker and the commands share — what applying an event did (Outcome,
@@ -49,17 +51,6 @@ type Counts map[Outcome]int
 // HoldKind names a safeguard that holds a change (Hold.Kind). Each kind is
 // one safeguard's, in its own file (safeguard_*.go).
 type HoldKind string
-
-// Hold kinds.
-const (
-	// HoldLastAdmin: a revocation that would have left an organisation
-	// without an admin. The user keeps the badge until another admin exists.
-	HoldLastAdmin HoldKind = "last_admin"
-	// HoldMassDeprovision: the organisation's sync is paused because more
-	// users than allowed would have lost a mapped badge (or every badge)
-	// within the window; Badge names the one most of them would lose.
-	HoldMassDeprovision HoldKind = "mass_deprovision"
-)
 
 // HoldResolution says how a hold closed (Hold.Resolution).
 type HoldResolution string
@@ -111,6 +102,3 @@ type UnmapPlan struct {
 	Users  int    `json:"users"`  // users holding a badge through it
 	Choice string `json:"choice"` // keep, remove, or "" (not given)
 }
-
-// HoldKinds lists every hold kind, in a stable order.
-func HoldKinds() []HoldKind { return []HoldKind{HoldLastAdmin, HoldMassDeprovision} }
