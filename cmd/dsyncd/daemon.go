@@ -163,7 +163,7 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 			d.log.Error("worker stopped", zap.Error(err))
 		}
 	}()
-	d.bg = reconcile.StartBackground(d.cfg, d.q, d.st, d.log)
+	d.bg = reconcile.StartBackground(backgroundOptions(d.cfg), d.q, d.st, d.log)
 	d.metrics.register(d)
 	if err := d.srv.Open(); err != nil {
 		return fmt.Errorf("http.listen %s, webhook.path %s: %w", d.cfg.HTTP.Listen, d.cfg.Webhook.Path, err)
