@@ -23,6 +23,15 @@ var (
 	ErrNotFound = errors.New("not found")
 )
 
+// The defaults of Options: Open uses each for a zero field, and dsyncd's
+// configuration (store.*, safeguards.on_directory_deleted) states them from
+// here.
+const (
+	DefaultOpenTimeout        = time.Second
+	DefaultProcessedRetention = 7 * 24 * time.Hour // WorkOS retries for up to 3 days
+	DefaultOnDirectoryDeleted = OnDirectoryDeletedKeep
+)
+
 // Options configures a Store. The zero value of every field is usable except Path.
 type Options struct {
 	// Path is the bbolt file. It is created with mode 0600 if missing.
@@ -114,16 +123,16 @@ func Open(opts Options) (st *Store, err error) {
 		return nil, errors.New("storage: no path")
 	}
 	if opts.OpenTimeout <= 0 {
-		opts.OpenTimeout = time.Second
+		opts.OpenTimeout = DefaultOpenTimeout
 	}
 	if opts.ProcessedRetention <= 0 {
-		opts.ProcessedRetention = 7 * 24 * time.Hour
+		opts.ProcessedRetention = DefaultProcessedRetention
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
 	if opts.Safeguards.OnDirectoryDeleted == "" {
-		opts.Safeguards.OnDirectoryDeleted = OnDirectoryDeletedKeep
+		opts.Safeguards.OnDirectoryDeleted = DefaultOnDirectoryDeleted
 	}
 	if err := os.MkdirAll(filepath.Dir(opts.Path), 0o700); err != nil {
 		return nil, fmt.Errorf("storage: create directory: %w", err)
