@@ -648,12 +648,29 @@ func TestWebhookPath(t *testing.T) {
 
 func TestWarnings(t *testing.T) {
 	c := Default()
-	if w := c.Warnings(); len(w) != 1 || !strings.HasPrefix(w[0], "mapping: no group or role rule grants the admin badge") {
-		t.Errorf("Default().Warnings() = %q, want the admin rule warning", w)
+	if w := c.Warnings(); len(w) != 0 {
+		t.Errorf("Default().Warnings() = %q, want none", w)
+	}
+	c.Webhook.Enabled = false
+	if w := c.Warnings(); len(w) != 1 || !strings.HasPrefix(w[0], "webhook.enabled: false") {
+		t.Errorf("Warnings() with nothing to feed changes = %q, want the webhook.enabled warning", w)
+	}
+}
+
+func TestCheckAdminRuleRefusesAMappingWithoutAnAdminRuleUnlessAllowed(t *testing.T) {
+	c := Default()
+	if err := c.CheckAdminRule(); err == nil || !strings.HasPrefix(err.Error(), `mapping: no group or role rule grants admin_badge "admin"`) ||
+		!strings.Contains(err.Error(), "safeguards.allow_no_admin_rule: true") {
+		t.Errorf("CheckAdminRule() of the defaults = %v, want the admin rule error", err)
 	}
 	c.Safeguards.AllowNoAdminRule = true
-	if w := c.Warnings(); len(w) != 0 {
-		t.Errorf("Warnings() with allow_no_admin_rule = %q, want none", w)
+	if err := c.CheckAdminRule(); err != nil {
+		t.Errorf("CheckAdminRule() with allow_no_admin_rule = %v, want nil", err)
+	}
+	c.Safeguards.AllowNoAdminRule = false
+	c.Mapping.Roles = []mapping.RoleRule{{Slug: "owner", Badges: []mapping.Badge{"admin"}}}
+	if err := c.CheckAdminRule(); err != nil {
+		t.Errorf("CheckAdminRule() with a role rule granting admin = %v, want nil", err)
 	}
 }
 

@@ -89,7 +89,7 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 			_ = d.Close()
 		}
 	}()
-	if err := checkAdminRule(d.cfg); err != nil {
+	if err := d.cfg.CheckAdminRule(); err != nil {
 		return err
 	}
 	opts := storeOptions(d.cfg, "")
@@ -249,7 +249,7 @@ func (d *daemon) onHold(h storage.Hold) {
 func (d *daemon) Reload(cfg config.Config) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if err := checkAdminRule(cfg); err != nil {
+	if err := cfg.CheckAdminRule(); err != nil {
 		return err
 	}
 	plan, err := d.st.ApplyMapping(cfg.Mapping, "", false)

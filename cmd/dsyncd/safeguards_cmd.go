@@ -53,7 +53,7 @@ Exit status: 0, 1 on error, 2 on a usage error, 3 if the change would leave an o
 					return err
 				})
 			} else {
-				if err := checkAdminRule(cfg); err != nil {
+				if err := cfg.CheckAdminRule(); err != nil {
 					return err
 				}
 				err = a.withStore(cfg, func(st *storage.Store) error {
@@ -101,7 +101,7 @@ and keeps the old one if the new configuration is invalid.`,
 			if err != nil {
 				return err
 			}
-			if err := checkAdminRule(cfg); err != nil {
+			if err := cfg.CheckAdminRule(); err != nil {
 				return err
 			}
 			return a.withStore(cfg, func(st *storage.Store) error {
@@ -161,7 +161,7 @@ applies the deferred events with it.` + targetHelp + exitStatusHelp,
 // an on_unmap choice, is refused and nothing is applied. With dryRun it only
 // checks (plan --org previews the deferred events under the new mapping).
 func adoptMapping(st *storage.Store, cfg config.Config, dryRun bool) error {
-	if err := checkAdminRule(cfg); err != nil {
+	if err := cfg.CheckAdminRule(); err != nil {
 		return err
 	}
 	if _, err := st.ApplyMapping(cfg.Mapping, "", dryRun); err != nil {
