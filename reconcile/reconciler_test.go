@@ -479,7 +479,7 @@ func TestReconcileDryRunPlansWhatTheBreakerLets(t *testing.T) {
 	if !slices.Equal(planned, lost) {
 		t.Errorf("the dry run planned losses for %v; the real run removed the badges of %v", planned, lost)
 	}
-	if dry.Plan.Applied["would_pause"] != 1 || dry.Plan.Applied[storage.Deferred] == 0 {
+	if dry.Plan.Applied.WouldPause != 1 || dry.Plan.Applied.Deferred == 0 {
 		t.Errorf("dry-run counts %v: want one would_pause and the later events deferred", dry.Plan.Applied)
 	}
 }

@@ -323,7 +323,7 @@ func deletePrefix(b *bolt.Bucket, prefix []byte) error {
 func (s *Store) DecideHold(id uint64, approve, dryRun bool) (*Plan, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	counts := Counts{}
+	counts := &Counts{}
 	plan, err := s.simulate(func(t *txn, now time.Time) error {
 		h, err := getJSON[Hold](t.holds, u64(id))
 		if err != nil {
@@ -367,13 +367,13 @@ func (s *Store) Preview(evs []*events.Event) (*Plan, error) {
 	defer s.mu.RUnlock()
 	trips := map[int]*errTrip{} // event index -> the trip that paused its organisation there
 	for {
-		counts := Counts{}
+		counts := &Counts{}
 		plan, err := s.simulate(func(t *txn, now time.Time) error {
 			return s.applyInOrder(t, evs, trips, now, func(i int, o Outcome) {
 				if _, tripped := trips[i]; tripped {
 					o = WouldPause
 				}
-				counts[o]++
+				counts.Add(o)
 			})
 		}, false)
 		var trip *errTrip

@@ -282,7 +282,7 @@ type Breaker struct {
 func (s *Store) Resume(org string, dryRun bool) (*Plan, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	counts := Counts{}
+	counts := &Counts{}
 	plan, err := s.simulate(func(t *txn, now time.Time) error {
 		hid := t.paused.Get([]byte(org))
 		if hid == nil {
@@ -305,7 +305,7 @@ func (s *Store) Resume(org string, dryRun bool) (*Plan, error) {
 	return plan, err
 }
 
-func (s *Store) resume(t *txn, org string, now time.Time, counts Counts) error {
+func (s *Store) resume(t *txn, org string, now time.Time, counts *Counts) error {
 	if err := t.paused.Delete([]byte(org)); err != nil {
 		return err
 	}
@@ -319,14 +319,14 @@ func (s *Store) resume(t *txn, org string, now time.Time, counts Counts) error {
 	for _, raw := range raws {
 		ev, err := events.Decode(raw)
 		if err != nil {
-			counts[Invalid]++
+			counts.Add(Invalid)
 			continue
 		}
 		o, err := s.applyOne(t, ev, now, applyFlags{resumed: true})
 		if err != nil {
 			return fmt.Errorf("resume %s: apply %s: %w", org, ev.ID, err)
 		}
-		counts[o]++
+		counts.Add(o)
 	}
 	return nil
 }
@@ -354,7 +354,7 @@ func (massDeprovision) closed(*Store, *txn, *Hold) error { return nil }
 // decide resumes the organisation when approved (as Resume); rejected, its
 // deferred events are dropped, audited, and its sync resumes with what
 // comes next.
-func (massDeprovision) decide(s *Store, t *txn, h *Hold, approve bool, now time.Time, counts Counts) error {
+func (massDeprovision) decide(s *Store, t *txn, h *Hold, approve bool, now time.Time, counts *Counts) error {
 	if approve {
 		return s.resume(t, h.OrganizationID, now, counts)
 	}
@@ -368,7 +368,7 @@ func (massDeprovision) decide(s *Store, t *txn, h *Hold, approve bool, now time.
 	if err := deletePrefix(t.deprov, pair(h.OrganizationID, "")); err != nil {
 		return err
 	}
-	counts[Dropped] = len(raws)
+	counts.Set(Dropped, len(raws))
 	return s.addAudit(t, AuditEntry{Time: now, EventID: holdDecision(h), OrganizationID: h.OrganizationID, Action: ActionDrop,
 		Reason: fmt.Sprintf("hold %d rejected: %d deferred events dropped", h.ID, len(raws))})
 }

@@ -162,7 +162,7 @@ func (lastAdmin) closed(s *Store, t *txn, h *Hold) error {
 // decide applies the held revocation when approved (the organisation may be
 // left without an admin: the operator said so); rejected, the user keeps
 // the badge as retained.
-func (lastAdmin) decide(s *Store, t *txn, h *Hold, approve bool, now time.Time, _ Counts) error {
+func (lastAdmin) decide(s *Store, t *txn, h *Hold, approve bool, now time.Time, _ *Counts) error {
 	u, err := t.user(h.UserID)
 	if err != nil || u == nil {
 		return err

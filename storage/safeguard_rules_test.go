@@ -161,7 +161,7 @@ func TestBreakerAllowsExactlyCountThenDefers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if plan.Applied[storage.Applied] != 1 || plan.Applied[storage.Stale] != 1 {
+	if plan.Applied.Applied != 1 || plan.Applied.Stale != 1 {
 		t.Fatalf("resume counts = %v", plan.Applied)
 	}
 	if findUser(t, st, "u03") != nil {

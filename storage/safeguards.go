@@ -19,7 +19,7 @@ type holdRule interface {
 	closed(s *Store, t *txn, h *Hold) error
 	// decide does what an operator's approval (or rejection) of h means,
 	// once h is closed, counting in counts the events it applies or drops.
-	decide(s *Store, t *txn, h *Hold, approve bool, now time.Time, counts Counts) error
+	decide(s *Store, t *txn, h *Hold, approve bool, now time.Time, counts *Counts) error
 }
 
 // holdRules are the safeguards that hold changes.

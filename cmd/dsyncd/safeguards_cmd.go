@@ -214,15 +214,15 @@ func printPlan(w io.Writer, p *storage.Plan, format string) error {
 		}
 		fmt.Fprintf(&b, "removed rule %s: %d users hold badges through it; on_unmap: %s\n", u.Rule, u.Users, choice)
 	}
-	if len(p.Applied) > 0 {
-		keys := make([]string, 0, len(p.Applied))
-		for k := range p.Applied {
-			keys = append(keys, string(k))
-		}
-		slices.Sort(keys)
-		parts := make([]string, 0, len(keys))
-		for _, k := range keys {
-			parts = append(parts, fmt.Sprintf("%s %d", k, p.Applied[storage.Outcome(k)]))
+	var counted []storage.Outcome
+	if p.Applied != nil {
+		counted = p.Applied.Counted()
+	}
+	if len(counted) > 0 {
+		slices.Sort(counted)
+		parts := make([]string, 0, len(counted))
+		for _, o := range counted {
+			parts = append(parts, fmt.Sprintf("%s %d", o, p.Applied.Of(o)))
 		}
 		fmt.Fprintf(&b, "events: %s\n", strings.Join(parts, ", "))
 	}
