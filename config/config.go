@@ -34,7 +34,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dsyncd/dsyncd/events"
 	"github.com/dsyncd/dsyncd/mapping"
+	"github.com/dsyncd/dsyncd/queue"
+	"github.com/dsyncd/dsyncd/reconcile"
+	"github.com/dsyncd/dsyncd/server"
+	"github.com/dsyncd/dsyncd/storage"
+	"github.com/dsyncd/dsyncd/worker"
 )
 
 // Config is dsyncd's whole configuration. The mapstructure tags are the key
@@ -296,38 +302,38 @@ func Default() Config {
 		Log:     LogConfig{Level: "info", Format: "json"},
 		HTTP: HTTPConfig{
 			Listen:            "127.0.0.1:8080",
-			ReadTimeout:       10 * time.Second,
-			WriteTimeout:      10 * time.Second,
+			ReadTimeout:       server.DefaultReadTimeout,
+			WriteTimeout:      server.DefaultWriteTimeout,
 			ShutdownTimeout:   15 * time.Second,
-			ReadHeaderTimeout: 5 * time.Second,
-			IdleTimeout:       60 * time.Second,
-			MaxConnections:    1024,
+			ReadHeaderTimeout: server.DefaultReadHeaderTimeout,
+			IdleTimeout:       server.DefaultIdleTimeout,
+			MaxConnections:    server.DefaultMaxConnections,
 		},
 		Webhook: WebhookConfig{
 			Enabled:          true,
-			Path:             "/webhooks/workos",
-			Tolerance:        3 * time.Minute,
-			MaxBodyBytes:     1 << 20,
-			PublishTimeout:   5 * time.Second,
-			MaxInflightBytes: 64 << 20,
+			Path:             server.DefaultWebhookPath,
+			Tolerance:        events.DefaultTolerance,
+			MaxBodyBytes:     server.DefaultMaxBodyBytes,
+			PublishTimeout:   server.DefaultPublishTimeout,
+			MaxInflightBytes: server.DefaultMaxInflightBytes,
 		},
 		NATS: NATSConfig{
-			Stream:          "DSYNC",
-			SubjectPrefix:   "dsync",
-			DLQStream:       "DSYNC_DLQ",
-			Replicas:        1,
+			Stream:          queue.DefaultStream,
+			SubjectPrefix:   queue.DefaultSubjectPrefix,
+			DLQStream:       queue.DefaultDLQStream,
+			Replicas:        queue.DefaultReplicas,
 			SyncInterval:    time.Second,
 			EventEncoding:   "s2",
 			MaxBytes:        1 << 30,
 			MaxAge:          720 * time.Hour,
-			DuplicateWindow: 2 * time.Second,
+			DuplicateWindow: queue.DefaultDuplicateWindow,
 		},
 		Mapping: mapping.Config{
 			AdminBadge:    "admin",
-			DefaultBadges: []string{"member"},
+			DefaultBadges: []mapping.Badge{"member"},
 		},
 		Safeguards: SafeguardsConfig{
-			OnDirectoryDeleted: OnDirectoryDeletedKeep,
+			OnDirectoryDeleted: storage.DefaultOnDirectoryDeleted,
 			MaxDeprovisions: MaxDeprovisionsConfig{
 				Count:   25,
 				Percent: 50,
@@ -336,35 +342,35 @@ func Default() Config {
 			},
 		},
 		Store: StoreConfig{
-			ProcessedRetention: 168 * time.Hour,
-			OpenTimeout:        time.Second,
+			ProcessedRetention: storage.DefaultProcessedRetention,
+			OpenTimeout:        storage.DefaultOpenTimeout,
 		},
-		WorkOS: WorkOSConfig{Endpoint: "https://api.workos.com"},
+		WorkOS: WorkOSConfig{Endpoint: reconcile.DefaultEndpoint},
 		Events: EventsConfig{Start: EventsStartNow, OnStaleCursor: OnStaleCursorReconcile},
 		Worker: WorkerConfig{
-			BatchSize:    1024,
-			MaxAttempts:  5,
-			AckWait:      30 * time.Second,
-			RetryBackoff: time.Second,
-			MaxYieldLag:  30 * time.Second,
+			BatchSize:    worker.DefaultBatchSize,
+			MaxAttempts:  worker.DefaultMaxAttempts,
+			AckWait:      worker.DefaultAckWait,
+			RetryBackoff: worker.DefaultRetryBackoff,
+			MaxYieldLag:  worker.DefaultMaxYieldLag,
 		},
 	}
 }
 
 // Values of safeguards.on_directory_deleted.
 const (
-	OnDirectoryDeletedKeep        = "keep"
-	OnDirectoryDeletedDeprovision = "deprovision"
+	OnDirectoryDeletedKeep        = storage.OnDirectoryDeletedKeep
+	OnDirectoryDeletedDeprovision = storage.OnDirectoryDeletedDeprovision
 )
 
 // EventsStartNow is the events.start value that starts polling at the
 // current time.
-const EventsStartNow = "now"
+const EventsStartNow = reconcile.StartNow
 
 // events.on_stale_cursor values.
 const (
-	OnStaleCursorReconcile = "reconcile"
-	OnStaleCursorFail      = "fail"
+	OnStaleCursorReconcile = reconcile.OnStaleCursorReconcile
+	OnStaleCursorFail      = reconcile.OnStaleCursorFail
 )
 
 // StorePath returns store.path, or <data_dir>/dsyncd.db when it is empty.

@@ -113,11 +113,11 @@ func TestExampleLoadsAndValidates(t *testing.T) {
 	if !slices.Equal(c.Webhook.Secrets, []string{"whsec_dev_change_me"}) {
 		t.Errorf("webhook.secrets = %q", c.Webhook.Secrets)
 	}
-	wantGroups := []mapping.GroupRule{{Name: "App Admins", Badges: []string{"admin"}, OnUnmap: mapping.OnUnmapKeep}}
+	wantGroups := []mapping.GroupRule{{Name: "App Admins", Badges: []mapping.Badge{"admin"}, OnUnmap: mapping.OnUnmapKeep}}
 	if !reflect.DeepEqual(c.Mapping.Groups, wantGroups) {
 		t.Errorf("mapping.groups = %+v, want %+v", c.Mapping.Groups, wantGroups)
 	}
-	if len(c.Mapping.Roles) != 1 || !slices.Equal(c.Mapping.DefaultBadges, []string{"member"}) {
+	if len(c.Mapping.Roles) != 1 || !slices.Equal(c.Mapping.DefaultBadges, []mapping.Badge{"member"}) {
 		t.Errorf("mapping.roles = %+v, default_badges = %q", c.Mapping.Roles, c.Mapping.DefaultBadges)
 	}
 	// The commented keys show their defaults, so uncommenting them changes nothing.
@@ -241,10 +241,10 @@ func TestLoad(t *testing.T) {
 			name: "file mapping decodes rules",
 			file: "mapping:\n  default_badges: []\n  groups:\n    - {id: g1, badges: [a, b], on_unmap: remove}\n  roles:\n    - {slug: r, badges: [c]}\n",
 			check: func(t *testing.T, c Config) {
-				eq(t, "mapping.groups", c.Mapping.Groups, []mapping.GroupRule{{ID: "g1", Badges: []string{"a", "b"}, OnUnmap: "remove"}})
-				eq(t, "mapping.roles", c.Mapping.Roles, []mapping.RoleRule{{Slug: "r", Badges: []string{"c"}}})
-				eq(t, "mapping.default_badges", c.Mapping.DefaultBadges, []string{})
-				eq(t, "mapping.admin_badge", c.Mapping.AdminBadge, "admin")
+				eq(t, "mapping.groups", c.Mapping.Groups, []mapping.GroupRule{{ID: "g1", Badges: []mapping.Badge{"a", "b"}, OnUnmap: "remove"}})
+				eq(t, "mapping.roles", c.Mapping.Roles, []mapping.RoleRule{{Slug: "r", Badges: []mapping.Badge{"c"}}})
+				eq(t, "mapping.default_badges", c.Mapping.DefaultBadges, []mapping.Badge{})
+				eq(t, "mapping.admin_badge", c.Mapping.AdminBadge, mapping.Badge("admin"))
 			},
 		},
 		{
@@ -350,7 +350,7 @@ func sample(t *testing.T, k keyInfo, def reflect.Value) (string, any) {
 	case k.typ == durationType:
 		return "17s", 17 * time.Second
 	case k.typ.Kind() == reflect.String:
-		return "v-" + k.key, "v-" + k.key
+		return "v-" + k.key, reflect.ValueOf("v-" + k.key).Convert(k.typ).Interface()
 	case k.typ.Kind() == reflect.Bool:
 		return map[bool]string{true: "false", false: "true"}[def.Bool()], !def.Bool()
 	case k.typ.Kind() == reflect.Int:
@@ -360,7 +360,10 @@ func sample(t *testing.T, k keyInfo, def reflect.Value) (string, any) {
 	case k.typ.Kind() == reflect.Float64:
 		return "42.5", 42.5
 	case k.kind == kindList:
-		return "a, b", []string{"a", "b"}
+		list := reflect.MakeSlice(k.typ, 2, 2)
+		list.Index(0).SetString("a")
+		list.Index(1).SetString("b")
+		return "a, b", list.Interface()
 	}
 	t.Fatalf("no sample for %s (%s)", k.key, k.typ)
 	return "", nil
@@ -645,12 +648,29 @@ func TestWebhookPath(t *testing.T) {
 
 func TestWarnings(t *testing.T) {
 	c := Default()
-	if w := c.Warnings(); len(w) != 1 || !strings.HasPrefix(w[0], "mapping: no group or role rule grants the admin badge") {
-		t.Errorf("Default().Warnings() = %q, want the admin rule warning", w)
+	if w := c.Warnings(); len(w) != 0 {
+		t.Errorf("Default().Warnings() = %q, want none", w)
+	}
+	c.Webhook.Enabled = false
+	if w := c.Warnings(); len(w) != 1 || !strings.HasPrefix(w[0], "webhook.enabled: false") {
+		t.Errorf("Warnings() with nothing to feed changes = %q, want the webhook.enabled warning", w)
+	}
+}
+
+func TestCheckAdminRuleRefusesAMappingWithoutAnAdminRuleUnlessAllowed(t *testing.T) {
+	c := Default()
+	if err := c.CheckAdminRule(); err == nil || !strings.HasPrefix(err.Error(), `mapping: no group or role rule grants admin_badge "admin"`) ||
+		!strings.Contains(err.Error(), "safeguards.allow_no_admin_rule: true") {
+		t.Errorf("CheckAdminRule() of the defaults = %v, want the admin rule error", err)
 	}
 	c.Safeguards.AllowNoAdminRule = true
-	if w := c.Warnings(); len(w) != 0 {
-		t.Errorf("Warnings() with allow_no_admin_rule = %q, want none", w)
+	if err := c.CheckAdminRule(); err != nil {
+		t.Errorf("CheckAdminRule() with allow_no_admin_rule = %v, want nil", err)
+	}
+	c.Safeguards.AllowNoAdminRule = false
+	c.Mapping.Roles = []mapping.RoleRule{{Slug: "owner", Badges: []mapping.Badge{"admin"}}}
+	if err := c.CheckAdminRule(); err != nil {
+		t.Errorf("CheckAdminRule() with a role rule granting admin = %v, want nil", err)
 	}
 }
 

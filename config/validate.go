@@ -165,16 +165,25 @@ func (c Config) Problems() []string {
 	return v.problems
 }
 
+// CheckAdminRule is the one check that the mapping can keep an admin: an
+// error when no group or role rule grants mapping.admin_badge, unless
+// safeguards.allow_no_admin_rule is set. Every command that applies the
+// mapping (serve, a reload, replay, rebuild, plan, apply) refuses to start
+// with it, and check-config reports it as a problem. It is not a Validate
+// problem so that the defaults stay valid for the commands that do not.
+func (c Config) CheckAdminRule() error {
+	if c.Safeguards.AllowNoAdminRule || c.Mapping.GrantsAdmin() {
+		return nil
+	}
+	return fmt.Errorf("mapping: no group or role rule grants admin_badge %q, so sync could leave an organisation without an admin; "+
+		"add a rule that grants it, or set safeguards.allow_no_admin_rule: true", c.Mapping.AdminBadge)
+}
+
 // Warnings returns what is valid but probably unintended, each "key: note",
-// for the caller to log (or refuse). In particular, a mapping in which no
-// rule grants mapping.admin_badge is a warning unless
-// safeguards.allow_no_admin_rule is set: it is not a Validate problem so that
-// the defaults stay valid.
+// for the caller to log. (A mapping without an admin rule is not a warning
+// but an error: CheckAdminRule.)
 func (c Config) Warnings() []string {
 	var w []string
-	if !c.Safeguards.AllowNoAdminRule && !c.Mapping.GrantsAdmin() {
-		w = append(w, fmt.Sprintf("mapping: no group or role rule grants the admin badge %q; add one, or set safeguards.allow_no_admin_rule: true", c.Mapping.AdminBadge))
-	}
 	if !c.Webhook.Enabled && c.Events.PollInterval == 0 && c.Reconcile.Interval == 0 {
 		w = append(w, "webhook.enabled: false, and events.poll_interval and reconcile.interval are 0s: nothing will feed directory changes")
 	}

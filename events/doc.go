@@ -19,7 +19,10 @@
 // ParseTime), then the event id. The store gives each entity the state of the
 // newest event that touched it.
 //
-// HandledTypes lists the dsync types dsyncd applies; any other type decodes
+// The dsync types dsyncd applies are one table (kinds.go): for each type its
+// Kind says the shape of its data (which decoder reads it, what Peek looks
+// for, which change the store applies) and what it touches. Handled,
+// HandledTypes, Decode, Peek and the store consult it; any other type decodes
 // as ignored, so WorkOS can add types without breaking the receiver.
 // ReadFixtures reads files of events (JSON, NDJSON, arrays) for replay and
 // tests; Sign signs a body the way WorkOS does, for tests and `dsyncd send`.

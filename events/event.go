@@ -15,36 +15,6 @@ import (
 // Type is a WorkOS event type such as "dsync.user.created".
 type Type string
 
-// The event types dsyncd applies. Every other type decodes as ignored.
-const (
-	DirectoryActivated Type = "dsync.activated"
-	DirectoryDeleted   Type = "dsync.deleted"
-	UserCreated        Type = "dsync.user.created"
-	UserUpdated        Type = "dsync.user.updated"
-	UserDeleted        Type = "dsync.user.deleted"
-	GroupCreated       Type = "dsync.group.created"
-	GroupUpdated       Type = "dsync.group.updated"
-	GroupDeleted       Type = "dsync.group.deleted"
-	GroupUserAdded     Type = "dsync.group.user_added"
-	GroupUserRemoved   Type = "dsync.group.user_removed"
-)
-
-// Handled reports whether dsyncd applies events of type t.
-func (t Type) Handled() bool {
-	switch t {
-	case DirectoryActivated, DirectoryDeleted, UserCreated, UserUpdated, UserDeleted,
-		GroupCreated, GroupUpdated, GroupDeleted, GroupUserAdded, GroupUserRemoved:
-		return true
-	}
-	return false
-}
-
-// HandledTypes lists every event type dsyncd applies, in a stable order.
-func HandledTypes() []Type {
-	return []Type{DirectoryActivated, DirectoryDeleted, UserCreated, UserUpdated, UserDeleted,
-		GroupCreated, GroupUpdated, GroupDeleted, GroupUserAdded, GroupUserRemoved}
-}
-
 // ErrMalformed is wrapped by every error about a body that is not a JSON event envelope.
 var ErrMalformed = errors.New("malformed event")
 
@@ -362,17 +332,7 @@ func Decode(b []byte) (*Event, error) {
 	if len(bytes.TrimSpace(env.Data)) == 0 || bytes.Equal(bytes.TrimSpace(env.Data), []byte("null")) {
 		return fail(ErrInvalid, "missing data", "")
 	}
-	var err error
-	switch ev.Type {
-	case DirectoryActivated, DirectoryDeleted:
-		err = ev.decodeDirectory(env.Data)
-	case UserCreated, UserUpdated, UserDeleted:
-		err = ev.decodeUser(env.Data)
-	case GroupCreated, GroupUpdated, GroupDeleted:
-		err = ev.decodeGroup(env.Data)
-	case GroupUserAdded, GroupUserRemoved:
-		err = ev.decodeMembership(env.Data)
-	}
+	err := ev.Kind().decode(ev, env.Data)
 	if err == nil {
 		err = ev.checkIDs()
 	}

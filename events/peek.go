@@ -74,13 +74,14 @@ func Peek(b []byte) (Header, error) {
 	miss := func(f string) (Header, error) {
 		return Header{}, fmt.Errorf("%s: %w", h.Type, missing(f))
 	}
-	switch h.Type {
-	case DirectoryActivated, DirectoryDeleted:
+	kind, _ := KindOf(h.Type)
+	switch kind.Payload {
+	case PayloadDirectory:
 		if d.ID == "" {
 			return miss("data.id")
 		}
 		h.DirectoryID = d.ID
-	case GroupUserAdded, GroupUserRemoved:
+	case PayloadMembership:
 		if d.User == nil || d.User.ID == "" {
 			return miss("data.user.id")
 		}

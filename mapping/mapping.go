@@ -24,6 +24,10 @@ import (
 	"strings"
 )
 
+// Badge is a role in the product, granted by the mapping: what dsyncd
+// computes for each user. Its JSON is its name.
+type Badge string
+
 // OnUnmap values say what happens to the badges a group rule granted when the
 // rule is removed from the configuration.
 const (
@@ -42,7 +46,7 @@ type GroupRule struct {
 	// Organization, when set, limits the rule to groups of that WorkOS organization.
 	Organization string `mapstructure:"organization" json:"organization,omitempty"`
 	// Badges are granted to every active member of a matching group.
-	Badges []string `mapstructure:"badges" json:"badges"`
+	Badges []Badge `mapstructure:"badges" json:"badges"`
 	// OnUnmap is "keep" or "remove": what to do with the badges this rule granted
 	// once it disappears from the configuration. Empty means "ask".
 	OnUnmap string `mapstructure:"on_unmap" json:"on_unmap,omitempty"`
@@ -50,16 +54,16 @@ type GroupRule struct {
 
 // RoleRule grants Badges to every active user carrying the WorkOS role Slug.
 type RoleRule struct {
-	Slug   string   `mapstructure:"slug" json:"slug"`
-	Badges []string `mapstructure:"badges" json:"badges"`
+	Slug   string  `mapstructure:"slug" json:"slug"`
+	Badges []Badge `mapstructure:"badges" json:"badges"`
 }
 
 // Config is the mapping section of dsyncd's configuration.
 type Config struct {
 	// AdminBadge is the badge the last-admin safeguard protects.
-	AdminBadge string `mapstructure:"admin_badge" json:"admin_badge"`
+	AdminBadge Badge `mapstructure:"admin_badge" json:"admin_badge"`
 	// DefaultBadges go to every active user.
-	DefaultBadges []string `mapstructure:"default_badges" json:"default_badges"`
+	DefaultBadges []Badge `mapstructure:"default_badges" json:"default_badges"`
 	// Groups are the group rules, matched in order (all matching rules apply).
 	Groups []GroupRule `mapstructure:"groups" json:"groups"`
 	// Roles are the role-slug rules.
@@ -127,14 +131,32 @@ type Subject struct {
 	Groups []Group  // the groups the user is a member of
 }
 
+// GrantSource says how a user came to hold a badge (Grant.Source).
+type GrantSource string
+
+// Grant sources. Grants gives the first three; the store's safeguards add
+// the others.
+const (
+	SourceDefault GrantSource = "default" // a default badge of every active user
+	SourceGroup   GrantSource = "group"   // a group rule matched one of the user's groups
+	SourceRole    GrantSource = "role"    // a role rule matched one of the user's role slugs
+	// SourceHeld: the mapping no longer grants the badge, but revoking it
+	// would leave the organisation without an admin; an open hold keeps it.
+	SourceHeld GrantSource = "held"
+	// SourceRetained: the rule that granted it was removed with on_unmap
+	// keep (or a last-admin hold was rejected); it stays while the user is active.
+	SourceRetained GrantSource = "retained"
+	// SourceBreakGlass: a break-glass account keeps what sync would revoke.
+	SourceBreakGlass GrantSource = "break_glass"
+)
+
 // Grant is one reason a user holds a badge.
 type Grant struct {
-	Badge string `json:"badge"`
-	Rule  string `json:"rule"`            // "default", GroupRule.String() or RoleRule.String()
-	Group string `json:"group,omitempty"` // the group id, for a group rule
-	Role  string `json:"role,omitempty"`  // the role slug, for a role rule
-	// Source is "group", "role" or "default".
-	Source string `json:"source"`
+	Badge  Badge       `json:"badge"`
+	Rule   string      `json:"rule"`            // "default", GroupRule.String() or RoleRule.String()
+	Group  string      `json:"group,omitempty"` // the group id, for a group rule
+	Role   string      `json:"role,omitempty"`  // the role slug, for a role rule
+	Source GrantSource `json:"source"`
 }
 
 // Grants returns every grant the configuration gives subject s, sorted by badge,
@@ -145,13 +167,13 @@ func (c *Config) Grants(s Subject) []Grant {
 	}
 	var out []Grant
 	for _, b := range c.DefaultBadges {
-		out = append(out, Grant{Badge: b, Rule: RuleDefault, Source: "default"})
+		out = append(out, Grant{Badge: b, Rule: RuleDefault, Source: SourceDefault})
 	}
 	for _, r := range c.Groups {
 		for _, g := range s.Groups {
 			if r.Matches(g) {
 				for _, b := range r.Badges {
-					out = append(out, Grant{Badge: b, Rule: r.String(), Group: g.ID, Source: "group"})
+					out = append(out, Grant{Badge: b, Rule: r.String(), Group: g.ID, Source: SourceGroup})
 				}
 			}
 		}
@@ -159,7 +181,7 @@ func (c *Config) Grants(s Subject) []Grant {
 	for _, r := range c.Roles {
 		if slices.Contains(s.Roles, r.Slug) {
 			for _, b := range r.Badges {
-				out = append(out, Grant{Badge: b, Rule: r.String(), Role: r.Slug, Source: "role"})
+				out = append(out, Grant{Badge: b, Rule: r.String(), Role: r.Slug, Source: SourceRole})
 			}
 		}
 	}
@@ -169,7 +191,7 @@ func (c *Config) Grants(s Subject) []Grant {
 
 func compareGrant(a, b Grant) int {
 	return cmpChain(
-		strings.Compare(a.Badge, b.Badge),
+		strings.Compare(string(a.Badge), string(b.Badge)),
 		strings.Compare(a.Rule, b.Rule),
 		strings.Compare(a.Group, b.Group),
 		strings.Compare(a.Role, b.Role),
@@ -186,8 +208,8 @@ func cmpChain(cs ...int) int {
 }
 
 // Badges returns the sorted, unique badge names of grants.
-func Badges(grants []Grant) []string {
-	out := make([]string, 0, len(grants))
+func Badges(grants []Grant) []Badge {
+	out := make([]Badge, 0, len(grants))
 	for _, g := range grants {
 		out = append(out, g.Badge)
 	}
@@ -225,11 +247,11 @@ func (c *Config) GrantsAdmin() bool {
 // Validate returns one error per problem, each naming its key under "mapping.".
 func (c *Config) Validate() []error {
 	var errs []error
-	if strings.TrimSpace(c.AdminBadge) == "" {
+	if strings.TrimSpace(string(c.AdminBadge)) == "" {
 		errs = append(errs, fmt.Errorf("mapping.admin_badge: must not be empty"))
 	}
 	for i, b := range c.DefaultBadges {
-		if strings.TrimSpace(b) == "" {
+		if strings.TrimSpace(string(b)) == "" {
 			errs = append(errs, fmt.Errorf("mapping.default_badges[%d]: must not be empty", i))
 		}
 	}
@@ -242,7 +264,7 @@ func (c *Config) Validate() []error {
 			errs = append(errs, fmt.Errorf("%s.badges: must list at least one badge", key))
 		}
 		for j, b := range r.Badges {
-			if strings.TrimSpace(b) == "" {
+			if strings.TrimSpace(string(b)) == "" {
 				errs = append(errs, fmt.Errorf("%s.badges[%d]: must not be empty", key, j))
 			}
 		}

@@ -46,7 +46,7 @@ func TestGrantsGolden(t *testing.T) {
 	}](t, "subjects.json")
 	type result struct {
 		Name   string          `json:"name"`
-		Badges []string        `json:"badges"`
+		Badges []mapping.Badge `json:"badges"`
 		Grants []mapping.Grant `json:"grants"`
 	}
 	got := make([]result, 0, len(cases))
@@ -98,10 +98,10 @@ func TestGrantsAdmin(t *testing.T) {
 		cfg  mapping.Config
 		want bool
 	}{
-		{"a group rule grants it", mapping.Config{AdminBadge: "admin", Groups: []mapping.GroupRule{{Name: "A", Badges: []string{"admin"}}}}, true},
-		{"a role rule grants it", mapping.Config{AdminBadge: "admin", Roles: []mapping.RoleRule{{Slug: "owner", Badges: []string{"admin"}}}}, true},
-		{"default badges do not count", mapping.Config{AdminBadge: "admin", DefaultBadges: []string{"admin"}}, false},
-		{"no rule grants it", mapping.Config{AdminBadge: "admin", Groups: []mapping.GroupRule{{Name: "A", Badges: []string{"member"}}}}, false},
+		{"a group rule grants it", mapping.Config{AdminBadge: "admin", Groups: []mapping.GroupRule{{Name: "A", Badges: []mapping.Badge{"admin"}}}}, true},
+		{"a role rule grants it", mapping.Config{AdminBadge: "admin", Roles: []mapping.RoleRule{{Slug: "owner", Badges: []mapping.Badge{"admin"}}}}, true},
+		{"default badges do not count", mapping.Config{AdminBadge: "admin", DefaultBadges: []mapping.Badge{"admin"}}, false},
+		{"no rule grants it", mapping.Config{AdminBadge: "admin", Groups: []mapping.GroupRule{{Name: "A", Badges: []mapping.Badge{"member"}}}}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := tc.cfg.GrantsAdmin(); got != tc.want {
@@ -132,13 +132,13 @@ type fmtString interface{ String() string }
 func TestValidateNamesEveryBadField(t *testing.T) {
 	cfg := mapping.Config{
 		AdminBadge:    " ",
-		DefaultBadges: []string{"member", ""},
+		DefaultBadges: []mapping.Badge{"member", ""},
 		Groups: []mapping.GroupRule{
-			{Badges: []string{"x"}},
+			{Badges: []mapping.Badge{"x"}},
 			{Name: "A", OnUnmap: "forget"},
-			{Name: "B", Badges: []string{" "}},
+			{Name: "B", Badges: []mapping.Badge{" "}},
 		},
-		Roles: []mapping.RoleRule{{Badges: []string{"y"}}, {Slug: "owner"}},
+		Roles: []mapping.RoleRule{{Badges: []mapping.Badge{"y"}}, {Slug: "owner"}},
 	}
 	var got []string
 	for _, err := range cfg.Validate() {

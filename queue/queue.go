@@ -20,6 +20,7 @@ import (
 // Defaults applied by [New] to zero-valued [Options] fields.
 const (
 	DefaultStream          = "DSYNC"
+	DefaultReplicas        = 1
 	DefaultSubjectPrefix   = "dsync"
 	DefaultDLQStream       = "DSYNC_DLQ"
 	DefaultDuplicateWindow = 2 * time.Second
@@ -213,7 +214,7 @@ func New(opts Options, log *zap.Logger) *Queue {
 		opts.DLQStream = DefaultDLQStream
 	}
 	if opts.Replicas <= 0 {
-		opts.Replicas = 1
+		opts.Replicas = DefaultReplicas
 	}
 	if opts.MaxBytes <= 0 {
 		opts.MaxBytes = -1

@@ -3,16 +3,25 @@ package reconcile
 import (
 	"context"
 	"sync"
+	"time"
 
 	"go.uber.org/zap"
 
-	"github.com/dsyncd/dsyncd/config"
 	"github.com/dsyncd/dsyncd/storage"
 )
 
-// ClientOptionsFrom returns the API client options the configuration sets.
-func ClientOptionsFrom(cfg config.Config) ClientOptions {
-	return ClientOptions{APIKey: cfg.WorkOS.APIKey, Endpoint: cfg.WorkOS.Endpoint}
+// BackgroundOptions configures StartBackground; dsyncd builds it from its
+// configuration (workos.*, events.*, reconcile.*).
+type BackgroundOptions struct {
+	// Client is how to reach the WorkOS API.
+	Client ClientOptions
+	// PollInterval runs the Events API poller every interval; 0: no poller.
+	PollInterval time.Duration
+	// Start and OnStaleCursor are the poller's Options.Start and Options.OnStaleCursor.
+	Start         string
+	OnStaleCursor string
+	// ReconcileInterval reconciles every directory every interval; 0: never.
+	ReconcileInterval time.Duration
 }
 
 // Background is what `dsyncd serve` runs besides the webhook receiver: the
@@ -25,30 +34,30 @@ type Background struct {
 	wg     sync.WaitGroup
 }
 
-// StartBackground starts the poller (events.poll_interval > 0), publishing
-// to pub with its cursor in st, and the periodic reconciliation
-// (reconcile.interval > 0) against st. It returns nil when neither is
+// StartBackground starts the poller (PollInterval > 0), publishing to pub
+// with its cursor in st, and the periodic reconciliation
+// (ReconcileInterval > 0) against st. It returns nil when neither is
 // configured. Stop it before closing pub and st.
-func StartBackground(cfg config.Config, pub Publisher, st *storage.Store, log *zap.Logger) *Background {
-	if cfg.Events.PollInterval <= 0 && cfg.Reconcile.Interval <= 0 {
+func StartBackground(opts BackgroundOptions, pub Publisher, st *storage.Store, log *zap.Logger) *Background {
+	if opts.PollInterval <= 0 && opts.ReconcileInterval <= 0 {
 		return nil
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	b := &Background{cancel: cancel}
-	if cfg.Events.PollInterval > 0 {
+	if opts.PollInterval > 0 {
 		// A reconciler of its own for a refused cursor, which may come
 		// with reconcile.interval 0.
-		r := NewReconciler(ReconcilerOptions{ClientOptions: ClientOptionsFrom(cfg)}, st, log)
-		b.Poller = New(Options{ClientOptions: ClientOptionsFrom(cfg), Interval: cfg.Events.PollInterval, Start: cfg.Events.Start,
-			Applied: st.Processed, OnStaleCursor: cfg.Events.OnStaleCursor,
+		r := NewReconciler(ReconcilerOptions{ClientOptions: opts.Client}, st, log)
+		b.Poller = New(Options{ClientOptions: opts.Client, Interval: opts.PollInterval, Start: opts.Start,
+			Applied: st.Processed, OnStaleCursor: opts.OnStaleCursor,
 			Reconcile: func(ctx context.Context) error {
 				_, err := r.Reconcile(ctx, Scope{}, false)
 				return err
 			}}, pub, st, log)
 		b.wg.Go(func() { _ = b.Poller.Run(ctx) })
 	}
-	if cfg.Reconcile.Interval > 0 {
-		b.Reconciler = NewReconciler(ReconcilerOptions{ClientOptions: ClientOptionsFrom(cfg), Interval: cfg.Reconcile.Interval}, st, log)
+	if opts.ReconcileInterval > 0 {
+		b.Reconciler = NewReconciler(ReconcilerOptions{ClientOptions: opts.Client, Interval: opts.ReconcileInterval}, st, log)
 		b.wg.Go(func() { _ = b.Reconciler.Run(ctx) })
 	}
 	return b

@@ -18,8 +18,9 @@
 // synthetic dsync event applied through storage.Store.Apply, so through every
 // safeguard; with dryRun, storage.Store.Preview says what it would do.
 //
-// StartBackground runs both inside `dsyncd serve` as configured
-// (events.poll_interval, reconcile.interval).
+// StartBackground runs both inside `dsyncd serve`, with the BackgroundOptions
+// dsyncd builds from its configuration (events.*, reconcile.*, workos.*):
+// the package does not read the configuration itself.
 //
 // Client is the WorkOS API access both share: a retrying HTTP client (429
 // after Retry-After, 5xx, timeouts and network errors with exponential

@@ -52,9 +52,9 @@ func clientOpts(fake *workostest.Server, pageSize int) ClientOptions {
 func testMapping() mapping.Config {
 	return mapping.Config{
 		AdminBadge:    "admin",
-		DefaultBadges: []string{"member"},
-		Groups:        []mapping.GroupRule{{Name: "Team - Platform", Badges: []string{"admin"}}},
-		Roles:         []mapping.RoleRule{{Slug: "member", Badges: []string{"staff"}}},
+		DefaultBadges: []mapping.Badge{"member"},
+		Groups:        []mapping.GroupRule{{Name: "Team - Platform", Badges: []mapping.Badge{"admin"}}},
+		Roles:         []mapping.RoleRule{{Slug: "member", Badges: []mapping.Badge{"staff"}}},
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/dsyncd/dsyncd/events"
+	"github.com/dsyncd/dsyncd/mapping"
 	"github.com/dsyncd/dsyncd/reconcile/workostest"
 	"github.com/dsyncd/dsyncd/storage"
 )
@@ -94,7 +95,7 @@ func assertMatches(t *testing.T, st *storage.Store, fake *workostest.Server, dir
 	}
 }
 
-func badgesOf(t *testing.T, st *storage.Store, id string) []string {
+func badgesOf(t *testing.T, st *storage.Store, id string) []mapping.Badge {
 	t.Helper()
 	u, err := st.User(id)
 	if err != nil {
@@ -127,10 +128,10 @@ func TestReconcileCreatesWhatIsMissingAndThenFindsNothing(t *testing.T) {
 		}
 	}
 	assertMatches(t, st, fake, workostest.UsersDirectory)
-	if b := badgesOf(t, st, henry); !slices.Equal(b, []string{"admin", "member"}) {
+	if b := badgesOf(t, st, henry); !slices.Equal(b, []mapping.Badge{"admin", "member"}) {
 		t.Errorf("henry's badges %v (Team - Platform grants admin)", b)
 	}
-	if b := badgesOf(t, st, bob); !slices.Equal(b, []string{"admin", "member", "staff"}) {
+	if b := badgesOf(t, st, bob); !slices.Equal(b, []mapping.Badge{"admin", "member", "staff"}) {
 		t.Errorf("bob's badges %v (role member grants staff)", b)
 	}
 	u, _ := st.User(henry)
@@ -225,10 +226,10 @@ func TestReconcileRepairsADriftedStore(t *testing.T) {
 	if b := badgesOf(t, st, henry); len(b) != 0 {
 		t.Errorf("henry, deleted in WorkOS, keeps %v", b)
 	}
-	if b := badgesOf(t, st, newUser); !slices.Equal(b, []string{"member"}) {
+	if b := badgesOf(t, st, newUser); !slices.Equal(b, []mapping.Badge{"member"}) {
 		t.Errorf("new user's badges %v", b)
 	}
-	if b := badgesOf(t, st, bob); !slices.Equal(b, []string{"admin", "member", "staff"}) {
+	if b := badgesOf(t, st, bob); !slices.Equal(b, []mapping.Badge{"admin", "member", "staff"}) {
 		t.Errorf("bob's badges %v: roles must survive the corrective membership events", b)
 	}
 	again, err := r.Reconcile(testCtx(t), Scope{Directory: workostest.UsersDirectory}, false)
@@ -349,7 +350,7 @@ func TestReconcileGoesThroughTheSafeguards(t *testing.T) {
 	if len(res.Differences) != 1 || res.Differences[0].Kind != UserUnknownRemotely {
 		t.Fatalf("differences %+v: want henry's delete refused (break-glass)", res.Differences)
 	}
-	if b := badgesOf(t, st, henry); !slices.Equal(b, []string{"admin", "member"}) {
+	if b := badgesOf(t, st, henry); !slices.Equal(b, []mapping.Badge{"admin", "member"}) {
 		t.Fatalf("break-glass henry lost his badges: %v", b)
 	}
 	audit, _ := st.Audit(storage.AuditFilter{UserID: henry})
@@ -478,7 +479,7 @@ func TestReconcileDryRunPlansWhatTheBreakerLets(t *testing.T) {
 	if !slices.Equal(planned, lost) {
 		t.Errorf("the dry run planned losses for %v; the real run removed the badges of %v", planned, lost)
 	}
-	if dry.Plan.Applied["would_pause"] != 1 || dry.Plan.Applied[storage.Deferred] == 0 {
+	if dry.Plan.Applied.WouldPause != 1 || dry.Plan.Applied.Deferred == 0 {
 		t.Errorf("dry-run counts %v: want one would_pause and the later events deferred", dry.Plan.Applied)
 	}
 }

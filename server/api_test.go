@@ -29,7 +29,7 @@ import (
 func apiServer(t *testing.T, token string, ready func(context.Context) error) *server.Server {
 	t.Helper()
 	st, err := storage.Open(storage.Options{Path: filepath.Join(t.TempDir(), "dsyncd.db"),
-		Mapping: mapping.Config{AdminBadge: "admin", DefaultBadges: []string{"member"}}})
+		Mapping: mapping.Config{AdminBadge: "admin", DefaultBadges: []mapping.Badge{"member"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,7 +117,7 @@ func TestReadyzSaysWhy(t *testing.T) {
 // the daemon is listed, and the status code stays 200.
 func TestReadyzListsWhatIsDegraded(t *testing.T) {
 	st, err := storage.Open(storage.Options{Path: filepath.Join(t.TempDir(), "dsyncd.db"),
-		Mapping: mapping.Config{AdminBadge: "admin", DefaultBadges: []string{"member"}}})
+		Mapping: mapping.Config{AdminBadge: "admin", DefaultBadges: []mapping.Badge{"member"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,7 +139,7 @@ func TestReadyzListsWhatIsDegraded(t *testing.T) {
 // JSON document, whatever the number of pages.
 func TestAuditStreamsEveryEntryAsOneAnswer(t *testing.T) {
 	st, err := storage.Open(storage.Options{Path: filepath.Join(t.TempDir(), "dsyncd.db"),
-		Mapping: mapping.Config{AdminBadge: "admin", DefaultBadges: []string{"member"}}})
+		Mapping: mapping.Config{AdminBadge: "admin", DefaultBadges: []mapping.Badge{"member"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,7 +213,7 @@ func TestOpenRefusesAWebhookPathTheRouterRejects(t *testing.T) {
 func TestAPIRefusesForeignHostsAndNonJSONChanges(t *testing.T) {
 	const token = "s3cret-api-token"
 	st, err := storage.Open(storage.Options{Path: filepath.Join(t.TempDir(), "dsyncd.db"),
-		Mapping: mapping.Config{AdminBadge: "admin", DefaultBadges: []string{"member"}}})
+		Mapping: mapping.Config{AdminBadge: "admin", DefaultBadges: []mapping.Badge{"member"}}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -55,7 +55,7 @@ func newRigWith(tb testing.TB, log *zap.Logger, edit func(*server.Options)) *rig
 	}
 	tb.Cleanup(func() { _ = q.Close() })
 	st, err := storage.Open(storage.Options{Path: filepath.Join(tb.TempDir(), "dsyncd.db"),
-		Mapping: mapping.Config{AdminBadge: "admin", DefaultBadges: []string{"member"}}})
+		Mapping: mapping.Config{AdminBadge: "admin", DefaultBadges: []mapping.Badge{"member"}}})
 	if err != nil {
 		tb.Fatalf("store open: %v", err)
 	}

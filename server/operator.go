@@ -14,6 +14,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/dsyncd/dsyncd/mapping"
 	"github.com/dsyncd/dsyncd/storage"
 )
 
@@ -81,7 +82,7 @@ func (s *Server) operatorRoutes(mux *http.ServeMux) {
 	}))
 	// Why a user has, or does not have, a badge: what dsyncd why prints.
 	mux.HandleFunc("GET /v1/users/{id}/why/{badge}", s.authed(func(w http.ResponseWriter, r *http.Request) {
-		why, err := s.st.Why(r.PathValue("id"), r.PathValue("badge"))
+		why, err := s.st.Why(r.PathValue("id"), mapping.Badge(r.PathValue("badge")))
 		s.reply(w, r, why, err)
 	}))
 	if s.opts.DeadLetters != nil {

@@ -22,7 +22,7 @@ import (
 func TestAnInternalErrorIsLoggedNeverSent(t *testing.T) {
 	const token = "s3cret-api-token"
 	st, err := storage.Open(storage.Options{Path: filepath.Join(t.TempDir(), "dsyncd.db"),
-		Mapping: mapping.Config{AdminBadge: "admin", DefaultBadges: []string{"member"}}})
+		Mapping: mapping.Config{AdminBadge: "admin", DefaultBadges: []mapping.Badge{"member"}}})
 	if err != nil {
 		t.Fatal(err)
 	}

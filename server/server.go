@@ -45,6 +45,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/dsyncd/dsyncd/events"
+	"github.com/dsyncd/dsyncd/mapping"
 	"github.com/dsyncd/dsyncd/storage"
 )
 
@@ -154,35 +155,49 @@ type Server struct {
 	closeErr  error
 }
 
+// The defaults of Options: New uses each for a zero field, and dsyncd's
+// configuration (http.*, webhook.*) states them from here.
+const (
+	DefaultWebhookPath       = "/webhooks/workos"
+	DefaultMaxBodyBytes      = 1 << 20
+	DefaultPublishTimeout    = 5 * time.Second
+	DefaultReadTimeout       = 10 * time.Second
+	DefaultWriteTimeout      = 10 * time.Second
+	DefaultReadHeaderTimeout = 5 * time.Second
+	DefaultIdleTimeout       = 60 * time.Second
+	DefaultMaxConnections    = 1024
+	DefaultMaxInflightBytes  = 64 << 20
+)
+
 // New returns a Server. It does no I/O.
 func New(opts Options, verifier *events.Verifier, pub Publisher, st *storage.Store, log *zap.Logger) *Server {
 	if opts.WebhookPath == "" {
-		opts.WebhookPath = "/webhooks/workos"
+		opts.WebhookPath = DefaultWebhookPath
 	}
 	if opts.MaxBodyBytes <= 0 {
-		opts.MaxBodyBytes = 1 << 20
+		opts.MaxBodyBytes = DefaultMaxBodyBytes
 	}
 	if opts.PublishTimeout <= 0 {
-		opts.PublishTimeout = 5 * time.Second
+		opts.PublishTimeout = DefaultPublishTimeout
 	}
 	if opts.ReadTimeout <= 0 {
-		opts.ReadTimeout = 10 * time.Second
+		opts.ReadTimeout = DefaultReadTimeout
 	}
 	if opts.WriteTimeout <= 0 {
-		opts.WriteTimeout = 10 * time.Second
+		opts.WriteTimeout = DefaultWriteTimeout
 	}
 	if opts.ReadHeaderTimeout <= 0 {
-		opts.ReadHeaderTimeout = 5 * time.Second
+		opts.ReadHeaderTimeout = DefaultReadHeaderTimeout
 	}
 	opts.ReadHeaderTimeout = min(opts.ReadHeaderTimeout, opts.ReadTimeout)
 	if opts.IdleTimeout <= 0 {
-		opts.IdleTimeout = 60 * time.Second
+		opts.IdleTimeout = DefaultIdleTimeout
 	}
 	if opts.MaxConnections <= 0 {
-		opts.MaxConnections = 1024
+		opts.MaxConnections = DefaultMaxConnections
 	}
 	if opts.MaxInflightBytes <= 0 {
-		opts.MaxInflightBytes = 64 << 20
+		opts.MaxInflightBytes = DefaultMaxInflightBytes
 	}
 	if opts.RefusalLogBurst <= 0 {
 		opts.RefusalLogBurst = 5
@@ -673,7 +688,7 @@ func (s *Server) handleUser(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleDirectoryUsers(w http.ResponseWriter, r *http.Request) {
-	users, err := s.st.UsersWithBadge(r.PathValue("id"), r.URL.Query().Get("badge"))
+	users, err := s.st.UsersWithBadge(r.PathValue("id"), mapping.Badge(r.URL.Query().Get("badge")))
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -683,7 +698,7 @@ func (s *Server) handleDirectoryUsers(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	f := storage.AuditFilter{UserID: q.Get("user"), OrganizationID: q.Get("org"), Badge: q.Get("badge")}
+	f := storage.AuditFilter{UserID: q.Get("user"), OrganizationID: q.Get("org"), Badge: mapping.Badge(q.Get("badge"))}
 	if v := q.Get("since"); v != "" {
 		t, err := time.Parse(time.RFC3339, v)
 		if err != nil {

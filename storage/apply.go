@@ -14,29 +14,6 @@ import (
 	"github.com/dsyncd/dsyncd/mapping"
 )
 
-// Outcome says what applying one event did.
-type Outcome string
-
-// Outcomes of Apply.
-const (
-	// Applied: the event changed at least one entity.
-	Applied Outcome = "applied"
-	// Duplicate: an event with this id was applied before.
-	Duplicate Outcome = "duplicate"
-	// Stale: every entity the event touches holds newer state; nothing changed.
-	Stale Outcome = "stale"
-	// Ignored: dsyncd does not handle this event type.
-	Ignored Outcome = "ignored"
-	// Deferred: the organisation's sync is paused; the event is kept, in
-	// order, until an operator resumes it.
-	Deferred Outcome = "deferred"
-	// Future: the event's created_at is later than the clock plus
-	// Options.MaxFuture. It is not applied nor recorded as processed: the
-	// caller parks it (an event dated in the future would make every later
-	// real event about its entities stale).
-	Future Outcome = "future"
-)
-
 // pruneBatch bounds how many expired processed-id records one Apply removes.
 const pruneBatch = 512
 
@@ -167,15 +144,16 @@ func (s *Store) applyOne(t *txn, ev *events.Event, now time.Time, fl applyFlags)
 			return Deferred, err
 		}
 	}
-	c := &change{s: s, t: t, ev: ev, k: toKey(ev.Key()), now: now, losses: map[string][]loss{}}
-	switch ev.Type {
-	case events.DirectoryActivated, events.DirectoryDeleted:
+	kind, _ := events.KindOf(ev.Type)
+	c := &change{s: s, t: t, ev: ev, ends: kind.Ends, k: toKey(ev.Key()), now: now, losses: map[string][]loss{}}
+	switch kind.Payload {
+	case events.PayloadDirectory:
 		err = c.directory()
-	case events.UserCreated, events.UserUpdated, events.UserDeleted:
+	case events.PayloadUser:
 		err = c.user()
-	case events.GroupCreated, events.GroupUpdated, events.GroupDeleted:
+	case events.PayloadGroup:
 		err = c.group()
-	case events.GroupUserAdded, events.GroupUserRemoved:
+	case events.PayloadMembership:
 		err = c.membership()
 	default:
 		return Ignored, nil
@@ -252,8 +230,8 @@ func (s *Store) pruneAudit(t *txn, now time.Time) error {
 	n := 0
 	for k, v := c.First(); k != nil && n < budget; k, v = c.First() {
 		var e struct {
-			Time   time.Time `json:"time"`
-			Action string    `json:"action"`
+			Time   time.Time   `json:"time"`
+			Action AuditAction `json:"action"`
 		}
 		if err := json.Unmarshal(v, &e); err != nil {
 			return fmt.Errorf("audit entry %x: %w", k, err)
@@ -287,6 +265,7 @@ type change struct {
 	s       *Store
 	t       *txn
 	ev      *events.Event
+	ends    bool // the event's kind ends what it names (events.Kind.Ends)
 	k       key
 	now     time.Time
 	changed bool
@@ -304,7 +283,7 @@ func (c *change) directory() error {
 	if err != nil {
 		return err
 	}
-	deleted := c.ev.Type == events.DirectoryDeleted
+	deleted := c.ends
 	if d == nil {
 		d = &dirRec{}
 	} else if !c.k.newer(d.Key) {
@@ -347,50 +326,6 @@ func (c *change) directory() error {
 		return eachPrefix(c.t.dirUsers, rec.ID, func(uid string) error { c.touch(uid); return nil })
 	}
 	return nil
-}
-
-// deprovisionDirectory ends every user and group of d older than its
-// deletion, when the policy is deprovision.
-func (c *change) deprovisionDirectory(d *dirRec) error {
-	if c.s.opts.Safeguards.OnDirectoryDeleted != OnDirectoryDeletedDeprovision {
-		return nil
-	}
-	err := eachPrefix(c.t.dirUsers, d.ID, func(uid string) error {
-		u, err := c.t.user(uid)
-		if err != nil || u == nil {
-			return err
-		}
-		// A user newer than the deletion stays, but its memberships older
-		// than the deletion end: its badges change too.
-		c.touch(uid)
-		if !u.RolesKey.newer(d.DeletedKey) && (u.Roles != nil || u.RolesKey != (key{})) {
-			// Roles carried only by events older than the deletion go with it.
-			u.Roles, u.RolesKey = nil, key{}
-			if err := c.t.putUser(u); err != nil {
-				return err
-			}
-		}
-		if !d.DeletedKey.newer(u.Key) {
-			return nil
-		}
-		if c.s.breakGlass(u) {
-			return c.s.auditBreakGlass(c.t, c.ev, u, c.now, "directory deprovisioned")
-		}
-		u.Deleted, u.Key, u.DeletedKey = true, d.DeletedKey, maxKey(u.DeletedKey, d.DeletedKey)
-		c.touch(uid)
-		return c.t.putUser(u)
-	})
-	if err != nil {
-		return err
-	}
-	return eachPrefix(c.t.dirGroups, d.ID, func(gid string) error {
-		g, err := c.t.group(gid)
-		if err != nil || g == nil || !d.DeletedKey.newer(g.Key) {
-			return err
-		}
-		g.Deleted, g.Key, g.DeletedKey = true, d.DeletedKey, maxKey(g.DeletedKey, d.DeletedKey)
-		return c.t.putGroup(g)
-	})
 }
 
 // setUser applies the user payload u0 if it is newer than what the store
@@ -463,32 +398,8 @@ func (c *change) setUser(u0 *events.User, deleted bool) error {
 	return c.t.putUser(&rec)
 }
 
-// pinBreakGlass keeps a break-glass account recognised by its directory user
-// id: rec, the new state of u, records the break_glass entry either matched,
-// and an email change of the account is audited.
-func (c *change) pinBreakGlass(u, rec *userRec) error {
-	entry := c.s.breakGlassEntry(u)
-	if entry == "" {
-		entry = c.s.breakGlassEntry(rec)
-	}
-	if entry == "" {
-		return nil
-	}
-	rec.BreakGlassBy = entry
-	if u.ID == "" || u.Email == "" || strings.EqualFold(u.Email, rec.Email) {
-		return nil
-	}
-	org, err := c.s.userOrg(c.t, rec)
-	if err != nil {
-		return err
-	}
-	return c.s.addAudit(c.t, AuditEntry{Time: c.now, EventID: c.ev.ID, OrganizationID: org, DirectoryID: rec.DirectoryID, UserID: rec.ID,
-		Action: ActionProfile, Reason: fmt.Sprintf("break-glass account's email changed from %s to %s: applied; still protected, "+
-			"recognised by its directory user id (break_glass entry %s)", u.Email, rec.Email, entry)})
-}
-
 func (c *change) user() error {
-	return c.setUser(c.ev.User, c.ev.Type == events.UserDeleted)
+	return c.setUser(c.ev.User, c.ends)
 }
 
 // setGroup applies the group payload g0 if newer; it returns whether the
@@ -619,7 +530,7 @@ func (c *change) touchMembers(groupID string) error {
 }
 
 func (c *change) group() error {
-	identity, err := c.setGroup(c.ev.Group, c.ev.Type == events.GroupDeleted)
+	identity, err := c.setGroup(c.ev.Group, c.ends)
 	if err != nil || !identity {
 		return err
 	}
@@ -668,7 +579,7 @@ func (c *change) membership() error {
 		c.changed = true
 		c.touch(u0.ID)
 	}
-	return c.t.putMember(g0.ID, u0.ID, &memberRec{Key: c.k, Present: c.ev.Type == events.GroupUserAdded})
+	return c.t.putMember(g0.ID, u0.ID, &memberRec{Key: c.k, Present: !c.ends})
 }
 
 // isMember reports whether u is, in effect, a member of group g: the newest

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/dsyncd/dsyncd/mapping"
 	"github.com/dsyncd/dsyncd/storage"
 )
 
@@ -45,7 +46,7 @@ func TestOlderUserDeleteDeliveredAfterReactivationStillEndsOlderMemberships(t *t
 		t.Fatalf("late delete outcome = %s, want applied (it ends the membership)", out[2])
 	}
 	got := findUser(t, st, "u1")
-	if got == nil || got.State != "active" || len(got.Groups) != 0 || !slices.Equal(got.Badges, []string{"member"}) {
+	if got == nil || got.State != "active" || len(got.Groups) != 0 || !slices.Equal(got.Badges, []mapping.Badge{"member"}) {
 		t.Fatalf("user = %+v, want active (e3), no groups (e2 ended e1), badges [member]", got)
 	}
 }
@@ -80,7 +81,7 @@ func TestDeprovisionedDirectoryEndsMembershipsOfUsersNewerThanItsDeletion(t *tes
 		ev("e3", "dsync.deleted", 3, dir),                             // delivered late
 	)
 	u := findUser(t, st, "u1")
-	if u == nil || len(u.Groups) != 0 || !slices.Equal(u.Badges, []string{"member"}) {
+	if u == nil || len(u.Groups) != 0 || !slices.Equal(u.Badges, []mapping.Badge{"member"}) {
 		t.Fatalf("user = %+v, want kept (e4 is newer than the deletion) without groups or engineer", u)
 	}
 }
@@ -96,7 +97,7 @@ func TestFirstEventOfADirectoryBeingItsDeletionGivesUsersItsOrganisation(t *test
 		t.Fatalf("badges %v before the organisation is known", got.Badges)
 	}
 	mustApply(t, st, ev("e2", "dsync.deleted", 2, map[string]any{"id": "dir_1", "organization_id": "org_1", "name": "Corp"}))
-	if got := findUser(t, st, "u1"); !slices.Equal(got.Badges, []string{"member", "support"}) {
+	if got := findUser(t, st, "u1"); !slices.Equal(got.Badges, []mapping.Badge{"member", "support"}) {
 		t.Fatalf("badges %v, want [member support]: the group's organisation is its directory's, org_1", got.Badges)
 	}
 }

@@ -133,11 +133,11 @@ func (u *userRec) encode() []byte {
 	e.key(u.DeletedKey)
 	e.uvar(uint64(len(u.Grants)))
 	for _, g := range u.Grants {
-		e.str(g.Badge)
+		e.str(string(g.Badge))
 		e.str(g.Rule)
 		e.str(g.Group)
 		e.str(g.Role)
-		e.str(g.Source)
+		e.str(string(g.Source))
 	}
 	e.boolean(u.AdminIndexed)
 	e.str(u.AdminOrg)
@@ -170,7 +170,7 @@ func decodeUser(b []byte) (*userRec, error) {
 	if d.err == nil && n > 0 {
 		u.Grants = make([]mapping.Grant, n)
 		for i := range u.Grants {
-			u.Grants[i] = mapping.Grant{Badge: d.str(), Rule: d.str(), Group: d.str(), Role: d.str(), Source: d.str()}
+			u.Grants[i] = mapping.Grant{Badge: mapping.Badge(d.str()), Rule: d.str(), Group: d.str(), Role: d.str(), Source: mapping.GrantSource(d.str())}
 		}
 	}
 	u.AdminIndexed = d.boolean()

@@ -24,6 +24,14 @@
 // Badges are recomputed, inside the same transaction, for exactly the users an
 // event touches, through package mapping, and every change is audited.
 //
+// The safeguards run in that transaction too, one file each
+// (safeguard_*.go): the last admin (and held moves), the mass-deprovisioning
+// breaker, break-glass accounts, the directory deletion policy. Those that
+// hold a change own a HoldKind and what approving or rejecting one of their
+// holds does (safeguards.go lists them). The words the store shares with the
+// server and the commands — outcomes, hold kinds, audit actions, plans — are
+// named types in vocabulary.go.
+//
 // # Caveats
 //
 // Only one process may open the file: a second Open fails with ErrInUse after

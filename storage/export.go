@@ -23,16 +23,16 @@ type Snapshot struct {
 // ExportHold is an open hold in the snapshot (without times, so that the
 // snapshot stays byte-stable).
 type ExportHold struct {
-	ID             uint64 `json:"id"`
-	Kind           string `json:"kind"`
-	OrganizationID string `json:"organization_id"`
-	UserID         string `json:"user_id,omitempty"`
-	Badge          string `json:"badge,omitempty"`
-	EventID        string `json:"event_id,omitempty"`
-	Deferred       int    `json:"deferred_events,omitempty"`
-	Users          int    `json:"users,omitempty"`
-	MovedTo        string `json:"moved_to,omitempty"`
-	Reason         string `json:"reason"`
+	ID             uint64        `json:"id"`
+	Kind           HoldKind      `json:"kind"`
+	OrganizationID string        `json:"organization_id"`
+	UserID         string        `json:"user_id,omitempty"`
+	Badge          mapping.Badge `json:"badge,omitempty"`
+	EventID        string        `json:"event_id,omitempty"`
+	Deferred       int           `json:"deferred_events,omitempty"`
+	Users          int           `json:"users,omitempty"`
+	MovedTo        string        `json:"moved_to,omitempty"`
+	Reason         string        `json:"reason"`
 }
 
 // ExportDirectory is a directory in the snapshot. State is "active" or "deleted".
@@ -51,18 +51,18 @@ type ExportDirectory struct {
 // rejected: no read surface shows an organisation without an admin while a
 // hold protects one. Deleted says the directory deleted it meanwhile.
 type ExportUser struct {
-	ID             string   `json:"id"`
-	DirectoryID    string   `json:"directory_id"`
-	OrganizationID string   `json:"organization_id"`
-	IdpID          string   `json:"idp_id"`
-	Email          string   `json:"email"`
-	FirstName      string   `json:"first_name"`
-	LastName       string   `json:"last_name"`
-	State          string   `json:"state"`
-	Groups         []string `json:"groups"`
-	Badges         []string `json:"badges"`
-	Deleted        bool     `json:"deleted,omitempty"`
-	HeldBy         uint64   `json:"held_by,omitempty"`
+	ID             string          `json:"id"`
+	DirectoryID    string          `json:"directory_id"`
+	OrganizationID string          `json:"organization_id"`
+	IdpID          string          `json:"idp_id"`
+	Email          string          `json:"email"`
+	FirstName      string          `json:"first_name"`
+	LastName       string          `json:"last_name"`
+	State          string          `json:"state"`
+	Groups         []string        `json:"groups"`
+	Badges         []mapping.Badge `json:"badges"`
+	Deleted        bool            `json:"deleted,omitempty"`
+	HeldBy         uint64          `json:"held_by,omitempty"`
 	// MovedTo: the directory moved the user to this organisation, but it
 	// was its old one's last admin; until the hold closes the user is
 	// listed in (OrganizationID) and has the badges of its old organisation.
@@ -263,7 +263,7 @@ func (s *Store) User(id string) (*UserView, error) {
 // UsersWithBadge returns the live users of directory dirID, sorted by id,
 // holding badge (every live user when badge is empty). A deleted user an
 // open last-admin hold keeps an admin is live until the hold closes.
-func (s *Store) UsersWithBadge(dirID, badge string) ([]ExportUser, error) {
+func (s *Store) UsersWithBadge(dirID string, badge mapping.Badge) ([]ExportUser, error) {
 	out := []ExportUser{}
 	err := s.view(func(tx *bolt.Tx) error {
 		t := newTxn(tx)
@@ -294,7 +294,7 @@ func (s *Store) UsersWithBadge(dirID, badge string) ([]ExportUser, error) {
 type AuditFilter struct {
 	UserID         string
 	OrganizationID string
-	Badge          string
+	Badge          mapping.Badge
 	Since          time.Time
 	// After, if set, selects entries with a greater Seq only: a reader that
 	// keeps the last Seq it saw tails the trail (to ship it elsewhere).

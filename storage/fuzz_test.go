@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/dsyncd/dsyncd/events"
+	"github.com/dsyncd/dsyncd/mapping"
 	"github.com/dsyncd/dsyncd/storage"
 )
 
@@ -49,7 +50,7 @@ func FuzzApply(f *testing.F) {
 		for _, u := range snap.Users {
 			// Only an open last-admin hold keeps a badge of an inactive
 			// (or deleted) user: the admin badge, shown with the hold's id.
-			held := u.HeldBy != 0 && slices.Equal(u.Badges, []string{"admin"})
+			held := u.HeldBy != 0 && slices.Equal(u.Badges, []mapping.Badge{"admin"})
 			if (u.State == "inactive" || u.State == "suspended" || u.Deleted) && len(u.Badges) > 0 && !held {
 				t.Fatalf("inactive user %s has badges %v (held by %d)", u.ID, u.Badges, u.HeldBy)
 			}

@@ -1,44 +1,29 @@
 package storage
 
 import (
-	"fmt"
 	"slices"
 	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/dsyncd/dsyncd/events"
 	"github.com/dsyncd/dsyncd/mapping"
-)
-
-// Audit actions.
-const (
-	ActionGrant   = "grant"
-	ActionRevoke  = "revoke"
-	ActionHold    = "hold"
-	ActionRelease = "release"
-	ActionSkip    = "skip" // a change sync was not allowed to make
-	ActionDrop    = "drop" // an operator dropped a dead letter
-	// ActionProfile: a profile change the safeguards note (a break-glass
-	// account's email changed; it stays recognised by its id).
-	ActionProfile = "profile"
 )
 
 // AuditEntry records one badge change, or one change that was not made, and why.
 type AuditEntry struct {
-	Seq            uint64    `json:"seq"`
-	Time           time.Time `json:"time"`
-	EventID        string    `json:"event_id,omitempty"`
-	OrganizationID string    `json:"organization_id,omitempty"`
-	DirectoryID    string    `json:"directory_id,omitempty"`
-	UserID         string    `json:"user_id,omitempty"`
-	Badge          string    `json:"badge,omitempty"`
-	Action         string    `json:"action"`
-	Rule           string    `json:"rule,omitempty"`
-	Group          string    `json:"group,omitempty"`
-	Role           string    `json:"role,omitempty"`
-	Reason         string    `json:"reason"`
+	Seq            uint64        `json:"seq"`
+	Time           time.Time     `json:"time"`
+	EventID        string        `json:"event_id,omitempty"`
+	OrganizationID string        `json:"organization_id,omitempty"`
+	DirectoryID    string        `json:"directory_id,omitempty"`
+	UserID         string        `json:"user_id,omitempty"`
+	Badge          mapping.Badge `json:"badge,omitempty"`
+	Action         AuditAction   `json:"action"`
+	Rule           string        `json:"rule,omitempty"`
+	Group          string        `json:"group,omitempty"`
+	Role           string        `json:"role,omitempty"`
+	Reason         string        `json:"reason"`
 }
 
 func (s *Store) addAudit(t *txn, e AuditEntry) error {
@@ -49,43 +34,6 @@ func (s *Store) addAudit(t *txn, e AuditEntry) error {
 	e.Seq = seq
 	return putJSON(t.audit, u64(seq), e)
 }
-
-// breakGlass reports whether u is a break-glass account.
-func (s *Store) breakGlass(u *userRec) bool { return s.breakGlassEntry(u) != "" }
-
-// breakGlassEntry returns the safeguards.break_glass entry u matches, or "":
-// its directory user id, its email, or the entry it matched when first
-// recognised (BreakGlassBy), while that entry is still configured — so that
-// changing the account's email cannot slip it out of protection.
-func (s *Store) breakGlassEntry(u *userRec) string {
-	for _, v := range s.opts.Safeguards.BreakGlass {
-		if v == u.ID || (u.Email != "" && strings.EqualFold(v, u.Email)) || (u.BreakGlassBy != "" && strings.EqualFold(v, u.BreakGlassBy)) {
-			return v
-		}
-	}
-	return ""
-}
-
-func (s *Store) auditBreakGlass(t *txn, ev *events.Event, u *userRec, now time.Time, what string) error {
-	org, err := s.organization(t, u.OrganizationID, u.DirectoryID)
-	if err != nil {
-		return err
-	}
-	return s.addAudit(t, AuditEntry{Time: now, EventID: ev.ID, OrganizationID: org, DirectoryID: u.DirectoryID,
-		UserID: u.ID, Action: ActionSkip, Reason: what + ": not applied, break-glass account"})
-}
-
-// Grant sources beyond mapping's "default", "group" and "role".
-const (
-	// SourceHeld: the mapping no longer grants the badge, but revoking it
-	// would leave the organisation without an admin; an open hold keeps it.
-	SourceHeld = "held"
-	// SourceRetained: the rule that granted it was removed with on_unmap
-	// keep (or a last-admin hold was rejected); it stays while the user is active.
-	SourceRetained = "retained"
-	// SourceBreakGlass: a break-glass account keeps what sync would revoke.
-	SourceBreakGlass = "break_glass"
-)
 
 type regrantOpts struct {
 	// forceRevokeAdmin applies admin revocations even when they leave the
@@ -117,74 +65,23 @@ type grantPlan struct {
 // results, audits every badge gained, lost, held or kept, and returns, per
 // organisation, the users that lost a mapped badge or every badge.
 func (s *Store) regrant(t *txn, users []*userRec, eventID string, now time.Time, o regrantOpts) (map[string][]loss, error) {
-	admin := s.opts.Mapping.AdminBadge
 	plans := make([]*grantPlan, 0, len(users))
-	type flow struct{ lose, gain []*grantPlan }
-	flows := map[string]*flow{}
+	flows := adminFlows{}
 	for _, u := range users {
 		p, err := s.planGrants(t, u, eventID, now)
 		if err != nil {
 			return nil, err
 		}
 		plans = append(plans, p)
-		had := slices.Contains(mapping.Badges(u.Grants), admin)
-		wants := slices.Contains(mapping.Badges(p.want), admin)
-		flowOf := func(org string) *flow {
-			f := flows[org]
-			if f == nil {
-				f = &flow{}
-				flows[org] = f
-			}
-			return f
-		}
-		switch {
-		case had && u.AdminIndexed && u.AdminOrg != p.org:
-			// An admin moved to another organisation: the old one loses
-			// an admin whatever the new one's rules grant.
-			p.moveFrom = u.AdminOrg
-			flowOf(u.AdminOrg).lose = append(flowOf(u.AdminOrg).lose, p)
-			if wants {
-				flowOf(p.org).gain = append(flowOf(p.org).gain, p)
-			}
-		case had && !wants:
-			flowOf(p.org).lose = append(flowOf(p.org).lose, p)
-		case !had && wants:
-			flowOf(p.org).gain = append(flowOf(p.org).gain, p)
-		}
+		flows.add(p, s.opts.Mapping.AdminBadge)
 	}
 	if !o.forceRevokeAdmin {
-		for org, f := range flows {
-			if len(f.lose) == 0 {
-				continue
-			}
-			before, err := s.adminHolders(t, org)
-			if err != nil {
-				return nil, err
-			}
-			if before >= 1 && before-len(f.lose)+len(f.gain) <= 0 {
-				for _, p := range f.lose {
-					if p.moveFrom != "" {
-						p.holdMove = true
-					} else {
-						p.holdAdmin = true
-					}
-				}
-			}
-		}
-	}
-	for i, p := range plans {
-		if !p.holdMove {
-			continue
-		}
-		// The move is held: the user stays in its old organisation, as
-		// its admin, with its badges under that organisation's rules.
-		p.u.HeldOrg = p.moveFrom
-		np, err := s.planGrants(t, p.u, eventID, now)
-		if err != nil {
+		if err := s.holdLastAdmins(t, flows); err != nil {
 			return nil, err
 		}
-		np.holdAdmin, np.movedTo = true, p.org
-		plans[i] = np
+	}
+	if err := s.holdMoves(t, plans, eventID, now); err != nil {
+		return nil, err
 	}
 	lost := map[string][]loss{}
 	for _, p := range plans {
@@ -215,57 +112,15 @@ func (s *Store) planGrants(t *txn, u *userRec, eventID string, now time.Time) (*
 	// moved to another one gets that one's rules only.
 	if sub.Active && (u.MappedOrg == "" || u.MappedOrg == org) {
 		for _, g := range u.Grants {
-			if g.Source == SourceRetained && !slices.Contains(mapping.Badges(p.want), g.Badge) {
+			if g.Source == mapping.SourceRetained && !slices.Contains(mapping.Badges(p.want), g.Badge) {
 				p.want = append(p.want, g)
 			}
 		}
 	}
-	// An open last-admin hold keeps the badge until another admin exists
-	// or the mapping grants it again (for a held move: until the user is
-	// back in the organisation).
-	hold, err := s.openHold(t, HoldLastAdmin, org, u.ID)
-	if err != nil {
+	if err := s.keepHeldAdmin(t, p, eventID, now); err != nil {
 		return nil, err
 	}
-	dirOrg, err := s.organization(t, u.OrganizationID, u.DirectoryID)
-	if err != nil {
-		return nil, err
-	}
-	if hold != nil && hold.MovedTo != "" {
-		if dirOrg == hold.OrganizationID {
-			if err := s.closeHold(t, hold, ResolutionReleased, "the user is back in organisation "+dirOrg, eventID, now); err != nil {
-				return nil, err
-			}
-		} else {
-			p.want = append(p.want, mapping.Grant{Badge: hold.Badge, Rule: hold.Rule, Source: SourceHeld})
-		}
-	} else if hold != nil {
-		if slices.Contains(mapping.Badges(p.want), hold.Badge) {
-			if err := s.closeHold(t, hold, ResolutionReleased, "the mapping grants the badge again", eventID, now); err != nil {
-				return nil, err
-			}
-		} else {
-			p.want = append(p.want, mapping.Grant{Badge: hold.Badge, Rule: hold.Rule, Source: SourceHeld})
-		}
-	}
-	if s.breakGlass(u) {
-		wantBadges := mapping.Badges(p.want)
-		for _, b := range mapping.Badges(u.Grants) {
-			if slices.Contains(wantBadges, b) {
-				continue
-			}
-			for _, og := range u.Grants {
-				if og.Badge == b {
-					og.Source = SourceBreakGlass
-					p.want = append(p.want, og)
-				}
-			}
-			g := firstGrant(u.Grants, b)
-			p.skips = append(p.skips, AuditEntry{Time: now, EventID: eventID, OrganizationID: org, DirectoryID: u.DirectoryID, UserID: u.ID,
-				Badge: b, Rule: g.Rule, Group: g.Group, Role: g.Role, Action: ActionSkip,
-				Reason: "revocation not applied, break-glass account (" + revokeReason(u, sub) + ")"})
-		}
-	}
+	s.keepBreakGlass(p, eventID, now)
 	return p, nil
 }
 
@@ -273,7 +128,7 @@ func (s *Store) planGrants(t *txn, u *userRec, eventID string, now time.Time) (*
 // badges it lost, or every badge when it lost them all.
 type loss struct {
 	user   string
-	badges []string
+	badges []mapping.Badge
 	raw    []byte // badges as recorded (JSON), when read back
 }
 
@@ -281,26 +136,17 @@ type loss struct {
 // safeguard said so) and audits the difference. It returns the badges the
 // user lost that count for the breaker: its mapped (non-default) badges
 // lost, or every badge when it lost them all.
-func (s *Store) commitGrants(t *txn, p *grantPlan, eventID string, now time.Time) (lost []string, err error) {
+func (s *Store) commitGrants(t *txn, p *grantPlan, eventID string, now time.Time) (lost []mapping.Badge, err error) {
 	u, admin := p.u, s.opts.Mapping.AdminBadge
 	base := AuditEntry{Time: now, EventID: eventID, OrganizationID: p.org, DirectoryID: u.DirectoryID, UserID: u.ID}
 	want := p.want
 	entries := p.skips
 	if p.holdAdmin {
-		g := firstGrant(u.Grants, admin)
-		h := &Hold{Kind: HoldLastAdmin, OrganizationID: p.org, UserID: u.ID, Badge: admin, Rule: g.Rule,
-			Reason:  "revoking " + admin + " (" + revokeReason(u, p.sub) + ") would leave organisation " + p.org + " without an admin",
-			EventID: eventID, CreatedAt: now, MovedTo: p.movedTo}
-		if p.movedTo != "" {
-			h.Reason = "moving the user to organisation " + p.movedTo + " would leave organisation " + p.org + " without an admin"
-		}
-		if err := s.openNewHold(t, h); err != nil {
+		g, e, err := s.openLastAdminHold(t, p, base, eventID, now)
+		if err != nil {
 			return nil, err
 		}
-		want = append(want, mapping.Grant{Badge: admin, Rule: g.Rule, Group: g.Group, Role: g.Role, Source: SourceHeld})
-		e := base
-		e.Badge, e.Action, e.Rule, e.Group, e.Role = admin, ActionHold, g.Rule, g.Group, g.Role
-		e.Reason = h.Reason + fmt.Sprintf(" (hold %d)", h.ID)
+		want = append(want, g)
 		entries = append(entries, e)
 	}
 	oldBadges := mapping.Badges(u.Grants)
@@ -351,7 +197,7 @@ func (s *Store) commitGrants(t *txn, p *grantPlan, eventID string, now time.Time
 }
 
 func compareGrants(a, b mapping.Grant) int {
-	for _, c := range [][2]string{{a.Badge, b.Badge}, {a.Rule, b.Rule}, {a.Group, b.Group}, {a.Role, b.Role}, {a.Source, b.Source}} {
+	for _, c := range [][2]string{{string(a.Badge), string(b.Badge)}, {a.Rule, b.Rule}, {a.Group, b.Group}, {a.Role, b.Role}, {string(a.Source), string(b.Source)}} {
 		if r := strings.Compare(c[0], c[1]); r != 0 {
 			return r
 		}
@@ -363,7 +209,7 @@ func grantsEqual(a, b []mapping.Grant) bool {
 	return slices.Equal(a, b)
 }
 
-func firstGrant(gs []mapping.Grant, badge string) mapping.Grant {
+func firstGrant(gs []mapping.Grant, badge mapping.Badge) mapping.Grant {
 	for _, g := range gs {
 		if g.Badge == badge {
 			return g
@@ -380,9 +226,9 @@ func grantReason(g mapping.Grant) string {
 		return "has WorkOS role " + g.Role
 	case "default":
 		return "default badge of every active user"
-	case SourceHeld:
+	case mapping.SourceHeld:
 		return "kept by an open last-admin hold"
-	case SourceRetained:
+	case mapping.SourceRetained:
 		return "retained after its rule was removed"
 	}
 	return "granted by " + g.Rule

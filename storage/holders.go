@@ -19,7 +19,7 @@ import (
 // breaker reads one number instead of every user.
 
 // holdsMapped reports whether badges include a mapped (non-default) badge.
-func (s *Store) holdsMapped(badges []string) bool {
+func (s *Store) holdsMapped(badges []mapping.Badge) bool {
 	for _, b := range badges {
 		if !slices.Contains(s.opts.Mapping.DefaultBadges, b) {
 			return true
@@ -68,7 +68,7 @@ func (s *Store) orgHolders(t *txn, org string) int {
 }
 
 // holderOrgOf is where u counts as a holder, from its stored grants.
-func holderOrgOf(u *userRec, defaults []string, dirOrg func(id string) (string, error)) (string, error) {
+func holderOrgOf(u *userRec, defaults []mapping.Badge, dirOrg func(id string) (string, error)) (string, error) {
 	mapped := false
 	for _, b := range mapping.Badges(u.Grants) {
 		if !slices.Contains(defaults, b) {
@@ -106,7 +106,7 @@ func dirOrgLookup(tx *bolt.Tx) func(id string) (string, error) {
 // at Open (a read of every user), so that a store written before they
 // existed, or under other default badges, starts with the right counts.
 // It writes only what differs.
-func buildOrgHolders(tx *bolt.Tx, defaults []string) error {
+func buildOrgHolders(tx *bolt.Tx, defaults []mapping.Badge) error {
 	users := tx.Bucket(bktUsers)
 	dirOrg := dirOrgLookup(tx)
 	counts := map[string]int64{}
@@ -163,7 +163,7 @@ func buildOrgHolders(tx *bolt.Tx, defaults []string) error {
 
 // checkOrgHolders compares every user's MappedOrg with its grants and
 // org_holders with a count of them.
-func checkOrgHolders(tx *bolt.Tx, defaults []string) error {
+func checkOrgHolders(tx *bolt.Tx, defaults []mapping.Badge) error {
 	dirOrg := dirOrgLookup(tx)
 	counts := map[string]int64{}
 	var errs []error

@@ -290,11 +290,11 @@ func (m *model) groupOrg(g *mGroup) string {
 	return ""
 }
 
-func (m *model) badges(u *mUser, groups []*mGroup) []string {
+func (m *model) badges(u *mUser, groups []*mGroup) []mapping.Badge {
 	if s := strings.ToLower(u.state); s == "inactive" || s == "suspended" {
-		return []string{}
+		return []mapping.Badge{}
 	}
-	set := map[string]bool{}
+	set := map[mapping.Badge]bool{}
 	for _, b := range m.cfg.DefaultBadges {
 		set[b] = true
 	}
@@ -317,7 +317,7 @@ func (m *model) badges(u *mUser, groups []*mGroup) []string {
 			}
 		}
 	}
-	out := []string{}
+	out := []mapping.Badge{}
 	for b := range set {
 		out = append(out, b)
 	}
@@ -505,14 +505,14 @@ func modelFuture(e *mEvent) bool { return e.at.After(time.Now().Add(modelMaxFutu
 
 var modelMapping = mapping.Config{
 	AdminBadge:    "admin", // no rule grants it: the last-admin safeguard stays out of the way
-	DefaultBadges: []string{"member"},
+	DefaultBadges: []mapping.Badge{"member"},
 	Groups: []mapping.GroupRule{
-		{Name: "staff", Badges: []string{"staff"}},
-		{ID: "g2", Badges: []string{"eng"}},
-		{IdpID: "idp_g3", Organization: "org_1", Badges: []string{"support"}},
-		{Name: "Ops Team", Organization: "org_2", Badges: []string{"ops"}},
+		{Name: "staff", Badges: []mapping.Badge{"staff"}},
+		{ID: "g2", Badges: []mapping.Badge{"eng"}},
+		{IdpID: "idp_g3", Organization: "org_1", Badges: []mapping.Badge{"support"}},
+		{Name: "Ops Team", Organization: "org_2", Badges: []mapping.Badge{"ops"}},
 	},
-	Roles: []mapping.RoleRule{{Slug: "billing", Badges: []string{"billing"}}, {Slug: "auditor", Badges: []string{"audit", "staff"}}},
+	Roles: []mapping.RoleRule{{Slug: "billing", Badges: []mapping.Badge{"billing"}}, {Slug: "auditor", Badges: []mapping.Badge{"audit", "staff"}}},
 }
 
 type gen struct {

@@ -20,14 +20,6 @@ import (
 // and nobody said whether its badges stay (keep) or go (remove).
 var ErrUnmapChoice = errors.New("a removed group rule needs on_unmap: keep or remove")
 
-// ErrNotRejectable is returned by DecideHold when rejecting a last-admin hold
-// on a move: the directory moved the user; approve the hold, or give the old
-// organisation another admin (the hold then closes by itself).
-var ErrNotRejectable = errors.New("a held move cannot be rejected: approve it, or give the organisation another admin")
-
-// ErrNotPaused is returned by Resume for an organisation whose sync is not paused.
-var ErrNotPaused = errors.New("organisation is not paused")
-
 // EventMappingChange is the event id audit entries of a mapping change carry.
 const EventMappingChange = "config:mapping"
 
@@ -43,34 +35,6 @@ func holdDecision(h *Hold) string {
 var errRollback = errors.New("rollback")
 
 var keyMapping = []byte("mapping")
-
-// Plan is what a change does (or would do), per organisation.
-type Plan struct {
-	Organizations []OrgPlan   `json:"organizations"`
-	Unmapped      []UnmapPlan `json:"unmapped,omitempty"`
-	Applied       Counts      `json:"events,omitzero"`
-}
-
-// Counts tallies outcomes of the events a resume applies.
-type Counts map[Outcome]int
-
-// OrgPlan is what a change does to one organisation.
-type OrgPlan struct {
-	Organization string              `json:"organization"`
-	Gains        map[string][]string `json:"gains"`  // badge -> user ids
-	Losses       map[string][]string `json:"losses"` // badge -> user ids
-	Kept         []AuditEntry        `json:"kept,omitempty"`
-	AdminsBefore int                 `json:"admins_before"`
-	AdminsAfter  int                 `json:"admins_after"`
-	Holds        []Hold              `json:"holds"`
-}
-
-// UnmapPlan is a group rule the new mapping removes.
-type UnmapPlan struct {
-	Rule   string `json:"rule"`
-	Users  int    `json:"users"`  // users holding a badge through it
-	Choice string `json:"choice"` // keep, remove, or "" (not given)
-}
 
 // LeavesNoAdmin reports whether the change would take an organisation from
 // at least one admin to none, were the last-admin safeguard not there.
@@ -138,7 +102,7 @@ func buildPlan(t *txn, startSeq uint64, before, after map[string]int) (*Plan, er
 		if o, ok := orgs[org]; ok {
 			return o
 		}
-		o := &OrgPlan{Organization: org, Gains: map[string][]string{}, Losses: map[string][]string{}, Holds: []Hold{},
+		o := &OrgPlan{Organization: org, Gains: map[mapping.Badge][]string{}, Losses: map[mapping.Badge][]string{}, Holds: []Hold{},
 			AdminsBefore: before[org], AdminsAfter: after[org]}
 		orgs[org] = o
 		return o
@@ -170,7 +134,7 @@ func buildPlan(t *txn, startSeq uint64, before, after map[string]int) (*Plan, er
 	}
 	p := &Plan{Organizations: []OrgPlan{}}
 	for _, o := range orgs {
-		for _, m := range []map[string][]string{o.Gains, o.Losses} {
+		for _, m := range []map[mapping.Badge][]string{o.Gains, o.Losses} {
 			for b := range m {
 				slices.Sort(m[b])
 				m[b] = slices.Compact(m[b])
@@ -260,7 +224,7 @@ func (s *Store) ApplyMapping(m mapping.Config, onUnmap string, dryRun bool) (*Pl
 			retained := false
 			for i, g := range u.Grants {
 				if choice, ok := removed[g.Rule]; ok && choice == mapping.OnUnmapKeep && g.Source == "group" {
-					u.Grants[i].Source = SourceRetained
+					u.Grants[i].Source = mapping.SourceRetained
 					retained = true
 				}
 			}
@@ -327,61 +291,6 @@ func liveUserIDs(t *txn) ([]string, error) {
 	return ids, err
 }
 
-// Resume applies the events deferred while org was paused, in order,
-// through the other safeguards, and unpauses it. With dryRun it only says
-// what it would do.
-func (s *Store) Resume(org string, dryRun bool) (*Plan, error) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	counts := Counts{}
-	plan, err := s.simulate(func(t *txn, now time.Time) error {
-		hid := t.paused.Get([]byte(org))
-		if hid == nil {
-			return fmt.Errorf("%w: %s", ErrNotPaused, org)
-		}
-		h, err := getJSON[Hold](t.holds, hid)
-		if err != nil {
-			return err
-		}
-		if h != nil && h.Open() {
-			if err := s.closeHold(t, h, ResolutionApproved, "an operator resumed the organisation's sync", holdDecision(h), now); err != nil {
-				return err
-			}
-		}
-		return s.resume(t, org, now, counts)
-	}, !dryRun)
-	if plan != nil {
-		plan.Applied = counts
-	}
-	return plan, err
-}
-
-func (s *Store) resume(t *txn, org string, now time.Time, counts Counts) error {
-	if err := t.paused.Delete([]byte(org)); err != nil {
-		return err
-	}
-	if err := deletePrefix(t.deprov, pair(org, "")); err != nil {
-		return err
-	}
-	raws, err := takePrefix(t.pending, pair(org, ""))
-	if err != nil {
-		return err
-	}
-	for _, raw := range raws {
-		ev, err := events.Decode(raw)
-		if err != nil {
-			counts["invalid"]++
-			continue
-		}
-		o, err := s.applyOne(t, ev, now, applyFlags{resumed: true})
-		if err != nil {
-			return fmt.Errorf("resume %s: apply %s: %w", org, ev.ID, err)
-		}
-		counts[o]++
-	}
-	return nil
-}
-
 // takePrefix deletes and returns the values under prefix, in key order.
 func takePrefix(b *bolt.Bucket, prefix []byte) ([][]byte, error) {
 	var out [][]byte
@@ -414,7 +323,7 @@ func deletePrefix(b *bolt.Bucket, prefix []byte) error {
 func (s *Store) DecideHold(id uint64, approve, dryRun bool) (*Plan, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	counts := Counts{}
+	counts := &Counts{}
 	plan, err := s.simulate(func(t *txn, now time.Time) error {
 		h, err := getJSON[Hold](t.holds, u64(id))
 		if err != nil {
@@ -426,8 +335,12 @@ func (s *Store) DecideHold(id uint64, approve, dryRun bool) (*Plan, error) {
 		if !h.Open() {
 			return fmt.Errorf("hold %d: %w", id, ErrHoldClosed)
 		}
-		if h.MovedTo != "" && !approve {
-			return fmt.Errorf("hold %d: %w", id, ErrNotRejectable)
+		rule := holdRuleOf(h.Kind)
+		if rule == nil {
+			return fmt.Errorf("hold %d: no safeguard holds %q", id, h.Kind)
+		}
+		if err := rule.decidable(h, approve); err != nil {
+			return fmt.Errorf("hold %d: %w", id, err)
 		}
 		res, because := ResolutionRejected, "rejected by an operator"
 		if approve {
@@ -436,40 +349,7 @@ func (s *Store) DecideHold(id uint64, approve, dryRun bool) (*Plan, error) {
 		if err := s.closeHold(t, h, res, because, holdDecision(h), now); err != nil {
 			return err
 		}
-		switch {
-		case h.Kind == HoldMassDeprovision && approve:
-			return s.resume(t, h.OrganizationID, now, counts)
-		case h.Kind == HoldMassDeprovision:
-			raws, err := takePrefix(t.pending, pair(h.OrganizationID, ""))
-			if err != nil {
-				return err
-			}
-			if err := t.paused.Delete([]byte(h.OrganizationID)); err != nil {
-				return err
-			}
-			if err := deletePrefix(t.deprov, pair(h.OrganizationID, "")); err != nil {
-				return err
-			}
-			counts["dropped"] = len(raws)
-			return s.addAudit(t, AuditEntry{Time: now, EventID: holdDecision(h), OrganizationID: h.OrganizationID, Action: ActionDrop,
-				Reason: fmt.Sprintf("hold %d rejected: %d deferred events dropped", h.ID, len(raws))})
-		}
-		u, err := t.user(h.UserID)
-		if err != nil || u == nil {
-			return err
-		}
-		if !approve {
-			for i, g := range u.Grants {
-				if g.Badge == h.Badge && g.Source == SourceHeld {
-					u.Grants[i].Source = SourceRetained
-				}
-			}
-			if err := t.putUser(u); err != nil {
-				return err
-			}
-		}
-		_, err = s.regrant(t, []*userRec{u}, holdDecision(h), now, regrantOpts{forceRevokeAdmin: approve})
-		return err
+		return rule.decide(s, t, h, approve, now, counts)
 	}, !dryRun)
 	if plan != nil {
 		plan.Applied = counts
@@ -487,13 +367,13 @@ func (s *Store) Preview(evs []*events.Event) (*Plan, error) {
 	defer s.mu.RUnlock()
 	trips := map[int]*errTrip{} // event index -> the trip that paused its organisation there
 	for {
-		counts := Counts{}
+		counts := &Counts{}
 		plan, err := s.simulate(func(t *txn, now time.Time) error {
 			return s.applyInOrder(t, evs, trips, now, func(i int, o Outcome) {
 				if _, tripped := trips[i]; tripped {
-					o = "would_pause"
+					o = WouldPause
 				}
-				counts[o]++
+				counts.Add(o)
 			})
 		}, false)
 		var trip *errTrip

@@ -66,7 +66,7 @@ func TestHoldReleasedInOneOrganisationWhileAnotherStaysHeld(t *testing.T) {
 // Rule 1 with the admin granted by a role and demoted by a role change.
 func TestLastAdminDemotedByRoleIsHeld(t *testing.T) {
 	m := testMapping
-	m.Roles = append(slices.Clone(m.Roles), mapping.RoleRule{Slug: "owner", Badges: []string{"admin"}})
+	m.Roles = append(slices.Clone(m.Roles), mapping.RoleRule{Slug: "owner", Badges: []mapping.Badge{"admin"}})
 	st := MustOpen(t, storage.Options{Mapping: m})
 	u := usr("u1", "A", "active")
 	u["role"] = map[string]string{"slug": "owner"}
@@ -161,7 +161,7 @@ func TestBreakerAllowsExactlyCountThenDefers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if plan.Applied[storage.Applied] != 1 || plan.Applied[storage.Stale] != 1 {
+	if plan.Applied.Applied != 1 || plan.Applied.Stale != 1 {
 		t.Fatalf("resume counts = %v", plan.Applied)
 	}
 	if findUser(t, st, "u03") != nil {
@@ -220,7 +220,7 @@ func engineerRuleKept(t *testing.T) (*storage.Store, mapping.Config) {
 func TestKeptBadgeStaysRetainedAfterNextEvent(t *testing.T) {
 	st, _ := engineerRuleKept(t)
 	u, _ := st.User("u1")
-	if !slices.ContainsFunc(u.Grants, func(g mapping.Grant) bool { return g.Badge == "engineer" && g.Source == storage.SourceRetained }) {
+	if !slices.ContainsFunc(u.Grants, func(g mapping.Grant) bool { return g.Badge == "engineer" && g.Source == mapping.SourceRetained }) {
 		t.Errorf("after keep, engineer grant is not recorded as retained: %+v", u.Grants)
 	}
 	// A profile change, unrelated to groups, recomputes u1.
@@ -234,7 +234,7 @@ func TestKeptBadgeStaysRetainedAfterNextEvent(t *testing.T) {
 // re-applying the same mapping changes nothing.
 func TestMappingReappliedChangesNothingAndRemovalAsksAgain(t *testing.T) {
 	st, next := engineerRuleKept(t)
-	if b := badgesOf(t, st, "u1"); !slices.Equal(b, []string{"engineer", "member"}) {
+	if b := badgesOf(t, st, "u1"); !slices.Equal(b, []mapping.Badge{"engineer", "member"}) {
 		t.Fatalf("badges after keep = %v", b)
 	}
 	p, err := st.ApplyMapping(next, "", false)
@@ -250,7 +250,7 @@ func TestMappingReappliedChangesNothingAndRemovalAsksAgain(t *testing.T) {
 	if _, err := st.ApplyMapping(next, "remove", false); err != nil {
 		t.Fatal(err)
 	}
-	if b := badgesOf(t, st, "u1"); !slices.Equal(b, []string{"member"}) {
+	if b := badgesOf(t, st, "u1"); !slices.Equal(b, []mapping.Badge{"member"}) {
 		t.Fatalf("badges after remove = %v", b)
 	}
 }
@@ -304,14 +304,14 @@ func TestRolesAbsentKeepEmptyRevokes(t *testing.T) {
 	for _, c := range []struct {
 		name   string
 		bodies [][]byte
-		want   []string
+		want   []mapping.Badge
 	}{
-		{"absent keeps, in order", [][]byte{ev("e1", "dsync.user.created", 1, withRole), ev("e2", "dsync.user.updated", 2, absent)}, []string{"billing", "member"}},
-		{"absent keeps, newer first", [][]byte{ev("e2", "dsync.user.updated", 2, absent), ev("e1", "dsync.user.created", 1, withRole)}, []string{"billing", "member"}},
-		{"empty revokes, in order", [][]byte{ev("e1", "dsync.user.created", 1, withRole), ev("e2", "dsync.user.updated", 2, empty)}, []string{"member"}},
-		{"empty revokes, newer first", [][]byte{ev("e2", "dsync.user.updated", 2, empty), ev("e1", "dsync.user.created", 1, withRole)}, []string{"member"}},
+		{"absent keeps, in order", [][]byte{ev("e1", "dsync.user.created", 1, withRole), ev("e2", "dsync.user.updated", 2, absent)}, []mapping.Badge{"billing", "member"}},
+		{"absent keeps, newer first", [][]byte{ev("e2", "dsync.user.updated", 2, absent), ev("e1", "dsync.user.created", 1, withRole)}, []mapping.Badge{"billing", "member"}},
+		{"empty revokes, in order", [][]byte{ev("e1", "dsync.user.created", 1, withRole), ev("e2", "dsync.user.updated", 2, empty)}, []mapping.Badge{"member"}},
+		{"empty revokes, newer first", [][]byte{ev("e2", "dsync.user.updated", 2, empty), ev("e1", "dsync.user.created", 1, withRole)}, []mapping.Badge{"member"}},
 		{"a membership payload without roles keeps them", [][]byte{ev("e1", "dsync.user.created", 1, withRole),
-			ev("e2", "dsync.group.user_added", 2, mem(usr("u1", "A", "active"), grp("g_eng", "Engineering")))}, []string{"billing", "member"}},
+			ev("e2", "dsync.group.user_added", 2, mem(usr("u1", "A", "active"), grp("g_eng", "Engineering")))}, []mapping.Badge{"billing", "member"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			st := MustOpen(t, storage.Options{})

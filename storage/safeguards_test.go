@@ -12,7 +12,7 @@ import (
 	"github.com/dsyncd/dsyncd/storage"
 )
 
-func badgesOf(t *testing.T, st *storage.Store, id string) []string {
+func badgesOf(t *testing.T, st *storage.Store, id string) []mapping.Badge {
 	t.Helper()
 	u, err := st.User(id)
 	if err != nil {
@@ -73,7 +73,7 @@ func TestLastAdminIsHeldThenReleased(t *testing.T) {
 	}
 	actions := []string{}
 	for _, e := range why {
-		actions = append(actions, e.Action)
+		actions = append(actions, string(e.Action))
 	}
 	if !slices.Equal(actions, []string{"grant", "hold", "release", "revoke"}) {
 		t.Fatalf("u2 admin audit = %v", actions)
@@ -92,7 +92,7 @@ func TestBreakGlassIsNeverRevokedNorDeleted(t *testing.T) {
 	if u == nil {
 		t.Fatal("break-glass user was deleted")
 	}
-	if u.FirstName != "Renamed" || !slices.Equal(u.Badges, []string{"engineer", "member"}) {
+	if u.FirstName != "Renamed" || !slices.Equal(u.Badges, []mapping.Badge{"engineer", "member"}) {
 		t.Fatalf("break-glass user = %+v, want profile updated and badges kept", u)
 	}
 	entries, _ := st.Audit(storage.AuditFilter{UserID: "u1"})
@@ -185,11 +185,11 @@ func TestMappingChangeNeedsAnUnmapChoice(t *testing.T) {
 		name       string
 		choice     string
 		wantErr    error
-		wantBadges []string
+		wantBadges []mapping.Badge
 	}{
-		{"no choice is refused", "", storage.ErrUnmapChoice, []string{"engineer", "member"}},
-		{"keep retains the badge", mapping.OnUnmapKeep, nil, []string{"engineer", "member"}},
-		{"remove revokes the badge", mapping.OnUnmapRemove, nil, []string{"member"}},
+		{"no choice is refused", "", storage.ErrUnmapChoice, []mapping.Badge{"engineer", "member"}},
+		{"keep retains the badge", mapping.OnUnmapKeep, nil, []mapping.Badge{"engineer", "member"}},
+		{"remove revokes the badge", mapping.OnUnmapRemove, nil, []mapping.Badge{"member"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			st := MustOpen(t, storage.Options{})
@@ -220,7 +220,7 @@ func TestPlanLeavesNoAdminAndChangesNothing(t *testing.T) {
 	}
 	mustApply(t, st, ev("e1", "dsync.group.user_added", 1, mem(usr("u1", "A", "active"), grp("g_adm", "App Admins"))))
 	next := testMapping
-	next.Groups = []mapping.GroupRule{{Name: "App Admins", Badges: []string{"staff"}}}
+	next.Groups = []mapping.GroupRule{{Name: "App Admins", Badges: []mapping.Badge{"staff"}}}
 	plan, err := st.ApplyMapping(next, mapping.OnUnmapRemove, true)
 	if err != nil {
 		t.Fatal(err)
@@ -241,7 +241,7 @@ func TestRolesOnlyAdd(t *testing.T) {
 	noRoles := usr("u1", "A", "active")
 	noRoles["roles"] = []any{}
 	mustApply(t, st, ev("e2", "dsync.user.updated", 2, noRoles))
-	if b := badgesOf(t, st, "u1"); !slices.Equal(b, []string{"engineer", "member"}) {
+	if b := badgesOf(t, st, "u1"); !slices.Equal(b, []mapping.Badge{"engineer", "member"}) {
 		t.Fatalf("badges after empty roles = %v, want group badges kept", b)
 	}
 }
@@ -272,7 +272,7 @@ func TestBreakGlassDeleteArrivingFirstLeavesNoTombstone(t *testing.T) {
 			ev("e2", "dsync.user.deleted", 2, usr("u1", "Ann", "inactive")), // delivered before the create
 			ev("e1", "dsync.user.created", 1, usr("u1", "Ann", "active")),
 		)
-		if u := findUser(t, st, "u1"); u == nil || !slices.Equal(u.Badges, []string{"member"}) {
+		if u := findUser(t, st, "u1"); u == nil || !slices.Equal(u.Badges, []mapping.Badge{"member"}) {
 			t.Fatalf("break-glass %q: user = %+v, want kept with [member]: sync never deletes a break-glass account", bg, u)
 		}
 		entries, _ := st.Audit(storage.AuditFilter{UserID: "u1"})
@@ -360,5 +360,13 @@ func BenchmarkDeprovisionWave(b *testing.B) {
 		start := time.Now()
 		applyBodies(b, st, bodies, 256)
 		b.ReportMetric(float64(time.Since(start).Microseconds())/deletes, "µs/delete")
+	}
+}
+
+// Every safeguard that holds changes is listed, so that its metric exists
+// from the start and its holds can be decided.
+func TestHoldKindsListsEverySafeguardThatHolds(t *testing.T) {
+	if got, want := storage.HoldKinds(), []storage.HoldKind{storage.HoldLastAdmin, storage.HoldMassDeprovision}; !slices.Equal(got, want) {
+		t.Fatalf("HoldKinds() = %v, want %v", got, want)
 	}
 }

@@ -23,10 +23,13 @@ var (
 	ErrNotFound = errors.New("not found")
 )
 
-// Directory deletion policies (safeguards.on_directory_deleted).
+// The defaults of Options: Open uses each for a zero field, and dsyncd's
+// configuration (store.*, safeguards.on_directory_deleted) states them from
+// here.
 const (
-	OnDirectoryDeletedKeep        = "keep"
-	OnDirectoryDeletedDeprovision = "deprovision"
+	DefaultOpenTimeout        = time.Second
+	DefaultProcessedRetention = 7 * 24 * time.Hour // WorkOS retries for up to 3 days
+	DefaultOnDirectoryDeleted = OnDirectoryDeletedKeep
 )
 
 // Options configures a Store. The zero value of every field is usable except Path.
@@ -76,21 +79,6 @@ type Safeguards struct {
 	MaxDeprovisions Breaker
 }
 
-// Breaker pauses an organisation's sync when more of its users than Limit
-// allows would lose a mapped (non-default) badge, or every badge, within
-// Window. A zero Count and Percent disable it.
-type Breaker struct {
-	// Count caps the limit: more than Count users always pause.
-	Count int
-	// Percent is the limit as a percentage of the organisation's holders of
-	// a mapped badge, once past Floor.
-	Percent float64
-	// Floor is the least the percentage limit can be: in an organisation
-	// of few holders up to Floor users may lose badges within Window.
-	Floor  int
-	Window time.Duration
-}
-
 // Store is dsyncd's state: directories, users, groups, memberships, badges,
 // processed event ids, audit trail and holds, in one bbolt file.
 type Store struct {
@@ -135,16 +123,16 @@ func Open(opts Options) (st *Store, err error) {
 		return nil, errors.New("storage: no path")
 	}
 	if opts.OpenTimeout <= 0 {
-		opts.OpenTimeout = time.Second
+		opts.OpenTimeout = DefaultOpenTimeout
 	}
 	if opts.ProcessedRetention <= 0 {
-		opts.ProcessedRetention = 7 * 24 * time.Hour
+		opts.ProcessedRetention = DefaultProcessedRetention
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
 	if opts.Safeguards.OnDirectoryDeleted == "" {
-		opts.Safeguards.OnDirectoryDeleted = OnDirectoryDeletedKeep
+		opts.Safeguards.OnDirectoryDeleted = DefaultOnDirectoryDeleted
 	}
 	if err := os.MkdirAll(filepath.Dir(opts.Path), 0o700); err != nil {
 		return nil, fmt.Errorf("storage: create directory: %w", err)

@@ -22,13 +22,13 @@ import (
 
 var testMapping = mapping.Config{
 	AdminBadge:    "admin",
-	DefaultBadges: []string{"member"},
+	DefaultBadges: []mapping.Badge{"member"},
 	Groups: []mapping.GroupRule{
-		{Name: "App Admins", Badges: []string{"admin"}},
-		{ID: "g_eng", Badges: []string{"engineer"}},
-		{IdpID: "idp_sup", Organization: "org_1", Badges: []string{"support"}},
+		{Name: "App Admins", Badges: []mapping.Badge{"admin"}},
+		{ID: "g_eng", Badges: []mapping.Badge{"engineer"}},
+		{IdpID: "idp_sup", Organization: "org_1", Badges: []mapping.Badge{"support"}},
 	},
-	Roles: []mapping.RoleRule{{Slug: "billing", Badges: []string{"billing"}}},
+	Roles: []mapping.RoleRule{{Slug: "billing", Badges: []mapping.Badge{"billing"}}},
 }
 
 // MustOpen opens a store in a temporary directory and checks its consistency
@@ -165,7 +165,7 @@ func TestMembershipBeforeUserCreatesBoth(t *testing.T) {
 	st := MustOpen(t, storage.Options{})
 	mustApply(t, st, ev("e2", "dsync.group.user_added", 2, mem(usr("u1", "Ann", "active"), grp("g1", "App Admins"))))
 	u := findUser(t, st, "u1")
-	if u == nil || !slices.Equal(u.Groups, []string{"g1"}) || !slices.Equal(u.Badges, []string{"admin", "member"}) {
+	if u == nil || !slices.Equal(u.Groups, []string{"g1"}) || !slices.Equal(u.Badges, []mapping.Badge{"admin", "member"}) {
 		t.Fatalf("user from membership = %+v, want member of g1 with admin, member", u)
 	}
 	// The older user.created arrives later: it must not overwrite the newer state.
@@ -203,7 +203,7 @@ func TestInactiveUserHasNoBadges(t *testing.T) {
 		t.Fatalf("inactive user = %+v, want no badges, still in g_eng", u)
 	}
 	mustApply(t, st, ev("e3", "dsync.user.updated", 3, usr("u1", "Ann", "active")))
-	if u := findUser(t, st, "u1"); !slices.Equal(u.Badges, []string{"engineer", "member"}) {
+	if u := findUser(t, st, "u1"); !slices.Equal(u.Badges, []mapping.Badge{"engineer", "member"}) {
 		t.Fatalf("reactivated badges = %v", u.Badges)
 	}
 }
@@ -219,10 +219,10 @@ func TestRoleSlugsAndProvenance(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(view.Badges, []string{"admin", "billing", "member", "support"}) {
+	if !slices.Equal(view.Badges, []mapping.Badge{"admin", "billing", "member", "support"}) {
 		t.Fatalf("badges = %v", view.Badges)
 	}
-	rules := map[string]string{}
+	rules := map[mapping.Badge]string{}
 	for _, g := range view.Grants {
 		rules[g.Badge] = g.Rule
 	}
@@ -445,7 +445,7 @@ func TestAuditLimitReturnsTheNewestMatchingEntriesOldestFirst(t *testing.T) {
 			}
 			var ids []string
 			for _, e := range got {
-				ids = append(ids, e.EventID+"/"+e.Badge)
+				ids = append(ids, e.EventID+"/"+string(e.Badge))
 			}
 			if !slices.Equal(ids, tc.want) {
 				t.Fatalf("audit %+v = %v, want %v", tc.filter, ids, tc.want)

@@ -13,9 +13,9 @@ import (
 // Why says whether a user has a badge and why: what "dsyncd why" prints and
 // GET /v1/users/{id}/why/{badge} answers.
 type Why struct {
-	User  string `json:"user"`
-	Badge string `json:"badge"`
-	Has   bool   `json:"has"`
+	User  string        `json:"user"`
+	Badge mapping.Badge `json:"badge"`
+	Has   bool          `json:"has"`
 	// Explanation is the answer in one line.
 	Explanation string `json:"explanation"`
 	// Grants are the user's grants of the badge, each with its reason.
@@ -30,17 +30,17 @@ type Why struct {
 // role, default, held, retained, break_glass) and the group or role that
 // matched, with the reason in words.
 type WhyGrant struct {
-	Rule   string `json:"rule"`
-	Source string `json:"source"`
-	Group  string `json:"group,omitempty"`
-	Role   string `json:"role,omitempty"`
-	Reason string `json:"reason"`
+	Rule   string              `json:"rule"`
+	Source mapping.GrantSource `json:"source"`
+	Group  string              `json:"group,omitempty"`
+	Role   string              `json:"role,omitempty"`
+	Reason string              `json:"reason"`
 }
 
 // Why explains whether the user userID has badge, from the user's grants,
 // the audit entries of (user, badge) and the open holds. It returns
 // ErrNotFound for an unknown user.
-func (s *Store) Why(userID, badge string) (*Why, error) {
+func (s *Store) Why(userID string, badge mapping.Badge) (*Why, error) {
 	u, err := s.User(userID)
 	if err != nil {
 		return nil, err
@@ -61,7 +61,7 @@ func (s *Store) Why(userID, badge string) (*Why, error) {
 // entries of (u, badge) oldest first, and the open holds.
 // auditRetention is store.audit_retention: with it set, an empty trail no
 // longer proves a badge was never granted.
-func Explain(u *UserView, badge string, entries []AuditEntry, open []Hold, auditRetention time.Duration) Why {
+func Explain(u *UserView, badge mapping.Badge, entries []AuditEntry, open []Hold, auditRetention time.Duration) Why {
 	ans := Why{User: u.ID, Badge: badge, Has: slices.Contains(u.Badges, badge), Grants: []WhyGrant{}}
 	for _, h := range open {
 		if h.UserID == u.ID && h.Badge == badge && h.Open() {
@@ -137,18 +137,18 @@ func grantExplanation(g mapping.Grant, names map[string]string, holds []Hold) st
 		return "has WorkOS role " + g.Role + " matched by rule " + g.Rule
 	case "default":
 		return "default badge of every active user"
-	case SourceHeld:
+	case mapping.SourceHeld:
 		s := "kept by an open last-admin hold"
 		if len(holds) > 0 {
 			s += fmt.Sprintf(" (hold %d: %s)", holds[0].ID, holds[0].Reason)
 		}
 		return s
-	case SourceRetained:
+	case mapping.SourceRetained:
 		return "retained after its rule " + g.Rule + " was removed from the mapping (on_unmap: keep)"
-	case SourceBreakGlass:
+	case mapping.SourceBreakGlass:
 		return "break-glass account: sync never revokes its badges (granted by rule " + g.Rule + ")"
 	}
-	return "granted by rule " + g.Rule + " (" + g.Source + ")"
+	return "granted by rule " + g.Rule + " (" + string(g.Source) + ")"
 }
 
 // whyTime writes t in UTC, RFC 3339; "" for the zero time.

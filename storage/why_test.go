@@ -51,7 +51,7 @@ func TestWhyWritesTheRetentionAsConfigured(t *testing.T) {
 // TestWhyOfAnUnknownUserIsNotFound: the API answers it 404 and the CLI "no such user".
 func TestWhyOfAnUnknownUserIsNotFound(t *testing.T) {
 	st, err := storage.Open(storage.Options{Path: filepath.Join(t.TempDir(), "s.db"),
-		Mapping: mapping.Config{AdminBadge: "admin", DefaultBadges: []string{"member"}}})
+		Mapping: mapping.Config{AdminBadge: "admin", DefaultBadges: []mapping.Badge{"member"}}})
 	if err != nil {
 		t.Fatal(err)
 	}

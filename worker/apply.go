@@ -7,60 +7,8 @@ import (
 	"github.com/dsyncd/dsyncd/storage"
 )
 
-// Counts tallies what applying a set of events did.
-type Counts struct {
-	Applied   int `json:"applied"`
-	Duplicate int `json:"duplicate"`
-	Stale     int `json:"stale"`
-	Ignored   int `json:"ignored"`
-	Invalid   int `json:"invalid"`
-	Deferred  int `json:"deferred"`
-	// Future: events dated later than the clock plus webhook.tolerance,
-	// not applied (the live worker parks them as dead letters).
-	Future int `json:"future"`
-}
-
-// Add adds o to c.
-func (c *Counts) Add(o storage.Outcome) {
-	switch o {
-	case storage.Applied:
-		c.Applied++
-	case storage.Duplicate:
-		c.Duplicate++
-	case storage.Stale:
-		c.Stale++
-	case storage.Ignored:
-		c.Ignored++
-	case storage.Deferred:
-		c.Deferred++
-	case storage.Future:
-		c.Future++
-	}
-}
-
-// Merge adds every count of o to c.
-func (c *Counts) Merge(o Counts) {
-	c.Applied += o.Applied
-	c.Duplicate += o.Duplicate
-	c.Stale += o.Stale
-	c.Ignored += o.Ignored
-	c.Invalid += o.Invalid
-	c.Deferred += o.Deferred
-	c.Future += o.Future
-}
-
-func (c Counts) String() string {
-	s := fmt.Sprintf("applied %d, duplicate %d, stale %d, ignored %d, invalid %d",
-		c.Applied, c.Duplicate, c.Stale, c.Ignored, c.Invalid)
-	if c.Deferred > 0 {
-		// Only a paused organisation defers events (safeguards).
-		s += fmt.Sprintf(", deferred %d", c.Deferred)
-	}
-	if c.Future > 0 {
-		s += fmt.Sprintf(", future-dated (not applied) %d", c.Future)
-	}
-	return s
-}
+// Counts tallies what applying a set of events did (storage's vocabulary).
+type Counts = storage.Counts
 
 // InvalidEvent is an event that could not be decoded, with where it came from and why.
 type InvalidEvent struct {

@@ -25,9 +25,9 @@ func BenchmarkReplay100k(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
 		st, err := storage.Open(storage.Options{Path: filepath.Join(b.TempDir(), "bench.db"), Mapping: mapping.Config{
-			AdminBadge: "admin", DefaultBadges: []string{"member"},
-			Groups: []mapping.GroupRule{{Name: "App Admins", Badges: []string{"admin"}}, {Name: "Group 7", Badges: []string{"seven"}}},
-			Roles:  []mapping.RoleRule{{Slug: "billing", Badges: []string{"billing"}}},
+			AdminBadge: "admin", DefaultBadges: []mapping.Badge{"member"},
+			Groups: []mapping.GroupRule{{Name: "App Admins", Badges: []mapping.Badge{"admin"}}, {Name: "Group 7", Badges: []mapping.Badge{"seven"}}},
+			Roles:  []mapping.RoleRule{{Slug: "billing", Badges: []mapping.Badge{"billing"}}},
 		}})
 		if err != nil {
 			b.Fatal(err)

@@ -46,7 +46,7 @@ func benchmarkDrain(b *testing.B, stream []synth.Event, encoding string) {
 			}
 		}
 		st, err := storage.Open(storage.Options{Path: filepath.Join(dir, "s.db"), Mapping: mapping.Config{AdminBadge: "admin",
-			DefaultBadges: []string{"member"}, Groups: []mapping.GroupRule{{Name: "App Admins", Badges: []string{"admin"}}}}})
+			DefaultBadges: []mapping.Badge{"member"}, Groups: []mapping.GroupRule{{Name: "App Admins", Badges: []mapping.Badge{"admin"}}}}})
 		if err != nil {
 			b.Fatal(err)
 		}

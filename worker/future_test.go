@@ -29,7 +29,7 @@ func TestFutureDatedEventIsParkedAndDoesNotFreezeTheUser(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = q.Close() })
 	st, err := storage.Open(storage.Options{Path: filepath.Join(dir, "s.db"), MaxFuture: 3 * time.Minute,
-		Mapping: mapping.Config{AdminBadge: "admin", DefaultBadges: []string{"member"}}})
+		Mapping: mapping.Config{AdminBadge: "admin", DefaultBadges: []mapping.Badge{"member"}}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -142,16 +142,16 @@ func New(q *queue.Queue, st *storage.Store, opts Options, log *zap.Logger) *Work
 		opts.Durable = "dsyncd-worker"
 	}
 	if opts.BatchSize <= 0 {
-		opts.BatchSize = 1024
+		opts.BatchSize = DefaultBatchSize
 	}
 	if opts.MaxAttempts <= 0 {
-		opts.MaxAttempts = 5
+		opts.MaxAttempts = DefaultMaxAttempts
 	}
 	if opts.RetryBackoff <= 0 {
-		opts.RetryBackoff = time.Second
+		opts.RetryBackoff = DefaultRetryBackoff
 	}
 	if opts.AckWait <= 0 {
-		opts.AckWait = 30 * time.Second
+		opts.AckWait = DefaultAckWait
 	}
 	if opts.FetchWait <= 0 {
 		opts.FetchWait = time.Second
@@ -166,7 +166,7 @@ func New(q *queue.Queue, st *storage.Store, opts Options, log *zap.Logger) *Work
 		opts.YieldWindow = time.Second
 	}
 	if opts.MaxYieldLag == 0 {
-		opts.MaxYieldLag = 30 * time.Second
+		opts.MaxYieldLag = DefaultMaxYieldLag
 	}
 	if opts.CPU == nil {
 		opts.CPU = processCPU

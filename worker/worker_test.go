@@ -92,7 +92,7 @@ func (r *rig) publishIn(t *testing.T, dir, id, body string) {
 	}
 }
 
-var rigMapping = mapping.Config{AdminBadge: "admin", DefaultBadges: []string{"member"}}
+var rigMapping = mapping.Config{AdminBadge: "admin", DefaultBadges: []mapping.Badge{"member"}}
 
 // storeWithCorruptGroups returns a store file holding the groups ids (of
 // directory dir_1), each with a record the store cannot decode: an event

@@ -60,7 +60,7 @@ operator's decision on hold ID), REASON.` + targetHelp + exitStatusHelp,
 				}
 				rows := make([][]string, 0, len(es))
 				for _, e := range es {
-					rows = append(rows, []string{strconv.FormatUint(e.Seq, 10), fmtTime(e.Time), e.Action, e.UserID, e.Badge, e.OrganizationID, e.EventID, e.Reason})
+					rows = append(rows, []string{strconv.FormatUint(e.Seq, 10), fmtTime(e.Time), string(e.Action), e.UserID, string(e.Badge), e.OrganizationID, e.EventID, e.Reason})
 				}
 				return table(a.stdout, []string{"SEQ", "TIME", "ACTION", "USER", "BADGE", "ORGANIZATION", "EVENT", "REASON"}, rows)
 			})
@@ -68,7 +68,7 @@ operator's decision on hold ID), REASON.` + targetHelp + exitStatusHelp,
 	}
 	cmd.Flags().StringVar(&filter.UserID, "user", "", "only entries of this directory user id")
 	cmd.Flags().StringVar(&filter.OrganizationID, "org", "", "only entries of this WorkOS organization id")
-	cmd.Flags().StringVar(&filter.Badge, "badge", "", "only entries of this badge")
+	cmd.Flags().StringVar((*string)(&filter.Badge), "badge", "", "only entries of this badge")
 	cmd.Flags().StringVar(&since, "since", "", "only entries since this RFC 3339 time, date or duration ago (24h)")
 	cmd.Flags().IntVar(&filter.Limit, "limit", 0, "only the newest N matching entries, or with --after the first N after it (0: all)")
 	cmd.Flags().Uint64Var(&filter.After, "after", 0, "only entries after this SEQ (the last one a previous call printed): tail the trail")

@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"slices"
-	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -80,23 +79,13 @@ func checkConfig(path string, cmd *cobra.Command) (problems, warnings []string, 
 	if err != nil {
 		return nil, nil, err
 	}
-	var adminErr error
 	// The admin rule is judged on a mapping that decoded.
 	mappingDecoded := !slices.ContainsFunc([]string{"mapping", "safeguards.allow_no_admin_rule"}, func(k string) bool { return config.Related(k, undecoded) })
-	if mappingDecoded {
-		adminErr = checkAdminRule(cfg)
-	}
-	if adminErr != nil {
-		problems = append(problems, adminErr.Error())
+	if err := cfg.CheckAdminRule(); mappingDecoded && err != nil {
+		problems = append(problems, err.Error())
 	}
 	problems = append(problems, envProblems()...)
 	warnings = append(warnings, devSecretWarning(cfg)...)
-	for _, w := range cfg.Warnings() {
-		// The admin rule warning is the problem above when serve refuses it.
-		if (adminErr != nil || !mappingDecoded) && strings.HasPrefix(w, "mapping:") && strings.Contains(w, "admin") {
-			continue
-		}
-		warnings = append(warnings, w)
-	}
+	warnings = append(warnings, cfg.Warnings()...)
 	return problems, warnings, nil
 }

@@ -139,7 +139,7 @@ func (c *apiClient) holds(ctx context.Context, all bool) ([]storage.Hold, error)
 
 func (c *apiClient) audit(ctx context.Context, f storage.AuditFilter) ([]storage.AuditEntry, error) {
 	q := url.Values{}
-	for k, v := range map[string]string{"user": f.UserID, "org": f.OrganizationID, "badge": f.Badge} {
+	for k, v := range map[string]string{"user": f.UserID, "org": f.OrganizationID, "badge": string(f.Badge)} {
 		if v != "" {
 			q.Set(k, v)
 		}

@@ -89,7 +89,7 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 			_ = d.Close()
 		}
 	}()
-	if err := checkAdminRule(d.cfg); err != nil {
+	if err := d.cfg.CheckAdminRule(); err != nil {
 		return err
 	}
 	opts := storeOptions(d.cfg, "")
@@ -163,7 +163,7 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 			d.log.Error("worker stopped", zap.Error(err))
 		}
 	}()
-	d.bg = reconcile.StartBackground(d.cfg, d.q, d.st, d.log)
+	d.bg = reconcile.StartBackground(backgroundOptions(d.cfg), d.q, d.st, d.log)
 	d.metrics.register(d)
 	if err := d.srv.Open(); err != nil {
 		return fmt.Errorf("http.listen %s, webhook.path %s: %w", d.cfg.HTTP.Listen, d.cfg.Webhook.Path, err)
@@ -239,9 +239,9 @@ func (d *daemon) degraded() []string {
 }
 
 func (d *daemon) onHold(h storage.Hold) {
-	d.metrics.holdsOpened.WithLabelValues(h.Kind).Inc()
-	d.log.Warn("hold opened", zap.Uint64("hold", h.ID), zap.String("kind", h.Kind), zap.String("organization", h.OrganizationID),
-		zap.String("user", h.UserID), zap.String("badge", h.Badge), zap.String("event_id", h.EventID), zap.String("reason", h.Reason))
+	d.metrics.holdsOpened.WithLabelValues(string(h.Kind)).Inc()
+	d.log.Warn("hold opened", zap.Uint64("hold", h.ID), zap.String("kind", string(h.Kind)), zap.String("organization", h.OrganizationID),
+		zap.String("user", h.UserID), zap.String("badge", string(h.Badge)), zap.String("event_id", h.EventID), zap.String("reason", h.Reason))
 }
 
 // Reload applies a new configuration's mapping (SIGHUP). An invalid one
@@ -249,7 +249,7 @@ func (d *daemon) onHold(h storage.Hold) {
 func (d *daemon) Reload(cfg config.Config) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if err := checkAdminRule(cfg); err != nil {
+	if err := cfg.CheckAdminRule(); err != nil {
 		return err
 	}
 	plan, err := d.st.ApplyMapping(cfg.Mapping, "", false)

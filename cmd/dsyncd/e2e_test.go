@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -278,7 +279,7 @@ func TestReadAPIAndHealth(t *testing.T) {
 	}
 	var view storage.UserView
 	mustf(t, json.Unmarshal(apiGetT(t, d, "/v1/users/directory_user_1"), &view), "user view")
-	if strings.Join(view.Badges, ",") != "admin,member" || len(view.Grants) != 2 || view.Grants[0].Rule != "group:name=App Admins" {
+	if fmt.Sprint(view.Badges) != "[admin member]" || len(view.Grants) != 2 || view.Grants[0].Rule != "group:name=App Admins" {
 		t.Fatalf("user view = %+v", view)
 	}
 	var list struct{ Users []storage.ExportUser }

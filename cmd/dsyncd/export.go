@@ -1,11 +1,7 @@
 package main
 
 import (
-	"fmt"
-
 	"github.com/spf13/cobra"
-
-	"github.com/dsyncd/dsyncd/config"
 )
 
 func (a *app) exportCommand() *cobra.Command {
@@ -42,14 +38,4 @@ reads the store file (store.path). --offline reads the file without trying the A
 	}
 	a.addTargetFlagSet(cmd.Flags(), &f) // no --format: the snapshot is JSON
 	return cmd
-}
-
-// checkAdminRule refuses a mapping in which no rule grants the admin badge,
-// unless safeguards.allow_no_admin_rule says so.
-func checkAdminRule(cfg config.Config) error {
-	if cfg.Safeguards.AllowNoAdminRule || cfg.Mapping.GrantsAdmin() {
-		return nil
-	}
-	return fmt.Errorf("mapping: no group or role rule grants admin_badge %q, so sync could leave an organisation without an admin; "+
-		"add a rule that grants it, or set safeguards.allow_no_admin_rule: true", cfg.Mapping.AdminBadge)
 }

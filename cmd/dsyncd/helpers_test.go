@@ -193,5 +193,5 @@ func mustf(t testing.TB, err error, format string, args ...any) {
 }
 
 func mappingAdminsRule() mapping.GroupRule {
-	return mapping.GroupRule{Name: "App Admins", Badges: []string{"admin"}}
+	return mapping.GroupRule{Name: "App Admins", Badges: []mapping.Badge{"admin"}}
 }

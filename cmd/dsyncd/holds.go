@@ -48,13 +48,13 @@ ORGANIZATION, USER, BADGE, CREATED, REASON.` + targetHelp + exitStatusHelp,
 				for _, h := range hs {
 					state := "open"
 					if !h.Open() {
-						state = h.Resolution
+						state = string(h.Resolution)
 					}
 					reason := h.Reason
 					if h.Deferred > 0 {
 						reason += fmt.Sprintf(" (%d events waiting)", h.Deferred)
 					}
-					rows = append(rows, []string{strconv.FormatUint(h.ID, 10), h.Kind, state, h.OrganizationID, h.UserID, h.Badge, fmtTime(h.CreatedAt), reason})
+					rows = append(rows, []string{strconv.FormatUint(h.ID, 10), string(h.Kind), state, h.OrganizationID, h.UserID, string(h.Badge), fmtTime(h.CreatedAt), reason})
 				}
 				return table(a.stdout, []string{"ID", "KIND", "STATE", "ORGANIZATION", "USER", "BADGE", "CREATED", "REASON"}, rows)
 			})

@@ -54,8 +54,8 @@ func newMetrics() *metrics {
 	for _, o := range []string{"applied", "duplicate", "stale", "ignored", "invalid", "deferred"} {
 		m.applied.WithLabelValues(o)
 	}
-	for _, k := range []string{storage.HoldLastAdmin, storage.HoldMassDeprovision} {
-		m.holdsOpened.WithLabelValues(k)
+	for _, k := range storage.HoldKinds() {
+		m.holdsOpened.WithLabelValues(string(k))
 	}
 	m.reg.MustRegister(m.applied, m.parked, m.future, m.holdsOpened, m.applyLatency, m.eventAge, m.batchSize, m.yielded,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

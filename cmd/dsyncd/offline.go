@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/dsyncd/dsyncd/config"
+	"github.com/dsyncd/dsyncd/mapping"
 	"github.com/dsyncd/dsyncd/queue"
 	"github.com/dsyncd/dsyncd/server"
 	"github.com/dsyncd/dsyncd/storage"
@@ -170,7 +171,7 @@ func (o *offlineBackend) why(_ context.Context, user, badge string) (*storage.Wh
 	if err != nil {
 		return nil, err
 	}
-	return st.Why(user, badge)
+	return st.Why(user, mapping.Badge(badge))
 }
 
 // resume makes the configuration's mapping the one in force (adoptMapping),

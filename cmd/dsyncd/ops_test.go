@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/dsyncd/dsyncd/mapping"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -221,7 +222,7 @@ func TestOperationsOnlineThenOffline(t *testing.T) {
 	var actions []string
 	for _, e := range audit.Entries {
 		if e.Badge == "admin" {
-			actions = append(actions, e.Action+":"+e.EventID)
+			actions = append(actions, string(e.Action)+":"+e.EventID)
 		}
 	}
 	if strings.Join(actions, ",") != "grant:ev_add_u2,revoke:ev_rm_u2" {
@@ -455,7 +456,7 @@ func TestRebuildHelpers(t *testing.T) {
 			t.Errorf("eventIDOf(%q) = %q, want %q", in, got, want)
 		}
 	}
-	u := func(id string, badges ...string) storage.ExportUser {
+	u := func(id string, badges ...mapping.Badge) storage.ExportUser {
 		return storage.ExportUser{ID: id, Badges: badges}
 	}
 	old := &storage.Snapshot{Users: []storage.ExportUser{u("a", "admin"), u("b"), u("c")}}

@@ -111,7 +111,7 @@ EXIT STATUS
 			if err != nil {
 				return err
 			}
-			if err := checkAdminRule(cfg); err != nil {
+			if err := cfg.CheckAdminRule(); err != nil {
 				return err
 			}
 			rep, err := a.rebuild(cmd.Context(), cfg, o)

@@ -75,7 +75,7 @@ reconciled); 2 on a usage error; 3 when a dry run would leave an organisation wi
 			if err := adoptMapping(st, cfg, dryRun); err != nil {
 				return err
 			}
-			r := reconcile.NewReconciler(reconcile.ReconcilerOptions{ClientOptions: reconcile.ClientOptionsFrom(cfg)}, st, log)
+			r := reconcile.NewReconciler(reconcile.ReconcilerOptions{ClientOptions: clientOptions(cfg)}, st, log)
 			res, rerr := r.Reconcile(cmd.Context(), reconcile.Scope{Directory: dir, Organization: org}, dryRun)
 			if res != nil {
 				if err := printReconcile(a.stdout, res, format); err != nil {

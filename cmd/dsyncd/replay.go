@@ -37,7 +37,7 @@ names another; a store held by a running "dsyncd serve" cannot be replayed into.
 			if err != nil {
 				return err
 			}
-			if err := checkAdminRule(cfg); err != nil {
+			if err := cfg.CheckAdminRule(); err != nil {
 				return err
 			}
 			raws, err := readEvents(a.stdin, args)

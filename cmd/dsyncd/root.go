@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/dsyncd/dsyncd/config"
+	"github.com/dsyncd/dsyncd/reconcile"
 	"github.com/dsyncd/dsyncd/storage"
 )
 
@@ -176,6 +177,18 @@ func loadConfig(path string, flags *pflag.FlagSet, needSecrets bool) (config.Con
 		return cfg, fmt.Errorf("invalid configuration:\n  %s", strings.Join(problems, "\n  "))
 	}
 	return cfg, nil
+}
+
+// clientOptions builds the WorkOS API client's options from the configuration.
+func clientOptions(cfg config.Config) reconcile.ClientOptions {
+	return reconcile.ClientOptions{APIKey: cfg.WorkOS.APIKey, Endpoint: cfg.WorkOS.Endpoint}
+}
+
+// backgroundOptions builds what serve runs besides the receiver (the Events
+// API poller, the periodic reconciliation) from the configuration.
+func backgroundOptions(cfg config.Config) reconcile.BackgroundOptions {
+	return reconcile.BackgroundOptions{Client: clientOptions(cfg), PollInterval: cfg.Events.PollInterval, Start: cfg.Events.Start,
+		OnStaleCursor: cfg.Events.OnStaleCursor, ReconcileInterval: cfg.Reconcile.Interval}
 }
 
 // storeOptions builds the store's options from the configuration.

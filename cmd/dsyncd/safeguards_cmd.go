@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/dsyncd/dsyncd/config"
+	"github.com/dsyncd/dsyncd/mapping"
 	"github.com/dsyncd/dsyncd/storage"
 )
 
@@ -52,7 +53,7 @@ Exit status: 0, 1 on error, 2 on a usage error, 3 if the change would leave an o
 					return err
 				})
 			} else {
-				if err := checkAdminRule(cfg); err != nil {
+				if err := cfg.CheckAdminRule(); err != nil {
 					return err
 				}
 				err = a.withStore(cfg, func(st *storage.Store) error {
@@ -100,7 +101,7 @@ and keeps the old one if the new configuration is invalid.`,
 			if err != nil {
 				return err
 			}
-			if err := checkAdminRule(cfg); err != nil {
+			if err := cfg.CheckAdminRule(); err != nil {
 				return err
 			}
 			return a.withStore(cfg, func(st *storage.Store) error {
@@ -160,7 +161,7 @@ applies the deferred events with it.` + targetHelp + exitStatusHelp,
 // an on_unmap choice, is refused and nothing is applied. With dryRun it only
 // checks (plan --org previews the deferred events under the new mapping).
 func adoptMapping(st *storage.Store, cfg config.Config, dryRun bool) error {
-	if err := checkAdminRule(cfg); err != nil {
+	if err := cfg.CheckAdminRule(); err != nil {
 		return err
 	}
 	if _, err := st.ApplyMapping(cfg.Mapping, "", dryRun); err != nil {
@@ -188,9 +189,9 @@ func printPlan(w io.Writer, p *storage.Plan, format string) error {
 		fmt.Fprintf(&b, "organisation %s: admins %d -> %d\n", name, o.AdminsBefore, o.AdminsAfter)
 		for _, side := range []struct {
 			sign string
-			m    map[string][]string
+			m    map[mapping.Badge][]string
 		}{{"+", o.Gains}, {"-", o.Losses}} {
-			badges := make([]string, 0, len(side.m))
+			badges := make([]mapping.Badge, 0, len(side.m))
 			for badge := range side.m {
 				badges = append(badges, badge)
 			}
@@ -213,15 +214,15 @@ func printPlan(w io.Writer, p *storage.Plan, format string) error {
 		}
 		fmt.Fprintf(&b, "removed rule %s: %d users hold badges through it; on_unmap: %s\n", u.Rule, u.Users, choice)
 	}
-	if len(p.Applied) > 0 {
-		keys := make([]string, 0, len(p.Applied))
-		for k := range p.Applied {
-			keys = append(keys, string(k))
-		}
-		slices.Sort(keys)
-		parts := make([]string, 0, len(keys))
-		for _, k := range keys {
-			parts = append(parts, fmt.Sprintf("%s %d", k, p.Applied[storage.Outcome(k)]))
+	var counted []storage.Outcome
+	if p.Applied != nil {
+		counted = p.Applied.Counted()
+	}
+	if len(counted) > 0 {
+		slices.Sort(counted)
+		parts := make([]string, 0, len(counted))
+		for _, o := range counted {
+			parts = append(parts, fmt.Sprintf("%s %d", o, p.Applied.Of(o)))
 		}
 		fmt.Fprintf(&b, "events: %s\n", strings.Join(parts, ", "))
 	}

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"github.com/dsyncd/dsyncd/mapping"
 	"os"
 	"path/filepath"
 	"strings"
@@ -110,9 +112,9 @@ func TestReloadKeepsTheOldMappingWhenTheNewOneIsInvalid(t *testing.T) {
 		t.Fatalf("reload without admin rule: %v", err)
 	}
 	good := cfg
-	good.Mapping.DefaultBadges = []string{"member", "viewer"}
+	good.Mapping.DefaultBadges = []mapping.Badge{"member", "viewer"}
 	mustf(t, d.Reload(good), "reload")
-	if got := d.st.Mapping().DefaultBadges; strings.Join(got, ",") != "member,viewer" {
+	if got := d.st.Mapping().DefaultBadges; fmt.Sprint(got) != "[member viewer]" {
 		t.Fatalf("mapping after reload: %v", got)
 	}
 }

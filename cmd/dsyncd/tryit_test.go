@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -126,7 +127,7 @@ func TestReadmeTryIt(t *testing.T) {
 	mustf(t, json.Unmarshal([]byte(export), &snap), "export")
 	badges := map[string]string{}
 	for _, u := range snap.Users {
-		badges[u.Email] = strings.Join(slices.Sorted(slices.Values(u.Badges)), ",")
+		badges[u.Email] = strings.Join(strings.Fields(strings.Trim(fmt.Sprint(slices.Sorted(slices.Values(u.Badges))), "[]")), ",")
 	}
 	want := map[string]string{"alice@example.com": "admin,member", "bob@example.com": "billing,member"}
 	for email, b := range want {
