@@ -55,6 +55,7 @@ func (s *Store) ApplyAt(evs []*events.Event, seq uint64) ([]Outcome, error) {
 func (s *Store) applyBatch(evs []*events.Event, trips map[int]*errTrip, seq uint64) ([]Outcome, error) {
 	out := make([]Outcome, len(evs))
 	var created []Hold
+	wrote := 0
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		t := newTxn(tx)
 		now := s.opts.Now()
@@ -68,10 +69,20 @@ func (s *Store) applyBatch(evs []*events.Event, trips map[int]*errTrip, seq uint
 		if err := recordAppliedSeq(tx, seq); err != nil {
 			return err
 		}
+		var err error
+		if wrote, err = s.writeChanges(t, now); err != nil {
+			return err
+		}
+		if err := s.pruneChanges(t, now, wrote); err != nil {
+			return err
+		}
 		return s.prune(t, now)
 	})
 	if err == nil {
 		s.notifyHolds(created)
+		if wrote > 0 {
+			s.feedNote.broadcast()
+		}
 	}
 	return out, err
 }

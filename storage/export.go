@@ -18,6 +18,11 @@ type Snapshot struct {
 	Users       []ExportUser      `json:"users"`
 	Groups      []ExportGroup     `json:"groups"`
 	Holds       []ExportHold      `json:"holds"`
+	// ChangeSeq is the seq of the last change record the snapshot
+	// reflects, read in its transaction: a product that loads the
+	// snapshot follows the change feed after it. /v1/export shows it as
+	// change_seq; the canonical snapshot leaves it out.
+	ChangeSeq uint64 `json:"-"`
 }
 
 // ExportHold is an open hold in the snapshot (without times, so that the
@@ -93,6 +98,7 @@ func (s *Store) Export() (*Snapshot, error) {
 	snap := &Snapshot{Directories: []ExportDirectory{}, Users: []ExportUser{}, Groups: []ExportGroup{}, Holds: []ExportHold{}}
 	err := s.view(func(tx *bolt.Tx) error {
 		t := newTxn(tx)
+		snap.ChangeSeq = tx.Bucket(bktChanges).Sequence()
 		err := t.dirs.ForEach(func(_, v []byte) error {
 			var d dirRec
 			if err := json.Unmarshal(v, &d); err != nil {

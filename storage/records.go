@@ -202,7 +202,8 @@ type txn struct {
 	audit, holds, pending                             *bolt.Bucket
 	openHolds, orgAdmins, deprov, paused, orgHolders  *bolt.Bucket
 	newHolds                                          []Hold
-	auditStart                                        uint64 // the audit sequence when the transaction began
+	orgChanges                                        []Change // for the change feed (changes.go)
+	auditStart                                        uint64   // the audit sequence when the transaction began
 	orgUsers                                          *bolt.Bucket
 	// userOrig, dirOrig and dirOrgs keep what org_users needs of the state
 	// before this transaction (orgcount.go): the users it loaded, the
