@@ -151,6 +151,7 @@ type Server struct {
 	ln        *connLimiter
 	srv       *http.Server
 	done      chan struct{}
+	quit      chan struct{} // closed when Shutdown begins: long-polls answer at once
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -203,7 +204,7 @@ func New(opts Options, verifier *events.Verifier, pub Publisher, st *storage.Sto
 		opts.RefusalLogBurst = 5
 	}
 	log = log.Named("http")
-	return &Server{opts: opts, verifier: verifier, pub: pub, st: st, log: log, done: make(chan struct{}),
+	return &Server{opts: opts, verifier: verifier, pub: pub, st: st, log: log, done: make(chan struct{}), quit: make(chan struct{}),
 		refusals: newRefusalLog(log, opts.RefusalLogBurst, time.Second), inflight: budget{max: opts.MaxInflightBytes}}
 }
 
@@ -224,6 +225,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/users/{id}", s.authed(s.handleUser))
 	mux.HandleFunc("GET /v1/directories/{id}/users", s.authed(s.handleDirectoryUsers))
 	mux.HandleFunc("GET /v1/audit", s.authed(s.handleAudit))
+	mux.HandleFunc("GET /v1/changes", s.authed(s.handleChanges))
 	s.operatorRoutes(mux)
 	if s.opts.Metrics != nil {
 		mux.Handle("GET /metrics", s.opts.Metrics)
@@ -329,6 +331,7 @@ func (s *Server) URL() string { return "http://" + s.Addr() }
 // in-flight requests to finish. It is safe to call more than once.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.closeOnce.Do(func() {
+		close(s.quit)
 		if s.srv == nil {
 			return
 		}
@@ -666,12 +669,13 @@ func (s *Server) handleExport(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	b, err := storage.MarshalSnapshot(snap)
+	b, err := storage.MarshalExport(snap)
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set(HeaderChangeSeq, strconv.FormatUint(snap.ChangeSeq, 10))
 	_, _ = w.Write(b)
 }
 

@@ -1,9 +1,11 @@
 package storage
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strconv"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -91,6 +93,38 @@ func MarshalSnapshot(s *Snapshot) ([]byte, error) {
 		return nil, err
 	}
 	return append(b, '\n'), nil
+}
+
+// changeSeqLine is how MarshalExport writes ChangeSeq: the first field.
+const changeSeqLine = "\n  \"change_seq\": "
+
+// MarshalExport renders s as /v1/export answers it: the canonical snapshot
+// (MarshalSnapshot) with change_seq as its first field.
+func MarshalExport(s *Snapshot) ([]byte, error) {
+	b, err := MarshalSnapshot(s)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]byte, 0, len(b)+40)
+	out = append(out, '{')
+	out = append(out, changeSeqLine...)
+	out = strconv.AppendUint(out, s.ChangeSeq, 10)
+	out = append(out, ',')
+	return append(out, b[1:]...), nil
+}
+
+// CanonicalExport returns an export as MarshalExport renders it without its
+// change_seq: the canonical snapshot (b itself if it has none).
+func CanonicalExport(b []byte) []byte {
+	rest, ok := bytes.CutPrefix(b, []byte("{"+changeSeqLine))
+	if !ok {
+		return b
+	}
+	i := bytes.IndexByte(rest, ',')
+	if i < 0 {
+		return b
+	}
+	return append([]byte{'{'}, rest[i+1:]...)
 }
 
 // Export returns the canonical snapshot of the store.

@@ -242,4 +242,8 @@ func (c *apiClient) backup(ctx context.Context, w io.Writer) (int64, error) {
 	return n, nil
 }
 
-func (c *apiClient) export(ctx context.Context) ([]byte, error) { return c.read(ctx, "/v1/export") }
+// export returns the daemon's canonical snapshot: /v1/export without its change_seq.
+func (c *apiClient) export(ctx context.Context) ([]byte, error) {
+	b, err := c.read(ctx, "/v1/export")
+	return storage.CanonicalExport(b), err
+}
