@@ -50,7 +50,7 @@ func (r *feedRig) createUser(t *testing.T, id string) {
 	r.n++
 	body, _ := json.Marshal(map[string]any{"id": fmt.Sprintf("event_%d", r.n), "event": "dsync.user.created",
 		"created_at": time.Date(2024, 1, 1, 0, 0, r.n, 0, time.UTC).Format(time.RFC3339),
-		"data": map[string]any{"id": id, "directory_id": "dir_1", "organization_id": "org_1", "email": id + "@x.example", "state": "active"}})
+		"data":       map[string]any{"id": id, "directory_id": "dir_1", "organization_id": "org_1", "email": id + "@x.example", "state": "active"}})
 	ev, err := events.Decode(body)
 	if err != nil {
 		t.Fatal(err)
