@@ -43,7 +43,7 @@ func createUsers(t *testing.T, st *storage.Store, from, n int) {
 	for i := from; i < from+n; i++ {
 		body, _ := json.Marshal(map[string]any{"id": fmt.Sprintf("event_%06d", i), "event": "dsync.user.created",
 			"created_at": time.Date(2024, 1, 1, 0, 0, 0, i*1000, time.UTC).Format(time.RFC3339Nano),
-			"data": map[string]any{"id": fmt.Sprintf("u%06d", i), "directory_id": "dir_1", "organization_id": "org_1", "state": "active"}})
+			"data":       map[string]any{"id": fmt.Sprintf("u%06d", i), "directory_id": "dir_1", "organization_id": "org_1", "state": "active"}})
 		ev, err := events.Decode(body)
 		if err != nil {
 			t.Fatal(err)
