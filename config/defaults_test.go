@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/dsyncd/dsyncd/events"
+	"github.com/dsyncd/dsyncd/feed"
 	"github.com/dsyncd/dsyncd/queue"
 	"github.com/dsyncd/dsyncd/reconcile"
 	"github.com/dsyncd/dsyncd/server"
@@ -41,6 +42,10 @@ var componentDefaults = map[string]any{
 	"worker.ack_wait":                 worker.DefaultAckWait,
 	"worker.retry_backoff":            worker.DefaultRetryBackoff,
 	"worker.max_yield_lag":            worker.DefaultMaxYieldLag,
+	"changes.retention":               storage.DefaultChangesRetention,
+	"changes.stream":                  queue.DefaultChangesStream,
+	"changes.subject_prefix":          queue.DefaultChangesSubjectPrefix,
+	"changes.webhook.max_age":         feed.DefaultWebhookMaxAge,
 }
 
 // configOnly are the keys with a non-zero default that is dsyncd's policy,
@@ -62,6 +67,8 @@ var configOnly = map[string]string{
 	"safeguards.max_deprovisions.percent": "the breaker is on by default; the store's zero value disables it",
 	"safeguards.max_deprovisions.floor":   "the breaker is on by default; the store's zero value disables it",
 	"safeguards.max_deprovisions.window":  "the breaker is on by default; the store's zero value disables it",
+	"changes.enabled":                     "the change feed is on by default; the store's zero value (ChangesOptions.Off false) agrees",
+	"changes.jetstream":                   "the daemon relays the feed to JetStream by default",
 }
 
 func TestDefaultsAgreeWithTheComponents(t *testing.T) {

@@ -39,6 +39,9 @@ type ChangesOptions struct {
 	// MaxAge expires messages older than this (dsyncd sets the feed's
 	// retention). Zero keeps them forever.
 	MaxAge time.Duration
+	// MaxBytes caps the stream; past it the oldest messages are dropped
+	// (a reader that far behind resyncs). Zero or negative: unlimited.
+	MaxBytes int64
 }
 
 // ChangeMsg is one change record to relay.
@@ -72,6 +75,9 @@ func (q *Queue) Changes(opts ChangesOptions) *ChangeStream {
 	if opts.SubjectPrefix == "" {
 		opts.SubjectPrefix = DefaultChangesSubjectPrefix
 	}
+	if opts.MaxBytes <= 0 {
+		opts.MaxBytes = -1
+	}
 	return &ChangeStream{q: q, opts: opts}
 }
 
@@ -95,7 +101,7 @@ func (c *ChangeStream) config() jetstream.StreamConfig {
 		Discard:     jetstream.DiscardOld,
 		MaxAge:      c.opts.MaxAge,
 		MaxMsgs:     -1,
-		MaxBytes:    -1,
+		MaxBytes:    c.opts.MaxBytes,
 		MaxMsgSize:  -1,
 		Duplicates:  2 * time.Minute,
 		Replicas:    c.q.opts.Replicas,

@@ -36,6 +36,8 @@ type daemon struct {
 	w   *worker.Worker
 	srv *server.Server
 	bg  *reconcile.Background // Events API poller and periodic reconcile, when configured
+	// feed relays the change feed to JetStream and the webhooks out, when configured.
+	feed *feedRunner
 	// apiToken is the bearer token /v1 requires: api.token, or the one in
 	// <data_dir>/api.token.
 	apiToken string
@@ -77,9 +79,19 @@ func queueOptions(cfg config.Config) queue.Options {
 		// (memory only for bookkeeping); the store may hold the stream and
 		// the dead letters at their cap. An unlimited stream (max_bytes 0)
 		// leaves the disk limit to the server's default (a share of the disk).
+		// The change feed's stream, when relayed, has the same cap.
 		MaxMemory: 256 << 20,
-		MaxStore:  2 * cfg.NATS.MaxBytes,
+		MaxStore:  streams(cfg) * cfg.NATS.MaxBytes,
 	}
+}
+
+// streams is how many streams the embedded server holds at nats.max_bytes:
+// the events, the dead letters and, when relayed, the change feed.
+func streams(cfg config.Config) int64 {
+	if cfg.Changes.Enabled && cfg.Changes.JetStream {
+		return 3
+	}
+	return 2
 }
 
 // Open starts every component. On error, what was started is closed.
@@ -164,7 +176,11 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 		}
 	}()
 	d.bg = reconcile.StartBackground(backgroundOptions(d.cfg), d.q, d.st, d.log)
+	if err := d.startFeed(ctx); err != nil {
+		return err
+	}
 	d.metrics.register(d)
+	d.metrics.registerFeed(d)
 	if err := d.srv.Open(); err != nil {
 		return fmt.Errorf("http.listen %s, webhook.path %s: %w", d.cfg.HTTP.Listen, d.cfg.Webhook.Path, err)
 	}
@@ -235,7 +251,7 @@ func (d *daemon) degraded() []string {
 			out = append(out, "events poller: "+why)
 		}
 	}
-	return out
+	return append(out, d.feedDegraded()...)
 }
 
 func (d *daemon) onHold(h storage.Hold) {
@@ -277,6 +293,7 @@ func (d *daemon) Close() error {
 			d.workerCancel()
 			<-d.workerDone
 		}
+		d.stopFeed()
 		if d.q != nil {
 			errs = append(errs, d.q.Close())
 		}
