@@ -23,6 +23,12 @@
 // in the temporary directory, the same sync policy) and points the daemon at
 // it with DSYNCD_NATS_URL, so that the two processes' memory is reported
 // apart: `make bench-e2e-external`. Everything is bounded by -timeout.
+//
+// -feed-latency N measures the change feed instead (feedlatency.go): after
+// the initial sync, N single badge changes posted one at a time, each timed
+// from its webhook in to its change record at a long-poll consumer and at a
+// webhook-out receiver. DSYNCD_CHANGES_ENABLED=false in -daemon-env runs
+// the load test with the feed off, to compare.
 package main
 
 import (
@@ -59,6 +65,7 @@ type options struct {
 	client      string
 	timeout     time.Duration
 	keep        bool
+	feedLatency int
 }
 
 func main() {
@@ -78,6 +85,7 @@ func main() {
 	flag.StringVar(&o.daemonEnv, "daemon-env", "", "extra KEY=VALUE[,KEY=VALUE] for the daemon only, e.g. GOMEMLIMIT=150MiB")
 	flag.DurationVar(&o.timeout, "timeout", 20*time.Minute, "bound on the whole run")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary data directory")
+	flag.IntVar(&o.feedLatency, "feed-latency", 0, "instead of the load test: after the initial sync, time this many single badge changes, one at a time, from webhook in to the change feed's long-poll and webhook-out consumers (p50/p99/max)")
 	flag.Parse()
 	if o.concurrency < 1 || o.users < 0 || o.groups < 0 || o.memberships < 0 || o.changes < 0 {
 		fmt.Fprintln(os.Stderr, "dsyncd-load: counts must be >= 0 and -concurrency >= 1")
@@ -89,7 +97,12 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
-	err := run(ctx, o)
+	var err error
+	if o.feedLatency > 0 {
+		err = runFeedLatency(ctx, o)
+	} else {
+		err = run(ctx, o)
+	}
 	cancel()
 	stop()
 	if err != nil {
