@@ -603,8 +603,20 @@ func isMember(m *memberRec, g *groupRec, u *userRec, floor key) bool {
 	return m.Key.newer(maxKey(g.DeletedKey, u.DeletedKey, floor))
 }
 
-// userGroups returns the groups u is a member of, sorted by id.
+// userGroups returns the groups u is a member of, sorted by id (cached in
+// a write transaction: txn.groupsOf).
 func (s *Store) userGroups(t *txn, u *userRec) ([]*groupRec, error) {
+	if gs, ok := t.groupsOf[u.ID]; ok && t.userCache[u.ID] == u {
+		return gs, nil
+	}
+	gs, err := s.memberOf(t, u)
+	if err == nil && t.groupsOf != nil && t.userCache[u.ID] == u {
+		t.groupsOf[u.ID] = gs
+	}
+	return gs, err
+}
+
+func (s *Store) memberOf(t *txn, u *userRec) ([]*groupRec, error) {
 	floor, err := s.floor(t, u.DirectoryID)
 	if err != nil {
 		return nil, err

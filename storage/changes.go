@@ -89,16 +89,14 @@ type Change struct {
 	Hold *Hold `json:"hold,omitempty"`
 }
 
-// storedChange is Change as written: the user's view as the bytes feed_users keeps.
+// storedChange is an organisation's record as written (a user's is written
+// by appendUserChange).
 type storedChange struct {
-	Seq            uint64          `json:"seq"`
-	Time           time.Time       `json:"time"`
-	Kind           ChangeKind      `json:"kind"`
-	OrganizationID string          `json:"organization_id"`
-	DirectoryID    string          `json:"directory_id,omitempty"`
-	Changed        []string        `json:"changed,omitempty"`
-	User           json.RawMessage `json:"user,omitempty"`
-	Hold           *Hold           `json:"hold,omitempty"`
+	Seq            uint64     `json:"seq"`
+	Time           time.Time  `json:"time"`
+	Kind           ChangeKind `json:"kind"`
+	OrganizationID string     `json:"organization_id"`
+	Hold           *Hold      `json:"hold,omitempty"`
 }
 
 // RawChange is a change record as stored: its JSON is what /v1/changes, the
@@ -286,6 +284,7 @@ func (s *Store) writeChanges(t *txn, now time.Time) (int, error) {
 	mirror := t.tx.Bucket(bktFeedUsers)
 	b.FillPercent = 1 // keys only grow
 	n := 0
+	// An organisation's records are few: encoding/json writes them.
 	put := func(c *storedChange) error {
 		seq, err := b.NextSequence()
 		if err != nil {
@@ -331,24 +330,26 @@ func (s *Store) writeChanges(t *txn, now time.Time) (int, error) {
 		if err != nil {
 			return n, err
 		}
-		cur, err := json.Marshal(view)
-		if err != nil {
-			return n, err
-		}
+		cur := encodeMirror(&view)
 		if present && bytes.Equal(cur, old) {
 			continue
 		}
-		kind, changed, err := userChangeKind(old, &view, present)
-		if err != nil {
-			return n, fmt.Errorf("feed view of user %q: %w", id, err)
-		}
+		kind, changed := userChangeKind(old, cur, present)
 		org, err := s.organization(t, view.OrganizationID, view.DirectoryID)
 		if err != nil {
 			return n, err
 		}
-		if err := put(&storedChange{Kind: kind, OrganizationID: org, DirectoryID: view.DirectoryID, Changed: changed, User: cur}); err != nil {
+		seq, err := b.NextSequence()
+		if err != nil {
 			return n, err
 		}
+		// A value Put must stay untouched until the commit: one buffer each.
+		rec := binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(cur)+160), uint64(now.UnixNano()))
+		rec = appendUserChange(rec, seq, now, kind, org, view.DirectoryID, changed, cur[mirrorHeader:])
+		if err := b.Put(u64(seq), rec); err != nil {
+			return n, err
+		}
+		n++
 		if present {
 			err = mirror.Put([]byte(id), cur)
 		} else {
@@ -361,62 +362,41 @@ func (s *Store) writeChanges(t *txn, now time.Time) (int, error) {
 	return n, nil
 }
 
-// userChangeKind compares the view the feed last told (old, nil if none)
-// with the new one.
-func userChangeKind(old []byte, view *ExportUser, present bool) (ChangeKind, []string, error) {
+// userChangeKind compares the view the feed last told (old, a feed_users
+// value; nil if none) with the new one (cur, likewise).
+func userChangeKind(old, cur []byte, present bool) (ChangeKind, []string) {
 	if !present {
-		return ChangeUserDeleted, nil, nil
+		return ChangeUserDeleted, nil
 	}
-	if old == nil {
-		return ChangeUserCreated, viewFields(&ExportUser{}, view, true), nil
+	_, now, _ := mirrorView(cur)
+	_, was, ok := mirrorView(old)
+	if !ok {
+		var changed []string
+		for i, f := range now {
+			if len(f) > 0 {
+				changed = append(changed, viewFieldNames[i])
+			}
+		}
+		return ChangeUserCreated, changed
 	}
-	var prev ExportUser
-	if err := json.Unmarshal(old, &prev); err != nil {
-		return "", nil, err
-	}
-	changed := viewFields(&prev, view, false)
-	wasActive, isActive := !prev.Deleted && isActiveState(prev.State), !view.Deleted && isActiveState(view.State)
-	switch {
-	case wasActive && !isActive:
-		return ChangeUserDeactivated, changed, nil
-	case !wasActive && isActive:
-		return ChangeUserReactivated, changed, nil
-	case slices.Contains(changed, "badges"):
-		return ChangeUserBadges, changed, nil
-	case slices.Contains(changed, "groups"):
-		return ChangeUserGroups, changed, nil
-	}
-	return ChangeUserUpdated, changed, nil
-}
-
-// viewFields lists the JSON names of the fields in which a and b differ
-// (every one that b has, when all).
-func viewFields(a, b *ExportUser, all bool) []string {
-	var out []string
-	add := func(name string, differ bool) {
-		if differ || all {
-			out = append(out, name)
+	var changed []string
+	for i := range now {
+		if !bytes.Equal(was[i], now[i]) {
+			changed = append(changed, viewFieldNames[i])
 		}
 	}
-	add("directory_id", a.DirectoryID != b.DirectoryID)
-	add("organization_id", a.OrganizationID != b.OrganizationID)
-	add("idp_id", a.IdpID != b.IdpID)
-	add("email", a.Email != b.Email)
-	add("first_name", a.FirstName != b.FirstName)
-	add("last_name", a.LastName != b.LastName)
-	add("state", a.State != b.State)
-	add("groups", !slices.Equal(a.Groups, b.Groups))
-	add("badges", !slices.Equal(a.Badges, b.Badges))
-	if a.Deleted != b.Deleted || (all && b.Deleted) {
-		out = append(out, "deleted")
+	wasActive, isActive := activeView(&was), activeView(&now)
+	switch {
+	case wasActive && !isActive:
+		return ChangeUserDeactivated, changed
+	case !wasActive && isActive:
+		return ChangeUserReactivated, changed
+	case slices.Contains(changed, "badges"):
+		return ChangeUserBadges, changed
+	case slices.Contains(changed, "groups"):
+		return ChangeUserGroups, changed
 	}
-	if a.HeldBy != b.HeldBy || (all && b.HeldBy != 0) {
-		out = append(out, "held_by")
-	}
-	if a.MovedTo != b.MovedTo || (all && b.MovedTo != "") {
-		out = append(out, "moved_to_organization_id")
-	}
-	return out
+	return ChangeUserUpdated, changed
 }
 
 // pruneChanges removes change records older than the retention, oldest
@@ -495,11 +475,7 @@ func initFeed(tx *bolt.Tx, s *Store) error {
 		if err != nil {
 			return err
 		}
-		cur, err := json.Marshal(view)
-		if err != nil {
-			return err
-		}
-		return mirror.Put(slices.Clone(k), cur)
+		return mirror.Put(slices.Clone(k), encodeMirror(&view))
 	})
 	if err != nil {
 		return err

@@ -217,6 +217,10 @@ type txn struct {
 	memberCache map[string]*memberRec
 	dirtyUsers  map[string]bool
 	dirtyGroups map[string]bool
+	// groupsOf caches userGroups in a write transaction (the badges and the
+	// change feed both ask): a user's entry goes when it or one of its
+	// memberships is written, every entry when a group or directory is.
+	groupsOf map[string][]*groupRec
 }
 
 func newTxn(tx *bolt.Tx) *txn {
@@ -231,6 +235,9 @@ func newTxn(tx *bolt.Tx) *txn {
 		dirCache:   map[string]*dirRec{}, userCache: map[string]*userRec{}, groupCache: map[string]*groupRec{},
 		memberCache: map[string]*memberRec{}, dirtyUsers: map[string]bool{}, dirtyGroups: map[string]bool{},
 		orgUsers: tx.Bucket(bktOrgUsers), userOrig: map[string]committedUser{}, dirOrig: map[string]string{}, dirOrgs: map[string]string{},
+	}
+	if tx.Writable() {
+		t.groupsOf = map[string][]*groupRec{}
 	}
 	t.auditStart = t.audit.Sequence()
 	// Keys of these buckets only grow (sequence numbers, processing times):
@@ -266,6 +273,7 @@ func (t *txn) putDir(d *dirRec) error {
 		t.dirOrig[d.ID] = org
 	}
 	t.dirCache[d.ID] = d
+	clear(t.groupsOf)
 	return putJSON(t.dirs, []byte(d.ID), d)
 }
 
@@ -294,6 +302,7 @@ func (t *txn) putUser(u *userRec) error {
 	}
 	t.userCache[u.ID] = u
 	t.dirtyUsers[u.ID] = true
+	delete(t.groupsOf, u.ID)
 	return nil
 }
 
@@ -309,6 +318,7 @@ func (t *txn) putGroup(g *groupRec) error {
 	}
 	t.groupCache[g.ID] = g
 	t.dirtyGroups[g.ID] = true
+	clear(t.groupsOf)
 	return nil
 }
 
@@ -326,6 +336,7 @@ func (t *txn) putMember(groupID, userID string, m *memberRec) error {
 	// Written through: eachPrefix over the members bucket lists a group's
 	// members and must see this transaction's new ones.
 	t.memberCache[k] = m
+	delete(t.groupsOf, userID)
 	return t.members.Put([]byte(k), m.encode())
 }
 
