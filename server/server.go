@@ -103,6 +103,8 @@ type Options struct {
 	// DeadLetters, when set, backs /v1/dlq (operator.go); without it those
 	// routes do not exist.
 	DeadLetters DeadLetters
+	// Snapshots, when set, backs /v1/snapshots (snapshots.go).
+	Snapshots Snapshots
 }
 
 // Stats counts what the receiver did. Refused is keyed by reason.
