@@ -174,6 +174,7 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 		Inflow:       d.srv.Stats().Received.Load,
 		OnBatch:      d.metrics.observeBatch,
 		OnYield:      d.metrics.observeYield,
+		Hurry:        d.snap.hurry,
 	}, d.log)
 	wctx, cancel := context.WithCancel(context.Background())
 	d.workerCancel = cancel

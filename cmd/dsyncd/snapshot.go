@@ -30,11 +30,12 @@ import (
 
 const (
 	// snapshotTick is how often serve looks at the stream's size.
-	snapshotTick = 250 * time.Millisecond
+	snapshotTick = 100 * time.Millisecond
 	// capShare: a snapshot is taken once the stream holds max_bytes/capShare
-	// bytes above the newest snapshot. The stream then holds at most the
-	// events above the oldest kept snapshot: (kept) shares plus what arrives
-	// while one is taken, well under the cap with the default of 2 kept.
+	// bytes of applied events above the newest snapshot. The stream then
+	// holds the applied events above the oldest kept snapshot, about
+	// kept-1 shares plus one growing, and the events not yet applied: with
+	// the default of 2 kept, about half the cap is left to those.
 	capShare = 4
 	// snapshotRetry is the pause after a failed snapshot.
 	snapshotRetry = 10 * time.Second
@@ -58,6 +59,7 @@ type snapshotter struct {
 	mu      sync.Mutex // one snapshot at a time
 	newest  atomic.Pointer[queue.Snapshot]
 	full    atomic.Pointer[string] // why the stream refuses events, nil while it takes them
+	behind  atomic.Bool            // the events not yet applied fill an eighth of the cap (hurry)
 	lastErr atomic.Pointer[string] // the last failed snapshot's error, nil after a success
 	retryAt time.Time              // run's goroutine only
 
@@ -171,7 +173,7 @@ func (s *snapshotter) tick(ctx context.Context) {
 	switch {
 	case u.AckFloor <= newestSeq: // nothing applied since the newest
 	case time.Now().Before(s.retryAt):
-	case u.MaxBytes > 0 && u.BytesAfter(newestSeq) >= u.MaxBytes/capShare:
+	case u.MaxBytes > 0 && u.BytesAfter(newestSeq)-u.BytesAfter(u.AckFloor) >= u.MaxBytes/capShare:
 		trigger = triggerStream
 	case s.interval > 0 && (newestAt.IsZero() || time.Since(newestAt) >= s.interval):
 		trigger = triggerScheduled
@@ -190,8 +192,14 @@ func (s *snapshotter) tick(ctx context.Context) {
 	s.noteFull(u)
 }
 
+// hurry tells the worker to stop yielding the CPU to the receiver: the
+// events not yet applied fill an eighth of nats.max_bytes, and only applying
+// them frees the stream (worker.Options.Hurry).
+func (s *snapshotter) hurry() bool { return s != nil && s.behind.Load() }
+
 // noteFull records whether the stream is (nearly) full, and why.
 func (s *snapshotter) noteFull(u queue.Usage) {
+	s.behind.Store(u.MaxBytes > 0 && u.BytesAfter(u.AckFloor) >= u.MaxBytes/8)
 	if u.MaxBytes == 0 || u.Bytes+max(u.MaxBytes/50, 64<<10) < u.MaxBytes {
 		if s.full.Swap(nil) != nil {
 			s.log.Info("the event stream takes events again", zap.Uint64("bytes", u.Bytes), zap.Uint64("max_bytes", u.MaxBytes))
@@ -200,6 +208,10 @@ func (s *snapshotter) noteFull(u queue.Usage) {
 	}
 	why := fmt.Sprintf("the event stream %s is full (%d of nats.max_bytes %d bytes) with %d events not yet applied: "+
 		"webhooks get 503 until the worker applies them (dsyncd_consumer_pending; is the store writable?)", s.stream, u.Bytes, u.MaxBytes, u.Unacked())
+	if unapplied := u.BytesAfter(u.AckFloor); unapplied < u.MaxBytes/2 {
+		why = fmt.Sprintf("the event stream %s is full (%d of nats.max_bytes %d bytes), mostly of applied events that the next snapshot frees; "+
+			"%d events are not yet applied: webhooks get 503 meanwhile", s.stream, u.Bytes, u.MaxBytes, u.Unacked())
+	}
 	if e := s.lastErr.Load(); e != nil {
 		why += "; the last snapshot, which frees applied events, failed: " + *e
 	}
