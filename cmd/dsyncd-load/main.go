@@ -377,7 +377,7 @@ func run(ctx context.Context, o options) error {
 	if n, ok := final["dsyncd_stream_purged_total"]; ok {
 		snaps := 0.0
 		for k, v := range final {
-			if strings.HasPrefix(k, "dsyncd_snapshots_total{") && strings.Contains(k, `result="ok"`) {
+			if strings.HasPrefix(k, "dsyncd_snapshots_total{") {
 				snaps += v
 			}
 		}

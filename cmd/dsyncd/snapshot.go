@@ -64,6 +64,7 @@ type snapshotter struct {
 	retryAt time.Time              // run's goroutine only
 
 	taken   *prometheus.CounterVec
+	failed  prometheus.Counter
 	purged  prometheus.Counter
 	seconds prometheus.Gauge
 }
@@ -77,17 +78,17 @@ func newSnapshotter(cfg config.Config, q *queue.Queue, st *storage.Store, log *z
 	s := &snapshotter{log: log.Named("snapshot"), q: q, st: st, sn: q.Snapshots(cfg.NATS.SnapshotBucket), kept: cfg.Store.SnapshotsKept,
 		interval: cfg.Store.SnapshotInterval, stream: cfg.NATS.Stream,
 		taken: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "dsyncd_snapshots_total",
-			Help: "Snapshots of the store taken, by trigger (scheduled, stream: the stream grew by a quarter of nats.max_bytes, request) and result (ok, failed)."},
-			[]string{"trigger", "result"}),
+			Help: "Snapshots of the store stored, by trigger: scheduled, stream (a quarter of nats.max_bytes of applied events since the newest), request."},
+			[]string{"trigger"}),
+		failed: prometheus.NewCounter(prometheus.CounterOpts{Name: "dsyncd_snapshots_failed_total",
+			Help: "Snapshots of the store that could not be stored (the log line 'snapshot failed' says why)."}),
 		purged: prometheus.NewCounter(prometheus.CounterOpts{Name: "dsyncd_stream_purged_total",
 			Help: "Applied events purged from the stream behind the oldest kept snapshot."}),
 		seconds: prometheus.NewGauge(prometheus.GaugeOpts{Name: "dsyncd_snapshot_seconds",
 			Help: "How long the last snapshot took to store."}),
 	}
 	for _, tr := range []string{triggerScheduled, triggerStream, triggerRequest} {
-		for _, r := range []string{"ok", "failed"} {
-			s.taken.WithLabelValues(tr, r)
-		}
+		s.taken.WithLabelValues(tr)
 	}
 	return s
 }
@@ -97,7 +98,7 @@ func (s *snapshotter) register(reg *prometheus.Registry) {
 	if s == nil {
 		return
 	}
-	reg.MustRegister(s.taken, s.purged, s.seconds,
+	reg.MustRegister(s.taken, s.failed, s.purged, s.seconds,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "dsyncd_snapshot_stream_seq",
 			Help: "Stream sequence of the newest snapshot (0: none yet)."}, func() float64 {
 			if n := s.newest.Load(); n != nil {
@@ -228,14 +229,14 @@ func (s *snapshotter) take(ctx context.Context, trigger string) (queue.Snapshot,
 	start := time.Now()
 	info, err := s.put(ctx)
 	if err != nil {
-		s.taken.WithLabelValues(trigger, "failed").Inc()
+		s.failed.Inc()
 		msg := err.Error()
 		s.lastErr.Store(&msg)
 		s.log.Error("snapshot failed", zap.String("trigger", trigger), zap.Error(err))
 		return queue.Snapshot{}, err
 	}
 	s.lastErr.Store(nil)
-	s.taken.WithLabelValues(trigger, "ok").Inc()
+	s.taken.WithLabelValues(trigger).Inc()
 	s.seconds.Set(time.Since(start).Seconds())
 	s.newest.Store(&info)
 	purged := s.prunePurge(ctx)
