@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/dsyncd/dsyncd/config"
@@ -309,4 +311,66 @@ func TestStreamWithASmallCapTakesFiveTimesItsSizeWithoutA503(t *testing.T) {
 		t.Fatalf("readiness after the load: %v", ready)
 	}
 
+}
+
+// A stuck worker: the stream fills with events not yet applied, and that is
+// what readiness and dsyncd_stream_full report (a full stream of applied
+// events cannot happen while snapshots work: they purge it).
+func TestAStreamFullOfUnappliedEventsIsWhatReadinessReports(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.NATS.MaxBytes = 256 << 10
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	q := queue.New(queueOptions(cfg), zaptest.NewLogger(t))
+	mustf(t, q.Open(ctx), "open queue")
+	defer q.Close()
+	st, err := storage.Open(storeOptions(cfg, ""))
+	mustf(t, err, "open store")
+	defer st.Close()
+	_, err = q.Consumer(ctx, workerDurable, 0) // the worker's, acknowledging nothing
+	mustf(t, err, "consumer")
+	s := newSnapshotter(cfg, q, st, zaptest.NewLogger(t))
+	s.tick(ctx)
+	if err := s.streamFull(); err != nil {
+		t.Fatalf("an empty stream reported full: %v", err)
+	}
+	bodies := synthBodies(synth.Options{Seed: 3, Users: 400, Groups: 2, MembershipsPerUser: 1})
+	full := false
+	for i, b := range bodies {
+		if _, err := q.Publish(ctx, "dir", "dsync.user.created", fmt.Sprintf("e%d", i), padded(t, b, 2000)); err != nil {
+			if !strings.Contains(err.Error(), "maximum bytes exceeded") {
+				t.Fatalf("publish %d: %v", i, err)
+			}
+			full = true
+			break
+		}
+	}
+	if !full {
+		t.Fatal("the stream never filled up")
+	}
+	s.tick(ctx)
+	err = s.streamFull()
+	if err == nil || !strings.Contains(err.Error(), "is full") || !strings.Contains(err.Error(), "events not yet applied") {
+		t.Fatalf("readiness of a stream full of unapplied events = %v", err)
+	}
+	reg := prometheus.NewRegistry()
+	s.register(reg)
+	mfs, err := reg.Gather()
+	mustf(t, err, "gather")
+	gauge := -1.0
+	for _, mf := range mfs {
+		if mf.GetName() == "dsyncd_stream_full" {
+			gauge = mf.GetMetric()[0].GetGauge().GetValue()
+		}
+		if mf.GetName() == "dsyncd_snapshots_total" {
+			for _, m := range mf.GetMetric() {
+				if m.GetCounter().GetValue() != 0 {
+					t.Fatalf("a snapshot was taken with nothing applied: %v", m)
+				}
+			}
+		}
+	}
+	if gauge != 1 {
+		t.Fatalf("dsyncd_stream_full = %v, want 1", gauge)
+	}
 }
