@@ -652,6 +652,8 @@ func (s *Server) hostAllowed(r *http.Request) bool {
 // bytes went out is an error answer; after, the connection is cut, so that a
 // client never takes a truncated body for a complete one.
 func (s *Server) handleExport(w http.ResponseWriter, r *http.Request) {
+	// A large store outlasts http.write_timeout (1M users: ~550 MB).
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Time{})
 	w.Header().Set("Content-Type", "application/json")
 	sw := &startedWriter{w: w}
 	if err := s.st.ExportTo(sw); err != nil {
