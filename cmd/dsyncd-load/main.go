@@ -23,6 +23,12 @@
 // in the temporary directory, the same sync policy) and points the daemon at
 // it with DSYNCD_NATS_URL, so that the two processes' memory is reported
 // apart: `make bench-e2e-external`. Everything is bounded by -timeout.
+//
+// For the scale runs (`make bench-scale`, scale.go): -reads N GETs
+// /v1/users/{id} of random users N times a second during the sync and reports
+// their latency; -max-bytes sets nats.max_bytes; the report adds the daemon's
+// peak anonymous and file-backed memory (sampled every second), the stream's
+// size at the end, and the snapshots taken and events purged.
 package main
 
 import (
