@@ -61,7 +61,9 @@ type snapshotter struct {
 	full    atomic.Pointer[string] // why the stream refuses events, nil while it takes them
 	behind  atomic.Bool            // the events not yet applied fill an eighth of the cap (hurry)
 	lastErr atomic.Pointer[string] // the last failed snapshot's error, nil after a success
-	retryAt time.Time              // run's goroutine only
+	retryAt atomic.Int64           // unix nanoseconds before which no snapshot is retried
+	taking  atomic.Bool            // run's snapshot is being taken
+	wg      sync.WaitGroup         // run's snapshot
 
 	taken   *prometheus.CounterVec
 	failed  prometheus.Counter
@@ -147,6 +149,7 @@ func (s *snapshotter) run(ctx context.Context) {
 	}
 	t := time.NewTicker(snapshotTick)
 	defer t.Stop()
+	defer s.wg.Wait()
 	for {
 		select {
 		case <-ctx.Done():
@@ -157,7 +160,9 @@ func (s *snapshotter) run(ctx context.Context) {
 	}
 }
 
-// tick looks at the stream and takes a snapshot when one is due.
+// tick looks at the stream and starts a snapshot when one is due. The
+// snapshot runs beside the ticks (a large store takes seconds), which go on
+// watching the stream's fullness meanwhile.
 func (s *snapshotter) tick(ctx context.Context) {
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	u, err := s.q.Usage(cctx, workerDurable)
@@ -173,22 +178,21 @@ func (s *snapshotter) tick(ctx context.Context) {
 	trigger := ""
 	switch {
 	case u.AckFloor <= newestSeq: // nothing applied since the newest
-	case time.Now().Before(s.retryAt):
+	case time.Now().UnixNano() < s.retryAt.Load():
 	case u.MaxBytes > 0 && u.BytesAfter(newestSeq)-u.BytesAfter(u.AckFloor) >= u.MaxBytes/capShare:
 		trigger = triggerStream
 	case s.interval > 0 && (newestAt.IsZero() || time.Since(newestAt) >= s.interval):
 		trigger = triggerScheduled
 	}
-	if trigger != "" {
-		if _, err := s.take(ctx, trigger); err != nil {
-			s.retryAt = time.Now().Add(snapshotRetry)
-		}
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		u, err = s.q.Usage(cctx, workerDurable)
-		cancel()
-		if err != nil {
-			return
-		}
+	if trigger != "" && s.taking.CompareAndSwap(false, true) {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer s.taking.Store(false)
+			if _, err := s.take(ctx, trigger); err != nil {
+				s.retryAt.Store(time.Now().Add(snapshotRetry).UnixNano())
+			}
+		}()
 	}
 	s.noteFull(u)
 }
