@@ -89,6 +89,9 @@ func TestRebuildOfADamagedStoreStartsFromTheNewestUsableSnapshot(t *testing.T) {
 	if s2.StreamSeq <= s1.StreamSeq {
 		t.Fatalf("second snapshot covers %d, the first %d", s2.StreamSeq, s1.StreamSeq)
 	}
+	if out := cli(t, 0, "snapshot", "--list", "--config", cliCfg); !strings.Contains(out, s1.Name) || !strings.Contains(out, s2.Name) {
+		t.Fatalf("snapshot --list through the API:\n%s", out)
+	}
 	// Two kept: the stream holds what follows the older one, no more.
 	if first, _, _ := streamState(t, d.q); first != s1.StreamSeq+1 {
 		t.Fatalf("stream starts at %d after the second snapshot, want %d (purged through the oldest kept, %d)", first, s1.StreamSeq+1, s1.StreamSeq)
@@ -108,6 +111,11 @@ func TestRebuildOfADamagedStoreStartsFromTheNewestUsableSnapshot(t *testing.T) {
 	_, err = q.Snapshots(cfg.NATS.SnapshotBucket).Put(ctx, s2.StreamSeq+1, 0, strings.NewReader("not a store"))
 	mustf(t, err, "put a bad snapshot")
 	mustf(t, q.Close(), "close queue")
+
+	// Offline, with serve stopped, the list reads the bucket itself.
+	if out := cli(t, 0, "snapshot", "--list", "--offline", "--format", "json", "--config", cliCfg); !strings.Contains(out, `"stream_seq": `+fmt.Sprint(s2.StreamSeq+1)) {
+		t.Fatalf("snapshot --list --offline:\n%s", out)
+	}
 
 	// The store is damaged.
 	junk := make([]byte, 64<<10)
