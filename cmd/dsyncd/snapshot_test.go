@@ -270,8 +270,20 @@ func TestStreamWithASmallCapTakesFiveTimesItsSizeWithoutA503(t *testing.T) {
 	}()
 	url := "http://" + d.Addr() + d.cfg.Webhook.Path
 	const rate = 1.5e6 // bytes a second
-	start := time.Now()
-	var sent atomic.Int64
+	// Each post takes the next slot of the pace, never one that went by
+	// while the posters waited for the worker: no catch-up bursts.
+	var paceMu sync.Mutex
+	nextSlot := time.Now()
+	slot := func(n int) time.Duration {
+		paceMu.Lock()
+		defer paceMu.Unlock()
+		at := time.Now()
+		if nextSlot.After(at) {
+			at = nextSlot
+		}
+		nextSlot = at.Add(time.Duration(float64(n) / rate * float64(time.Second)))
+		return time.Until(at)
+	}
 	var wg sync.WaitGroup
 	for range 8 {
 		wg.Add(1)
@@ -281,8 +293,8 @@ func TestStreamWithASmallCapTakesFiveTimesItsSizeWithoutA503(t *testing.T) {
 				if i%64 == 0 {
 					waitBacklog(t, d, 256) // a rate the worker keeps up with
 				}
-				if ahead := time.Duration(float64(sent.Add(int64(len(bodies[i]))))/rate*float64(time.Second)) - time.Since(start); ahead > 0 {
-					time.Sleep(ahead) // pacing the sender, not waiting for work
+				if wait := slot(len(bodies[i])); wait > 0 {
+					time.Sleep(wait) // pacing the sender, not waiting for work
 				}
 				req, _ := http.NewRequest(http.MethodPost, url, bytes.NewReader(bodies[i]))
 				req.Header.Set("Content-Type", "application/json")
