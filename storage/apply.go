@@ -606,12 +606,12 @@ func isMember(m *memberRec, g *groupRec, u *userRec, floor key) bool {
 // userGroups returns the groups u is a member of, sorted by id (cached in
 // a write transaction: txn.groupsOf).
 func (s *Store) userGroups(t *txn, u *userRec) ([]*groupRec, error) {
-	if gs, ok := t.groupsOf[u.ID]; ok && t.userCache[u.ID] == u {
-		return gs, nil
+	if e, ok := t.groupsOf[u.ID]; ok && e.holdsFor(u) {
+		return e.groups, nil
 	}
 	gs, err := s.memberOf(t, u)
-	if err == nil && t.groupsOf != nil && t.userCache[u.ID] == u {
-		t.groupsOf[u.ID] = gs
+	if err == nil && t.groupsOf != nil {
+		t.groupsOf[u.ID] = groupsEntry{groups: gs, deleted: u.Deleted, deletedKey: u.DeletedKey, dir: u.DirectoryID}
 	}
 	return gs, err
 }

@@ -218,9 +218,11 @@ type txn struct {
 	dirtyUsers  map[string]bool
 	dirtyGroups map[string]bool
 	// groupsOf caches userGroups in a write transaction (the badges and the
-	// change feed both ask): a user's entry goes when it or one of its
-	// memberships is written, every entry when a group or directory is.
-	groupsOf map[string][]*groupRec
+	// change feed both ask). An entry holds for the user's deletion and
+	// directory it was computed with; it goes when one of the user's
+	// memberships is written, and every entry goes when a directory is
+	// written or a group's name, ids, organisation or deletion changes.
+	groupsOf map[string]groupsEntry
 }
 
 func newTxn(tx *bolt.Tx) *txn {
@@ -237,7 +239,7 @@ func newTxn(tx *bolt.Tx) *txn {
 		orgUsers: tx.Bucket(bktOrgUsers), userOrig: map[string]committedUser{}, dirOrig: map[string]string{}, dirOrgs: map[string]string{},
 	}
 	if tx.Writable() {
-		t.groupsOf = map[string][]*groupRec{}
+		t.groupsOf = map[string]groupsEntry{}
 	}
 	t.auditStart = t.audit.Sequence()
 	// Keys of these buckets only grow (sequence numbers, processing times):
@@ -302,8 +304,19 @@ func (t *txn) putUser(u *userRec) error {
 	}
 	t.userCache[u.ID] = u
 	t.dirtyUsers[u.ID] = true
-	delete(t.groupsOf, u.ID)
 	return nil
+}
+
+// groupsEntry is a cached userGroups, with what of the user it depends on.
+type groupsEntry struct {
+	groups     []*groupRec
+	deleted    bool
+	deletedKey key
+	dir        string
+}
+
+func (e groupsEntry) holdsFor(u *userRec) bool {
+	return e.deleted == u.Deleted && e.deletedKey == u.DeletedKey && e.dir == u.DirectoryID
 }
 
 func (t *txn) group(id string) (*groupRec, error) {
@@ -316,9 +329,15 @@ func (t *txn) putGroup(g *groupRec) error {
 			return err
 		}
 	}
+	if old := t.groupCache[g.ID]; old == nil || old == g || old.Deleted != g.Deleted || old.DeletedKey != g.DeletedKey ||
+		old.Name != g.Name || old.IdpID != g.IdpID || old.OrganizationID != g.OrganizationID || old.DirectoryID != g.DirectoryID {
+		// Its members' groups may change (or a cached list holds the
+		// record, changed in place): forget every list. A newer payload
+		// that changes none of these leaves them as they are.
+		clear(t.groupsOf)
+	}
 	t.groupCache[g.ID] = g
 	t.dirtyGroups[g.ID] = true
-	clear(t.groupsOf)
 	return nil
 }
 
