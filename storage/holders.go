@@ -137,28 +137,7 @@ func buildOrgHolders(tx *bolt.Tx, defaults []mapping.Badge) error {
 			return err
 		}
 	}
-	b := tx.Bucket(bktOrgHolders)
-	var stale [][]byte
-	_ = b.ForEach(func(k, _ []byte) error {
-		if _, ok := counts[string(k)]; !ok {
-			stale = append(stale, slices.Clone(k))
-		}
-		return nil
-	})
-	for _, k := range stale {
-		if err := b.Delete(k); err != nil {
-			return err
-		}
-	}
-	for org, n := range counts {
-		if b.Get([]byte(org)) != nil && storedCount(b, org) == n {
-			continue
-		}
-		if err := b.Put([]byte(org), u64(uint64(n))); err != nil {
-			return err
-		}
-	}
-	return nil
+	return writeCounts(tx.Bucket(bktOrgHolders), counts)
 }
 
 // checkOrgHolders compares every user's MappedOrg with its grants and

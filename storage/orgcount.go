@@ -317,7 +317,13 @@ func buildOrgUsers(tx *bolt.Tx) error {
 	if err != nil {
 		return fmt.Errorf("count users per organisation: %w", err)
 	}
-	b := tx.Bucket(bktOrgUsers)
+	return writeCounts(tx.Bucket(bktOrgUsers), counts)
+}
+
+// writeCounts makes the per-organisation count bucket b hold exactly counts:
+// it deletes the organisations counts lacks and writes only the counts that
+// differ.
+func writeCounts(b *bolt.Bucket, counts map[string]int64) error {
 	var stale [][]byte
 	_ = b.ForEach(func(k, _ []byte) error {
 		if _, ok := counts[string(k)]; !ok {
@@ -331,7 +337,7 @@ func buildOrgUsers(tx *bolt.Tx) error {
 		}
 	}
 	for org, n := range counts {
-		if storedCount(b, org) == n && b.Get([]byte(org)) != nil {
+		if b.Get([]byte(org)) != nil && storedCount(b, org) == n {
 			continue
 		}
 		if err := b.Put([]byte(org), u64(uint64(n))); err != nil {

@@ -325,6 +325,20 @@ func bodiesOf(stream []synth.Event) [][]byte {
 	return out
 }
 
+// finishDelivery ends a phase that posted every event of a stream of n:
+// it records what was posted and acknowledged, stops the daemon, checks the
+// stream and the export against golden, and says so when all holds.
+func (e *env) finishDelivery(ctx context.Context, r *result, dir string, d *harness.Daemon, storePath string, dl *delivery, golden []byte, n int) {
+	r.posted, r.acked = dl.posted.Load(), dl.acked.Load()
+	if err := d.Stop(time.Minute); err != nil {
+		r.fail("%v", err)
+	}
+	e.checkStreamAndExport(ctx, r, dir, d, "", storePath, dl, golden)
+	if len(r.failures) == 0 {
+		r.applied = fmt.Sprintf("%d (= golden)", n)
+	}
+}
+
 // checkStreamAndExport is the end of every delivery phase, with the daemon
 // stopped: every acknowledged id is in the stream, no id is stored twice, the
 // live export equals golden, and the store passes bbolt's check.

@@ -164,14 +164,7 @@ func (e *env) jsDiskFullPhase(ctx context.Context, o options) *result {
 		r.twice = max(0, int(m.Processed())-len(stream))
 		r.fail("worker processed %.0f events, want exactly %d", m.Processed(), len(stream))
 	}
-	r.posted, r.acked = dl.posted.Load(), dl.acked.Load()
-	if err := d.Stop(time.Minute); err != nil {
-		r.fail("%v", err)
-	}
-	e.checkStreamAndExport(ctx, r, dir, d, "", storePath, dl, golden)
-	if len(r.failures) == 0 {
-		r.applied = fmt.Sprintf("%d (= golden)", len(stream))
-	}
+	e.finishDelivery(ctx, r, dir, d, storePath, dl, golden, len(stream))
 	return r
 }
 
@@ -289,14 +282,7 @@ func (e *env) fdExhaustionPhase(ctx context.Context, o options) *result {
 		r.fail("worker processed %.0f events, want exactly %d", m.Processed(), len(stream))
 	}
 	r.note("dsyncd_jetstream_restarts_total %v", m["dsyncd_jetstream_restarts_total"])
-	r.posted, r.acked = dl.posted.Load(), dl.acked.Load()
-	if err := d.Stop(time.Minute); err != nil {
-		r.fail("%v", err)
-	}
-	e.checkStreamAndExport(ctx, r, dir, d, "", filepath.Join(dir, "data", "dsyncd.db"), dl, golden)
-	if len(r.failures) == 0 {
-		r.applied = fmt.Sprintf("%d (= golden)", len(stream))
-	}
+	e.finishDelivery(ctx, r, dir, d, filepath.Join(dir, "data", "dsyncd.db"), dl, golden, len(stream))
 	return r
 }
 

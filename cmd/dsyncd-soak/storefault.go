@@ -196,13 +196,6 @@ func (e *env) storeFaultPhase(ctx context.Context, o options) *result {
 		r.twice = max(0, int(m.Processed())-len(stream))
 		r.fail("worker processed %.0f events, want exactly %d", m.Processed(), len(stream))
 	}
-	r.posted, r.acked = dl.posted.Load(), dl.acked.Load()
-	if err := d.Stop(time.Minute); err != nil {
-		r.fail("%v", err)
-	}
-	e.checkStreamAndExport(ctx, r, dir, d, "", storePath, dl, golden)
-	if len(r.failures) == 0 {
-		r.applied = fmt.Sprintf("%d (= golden)", len(stream))
-	}
+	e.finishDelivery(ctx, r, dir, d, storePath, dl, golden, len(stream))
 	return r
 }
