@@ -286,3 +286,24 @@ func TestOrganizationSummaryCountsHeldAdmins(t *testing.T) {
 		t.Fatalf("inactive users: %d %v, want u3", code, ids(inactive.Users))
 	}
 }
+
+// TestNoRouteAnswersInTheErrorShape: a /v1 path no route has is a 404, a
+// route asked with another method a 405 with Allow, both in the one shape.
+func TestNoRouteAnswersInTheErrorShape(t *testing.T) {
+	s, _ := readAPI(t)
+	var got server.ErrorBody
+	if code := call(t, s, "/v1/nothing/here", &got); code != 404 || got.Error.Code != "not_found" || !strings.Contains(got.Error.Message, "/v1/nothing/here") {
+		t.Fatalf("an unknown /v1 path: %d %+v, want 404 not_found", code, got)
+	}
+	req, _ := http.NewRequest(http.MethodGet, s.URL()+"/v1/holds/7/approve", nil)
+	req.Header.Set("Authorization", "Bearer "+readToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	got = server.ErrorBody{}
+	if err := json.NewDecoder(resp.Body).Decode(&got); err != nil || resp.StatusCode != 405 || resp.Header.Get("Allow") != "POST" || got.Error.Code != "method_not_allowed" {
+		t.Fatalf("GET on a POST route: %d Allow %q %+v (%v), want 405, Allow: POST, code method_not_allowed", resp.StatusCode, resp.Header.Get("Allow"), got, err)
+	}
+}

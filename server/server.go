@@ -234,6 +234,8 @@ func (s *Server) Handler() http.Handler {
 	if s.opts.Metrics != nil {
 		mux.Handle("GET /metrics", s.opts.Metrics)
 	}
+	// Not a route: what /v1 answers when none matches, in the one error shape.
+	mux.ServeMux.HandleFunc("/v1/", s.authed(func(w http.ResponseWriter, r *http.Request) { s.noRoute(w, r, mux.ServeMux) }))
 	s.mu.Lock()
 	s.routes = mux.patterns
 	s.mu.Unlock()
@@ -247,6 +249,25 @@ func (s *Server) Routes() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return slices.Clone(s.routes)
+}
+
+// noRoute answers a /v1 request no route matches: 405 with Allow when the
+// path has routes for other methods, else 404.
+func (s *Server) noRoute(w http.ResponseWriter, r *http.Request, mux *http.ServeMux) {
+	var allow []string
+	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodDelete} {
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if _, p := mux.Handler(probe); p != "/v1/" && p != "" {
+			allow = append(allow, m)
+		}
+	}
+	if len(allow) > 0 {
+		w.Header().Set("Allow", strings.Join(allow, ", "))
+		s.fail(w, r, &publicError{http.StatusMethodNotAllowed, ReasonMethod, r.Method + " " + r.URL.Path + ": allowed " + strings.Join(allow, ", ")})
+		return
+	}
+	s.fail(w, r, notFound("no such route: "+r.URL.Path))
 }
 
 // router is the server's ServeMux, noting every pattern registered.
