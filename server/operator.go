@@ -88,6 +88,9 @@ func (s *Server) operatorRoutes(mux *router) {
 	if s.opts.DeadLetters != nil {
 		s.deadLetterRoutes(mux, s.opts.DeadLetters)
 	}
+	if s.opts.Snapshots != nil {
+		s.snapshotRoutes(mux, s.opts.Snapshots)
+	}
 }
 
 func (s *Server) deadLetterRoutes(mux *router, dlq DeadLetters) {

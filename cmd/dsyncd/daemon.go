@@ -36,6 +36,11 @@ type daemon struct {
 	w   *worker.Worker
 	srv *server.Server
 	bg  *reconcile.Background // Events API poller and periodic reconcile, when configured
+	// snap takes the store's snapshots and purges the stream behind them
+	// (snapshot.go); nil with store.snapshots_kept 0.
+	snap       *snapshotter
+	snapCancel context.CancelFunc
+	snapDone   chan struct{}
 	// apiToken is the bearer token /v1 requires: api.token, or the one in
 	// <data_dir>/api.token.
 	apiToken string
@@ -78,8 +83,21 @@ func queueOptions(cfg config.Config) queue.Options {
 		// the dead letters at their cap. An unlimited stream (max_bytes 0)
 		// leaves the disk limit to the server's default (a share of the disk).
 		MaxMemory: 256 << 20,
-		MaxStore:  2 * cfg.NATS.MaxBytes,
+		MaxStore:  maxStore(cfg),
 	}
+}
+
+// maxStore is the embedded server's JetStream storage limit: the stream and
+// the dead letters at their cap, plus, with snapshots, room for them (they
+// grow with the store; the disk is their real bound).
+func maxStore(cfg config.Config) int64 {
+	if cfg.NATS.MaxBytes == 0 {
+		return 0
+	}
+	if cfg.Store.SnapshotsKept > 0 {
+		return 2*cfg.NATS.MaxBytes + 1<<40
+	}
+	return 2 * cfg.NATS.MaxBytes
 }
 
 // Open starts every component. On error, what was started is closed.
@@ -121,6 +139,7 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 				zap.String("mode", fi.Mode().Perm().String()))
 		}
 	}
+	d.snap = newSnapshotter(d.cfg, d.q, d.st, d.log)
 	verifier := events.NewVerifier(d.cfg.Webhook.Secrets, d.cfg.Webhook.Tolerance)
 	if d.clock != nil {
 		verifier = verifier.WithClock(d.clock)
@@ -143,6 +162,7 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 		Degraded:          d.degraded,
 		Metrics:           d.metrics.handler(),
 		DeadLetters:       dlqStore{q: d.q, st: d.st},
+		Snapshots:         d.snap.api(),
 	}, verifier, d.q, d.st, d.log)
 	d.w = worker.New(d.q, d.st, worker.Options{
 		Durable:      workerDurable,
@@ -154,6 +174,7 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 		Inflow:       d.srv.Stats().Received.Load,
 		OnBatch:      d.metrics.observeBatch,
 		OnYield:      d.metrics.observeYield,
+		Hurry:        d.snap.hurry,
 	}, d.log)
 	wctx, cancel := context.WithCancel(context.Background())
 	d.workerCancel = cancel
@@ -163,8 +184,12 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 			d.log.Error("worker stopped", zap.Error(err))
 		}
 	}()
+	sctx, scancel := context.WithCancel(context.Background())
+	d.snapCancel, d.snapDone = scancel, make(chan struct{})
+	go func() { defer close(d.snapDone); d.snap.run(sctx) }()
 	d.bg = reconcile.StartBackground(backgroundOptions(d.cfg), d.q, d.st, d.log)
 	d.metrics.register(d)
+	d.snap.register(d.metrics.reg)
 	if err := d.srv.Open(); err != nil {
 		return fmt.Errorf("http.listen %s, webhook.path %s: %w", d.cfg.HTTP.Listen, d.cfg.Webhook.Path, err)
 	}
@@ -223,7 +248,7 @@ func (d *daemon) ready(ctx context.Context) error {
 	if !d.w.Attached() {
 		return errors.New("worker: not consuming")
 	}
-	return nil
+	return d.snap.streamFull()
 }
 
 // degraded lists what works but needs attention: the Events API refusing
@@ -273,6 +298,10 @@ func (d *daemon) Close() error {
 			cancel()
 		}
 		d.bg.Stop()
+		if d.snapCancel != nil {
+			d.snapCancel()
+			<-d.snapDone
+		}
 		if d.workerCancel != nil {
 			d.workerCancel()
 			<-d.workerDone
