@@ -17,6 +17,10 @@ import (
 // when it answered).
 const HeaderChangeSeq = "Dsyncd-Change-Seq"
 
+// CodeGone is the error code of a 410: the change feed no longer has (or
+// never had) the records after the position asked.
+const CodeGone = "gone"
+
 // The limits of GET /v1/changes.
 const (
 	DefaultChangesLimit = 100
@@ -100,9 +104,9 @@ func (s *Server) handleChanges(w http.ResponseWriter, r *http.Request) {
 func (s *Server) failChanges(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case errors.Is(err, storage.ErrChangesGone):
-		err = &publicError{http.StatusGone, err.Error()}
+		err = &publicError{http.StatusGone, CodeGone, err.Error()}
 	case errors.Is(err, storage.ErrChangesOff):
-		err = &publicError{http.StatusNotFound, err.Error()}
+		err = &publicError{http.StatusNotFound, CodeNotFound, err.Error()}
 	}
 	s.fail(w, r, err)
 }
