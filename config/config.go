@@ -73,6 +73,20 @@ type Config struct {
 	Reconcile ReconcileConfig `mapstructure:"reconcile"`
 	// Worker configures the consumer that applies queued events to the store.
 	Worker WorkerConfig `mapstructure:"worker"`
+	// Node names this dsyncd among the nodes sharing one NATS cluster.
+	Node NodeConfig `mapstructure:"node"`
+}
+
+// NodeConfig is the node section.
+type NodeConfig struct {
+	// ID names this node among those sharing the stream: its worker's
+	// durable consumer is dsyncd-worker-<id>, and it holds a lease on the
+	// id while it runs, so that a second live node with the same id
+	// refuses to start. Letters, digits, '-' and '_'. Empty: the host name
+	// names the node in logs and leases, and the worker keeps the
+	// single-node consumer dsyncd-worker (set it on every node of a
+	// cluster).
+	ID string `mapstructure:"id"`
 }
 
 // LogConfig is the log section.
@@ -212,6 +226,10 @@ type StoreConfig struct {
 
 // WorkerConfig is the worker section.
 type WorkerConfig struct {
+	// Enabled runs the worker: it consumes the stream and applies events to
+	// this node's store. false makes a receiver-only node: it stores
+	// webhooks in the stream and serves no /v1 data (503).
+	Enabled bool `mapstructure:"enabled"`
 	// BatchSize is how many queued events the worker fetches at once, 1 to 10000.
 	BatchSize int `mapstructure:"batch_size"`
 	// MaxAttempts is how many times an event is tried before it goes to
@@ -348,6 +366,7 @@ func Default() Config {
 		WorkOS: WorkOSConfig{Endpoint: reconcile.DefaultEndpoint},
 		Events: EventsConfig{Start: EventsStartNow, OnStaleCursor: OnStaleCursorReconcile},
 		Worker: WorkerConfig{
+			Enabled:      true,
 			BatchSize:    worker.DefaultBatchSize,
 			MaxAttempts:  worker.DefaultMaxAttempts,
 			AckWait:      worker.DefaultAckWait,

@@ -8,21 +8,20 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/dsyncd/dsyncd/config"
 	"github.com/dsyncd/dsyncd/events"
+	"github.com/dsyncd/dsyncd/mapping"
 	"github.com/dsyncd/dsyncd/queue"
 	"github.com/dsyncd/dsyncd/reconcile"
 	"github.com/dsyncd/dsyncd/server"
 	"github.com/dsyncd/dsyncd/storage"
 	"github.com/dsyncd/dsyncd/worker"
 )
-
-// workerDurable is the durable name of the worker's JetStream consumer.
-const workerDurable = "dsyncd-worker"
 
 // daemon is `dsyncd serve`: store, queue, worker and HTTP server, opened in
 // that order and closed in reverse.
@@ -40,6 +39,22 @@ type daemon struct {
 	// <data_dir>/api.token.
 	apiToken string
 
+	// node names this node (node.id or the host name); durable is its
+	// worker's consumer; started is when it started.
+	node    string
+	durable string
+	started time.Time
+	// leaseTTL, when set, replaces queue.DefaultLeaseTTL (tests).
+	leaseTTL    time.Duration
+	nodeLease   *queue.Lease
+	leaderLease *queue.Lease
+	ctl         *controls
+	// fileMapping is the mapping of this node's configuration file;
+	// mappingDiffers says the mapping in force is another.
+	mapMu          sync.Mutex
+	fileMapping    mapping.Config
+	mappingDiffers atomic.Bool
+
 	workerCancel context.CancelFunc
 	workerDone   chan struct{}
 	mu           sync.Mutex // serialises Reload
@@ -50,7 +65,8 @@ type daemon struct {
 }
 
 func newDaemon(cfg config.Config, log *zap.Logger) *daemon {
-	return &daemon{cfg: cfg, log: log, metrics: newMetrics(), workerDone: make(chan struct{})}
+	return &daemon{cfg: cfg, log: log, metrics: newMetrics(), workerDone: make(chan struct{}), node: nodeID(cfg), durable: durableFor(cfg),
+		started: time.Now(), fileMapping: cfg.Mapping}
 }
 
 func queueOptions(cfg config.Config) queue.Options {
@@ -75,10 +91,10 @@ func queueOptions(cfg config.Config) queue.Options {
 		MaxAckPending:   cfg.Worker.BatchSize * 4,
 		// Explicit limits for the embedded server: streams are file-backed
 		// (memory only for bookkeeping); the store may hold the stream and
-		// the dead letters at their cap. An unlimited stream (max_bytes 0)
+		// the dead letters at their cap, and the leases. An unlimited stream (max_bytes 0)
 		// leaves the disk limit to the server's default (a share of the disk).
 		MaxMemory: 256 << 20,
-		MaxStore:  2 * cfg.NATS.MaxBytes,
+		MaxStore:  2*cfg.NATS.MaxBytes + 4*queue.LeaseBucketBytes, // and the lease bucket
 	}
 }
 
@@ -102,11 +118,23 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 	if err := d.q.Open(ctx); err != nil {
 		return fmt.Errorf("%s: %w", natsKeys(d.cfg), err)
 	}
+	if err := d.claimNode(ctx); err != nil {
+		return err
+	}
 	if err := d.checkStorePosition(ctx, hadData); err != nil {
 		return err
 	}
-	if _, err := d.st.ApplyMapping(d.cfg.Mapping, "", false); err != nil {
-		return fmt.Errorf("mapping: %w", err)
+	d.ctl = newControls(d)
+	stored, err := d.st.StoredMapping()
+	if err != nil {
+		return fmt.Errorf("%s: %w", storeKey(d.cfg), err)
+	}
+	if stored == nil {
+		// A new store: the file's mapping is the one in force until the
+		// stream carries another.
+		if _, err := d.st.ApplyMapping(d.cfg.Mapping, "", false); err != nil {
+			return fmt.Errorf("mapping: %w", err)
+		}
 	}
 	var created bool
 	if d.apiToken, created, err = serveToken(d.cfg); err != nil {
@@ -142,10 +170,18 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 		Ready:             d.ready,
 		Degraded:          d.degraded,
 		Metrics:           d.metrics.handler(),
-		DeadLetters:       dlqStore{q: d.q, st: d.st},
+		DeadLetters:       dlqStore{q: d.q, st: d.st, ctl: d.ctl},
+		Decisions:         d.ctl,
+		NoStore:           !d.cfg.Worker.Enabled,
 	}, verifier, d.q, d.st, d.log)
+	applied, _, err := d.st.AppliedSeq()
+	if err != nil {
+		return refuseDamaged(d.st.Path(), err)
+	}
 	d.w = worker.New(d.q, d.st, worker.Options{
-		Durable:      workerDurable,
+		Durable:      d.durable,
+		StartAfter:   applied,
+		Control:      d.ctl.apply,
 		BatchSize:    d.cfg.Worker.BatchSize,
 		MaxAttempts:  d.cfg.Worker.MaxAttempts,
 		RetryBackoff: d.cfg.Worker.RetryBackoff,
@@ -157,16 +193,55 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 	}, d.log)
 	wctx, cancel := context.WithCancel(context.Background())
 	d.workerCancel = cancel
-	go func() {
-		defer close(d.workerDone)
-		if err := d.w.Run(wctx); err != nil {
-			d.log.Error("worker stopped", zap.Error(err))
+	if d.cfg.Worker.Enabled {
+		go func() {
+			defer close(d.workerDone)
+			if err := d.w.Run(wctx); err != nil {
+				d.log.Error("worker stopped", zap.Error(err))
+			}
+		}()
+		if err := d.campaign(ctx); err != nil {
+			return err
 		}
-	}()
-	d.bg = reconcile.StartBackground(backgroundOptions(d.cfg), d.q, d.st, d.log)
+		bo := backgroundOptions(d.cfg)
+		bo.Active, bo.PublishCorrections = d.Leader, true
+		d.bg = reconcile.StartBackground(bo, d.q, d.st, d.log)
+	} else {
+		close(d.workerDone)
+		d.log.Info("receiver-only node (worker.enabled: false): webhooks are stored in the stream, nothing is applied here", zap.String("node", d.node))
+	}
 	d.metrics.register(d)
 	if err := d.srv.Open(); err != nil {
 		return fmt.Errorf("http.listen %s, webhook.path %s: %w", d.cfg.HTTP.Listen, d.cfg.Webhook.Path, err)
+	}
+	if d.cfg.Worker.Enabled && stored != nil {
+		if err := d.adoptFileMapping(ctx, *stored); err != nil {
+			return err
+		}
+	}
+	d.log.Info("node started", zap.String("node", d.node), zap.String("consumer", d.durable), zap.Bool("worker", d.cfg.Worker.Enabled))
+	return nil
+}
+
+// adoptFileMapping publishes the file's mapping when it differs from the
+// one in force (stored), so that every node adopts it at the same place in
+// the stream, and waits a while for this node to apply it: a mapping
+// refused (a removed rule without on_unmap) fails the start, as it always
+// has; one not applied yet (a backlog before it) is applied when the worker
+// reaches it.
+func (d *daemon) adoptFileMapping(ctx context.Context, stored mapping.Config) error {
+	if normalMapping(stored) == normalMapping(d.cfg.Mapping) {
+		return nil
+	}
+	d.log.Info("the configuration file's mapping differs from the one in force: publishing it", zap.String("node", d.node))
+	_, err := d.ctl.Mapping(ctx, d.cfg.Mapping, "")
+	var un unavailable
+	if errors.As(err, &un) {
+		d.log.Warn("mapping published; not applied here yet", zap.String("why", un.msg))
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("mapping: %w", err)
 	}
 	return nil
 }
@@ -220,7 +295,7 @@ func (d *daemon) ready(ctx context.Context) error {
 	}
 	// A worker waiting for a full or read-only disk is still ready: webhooks
 	// are stored in JetStream meanwhile (dsyncd_consumer_pending shows it).
-	if !d.w.Attached() {
+	if d.cfg.Worker.Enabled && !d.w.Attached() {
 		return errors.New("worker: not consuming")
 	}
 	return nil
@@ -234,6 +309,9 @@ func (d *daemon) degraded() []string {
 		if why := d.bg.Poller.CursorStale(); why != "" {
 			out = append(out, "events poller: "+why)
 		}
+	}
+	if d.mappingDiffers.Load() {
+		out = append(out, "mapping: the mapping in force (the last one the stream carried) differs from this node's configuration file")
 	}
 	return out
 }
@@ -252,8 +330,15 @@ func (d *daemon) Reload(cfg config.Config) error {
 	if err := cfg.CheckAdminRule(); err != nil {
 		return err
 	}
-	plan, err := d.st.ApplyMapping(cfg.Mapping, "", false)
+	d.mapMu.Lock()
+	d.fileMapping = cfg.Mapping
+	d.mapMu.Unlock()
+	// Through the stream: every node adopts it at the same place.
+	ctx, cancel := context.WithTimeout(context.Background(), controlWait)
+	defer cancel()
+	plan, err := d.ctl.Mapping(ctx, cfg.Mapping, "")
 	if err != nil {
+		d.checkMapping()
 		return err
 	}
 	d.cfg.Mapping = cfg.Mapping
@@ -272,11 +357,13 @@ func (d *daemon) Close() error {
 			errs = append(errs, d.srv.Shutdown(ctx))
 			cancel()
 		}
+		d.leaderLease.Release()
 		d.bg.Stop()
 		if d.workerCancel != nil {
 			d.workerCancel()
 			<-d.workerDone
 		}
+		d.nodeLease.Release()
 		if d.q != nil {
 			errs = append(errs, d.q.Close())
 		}

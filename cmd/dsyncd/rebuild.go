@@ -434,9 +434,31 @@ func applyStream(ctx context.Context, q *queue.Queue, st *storage.Store, parkedS
 		}
 		return res.Err
 	}
-	err := q.Each(ctx, func(seq uint64, _ string, data []byte) error {
+	controls := map[string]storage.ControlKind{}
+	for _, k := range storage.ControlKinds {
+		controls[q.ControlSubject(string(k))] = k
+	}
+	err := q.Each(ctx, func(seq uint64, subject string, data []byte) error {
 		if parkedSeq[seq] {
 			rep.SkippedParked++
+			return nil
+		}
+		if kind, ok := controls[subject]; ok {
+			// A decision, applied where the live nodes applied it. The
+			// drops are carried over from the previous store instead.
+			if kind == storage.ControlDrop {
+				return nil
+			}
+			if err := flush(); err != nil {
+				return err
+			}
+			c, err := storage.DecodeControl(data)
+			if err == nil {
+				_, err = st.ApplyControl(c)
+			}
+			if err != nil && worker.Classify(err) == worker.RetryLater {
+				return err
+			}
 			return nil
 		}
 		ev, err := events.Decode(bytes.Clone(data))

@@ -52,7 +52,7 @@ func (d *daemon) checkStorePosition(ctx context.Context, hadData bool) error {
 	if err != nil {
 		return refuseDamaged(path, err)
 	}
-	acked, err := d.q.AckFloor(ctx, workerDurable)
+	acked, err := d.q.AckFloor(ctx, d.durable)
 	if err != nil {
 		return fmt.Errorf("%s: %w", natsKeys(d.cfg), err)
 	}
