@@ -738,15 +738,32 @@ func (q *Queue) jsConsumer(ctx context.Context, durable string, ackWait time.Dur
 		MaxDeliver:    -1,
 		MaxAckPending: q.opts.MaxAckPending,
 	}
-	if after > 0 {
-		// The deliver policy of an existing consumer cannot change: keep it.
-		if ex, err := st.main.Consumer(ctx, durable); err == nil {
-			cfg.DeliverPolicy, cfg.OptStartSeq = ex.CachedInfo().Config.DeliverPolicy, ex.CachedInfo().Config.OptStartSeq
-		} else if errors.Is(err, jetstream.ErrConsumerNotFound) {
-			cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, after+1
-		} else {
+	ex, err := st.main.Consumer(ctx, durable)
+	switch {
+	case err == nil && ex.CachedInfo().NumAckPending > 0:
+		// Deliveries of a previous process left unacknowledged (it was
+		// killed): JetStream would deliver them again only after their ack
+		// wait, after the messages behind them. Start again at the ack
+		// floor instead, so that they come first, in stream order (what
+		// was acknowledged above the floor comes again too, as duplicates).
+		floor := ex.CachedInfo().AckFloor.Stream
+		if err := st.main.DeleteConsumer(ctx, durable); err != nil {
 			return nil, fmt.Errorf("queue: consumer %s: %w", durable, err)
 		}
+		q.log.Info("consumer restarted at its ack floor: deliveries of a previous process come again in stream order",
+			zap.String("consumer", durable), zap.Uint64("ack_floor", floor), zap.Int("ack_pending", ex.CachedInfo().NumAckPending))
+		if floor > 0 {
+			cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, floor+1
+		}
+	case err == nil:
+		// The deliver policy of an existing consumer cannot change: keep it.
+		cfg.DeliverPolicy, cfg.OptStartSeq = ex.CachedInfo().Config.DeliverPolicy, ex.CachedInfo().Config.OptStartSeq
+	case errors.Is(err, jetstream.ErrConsumerNotFound):
+		if after > 0 {
+			cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, after+1
+		}
+	default:
+		return nil, fmt.Errorf("queue: consumer %s: %w", durable, err)
 	}
 	c, err := st.js.CreateOrUpdateConsumer(ctx, q.opts.Stream, cfg)
 	if err != nil {
