@@ -9,7 +9,7 @@ FUZZTIME  ?= 10s
 FUZZTIME_APPLY ?= $(FUZZTIME)
 PREFIX    ?= /usr/local
 
-.PHONY: help build run test test-short bench bench-e2e bench-e2e-external fuzz lint soak soak-short install deps clean
+.PHONY: help build run test test-short bench bench-e2e bench-e2e-external bench-scale fuzz lint soak soak-short install deps clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-20s %s\n", $$1, $$2}'
@@ -50,6 +50,14 @@ bench-e2e: build ## Load test the whole path (HTTP in -> applied) on loopback
 bench-e2e-external: build ## The same, with NATS in its own process (nats.url): memory reported per process
 	$(GO) build -o bin/nats-server github.com/nats-io/nats-server/v2
 	$(GO) run ./cmd/dsyncd-load -bin $(BIN) -nats-server bin/nats-server -users 100000 -groups 1000 -memberships 3 -concurrency 64
+
+# The scale run of issue 23: the default configuration, a 1M-user initial sync (4M events), with reads of
+# single users during it. Not in CI: it takes ~10 minutes of both CPUs and ~6 GiB of memory; run it on an
+# idle machine. SCALE_USERS=100000 SCALE_GROUPS=1000 is the 100k row.
+SCALE_USERS  ?= 1000000
+SCALE_GROUPS ?= 5000
+bench-scale: build ## The 1M-user run of docs/performance.md (not in CI): all applied, events/s, memory, read p99, stream size
+	$(GO) run ./cmd/dsyncd-load -bin $(BIN) -users $(SCALE_USERS) -groups $(SCALE_GROUPS) -memberships 3 -concurrency 64 -reads 100 -timeout 40m
 
 soak: build ## Kill/flood/starve harness (long run, ~15 min); exits non-zero on any loss
 	$(GO) run ./cmd/dsyncd-soak -bin $(BIN) -kills 25 -duration 2m -load-duration 5m -fuzz 30s

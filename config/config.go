@@ -201,6 +201,9 @@ type NATSConfig struct {
 	// Listen is the host:port the embedded server accepts clients on. Empty
 	// means 127.0.0.1 on a random port. Only used when URL is empty.
 	Listen string `mapstructure:"listen"`
+	// SnapshotBucket is the Object Store bucket holding the store's
+	// snapshots (store.snapshot_interval), on the same NATS as the stream.
+	SnapshotBucket string `mapstructure:"snapshot_bucket"`
 }
 
 // APIConfig is the api section.
@@ -222,6 +225,14 @@ type StoreConfig struct {
 	AuditRetention time.Duration `mapstructure:"audit_retention"`
 	// OpenTimeout bounds the wait for the store's file lock.
 	OpenTimeout time.Duration `mapstructure:"open_timeout"`
+	// SnapshotInterval is how often serve stores a snapshot of the store in
+	// nats.snapshot_bucket (besides those taken when the stream fills up to
+	// a quarter of nats.max_bytes since the newest); 0 takes only those.
+	SnapshotInterval time.Duration `mapstructure:"snapshot_interval"`
+	// SnapshotsKept is how many snapshots are kept; the stream's events at
+	// or below the oldest kept one's sequence are purged. 0 turns snapshots
+	// and purging off: the stream keeps every event for nats.max_age.
+	SnapshotsKept int `mapstructure:"snapshots_kept"`
 }
 
 // WorkerConfig is the worker section.
@@ -345,6 +356,7 @@ func Default() Config {
 			MaxBytes:        1 << 30,
 			MaxAge:          720 * time.Hour,
 			DuplicateWindow: queue.DefaultDuplicateWindow,
+			SnapshotBucket:  queue.DefaultSnapshotBucket,
 		},
 		Mapping: mapping.Config{
 			AdminBadge:    "admin",
@@ -362,6 +374,8 @@ func Default() Config {
 		Store: StoreConfig{
 			ProcessedRetention: storage.DefaultProcessedRetention,
 			OpenTimeout:        storage.DefaultOpenTimeout,
+			SnapshotInterval:   time.Hour,
+			SnapshotsKept:      2,
 		},
 		WorkOS: WorkOSConfig{Endpoint: reconcile.DefaultEndpoint},
 		Events: EventsConfig{Start: EventsStartNow, OnStaleCursor: OnStaleCursorReconcile},

@@ -519,6 +519,19 @@ func TestValidate(t *testing.T) {
 			},
 		},
 		{
+			name: "snapshot settings out of range are problems naming their keys",
+			edit: func(c *Config) {
+				c.Store.SnapshotInterval = 5 * time.Second
+				c.Store.SnapshotsKept = 500
+				c.NATS.SnapshotBucket = "no.dots"
+			},
+			wantErr: []string{
+				"store.snapshot_interval: must be 0 or at least 1m",
+				"store.snapshots_kept: must be between 0 and 100, got 500",
+				"nats.snapshot_bucket: must be letters, digits",
+			},
+		},
+		{
 			name: "connection and body limits are problems naming their keys",
 			edit: func(c *Config) {
 				c.HTTP.MaxConnections = 0

@@ -15,6 +15,7 @@ import (
 // componentDefaults are the keys whose default is a component's own: the
 // value the component uses for a zero option. Default must agree with it.
 var componentDefaults = map[string]any{
+	"nats.snapshot_bucket":            queue.DefaultSnapshotBucket,
 	"http.read_timeout":               server.DefaultReadTimeout,
 	"http.write_timeout":              server.DefaultWriteTimeout,
 	"http.read_header_timeout":        server.DefaultReadHeaderTimeout,
@@ -63,6 +64,8 @@ var configOnly = map[string]string{
 	"safeguards.max_deprovisions.percent": "the breaker is on by default; the store's zero value disables it",
 	"safeguards.max_deprovisions.floor":   "the breaker is on by default; the store's zero value disables it",
 	"safeguards.max_deprovisions.window":  "the breaker is on by default; the store's zero value disables it",
+	"store.snapshot_interval":             "the daemon's snapshot schedule (cmd/dsyncd/snapshot.go)",
+	"store.snapshots_kept":                "snapshots and the stream's purge are on by default; 0 turns both off",
 }
 
 func TestDefaultsAgreeWithTheComponents(t *testing.T) {

@@ -129,6 +129,14 @@ func (c Config) Problems() []string {
 	}
 	v.nonNegative("store.audit_retention", c.Store.AuditRetention)
 	v.positive("store.open_timeout", c.Store.OpenTimeout)
+	v.nonNegative("store.snapshot_interval", c.Store.SnapshotInterval)
+	if c.Store.SnapshotInterval > 0 && c.Store.SnapshotInterval < time.Minute {
+		v.add("store.snapshot_interval", fmt.Sprintf("must be 0 or at least 1m (each snapshot copies the whole store), got %s", c.Store.SnapshotInterval))
+	}
+	v.check(c.Store.SnapshotsKept >= 0 && c.Store.SnapshotsKept <= 100, "store.snapshots_kept", fmt.Sprintf("must be between 0 and 100, got %d", c.Store.SnapshotsKept))
+	if c.Store.SnapshotsKept > 0 {
+		v.check(validBucket(c.NATS.SnapshotBucket), "nats.snapshot_bucket", fmt.Sprintf("must be letters, digits, '-' or '_', got %q", c.NATS.SnapshotBucket))
+	}
 
 	if c.WorkOS.APIKey == "" && (c.Events.PollInterval > 0 || c.Reconcile.Interval > 0) {
 		v.add("workos.api_key", "required when events.poll_interval or reconcile.interval is set (set "+EnvVar("workos.api_key")+")")
@@ -319,4 +327,13 @@ func validNodeID(id string) bool {
 		}
 	}
 	return id != ""
+
+}
+
+// validBucket reports whether name is a valid JetStream Object Store bucket
+// name: letters, digits, '-' and '_'.
+func validBucket(name string) bool {
+	return name != "" && strings.IndexFunc(name, func(r rune) bool {
+		return !(r == '-' || r == '_' || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z') || (r >= '0' && r <= '9'))
+	}) < 0
 }

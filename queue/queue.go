@@ -766,10 +766,36 @@ func (q *Queue) jsConsumer(ctx context.Context, durable string, ackWait time.Dur
 		return nil, fmt.Errorf("queue: consumer %s: %w", durable, err)
 	}
 	c, err := st.js.CreateOrUpdateConsumer(ctx, q.opts.Stream, cfg)
+	if err == nil && (ex == nil || cfg.DeliverPolicy == jetstream.DeliverByStartSequencePolicy && ex.CachedInfo().NumAckPending > 0) {
+		// A consumer created now must find in the stream every message
+		// after its start: JetStream would silently start at the first
+		// one still held (the others purged behind a snapshot).
+		if err := q.checkStart(ctx, st, durable, max(cfg.OptStartSeq, 1)); err != nil {
+			return nil, err
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("queue: consumer %s: %w", durable, err)
 	}
 	return c, nil
+}
+
+// ErrPurged is wrapped by ConsumerAfter's error when the stream no longer
+// holds the messages the consumer should start with.
+var ErrPurged = errors.New("queue: the stream no longer holds the messages to start from")
+
+// checkStart deletes durable, just created to start at seq, and returns an
+// error wrapping ErrPurged when the stream's first message is after seq.
+func (q *Queue) checkStart(ctx context.Context, st *state, durable string, seq uint64) error {
+	info, err := st.main.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("queue: stream %s: %w", q.opts.Stream, err)
+	}
+	if info.State.Msgs == 0 && info.State.LastSeq < seq || info.State.FirstSeq <= seq {
+		return nil
+	}
+	_ = st.main.DeleteConsumer(ctx, durable)
+	return fmt.Errorf("%w: consumer %s would start at seq %d, the stream %s starts at %d", ErrPurged, durable, seq, q.opts.Stream, info.State.FirstSeq)
 }
 
 // Pending is the consumer's lag: messages not yet delivered plus messages

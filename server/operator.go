@@ -108,6 +108,9 @@ func (s *Server) operatorRoutes(mux *http.ServeMux) {
 	if s.opts.DeadLetters != nil {
 		s.deadLetterRoutes(mux, s.opts.DeadLetters)
 	}
+	if s.opts.Snapshots != nil {
+		s.snapshotRoutes(mux, s.opts.Snapshots)
+	}
 }
 
 func (s *Server) deadLetterRoutes(mux *http.ServeMux, dlq DeadLetters) {

@@ -33,6 +33,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"mime"
 	"net"
 	"net/http"
@@ -114,6 +115,8 @@ type Options struct {
 	// (worker.enabled: false) stores webhooks but applies nothing, so it
 	// has nothing current to read or decide.
 	NoStore bool
+	// Snapshots, when set, backs /v1/snapshots (snapshots.go).
+	Snapshots Snapshots
 }
 
 // Stats counts what the receiver did. Refused is keyed by reason.
@@ -675,19 +678,35 @@ func (s *Server) hostAllowed(r *http.Request) bool {
 	return false
 }
 
+// handleExport streams the snapshot as the store is read (storage.ExportTo):
+// memory stays bounded whatever the store's size. An error before the first
+// bytes went out is an error answer; after, the connection is cut, so that a
+// client never takes a truncated body for a complete one.
 func (s *Server) handleExport(w http.ResponseWriter, r *http.Request) {
-	snap, err := s.st.Export()
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	b, err := storage.MarshalSnapshot(snap)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
+	// A large store outlasts http.write_timeout (1M users: ~550 MB).
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Time{})
 	w.Header().Set("Content-Type", "application/json")
-	_, _ = w.Write(b)
+	sw := &startedWriter{w: w}
+	if err := s.st.ExportTo(sw); err != nil {
+		if !sw.started {
+			w.Header().Del("Content-Type")
+			s.fail(w, r, err)
+			return
+		}
+		s.log.Error("export cut short", zap.Error(err))
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// startedWriter records whether anything was written to w.
+type startedWriter struct {
+	w       io.Writer
+	started bool
+}
+
+func (s *startedWriter) Write(p []byte) (int, error) {
+	s.started = true
+	return s.w.Write(p)
 }
 
 func (s *Server) handleUser(w http.ResponseWriter, r *http.Request) {

@@ -1,8 +1,10 @@
 package storage
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"slices"
 	"time"
 
@@ -164,6 +166,181 @@ func (s *Store) Export() (*Snapshot, error) {
 		return nil, fmt.Errorf("storage: export: %w", err)
 	}
 	return snap, nil
+}
+
+// ExportTo writes the canonical snapshot to w as it reads the store, in one
+// read transaction: the bytes MarshalSnapshot(Export()) would give, in
+// memory bounded by one record rather than by the store. A group's members
+// are read from the members bucket (group, user) instead of being collected
+// from every user first. On an error the output stops where it was, so a
+// reader of w must treat only a nil error as a complete snapshot.
+func (s *Store) ExportTo(w io.Writer) error {
+	bw := bufio.NewWriterSize(w, 64<<10)
+	err := s.view(func(tx *bolt.Tx) error {
+		t := newTxn(tx)
+		e := &exportWriter{w: bw}
+		e.open("directories")
+		err := t.dirs.ForEach(func(_, v []byte) error {
+			var d dirRec
+			if err := json.Unmarshal(v, &d); err != nil {
+				return err
+			}
+			state := "active"
+			if d.Deleted {
+				state = "deleted"
+			}
+			return e.item(ExportDirectory{ID: d.ID, OrganizationID: d.OrganizationID, Name: d.Name, State: state})
+		})
+		if err != nil {
+			return err
+		}
+		e.close()
+		held, err := s.heldUsers(t)
+		if err != nil {
+			return err
+		}
+		e.open("users")
+		err = t.users.ForEach(func(_, v []byte) error {
+			u, err := decodeUser(v)
+			if err != nil {
+				return err
+			}
+			if u.Deleted && held[u.ID] == 0 {
+				return nil
+			}
+			eu, err := s.exportUser(t, u, held[u.ID])
+			if err != nil {
+				return err
+			}
+			t.forget()
+			return e.item(eu)
+		})
+		if err != nil {
+			return err
+		}
+		e.close()
+		e.open("groups")
+		floors := map[string]key{}
+		err = t.groups.ForEach(func(_, v []byte) error {
+			g, err := decodeGroup(v)
+			if err != nil {
+				return err
+			}
+			if g.Deleted {
+				return nil
+			}
+			m := []string{}
+			err = eachPrefix(t.members, g.ID, func(uid string) error {
+				u, err := getUser(t.users, []byte(uid))
+				if err != nil || u == nil || u.Deleted {
+					return err
+				}
+				floor, ok := floors[u.DirectoryID]
+				if !ok {
+					if floor, err = s.floor(t, u.DirectoryID); err != nil {
+						return err
+					}
+					floors[u.DirectoryID] = floor
+				}
+				mr, err := getMember(t.members, pair(g.ID, uid))
+				if err != nil {
+					return err
+				}
+				if isMember(mr, g, u, floor) {
+					m = append(m, uid)
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			t.forget()
+			return e.item(ExportGroup{ID: g.ID, DirectoryID: g.DirectoryID, OrganizationID: g.OrganizationID, IdpID: g.IdpID, Name: g.Name, Members: m})
+		})
+		if err != nil {
+			return err
+		}
+		e.close()
+		hs, err := s.holds(t, true)
+		if err != nil {
+			return err
+		}
+		e.open("holds")
+		for _, h := range hs {
+			err := e.item(ExportHold{ID: h.ID, Kind: h.Kind, OrganizationID: h.OrganizationID, UserID: h.UserID,
+				Badge: h.Badge, EventID: h.EventID, Deferred: h.Deferred, Users: h.Users, MovedTo: h.MovedTo, Reason: h.Reason})
+			if err != nil {
+				return err
+			}
+		}
+		e.close()
+		e.str("\n}\n")
+		return e.err
+	})
+	if err != nil {
+		return fmt.Errorf("storage: export: %w", err)
+	}
+	return bw.Flush()
+}
+
+// exportWriter writes the snapshot's JSON as json.MarshalIndent(snap, "",
+// "  ") lays it out: each list a field of the top object, each element
+// indented by four spaces.
+type exportWriter struct {
+	w      *bufio.Writer
+	lists  int  // lists opened so far
+	filled bool // the open list has an element
+	err    error
+}
+
+func (e *exportWriter) str(s string) {
+	if e.err == nil {
+		_, e.err = e.w.WriteString(s)
+	}
+}
+
+func (e *exportWriter) open(name string) {
+	if e.lists == 0 {
+		e.str("{\n")
+	} else {
+		e.str(",\n")
+	}
+	e.lists++
+	e.filled = false
+	e.str(`  "` + name + `": [`)
+}
+
+func (e *exportWriter) item(v any) error {
+	b, err := json.MarshalIndent(v, "    ", "  ")
+	if err != nil {
+		return err
+	}
+	if e.filled {
+		e.str(",")
+	}
+	e.filled = true
+	e.str("\n    ")
+	if e.err == nil {
+		_, e.err = e.w.Write(b)
+	}
+	return e.err
+}
+
+func (e *exportWriter) close() {
+	if e.filled {
+		e.str("\n  ")
+	}
+	e.str("]")
+}
+
+// forget drops what a read transaction cached, so that a walk over every
+// user keeps one user's records in memory, not the store's.
+func (t *txn) forget() {
+	clear(t.userCache)
+	clear(t.memberCache)
+	if len(t.groupCache) > 4096 {
+		clear(t.groupCache)
+	}
 }
 
 // exportUser renders u as the snapshot shows it: its fields as WorkOS sent

@@ -115,6 +115,13 @@ var (
 		bktOpenHolds, bktOrgAdmins, bktDeprov, bktPaused, bktOrgUsers, bktDrops, bktOrgHolders}
 )
 
+// initialMmapSize is the address space bbolt maps at once (not memory: only
+// the pages read count). While the file fits in it, a growing file needs no
+// remap, and a remap waits for every read transaction: without this, a long
+// read (a snapshot or export of a large store) would stall the worker's
+// commits, and the reads queued behind them, for its whole length.
+const initialMmapSize = 32 << 30
+
 // Open opens (creating if needed) the store at opts.Path. A file that is not
 // a usable store (truncated, overwritten, both meta pages invalid) is an
 // error wrapping ErrDamaged, never a panic.
@@ -148,7 +155,8 @@ func Open(opts Options) (st *Store, err error) {
 			st, err = nil, fmt.Errorf("storage: open %s: %w: %v", opts.Path, ErrDamaged, r)
 		}
 	}()
-	db, err = bolt.Open(opts.Path, 0o600, &bolt.Options{Timeout: opts.OpenTimeout, NoSync: opts.NoSync, FreelistType: bolt.FreelistMapType})
+	db, err = bolt.Open(opts.Path, 0o600, &bolt.Options{Timeout: opts.OpenTimeout, NoSync: opts.NoSync, FreelistType: bolt.FreelistMapType,
+		InitialMmapSize: initialMmapSize})
 	if err != nil {
 		if errors.Is(err, bolt.ErrTimeout) {
 			return nil, fmt.Errorf("storage: open %s: %w (is another dsyncd running?)", opts.Path, ErrInUse)

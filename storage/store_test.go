@@ -83,6 +83,7 @@ func mustExport(t testing.TB, st *storage.Store) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
+	checkStreamedExport(t, st, b)
 	return b
 }
 

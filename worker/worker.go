@@ -93,6 +93,9 @@ type Options struct {
 	OnBatch func(BatchReport)
 	// OnYield, if set, is called with each pause made while yielding.
 	OnYield func(time.Duration)
+	// Hurry, if set and true, stops the yielding: the events waiting in
+	// the stream near its cap (MaxBytes), which only applying them frees.
+	Hurry func() bool
 	// CPU returns the CPU-seconds the process left unused and had in all
 	// so far: a yielding phase that left more than 15% unused ends the
 	// yielding (the CPU is not what limits the receiver). Default: the Go
@@ -501,7 +504,7 @@ func (w *Worker) yield(ctx context.Context, took time.Duration, arrived uint64) 
 	} else if w.behind < uint64(w.opts.BatchSize) {
 		w.catchUp = false
 	}
-	if w.catchUp {
+	if w.catchUp || (w.opts.Hurry != nil && w.opts.Hurry()) {
 		w.gov.calm(now, n)
 		return true
 	}

@@ -23,6 +23,12 @@
 // in the temporary directory, the same sync policy) and points the daemon at
 // it with DSYNCD_NATS_URL, so that the two processes' memory is reported
 // apart: `make bench-e2e-external`. Everything is bounded by -timeout.
+//
+// For the scale runs (`make bench-scale`, scale.go): -reads N GETs
+// /v1/users/{id} of random users N times a second during the sync and reports
+// their latency; -max-bytes sets nats.max_bytes; the report adds the daemon's
+// peak anonymous and file-backed memory (sampled every second), the stream's
+// size at the end, and the snapshots taken and events purged.
 package main
 
 import (
@@ -59,6 +65,8 @@ type options struct {
 	client      string
 	timeout     time.Duration
 	keep        bool
+	reads       int
+	maxBytes    int64
 }
 
 func main() {
@@ -78,6 +86,8 @@ func main() {
 	flag.StringVar(&o.daemonEnv, "daemon-env", "", "extra KEY=VALUE[,KEY=VALUE] for the daemon only, e.g. GOMEMLIMIT=150MiB")
 	flag.DurationVar(&o.timeout, "timeout", 20*time.Minute, "bound on the whole run")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary data directory")
+	flag.IntVar(&o.reads, "reads", 0, "GET /v1/users/{id} of random users this many times a second during the sync, and report their latency (0 = none; needs the daemon this run starts)")
+	flag.Int64Var(&o.maxBytes, "max-bytes", 0, "nats.max_bytes of the daemon this run starts (0 = the default, 1 GiB)")
 	flag.Parse()
 	if o.concurrency < 1 || o.users < 0 || o.groups < 0 || o.memberships < 0 || o.changes < 0 {
 		fmt.Fprintln(os.Stderr, "dsyncd-load: counts must be >= 0 and -concurrency >= 1")
@@ -114,6 +124,7 @@ func run(ctx context.Context, o options) error {
 	fmt.Printf("generated %d events (%s of JSON, %.0f B/event) in %s\n", len(stream), harness.MiB(bytesTotal), float64(bytesTotal)/float64(max(1, len(stream))), genTime.Round(time.Millisecond))
 
 	base := o.url
+	var dataDir string
 	var d, ns *harness.Daemon
 	ctl := harness.NewClient(4, 15*time.Second)
 	if base == "" {
@@ -132,7 +143,8 @@ func run(ctx context.Context, o options) error {
 		}
 		listen := fmt.Sprintf("127.0.0.1:%d", port)
 		cfg := filepath.Join(dir, "dsyncd.yaml")
-		if err := harness.WriteConfig(cfg, harness.Config{DataDir: filepath.Join(dir, "data"), Listen: listen, Secret: o.secret, AdminRule: true}); err != nil {
+		dataDir = filepath.Join(dir, "data")
+		if err := harness.WriteConfig(cfg, harness.Config{DataDir: dataDir, Listen: listen, Secret: o.secret, AdminRule: true, MaxBytes: o.maxBytes}); err != nil {
 			return err
 		}
 		d = &harness.Daemon{Bin: o.bin, Config: cfg, Listen: listen, LogPath: filepath.Join(dir, "dsyncd.log")}
@@ -200,6 +212,14 @@ func run(ctx context.Context, o options) error {
 	sctx, stopSampler := context.WithCancel(ctx)
 	cpu0 := cpuTimes(d, ns)
 	start := time.Now()
+	var mem memPeak
+	var rd *reader
+	if d != nil {
+		if rd, err = startReader(ctx, base, dataDir, o.seed, o.users, o.reads); err != nil {
+			stopSampler()
+			return err
+		}
+	}
 	go func() {
 		defer close(sampleDone)
 		tick := time.NewTicker(time.Second)
@@ -210,6 +230,7 @@ func run(ctx context.Context, o options) error {
 				return
 			case <-tick.C:
 			}
+			mem.sample(d)
 			if m, err := harness.Scrape(sctx, ctl, base); err == nil {
 				samples = append(samples, lagSample{at: time.Since(start), acked: float64(acked.Load()),
 					processed: m.Processed() - before.Processed(), pending: m.Pending()})
@@ -277,6 +298,8 @@ func run(ctx context.Context, o options) error {
 	cpu := cpuTimes(d, ns).minus(cpu0)
 	stopSampler()
 	<-sampleDone
+	mem.sample(d)
+	readLat, readErrs := rd.finish()
 	if err != nil {
 		return fmt.Errorf("waiting for the worker: %w", err)
 	}
@@ -341,6 +364,7 @@ func run(ctx context.Context, o options) error {
 	if d != nil {
 		t.Add("daemon peak RSS (VmHWM)", harness.MiB(st.VmHWM))
 		t.Add("daemon RSS at end (anon + file)", fmt.Sprintf("%s (%s + %s)", harness.MiB(st.VmRSS), harness.MiB(st.RssAnon), harness.MiB(st.RssFile)))
+		t.Add("daemon peak anon / peak file (sampled 1/s)", fmt.Sprintf("%s / %s", harness.MiB(mem.anon), harness.MiB(mem.file)))
 		t.Add("graceful stop (SIGTERM)", stopTook.Round(time.Millisecond))
 		if ns != nil {
 			t.Add("nats-server peak RSS (VmHWM)", harness.MiB(nst.VmHWM))
@@ -348,6 +372,22 @@ func run(ctx context.Context, o options) error {
 		}
 	} else {
 		t.Add("daemon peak RSS", "n/a (-url: not our process)")
+	}
+	if rd != nil {
+		t.Add("GET /v1/users/{id} during the sync p50 / p99 / max", fmt.Sprintf("%s / %s / %s (%d reads, %d errors)",
+			harness.Ms(harness.Percentile(readLat, 50)), harness.Ms(harness.Percentile(readLat, 99)), harness.Ms(harness.Percentile(readLat, 100)), len(readLat), readErrs))
+	}
+	if _, ok := final["dsyncd_stream_bytes"]; ok {
+		t.Add("stream at the end (bytes / cap)", fmt.Sprintf("%s / %s", harness.MiB(int64(final["dsyncd_stream_bytes"])), harness.MiB(int64(final["dsyncd_stream_max_bytes"]))))
+	}
+	if n, ok := final["dsyncd_stream_purged_total"]; ok {
+		snaps := 0.0
+		for k, v := range final {
+			if strings.HasPrefix(k, "dsyncd_snapshots_total{") {
+				snaps += v
+			}
+		}
+		t.Add("snapshots taken / events purged from the stream", fmt.Sprintf("%.0f / %.0f (last snapshot took %.1f s)", snaps, n, final["dsyncd_snapshot_seconds"]))
 	}
 	t.Print(os.Stdout)
 

@@ -242,4 +242,16 @@ func (c *apiClient) backup(ctx context.Context, w io.Writer) (int64, error) {
 	return n, nil
 }
 
-func (c *apiClient) export(ctx context.Context) ([]byte, error) { return c.read(ctx, "/v1/export") }
+// export streams GET /v1/export to w; a body cut short (the daemon failed
+// half way) is an error.
+func (c *apiClient) export(ctx context.Context, w io.Writer) error {
+	resp, err := c.send(ctx, http.MethodGet, "/v1/export")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if _, err := io.Copy(w, resp.Body); err != nil {
+		return fmt.Errorf("GET /v1/export: %w", err)
+	}
+	return nil
+}

@@ -35,6 +35,11 @@ type daemon struct {
 	w   *worker.Worker
 	srv *server.Server
 	bg  *reconcile.Background // Events API poller and periodic reconcile, when configured
+	// snap takes the store's snapshots and purges the stream behind them
+	// (snapshot.go); nil with store.snapshots_kept 0.
+	snap       *snapshotter
+	snapCancel context.CancelFunc
+	snapDone   chan struct{}
 	// apiToken is the bearer token /v1 requires: api.token, or the one in
 	// <data_dir>/api.token.
 	apiToken string
@@ -94,8 +99,21 @@ func queueOptions(cfg config.Config) queue.Options {
 		// the dead letters at their cap, and the leases. An unlimited stream (max_bytes 0)
 		// leaves the disk limit to the server's default (a share of the disk).
 		MaxMemory: 256 << 20,
-		MaxStore:  2*cfg.NATS.MaxBytes + 4*queue.LeaseBucketBytes, // and the lease bucket
+		MaxStore:  maxStore(cfg),
 	}
+}
+
+// maxStore is the embedded server's JetStream storage limit: the stream and
+// the dead letters at their cap, plus, with snapshots, room for them (they
+// grow with the store; the disk is their real bound).
+func maxStore(cfg config.Config) int64 {
+	if cfg.NATS.MaxBytes == 0 {
+		return 0
+	}
+	if cfg.Store.SnapshotsKept > 0 {
+		return 2*cfg.NATS.MaxBytes + 1<<40
+	}
+	return 2*cfg.NATS.MaxBytes + 4*queue.LeaseBucketBytes // and the lease bucket
 }
 
 // Open starts every component. On error, what was started is closed.
@@ -149,6 +167,10 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 				zap.String("mode", fi.Mode().Perm().String()))
 		}
 	}
+	d.snap = newSnapshotter(d.cfg, d.q, d.st, d.log)
+	if d.snap != nil {
+		d.snap.active = d.Leader
+	}
 	verifier := events.NewVerifier(d.cfg.Webhook.Secrets, d.cfg.Webhook.Tolerance)
 	if d.clock != nil {
 		verifier = verifier.WithClock(d.clock)
@@ -173,10 +195,20 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 		DeadLetters:       dlqStore{q: d.q, st: d.st, ctl: d.ctl},
 		Decisions:         d.ctl,
 		NoStore:           !d.cfg.Worker.Enabled,
+		Snapshots:         d.snap.api(),
 	}, verifier, d.q, d.st, d.log)
 	applied, _, err := d.st.AppliedSeq()
 	if err != nil {
 		return refuseDamaged(d.st.Path(), err)
+	}
+	if d.cfg.Worker.Enabled {
+		// The consumer exists before the node says it is ready: from then
+		// on no purge (another node's snapshot) passes its position.
+		if _, err := d.q.ConsumerAfter(ctx, d.durable, d.cfg.Worker.AckWait, applied); errors.Is(err, queue.ErrPurged) {
+			return fmt.Errorf("store %s: %w: run dsyncd rebuild, which starts from the newest snapshot, then start it", d.st.Path(), err)
+		} else if err != nil {
+			return fmt.Errorf("%s: %w", natsKeys(d.cfg), err)
+		}
 	}
 	d.w = worker.New(d.q, d.st, worker.Options{
 		Durable:      d.durable,
@@ -190,6 +222,7 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 		Inflow:       d.srv.Stats().Received.Load,
 		OnBatch:      d.metrics.observeBatch,
 		OnYield:      d.metrics.observeYield,
+		Hurry:        d.snap.hurry,
 	}, d.log)
 	wctx, cancel := context.WithCancel(context.Background())
 	d.workerCancel = cancel
@@ -203,6 +236,9 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 		if err := d.campaign(ctx); err != nil {
 			return err
 		}
+		sctx, scancel := context.WithCancel(context.Background())
+		d.snapCancel, d.snapDone = scancel, make(chan struct{})
+		go func() { defer close(d.snapDone); d.snap.run(sctx) }()
 		bo := backgroundOptions(d.cfg)
 		bo.Active, bo.PublishCorrections = d.Leader, true
 		d.bg = reconcile.StartBackground(bo, d.q, d.st, d.log)
@@ -211,6 +247,7 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 		d.log.Info("receiver-only node (worker.enabled: false): webhooks are stored in the stream, nothing is applied here", zap.String("node", d.node))
 	}
 	d.metrics.register(d)
+	d.snap.register(d.metrics.reg)
 	if err := d.srv.Open(); err != nil {
 		return fmt.Errorf("http.listen %s, webhook.path %s: %w", d.cfg.HTTP.Listen, d.cfg.Webhook.Path, err)
 	}
@@ -298,7 +335,7 @@ func (d *daemon) ready(ctx context.Context) error {
 	if d.cfg.Worker.Enabled && !d.w.Attached() {
 		return errors.New("worker: not consuming")
 	}
-	return nil
+	return d.snap.streamFull()
 }
 
 // degraded lists what works but needs attention: the Events API refusing
@@ -359,6 +396,10 @@ func (d *daemon) Close() error {
 		}
 		d.leaderLease.Release()
 		d.bg.Stop()
+		if d.snapCancel != nil {
+			d.snapCancel()
+			<-d.snapDone
+		}
 		if d.workerCancel != nil {
 			d.workerCancel()
 			<-d.workerDone

@@ -27,12 +27,7 @@ reads the store file (store.path). --offline reads the file without trying the A
 				return err
 			}
 			return a.withBackend(cmd.Context(), cfg, &f, func(b backend) error {
-				body, err := b.export(cmd.Context())
-				if err != nil {
-					return err
-				}
-				_, err = a.stdout.Write(body)
-				return err
+				return b.export(cmd.Context(), a.stdout)
 			})
 		},
 	}

@@ -244,14 +244,10 @@ func (o *offlineBackend) backup(_ context.Context, w io.Writer) (int64, error) {
 	return st.BackupTo(w)
 }
 
-func (o *offlineBackend) export(context.Context) ([]byte, error) {
+func (o *offlineBackend) export(_ context.Context, w io.Writer) error {
 	st, err := o.store()
 	if err != nil {
-		return nil, err
+		return err
 	}
-	snap, err := st.Export()
-	if err != nil {
-		return nil, err
-	}
-	return storage.MarshalSnapshot(snap)
+	return st.ExportTo(w)
 }

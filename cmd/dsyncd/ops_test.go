@@ -383,7 +383,9 @@ func TestOperationsOnlineThenOffline(t *testing.T) {
 		t.Fatalf("rebuild --dry-run:\n%s", out)
 	}
 	out = cli(t, 0, append([]string{"rebuild"}, c...)...)
-	if !strings.Contains(out, "identical to the previous store") || !strings.Contains(out, "3 undecodable") {
+	// From the newest snapshot: how many undecodable messages it left in the
+	// stream depends on when serve took it.
+	if !strings.Contains(out, "identical to the previous store") || !strings.Contains(out, "from snapshot snapshot-") {
 		t.Errorf("rebuild:\n%s", out)
 	}
 	storePath := d.cfg.StorePath()
@@ -406,7 +408,9 @@ func TestOperationsOnlineThenOffline(t *testing.T) {
 	out = cli(t, 0, append([]string{"rebuild", "--from", backupFile, "--format", "json"}, c...)...)
 	var rep rebuildReport
 	mustf(t, json.Unmarshal([]byte(out), &rep), "rebuild --from json: %s", out)
-	if !rep.Identical || rep.Outcomes.Applied != 0 || rep.Outcomes.Duplicate != 7 {
+	// (The stream holds the events after the oldest kept snapshot: those
+	// the backup has come back as duplicates, if any are left.)
+	if !rep.Identical || rep.Outcomes.Applied != 0 || rep.Outcomes.Duplicate+rep.Outcomes.Invalid+rep.Decisions != int(rep.Messages) {
 		t.Errorf("rebuild --from the hot backup = %+v", rep)
 	}
 	if got := storeFileSnapshot(t, storePath); got != live {

@@ -43,8 +43,16 @@ type rebuildReport struct {
 	// SkippedDropped: events an operator dropped from the dead-letter stream.
 	SkippedDropped int              `json:"skipped_dropped"`
 	Failed         []rebuildFailure `json:"failed"`
+	// Decisions: control messages (operators' decisions, mapping changes)
+	// applied where the live nodes applied them; drops are carried over
+	// from the previous store instead, and counted here too.
+	Decisions int `json:"decisions"`
 	// From is the backup the rebuild started from, if any.
 	From string `json:"from,omitempty"`
+	// Snapshot is the snapshot it started from, if any, and SnapshotSeq the
+	// stream sequence that snapshot covers: only later events were applied.
+	Snapshot    string `json:"snapshot,omitempty"`
+	SnapshotSeq uint64 `json:"snapshot_seq,omitempty"`
 	// Compared: the previous store could be read and was compared with the new one.
 	Compared    bool     `json:"compared"`
 	Identical   bool     `json:"identical"`
@@ -64,8 +72,8 @@ func (a *app) rebuildCommand() *cobra.Command {
 	var o rebuildOptions
 	var format string
 	cmd := &cobra.Command{
-		Use:   "rebuild --config FILE [--dry-run] [--allow-partial] [--format text|json]",
-		Short: "Rebuild the store from the events still retained in the JetStream stream",
+		Use:   "rebuild --config FILE [--dry-run] [--allow-partial] [--from BACKUP | --from-scratch] [--format text|json]",
+		Short: "Rebuild the store from its newest snapshot and the events the stream retains after it",
 		Long: `rebuild makes a fresh store from every event still retained in the events stream and
 swaps it in for the current one. Use it when the store is lost or damaged, or to
 recompute it after a fix in how events are applied.
@@ -73,9 +81,13 @@ recompute it after a fix in how events are applied.
 It needs serve stopped: it takes the store's lock and opens the embedded NATS server's
 data directory itself. With serve running it refuses.
 
-  1. The configured mapping is applied to a new, empty store file beside the store
-     (<store>.rebuild); with --from BACKUP, to a copy of that backup instead.
-  2. Every message of the stream is decoded and applied in order, in batches, through
+  1. The newest usable snapshot in nats.snapshot_bucket (dsyncd snapshot) is fetched to
+     a new store file beside the store (<store>.rebuild), its digest and consistency
+     checked (a damaged one is skipped for the next older); with --from BACKUP, a copy
+     of that backup is used instead; with --from-scratch, or when there is no snapshot,
+     an empty store. The configured mapping is applied to it.
+  2. Every message of the stream after the snapshot's sequence (every message, without
+     a snapshot) is decoded and applied in order, in batches, through
      the same code the worker uses. Messages parked in the dead-letter stream, and
      events an operator dropped from it (per the previous store's audit trail), are
      left out, as the live worker left them out. Undecodable messages are counted and
@@ -127,7 +139,8 @@ EXIT STATUS
 	}
 	cmd.Flags().BoolVar(&o.dryRun, "dry-run", false, "build and compare the new store, but keep the current one")
 	cmd.Flags().BoolVar(&o.allowPartial, "allow-partial", false, "rebuild even though the stream lost its oldest events (max_age, max_bytes)")
-	cmd.Flags().StringVar(&o.from, "from", "", "start from this backup (dsyncd backup) instead of an empty store")
+	cmd.Flags().StringVar(&o.from, "from", "", "start from this backup (dsyncd backup) instead of the newest snapshot")
+	cmd.Flags().BoolVar(&o.fromScratch, "from-scratch", false, "start from an empty store and apply every event of the stream, ignoring the snapshots")
 	formatFlag(cmd.Flags(), &format)
 	return cmd
 }
@@ -138,9 +151,10 @@ func printRebuild(a *app, r *rebuildReport) {
 	if r.DryRun {
 		verb = "dry run: would rebuild"
 	}
-	fmt.Fprintf(w, "%s %s from %sstream %s (sequences %d-%d, %d messages)\n", verb, r.Store, fromBackup(r.From), r.Stream, r.FirstSeq, r.LastSeq, r.Messages)
+	fmt.Fprintf(w, "%s %s from %s%sstream %s (sequences %d-%d, %d messages)\n", verb, r.Store, fromBackup(r.From), fromSnapshot(r), r.Stream, r.FirstSeq, r.LastSeq, r.Messages)
 	c := r.Outcomes
-	fmt.Fprintf(w, "  applied %d, duplicate %d, stale %d, ignored %d, deferred %d\n", c.Applied, c.Duplicate, c.Stale, c.Ignored, c.Deferred)
+	fmt.Fprintf(w, "  applied %d, duplicate %d, stale %d, ignored %d, deferred %d; %d decisions\n", c.Applied, c.Duplicate, c.Stale, c.Ignored, c.Deferred,
+		r.Decisions)
 	fmt.Fprintf(w, "  skipped: %d parked in the dead-letter stream, %d dropped by an operator, %d undecodable, %d failed to apply\n",
 		r.SkippedParked, r.SkippedDropped, c.Invalid, len(r.Failed))
 	for _, f := range r.Failed {
@@ -173,6 +187,7 @@ func printRebuild(a *app, r *rebuildReport) {
 type rebuildOptions struct {
 	dryRun, allowPartial bool
 	from                 string // a backup to start from
+	fromScratch          bool   // ignore the snapshots
 }
 
 func (a *app) rebuild(ctx context.Context, cfg config.Config, o rebuildOptions) (*rebuildReport, error) {
@@ -227,7 +242,26 @@ func (a *app) rebuild(ctx context.Context, cfg config.Config, o rebuildOptions) 
 	}
 	s := info.State
 	rep.FirstSeq, rep.LastSeq, rep.Messages = s.FirstSeq, s.LastSeq, s.Msgs
-	switch lost := s.FirstSeq > 1 || s.NumDeleted > 0; {
+	if o.from != "" && o.fromScratch {
+		return nil, usagef("--from and --from-scratch exclude each other")
+	}
+	newPath := storePath + ".rebuild"
+	fromSnap := false
+	if o.from == "" && !o.fromScratch {
+		sn, ok, warns, err := restoreSnapshot(ctx, cfg, q, newPath)
+		rep.Warnings = append(rep.Warnings, warns...)
+		if err != nil {
+			return nil, fmt.Errorf("%w; pass --from-scratch to rebuild from the stream alone, or --from BACKUP", err)
+		}
+		if ok {
+			fromSnap, rep.Snapshot, rep.SnapshotSeq = true, sn.Name, sn.Seq
+			defer os.Remove(newPath) // a no-op once renamed over the store
+		}
+	}
+	switch lost := s.FirstSeq > rep.SnapshotSeq+1 || (!fromSnap && s.NumDeleted > 0); {
+	case lost && fromSnap && !allowPartial:
+		return nil, fmt.Errorf("the stream %s no longer holds the events after snapshot %s (it covers sequence %d, the stream starts at %d): "+
+			"pass --allow-partial to rebuild from the snapshot anyway; the store %s is untouched", cfg.NATS.Stream, rep.Snapshot, rep.SnapshotSeq, s.FirstSeq, storePath)
 	case lost && o.from != "":
 		rep.Warnings = append(rep.Warnings, fmt.Sprintf("the stream's oldest event is from %s (sequence %d): what happened between the backup and then is not in the new store, unless the backup is newer",
 			s.FirstTime.UTC().Format(time.RFC3339), s.FirstSeq))
@@ -239,7 +273,7 @@ func (a *app) rebuild(ctx context.Context, cfg config.Config, o rebuildOptions) 
 	case lost:
 		rep.Warnings = append(rep.Warnings, fmt.Sprintf("the stream starts at sequence %d (%d removed): what the missing events did is not in the new store", s.FirstSeq, s.NumDeleted))
 	}
-	if s.Msgs == 0 && o.from == "" && oldSnap != nil && len(oldSnap.Users)+len(oldSnap.Groups) > 0 && !allowPartial {
+	if s.Msgs == 0 && o.from == "" && !fromSnap && oldSnap != nil && len(oldSnap.Users)+len(oldSnap.Groups) > 0 && !allowPartial {
 		return nil, fmt.Errorf("the stream %s is empty but the store is not: a rebuild would empty it; pass --allow-partial to do so anyway; the store %s is untouched", cfg.NATS.Stream, storePath)
 	}
 	dls, err := q.DeadLetters(ctx)
@@ -256,9 +290,10 @@ func (a *app) rebuild(ctx context.Context, cfg config.Config, o rebuildOptions) 
 
 	// 3. A new store beside the old one (empty, or a copy of the backup),
 	// the mapping, then every event.
-	newPath := storePath + ".rebuild"
-	if err := os.Remove(newPath); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, err
+	if !fromSnap { // else newPath holds the snapshot
+		if err := os.Remove(newPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
 	}
 	if o.from != "" {
 		if err := copyFile(o.from, newPath); err != nil {
@@ -281,7 +316,7 @@ func (a *app) rebuild(ctx context.Context, cfg config.Config, o rebuildOptions) 
 	if _, err := st.ApplyMapping(cfg.Mapping, "", false); err != nil {
 		return nil, fmt.Errorf("mapping: %w", err)
 	}
-	if err := applyStream(ctx, q, st, parkedSeq, parkedID, dropped, rep); err != nil {
+	if err := applyStream(ctx, q, st, rep.SnapshotSeq, parkedSeq, parkedID, dropped, rep); err != nil {
 		return nil, err
 	}
 	// The new store stands for every message of the stream: serve checks
@@ -315,7 +350,7 @@ func (a *app) rebuild(ctx context.Context, cfg config.Config, o rebuildOptions) 
 	c := rep.Outcomes
 	if err := st.RecordAudit(storage.AuditEntry{Action: actionRebuild, Reason: fmt.Sprintf(
 		"store rebuilt from %sstream %s sequences %d-%d: applied %d, duplicate %d, stale %d, deferred %d; skipped %d parked, %d dropped, %d undecodable, %d failed; previous store: %s",
-		fromBackup(o.from), rep.Stream, rep.FirstSeq, rep.LastSeq, c.Applied, c.Duplicate, c.Stale, c.Deferred, rep.SkippedParked, rep.SkippedDropped, c.Invalid, len(rep.Failed), prev)}); err != nil {
+		fromBackup(o.from)+fromSnapshot(rep), rep.Stream, rep.FirstSeq, rep.LastSeq, c.Applied, c.Duplicate, c.Stale, c.Deferred, rep.SkippedParked, rep.SkippedDropped, c.Invalid, len(rep.Failed), prev)}); err != nil {
 		return nil, err
 	}
 
@@ -416,7 +451,7 @@ func eventIDOf(msgID string) string {
 // worker's apply path, leaving out what the live worker left out, and counts
 // everything into rep. An event that fails to apply is reported and
 // skipped; a store that cannot be written stops the rebuild.
-func applyStream(ctx context.Context, q *queue.Queue, st *storage.Store, parkedSeq map[uint64]bool, parkedID, dropped map[string]bool, rep *rebuildReport) error {
+func applyStream(ctx context.Context, q *queue.Queue, st *storage.Store, after uint64, parkedSeq map[uint64]bool, parkedID, dropped map[string]bool, rep *rebuildReport) error {
 	var batch []*events.Event
 	var seqs []uint64
 	flush := func() error {
@@ -439,6 +474,9 @@ func applyStream(ctx context.Context, q *queue.Queue, st *storage.Store, parkedS
 		controls[q.ControlSubject(string(k))] = k
 	}
 	err := q.Each(ctx, func(seq uint64, subject string, data []byte) error {
+		if seq <= after { // in the snapshot the rebuild started from
+			return nil
+		}
 		if parkedSeq[seq] {
 			rep.SkippedParked++
 			return nil
@@ -446,6 +484,7 @@ func applyStream(ctx context.Context, q *queue.Queue, st *storage.Store, parkedS
 		if kind, ok := controls[subject]; ok {
 			// A decision, applied where the live nodes applied it. The
 			// drops are carried over from the previous store instead.
+			rep.Decisions++
 			if kind == storage.ControlDrop {
 				return nil
 			}
@@ -600,6 +639,13 @@ func fromBackup(path string) string {
 		return ""
 	}
 	return "backup " + path + " and "
+}
+
+func fromSnapshot(r *rebuildReport) string {
+	if r.Snapshot == "" {
+		return ""
+	}
+	return fmt.Sprintf("snapshot %s and the ", r.Snapshot)
 }
 
 func dropKey(e storage.AuditEntry) string {

@@ -58,7 +58,7 @@ func TestRebuildReportsAndSkipsAnEventThatFailsToApply(t *testing.T) {
 	defer st.Close()
 
 	rep := &rebuildReport{}
-	mustf(t, applyStream(ctx, q, st, map[uint64]bool{}, map[string]bool{}, map[string]bool{}, rep), "applyStream")
+	mustf(t, applyStream(ctx, q, st, 0, map[uint64]bool{}, map[string]bool{}, map[string]bool{}, rep), "applyStream")
 	if len(rep.Failed) != 1 || rep.Failed[0].Seq != 2 || rep.Failed[0].EventID != "bad" || rep.Failed[0].Error == "" {
 		t.Fatalf("failed = %+v, want event bad at seq 2 with its error", rep.Failed)
 	}
@@ -72,7 +72,7 @@ func TestRebuildReportsAndSkipsAnEventThatFailsToApply(t *testing.T) {
 	}
 
 	mustf(t, st.Close(), "close")
-	err = applyStream(ctx, q, st, map[uint64]bool{}, map[string]bool{}, map[string]bool{}, &rebuildReport{})
+	err = applyStream(ctx, q, st, 0, map[uint64]bool{}, map[string]bool{}, map[string]bool{}, &rebuildReport{})
 	if !errors.Is(err, storage.ErrClosed) {
 		t.Fatalf("applyStream into a closed store = %v, want it to stop with ErrClosed", err)
 	}

@@ -133,7 +133,7 @@ Configuration comes from a YAML file (--config), then DSYNCD_* environment varia
 	root.AddCommand(a.replayCommand(), a.sendCommand(), a.exportCommand(), a.serveCommand(), a.versionCommand(),
 		a.planCommand(), a.applyCommand(), a.resumeCommand(),
 		a.holdsCommand(), a.auditCommand(), a.whyCommand(), a.dlqCommand(), a.backupCommand(), a.rebuildCommand(), a.checkConfigCommand(),
-		a.reconcileCommand())
+		a.reconcileCommand(), a.snapshotCommand())
 	markUsageErrors(root)
 	return root
 }

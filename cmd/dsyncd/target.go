@@ -90,8 +90,9 @@ type backend interface {
 	// resume resumes a paused organisation, or with dryRun previews it.
 	resume(ctx context.Context, org string, dryRun bool) (*storage.Plan, error)
 	backup(ctx context.Context, w io.Writer) (int64, error)
-	// export returns the canonical snapshot, as GET /v1/export.
-	export(ctx context.Context) ([]byte, error)
+	// export writes the canonical snapshot to w as it reads it, as GET
+	// /v1/export; only a nil error means w has all of it.
+	export(ctx context.Context, w io.Writer) error
 	server.DeadLetters
 	// online reports whether the operations go through a running daemon.
 	online() bool
