@@ -210,7 +210,7 @@ func runCluster(ctx context.Context, o options) error {
 	t.Add("ingest: events/s (2xx, all nodes)", fmt.Sprintf("%.0f (last 2xx after %s; %d attempts refused and retried)", n/ingest.Seconds(),
 		ingest.Round(time.Millisecond), refused.Load()))
 	t.Add("time until every node applied all and the exports are equal", fmt.Sprintf("%s (%s after the last 2xx); export %s", converged.Round(time.Millisecond),
-		(converged - ingest).Round(time.Millisecond), harness.MiB(int64(len(export)))))
+		(converged-ingest).Round(time.Millisecond), harness.MiB(int64(len(export)))))
 	var dsum, nsum time.Duration
 	for i, d := range nodes {
 		st, _ := d.Status()
