@@ -544,3 +544,17 @@ func getStatus(t *testing.T, url string) int {
 	resp.Body.Close()
 	return resp.StatusCode
 }
+
+// TestApplyRefusesOnANodeOfACluster: a stopped node's store changed alone
+// would leave the others; its mapping comes from the stream.
+func TestApplyRefusesOnANodeOfACluster(t *testing.T) {
+	dir := t.TempDir()
+	cfg := writeFile(t, dir, "dsyncd.yaml", "data_dir: "+filepath.Join(dir, "data")+"\nwebhook: {secrets: ["+testSecret+"]}\nnode: {id: app-1}\n"+adminMappingYAML)
+	code, _, errOut := runCLI(t, "apply", "--config", cfg)
+	if code == 0 || !strings.Contains(errOut, "node.id app-1: a node of a cluster takes its mapping from the stream") {
+		t.Fatalf("apply on a node of a cluster: exit %d, stderr %q", code, errOut)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "data", "dsyncd.db")); !os.IsNotExist(err) {
+		t.Errorf("apply created or changed the store although it refused: %v", err)
+	}
+}
