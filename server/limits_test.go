@@ -318,8 +318,8 @@ func TestPermanentBadInputGets400WithAReason(t *testing.T) {
 			if c.want != 400 {
 				return
 			}
-			var ans struct{ Error, Detail string }
-			if err := json.Unmarshal(b, &ans); err != nil || ans.Error != c.reason || !strings.Contains(ans.Detail, c.detail) {
+			var ans server.ErrorBody
+			if err := json.Unmarshal(b, &ans); err != nil || ans.Error.Code != c.reason || !strings.Contains(ans.Error.Message, c.detail) {
 				t.Fatalf("answer %s, want error %q and a detail with %q", b, c.reason, c.detail)
 			}
 			if len(b) > 512 {

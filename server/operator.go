@@ -60,7 +60,7 @@ type Decisions interface {
 }
 
 // operatorRoutes registers the operator routes, each behind authed.
-func (s *Server) operatorRoutes(mux *http.ServeMux) {
+func (s *Server) operatorRoutes(mux *router) {
 	mux.HandleFunc("GET /v1/holds", s.authed(func(w http.ResponseWriter, r *http.Request) {
 		hs, err := s.st.Holds(r.URL.Query().Get("all") != "true")
 		s.reply(w, r, map[string]any{"holds": nonNil(hs)}, err)
@@ -113,7 +113,7 @@ func (s *Server) operatorRoutes(mux *http.ServeMux) {
 	}
 }
 
-func (s *Server) deadLetterRoutes(mux *http.ServeMux, dlq DeadLetters) {
+func (s *Server) deadLetterRoutes(mux *router, dlq DeadLetters) {
 	seq := func(w http.ResponseWriter, r *http.Request) (uint64, bool) {
 		n, err := strconv.ParseUint(r.PathValue("seq"), 10, 64)
 		if err != nil {
@@ -171,46 +171,85 @@ func (s *Server) handleBackup(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// publicError is an answer a handler chose, with a message for the client.
+// publicError is an answer a handler chose, with a code and a message for the client.
 type publicError struct {
 	status int
+	code   string
 	msg    string
 }
 
 func (e *publicError) Error() string { return e.msg }
 
-func badRequest(msg string) error { return &publicError{http.StatusBadRequest, msg} }
+func badRequest(msg string) error { return &publicError{http.StatusBadRequest, CodeBadRequest, msg} }
+
+func notFound(msg string) error { return &publicError{http.StatusNotFound, CodeNotFound, msg} }
+
+// The codes of /v1's error answers ({"error":{"code","message"}}): one per
+// status errorStatus answers, and the guard's refusals (authed). The
+// webhook's refusals carry their reason (Reasons) as code.
+const (
+	CodeBadRequest  = "bad_request"
+	CodeNotFound    = "not_found"
+	CodeConflict    = "conflict"
+	CodeInternal    = "internal"
+	CodeForeignHost = "foreign_host"
+	CodeToken       = "unauthorized"
+	CodeContentType = ReasonContentType
+	// CodeUnavailable: a decision could not be taken now (the stream
+	// unreachable, or not yet applied on this node), or a receiver-only
+	// node has no store to answer from (503).
+	CodeUnavailable = "unavailable"
+)
 
 // errorStatus is the one mapping of a /v1 handler's error to its answer:
 // what the handler chose (publicError); the store's (and the dead letters')
 // sentinel errors, whose text names only what the client asked for; and for
 // anything else 500 with a generic message, never the error's text (paths,
 // addresses, internals), which the caller logs instead.
-func errorStatus(err error) (status int, msg string) {
+func errorStatus(err error) (status int, code, msg string) {
 	var pe *publicError
 	var un interface{ Unavailable() bool }
 	switch {
 	case errors.As(err, &pe):
-		return pe.status, pe.msg
+		return pe.status, pe.code, pe.msg
 	case errors.As(err, &un) && un.Unavailable():
-		return http.StatusServiceUnavailable, err.Error()
+		return http.StatusServiceUnavailable, CodeUnavailable, err.Error()
 	case errors.Is(err, storage.ErrNotFound):
-		return http.StatusNotFound, err.Error()
+		return http.StatusNotFound, CodeNotFound, err.Error()
 	case errors.Is(err, storage.ErrHoldClosed), errors.Is(err, storage.ErrNotPaused), errors.Is(err, storage.ErrUnmapChoice),
 		errors.Is(err, storage.ErrNotRejectable):
-		return http.StatusConflict, err.Error()
+		return http.StatusConflict, CodeConflict, err.Error()
 	}
-	return http.StatusInternalServerError, "internal error"
+	return http.StatusInternalServerError, CodeInternal, "internal error"
 }
 
 // fail answers a /v1 request with err's status and public message; an
 // internal error is logged here, once.
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
-	status, msg := errorStatus(err)
+	status, code, msg := errorStatus(err)
 	if status == http.StatusInternalServerError {
 		s.log.Error("api request failed", zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.Error(err))
 	}
-	writeJSON(w, status, map[string]string{"error": msg})
+	writeError(w, status, code, msg)
+}
+
+// ErrorBody is every error answer of the server, /v1 and the webhook:
+// {"error":{"code","message"}}. Code is a stable word a program may test
+// (not_found, bad_request, conflict, internal, unauthorized, foreign_host,
+// and the webhook's refusal reasons); Message is for humans.
+type ErrorBody struct {
+	Error ErrorDetail `json:"error"`
+}
+
+// ErrorDetail is the inside of ErrorBody.
+type ErrorDetail struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// writeError answers status with the one error shape.
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, ErrorBody{ErrorDetail{Code: code, Message: msg}})
 }
 
 // reply answers an operator route: v on success, else as fail.

@@ -55,8 +55,8 @@ func TestAnInternalErrorIsLoggedNeverSent(t *testing.T) {
 			rec := httptest.NewRecorder()
 			h.ServeHTTP(rec, req)
 			body := rec.Body.String()
-			if rec.Code != http.StatusInternalServerError || strings.TrimSpace(body) != `{"error":"internal error"}` {
-				t.Errorf("%d %s, want 500 {\"error\":\"internal error\"}", rec.Code, body)
+			if rec.Code != http.StatusInternalServerError || strings.TrimSpace(body) != `{"error":{"code":"internal","message":"internal error"}}` {
+				t.Errorf("%d %s, want 500 with code internal and message \"internal error\"", rec.Code, body)
 			}
 			if strings.Contains(body, secret) {
 				t.Errorf("the body tells the internal error: %s", body)

@@ -37,6 +37,7 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -161,6 +162,9 @@ type Server struct {
 	refusals *refusalLog
 	inflight budget
 
+	mu     sync.Mutex
+	routes []string // the patterns Handler registered
+
 	ln        *connLimiter
 	srv       *http.Server
 	done      chan struct{}
@@ -225,7 +229,7 @@ func (s *Server) Stats() *Stats { return &s.stats }
 
 // Handler returns the server's routes.
 func (s *Server) Handler() http.Handler {
-	mux := http.NewServeMux()
+	mux := &router{ServeMux: http.NewServeMux()}
 	if !s.opts.WebhookDisabled {
 		mux.HandleFunc(s.opts.WebhookPath, s.handleWebhook)
 	}
@@ -233,20 +237,71 @@ func (s *Server) Handler() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", s.handleReady)
+	mux.HandleFunc("GET /v1/openapi.json", handleOpenAPI) // a schema: no token (readapi.go)
 	mux.HandleFunc("GET /v1/export", s.authed(s.handleExport))
 	mux.HandleFunc("GET /v1/users/{id}", s.authed(s.handleUser))
 	mux.HandleFunc("GET /v1/directories/{id}/users", s.authed(s.handleDirectoryUsers))
 	mux.HandleFunc("GET /v1/audit", s.authed(s.handleAudit))
+	s.readRoutes(mux)
 	s.operatorRoutes(mux)
 	if s.opts.Metrics != nil {
 		mux.Handle("GET /metrics", s.opts.Metrics)
 	}
+	// Not a route: what /v1 answers when none matches, in the one error shape.
+	mux.ServeMux.HandleFunc("/v1/", s.authed(func(w http.ResponseWriter, r *http.Request) { s.noRoute(w, r, mux.ServeMux) }))
+	s.mu.Lock()
+	s.routes = mux.patterns
+	s.mu.Unlock()
 	return mux
 }
 
-// routes is Handler, with the panic http.ServeMux raises on a pattern it
+// Routes returns the pattern of every route the last Handler registered
+// ("GET /v1/users/{id}", the webhook path, …), in the order registered:
+// what the OpenAPI document must describe.
+func (s *Server) Routes() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.routes)
+}
+
+// noRoute answers a /v1 request no route matches: 405 with Allow when the
+// path has routes for other methods, else 404.
+func (s *Server) noRoute(w http.ResponseWriter, r *http.Request, mux *http.ServeMux) {
+	var allow []string
+	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodDelete} {
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if _, p := mux.Handler(probe); p != "/v1/" && p != "" {
+			allow = append(allow, m)
+		}
+	}
+	if len(allow) > 0 {
+		w.Header().Set("Allow", strings.Join(allow, ", "))
+		s.fail(w, r, &publicError{http.StatusMethodNotAllowed, ReasonMethod, r.Method + " " + r.URL.Path + ": allowed " + strings.Join(allow, ", ")})
+		return
+	}
+	s.fail(w, r, notFound("no such route: "+r.URL.Path))
+}
+
+// router is the server's ServeMux, noting every pattern registered.
+type router struct {
+	*http.ServeMux
+	patterns []string
+}
+
+func (r *router) HandleFunc(pattern string, h func(http.ResponseWriter, *http.Request)) {
+	r.ServeMux.HandleFunc(pattern, h)
+	r.patterns = append(r.patterns, pattern)
+}
+
+func (r *router) Handle(pattern string, h http.Handler) {
+	r.ServeMux.Handle(pattern, h)
+	r.patterns = append(r.patterns, pattern)
+}
+
+// handler is Handler, with the panic http.ServeMux raises on a pattern it
 // refuses (a webhook path config did not vet) turned into an error.
-func (s *Server) routes() (h http.Handler, err error) {
+func (s *Server) handler() (h http.Handler, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("http: webhook path %q: %v", s.opts.WebhookPath, r)
@@ -258,7 +313,7 @@ func (s *Server) routes() (h http.Handler, err error) {
 // Open binds the listener (synchronously, so ":0" has a port when it
 // returns) and starts serving in the background.
 func (s *Server) Open() error {
-	handler, err := s.routes()
+	handler, err := s.handler()
 	if err != nil {
 		return err
 	}
@@ -393,8 +448,9 @@ func Reasons() []string {
 		ReasonBusy, ReasonTooManyConnections, ReasonConnectionEvicted}
 }
 
-// refuse answers status with {"error": reason} (and "detail" when answer is
-// set), counts the refusal and logs it (sampled). A refused request's
+// refuse answers status with {"error":{"code": reason, "message": answer}}
+// (answer, when empty, is the reason's own words), counts the refusal and
+// logs it (sampled). A refused request's
 // connection is closed: an unauthenticated client gets no keep-alive to
 // repeat itself on. logDetail is logged and must quote no value of the body.
 func (s *Server) refuse(w http.ResponseWriter, r *http.Request, status int, reason, logDetail, answer string) {
@@ -410,11 +466,26 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, status int, reas
 		s.log.Warn("webhook refused", fields...)
 	}
 	w.Header().Set("Connection", "close")
-	body := map[string]string{"error": reason}
-	if answer != "" {
-		body["detail"] = answer
+	if answer == "" {
+		answer = reasonMessages[reason]
 	}
-	writeJSON(w, status, body)
+	writeError(w, status, reason, answer)
+}
+
+// reasonMessages are the words of a webhook refusal whose handler gave none.
+var reasonMessages = map[string]string{
+	ReasonMethod:       "the webhook takes POST only",
+	ReasonContentType:  "the body must be JSON (Content-Type: application/json)",
+	ReasonTooLarge:     "the body is larger than the webhook accepts",
+	ReasonBodyRead:     "the body could not be read",
+	ReasonNotSigned:    "no WorkOS-Signature header",
+	ReasonMalformedSig: "the WorkOS-Signature header is malformed",
+	ReasonStale:        "the signature's timestamp is outside the tolerance",
+	ReasonBadSignature: "the signature matches no webhook secret",
+	ReasonNotEvent:     "not an event",
+	ReasonInvalidEvent: "not a valid event",
+	ReasonQueue:        "the event could not be stored; retry",
+	ReasonBusy:         "too many request bodies in flight; retry",
 }
 
 func (s *Server) handleWebhook(w http.ResponseWriter, r *http.Request) {
@@ -604,23 +675,23 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 func (s *Server) authed(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if !s.hostAllowed(r) {
-			s.refuseAPI(w, r, http.StatusMisdirectedRequest, "foreign_host",
+			s.refuseAPI(w, r, http.StatusMisdirectedRequest, CodeForeignHost,
 				"Host "+strconv.Quote(r.Host)+" is not this server: /v1 answers requests for its listen address, loopback or http.allowed_hosts")
 			return
 		}
 		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if !ok || s.opts.APIToken == "" || subtle.ConstantTimeCompare([]byte(got), []byte(s.opts.APIToken)) != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="dsyncd"`)
-			s.refuseAPI(w, r, http.StatusUnauthorized, "token", "missing or wrong bearer token")
+			s.refuseAPI(w, r, http.StatusUnauthorized, CodeToken, "missing or wrong bearer token")
 			return
 		}
 		if r.Method != http.MethodGet && r.Method != http.MethodHead && !isJSON(r.Header.Get("Content-Type")) {
-			s.refuseAPI(w, r, http.StatusUnsupportedMediaType, "content_type",
+			s.refuseAPI(w, r, http.StatusUnsupportedMediaType, CodeContentType,
 				"a request that changes something must have Content-Type: application/json")
 			return
 		}
 		if s.opts.NoStore {
-			s.refuseAPI(w, r, http.StatusServiceUnavailable, "receiver_only",
+			s.refuseAPI(w, r, http.StatusServiceUnavailable, CodeUnavailable,
 				"this node only receives webhooks (worker.enabled: false) and keeps no store: ask a node that applies events")
 			return
 		}
@@ -628,11 +699,11 @@ func (s *Server) authed(h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
-// refuseAPI answers a refused /v1 request and logs why.
-func (s *Server) refuseAPI(w http.ResponseWriter, r *http.Request, status int, reason, msg string) {
-	s.log.Warn("api request refused", zap.Int("status", status), zap.String("reason", reason),
+// refuseAPI answers a refused /v1 request, with its code, and logs why.
+func (s *Server) refuseAPI(w http.ResponseWriter, r *http.Request, status int, code, msg string) {
+	s.log.Warn("api request refused", zap.Int("status", status), zap.String("reason", code),
 		zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.String("host", r.Host), zap.String("remote", r.RemoteAddr))
-	writeJSON(w, status, map[string]string{"error": msg})
+	writeError(w, status, code, msg)
 }
 
 // isJSON reports whether a Content-Type is application/json or a +json type.
@@ -712,7 +783,7 @@ func (s *startedWriter) Write(p []byte) (int, error) {
 func (s *Server) handleUser(w http.ResponseWriter, r *http.Request) {
 	u, err := s.st.User(r.PathValue("id"))
 	if errors.Is(err, storage.ErrNotFound) {
-		err = &publicError{http.StatusNotFound, "no such user"}
+		err = notFound("no such user")
 	}
 	if err != nil {
 		s.fail(w, r, err)

@@ -26,7 +26,7 @@ type Snapshots interface {
 	Take(ctx context.Context) (SnapshotInfo, error)
 }
 
-func (s *Server) snapshotRoutes(mux *http.ServeMux, sn Snapshots) {
+func (s *Server) snapshotRoutes(mux *router, sn Snapshots) {
 	mux.HandleFunc("GET /v1/snapshots", s.authed(func(w http.ResponseWriter, r *http.Request) {
 		l, err := sn.List(r.Context())
 		s.reply(w, r, map[string]any{"snapshots": nonNil(l)}, err)

@@ -410,40 +410,50 @@ func (s *Store) User(id string) (*UserView, error) {
 		if err != nil {
 			return err
 		}
-		eu, err := s.exportUser(t, u, held[u.ID])
-		if err != nil {
-			return err
-		}
-		names := map[string]string{}
-		groups, err := s.userGroups(t, u)
-		if err != nil {
-			return err
-		}
-		for _, g := range groups {
-			names[g.ID] = g.Name
-		}
-		grants := u.Grants
-		if grants == nil {
-			grants = []mapping.Grant{}
-		}
-		roles := u.Roles
-		if roles == nil {
-			roles = []string{}
-		}
-		out = &UserView{ExportUser: eu, Deleted: u.Deleted, Roles: roles, GroupNames: names, Grants: grants,
-			UpdatedBy: u.Key.ID, UpdatedAt: u.Key.time()}
-		return nil
+		v, err := s.userView(t, u, held[u.ID])
+		out = &v
+		return err
 	})
 	return out, err
 }
 
+// userView renders u as User shows it.
+func (s *Store) userView(t *txn, u *userRec, heldBy uint64) (UserView, error) {
+	eu, err := s.exportUser(t, u, heldBy)
+	if err != nil {
+		return UserView{}, err
+	}
+	names := map[string]string{}
+	groups, err := s.userGroups(t, u)
+	if err != nil {
+		return UserView{}, err
+	}
+	for _, g := range groups {
+		names[g.ID] = g.Name
+	}
+	grants := u.Grants
+	if grants == nil {
+		grants = []mapping.Grant{}
+	}
+	roles := u.Roles
+	if roles == nil {
+		roles = []string{}
+	}
+	return UserView{ExportUser: eu, Deleted: u.Deleted, Roles: roles, GroupNames: names, Grants: grants,
+		UpdatedBy: u.Key.ID, UpdatedAt: u.Key.time()}, nil
+}
+
 // UsersWithBadge returns the live users of directory dirID, sorted by id,
 // holding badge (every live user when badge is empty). A deleted user an
-// open last-admin hold keeps an admin is live until the hold closes.
+// open last-admin hold keeps an admin is live until the hold closes. A
+// directory the store never heard of is ErrNotFound.
 func (s *Store) UsersWithBadge(dirID string, badge mapping.Badge) ([]ExportUser, error) {
 	out := []ExportUser{}
 	err := s.view(func(tx *bolt.Tx) error {
 		t := newTxn(tx)
+		if !dirKnown(t, dirID) {
+			return fmt.Errorf("directory %q: %w", dirID, ErrNotFound)
+		}
 		held, err := s.heldUsers(t)
 		if err != nil {
 			return err

@@ -38,17 +38,20 @@ func contribution(u *userRec, dirOrg string) string {
 	return dirOrg
 }
 
-// committedUser is what org_users needs of a user as committed.
+// committedUser is what org_users and the user indexes (index.go) need of
+// a user as committed.
 type committedUser struct {
-	present, deleted bool
-	org, dir         string
+	present, deleted, listed bool
+	org, dir                 string
+	email, idp, heldOrg      string
 }
 
 func noteCommitted(u *userRec) committedUser {
 	if u == nil {
 		return committedUser{}
 	}
-	return committedUser{present: true, deleted: u.Deleted, org: u.OrganizationID, dir: u.DirectoryID}
+	return committedUser{present: true, deleted: u.Deleted, listed: listedRec(u), org: u.OrganizationID, dir: u.DirectoryID,
+		email: u.Email, idp: u.IdpID, heldOrg: u.HeldOrg}
 }
 
 // committedDirOrg returns the organisation of directory id as committed
@@ -81,16 +84,25 @@ func (t *txn) currentDirOrg(id string) (string, error) {
 	return d.OrganizationID, nil
 }
 
-// committedContribution is where user id counted before this transaction.
-func (t *txn) committedContribution(id string) (string, error) {
+// committed returns user id as committed before this transaction.
+func (t *txn) committed(id string) (committedUser, error) {
 	c, ok := t.userOrig[id]
 	if !ok {
 		u, err := getUser(t.users, []byte(id))
 		if err != nil {
-			return "", err
+			return c, err
 		}
 		c = noteCommitted(u)
 		t.userOrig[id] = c
+	}
+	return c, nil
+}
+
+// committedContribution is where user id counted before this transaction.
+func (t *txn) committedContribution(id string) (string, error) {
+	c, err := t.committed(id)
+	if err != nil {
+		return "", err
 	}
 	switch {
 	case !c.present || c.deleted:

@@ -204,6 +204,7 @@ type txn struct {
 	newHolds                                          []Hold
 	auditStart                                        uint64 // the audit sequence when the transaction began
 	orgUsers                                          *bolt.Bucket
+	index                                             [3]*bolt.Bucket // the user indexes, by ixEmail, ixIdp, ixOrg (index.go)
 	// userOrig, dirOrig and dirOrgs keep what org_users needs of the state
 	// before this transaction (orgcount.go): the users it loaded, the
 	// organisation of the directories it wrote, and of those it looked up.
@@ -229,7 +230,7 @@ func newTxn(tx *bolt.Tx) *txn {
 		orgHolders: tx.Bucket(bktOrgHolders),
 		dirCache:   map[string]*dirRec{}, userCache: map[string]*userRec{}, groupCache: map[string]*groupRec{},
 		memberCache: map[string]*memberRec{}, dirtyUsers: map[string]bool{}, dirtyGroups: map[string]bool{},
-		orgUsers: tx.Bucket(bktOrgUsers), userOrig: map[string]committedUser{}, dirOrig: map[string]string{}, dirOrgs: map[string]string{},
+		orgUsers: tx.Bucket(bktOrgUsers), index: [3]*bolt.Bucket{tx.Bucket(bktUserEmail), tx.Bucket(bktUserIdp), tx.Bucket(bktOrgMembers)}, userOrig: map[string]committedUser{}, dirOrig: map[string]string{}, dirOrgs: map[string]string{},
 	}
 	t.auditStart = t.audit.Sequence()
 	// Keys of these buckets only grow (sequence numbers, processing times):
@@ -330,6 +331,9 @@ func (t *txn) putMember(groupID, userID string, m *memberRec) error {
 
 // flush writes every record changed in this transaction.
 func (t *txn) flush() error {
+	if err := t.flushUserIndex(); err != nil {
+		return err
+	}
 	if err := t.flushOrgUsers(); err != nil {
 		return err
 	}

@@ -110,9 +110,13 @@ var (
 	bktOrgUsers      = []byte("org_users")       // org -> users not deleted (8 bytes BE); see orgcount.go
 	bktDrops         = []byte("drops")           // audit seq (8 bytes BE) -> AuditEntry of a drop, past the audit retention
 	bktOrgHolders    = []byte("org_holders")     // org -> users holding a mapped badge (8 bytes BE); see holders.go
+	bktUserEmail     = []byte("user_email")      // lower-cased email \x00 user -> {}; see index.go
+	bktUserIdp       = []byte("user_idp")        // idp id \x00 dir \x00 user -> {}; see index.go
+	bktOrgMembers    = []byte("org_members")     // org \x00 user -> {}: the users listed in org; see index.go
 	allBuckets       = [][]byte{bktMeta, bktDirs, bktUsers, bktGroups, bktMembers, bktMembersByUser,
 		bktDirUsers, bktDirGroups, bktProcessed, bktProcessedAt, bktAudit, bktHolds, bktPending,
-		bktOpenHolds, bktOrgAdmins, bktDeprov, bktPaused, bktOrgUsers, bktDrops, bktOrgHolders}
+		bktOpenHolds, bktOrgAdmins, bktDeprov, bktPaused, bktOrgUsers, bktDrops, bktOrgHolders,
+		bktUserEmail, bktUserIdp, bktOrgMembers}
 )
 
 // initialMmapSize is the address space bbolt maps at once (not memory: only
@@ -180,6 +184,9 @@ func Open(opts Options) (st *Store, err error) {
 		if err := buildOrgUsers(tx); err != nil {
 			return err
 		}
+		if err := buildUserIndex(tx); err != nil {
+			return err
+		}
 		return buildOrgHolders(tx, opts.Mapping.DefaultBadges)
 	})
 	if err != nil {
@@ -221,7 +228,7 @@ func (s *Store) Check() (err error) {
 			errs = append(errs, err)
 		}
 		if len(errs) == 0 {
-			errs = append(errs, checkOrgUsers(tx), checkOrgHolders(tx, defaults))
+			errs = append(errs, checkOrgUsers(tx), checkOrgHolders(tx, defaults), checkUserIndex(tx))
 		}
 		return errors.Join(errs...)
 	})

@@ -79,12 +79,10 @@ func (c *apiClient) send(ctx context.Context, method, path string) (*http.Respon
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	var e struct {
-		Error string `json:"error"`
-	}
+	var e server.ErrorBody // every error answer: {"error":{"code","message"}}
 	msg := strings.TrimSpace(string(body))
-	if json.Unmarshal(body, &e) == nil && e.Error != "" {
-		msg = e.Error
+	if json.Unmarshal(body, &e) == nil && e.Error.Message != "" {
+		msg = e.Error.Message
 	}
 	if resp.StatusCode == http.StatusUnauthorized && c.tokenNote != "" {
 		msg += " (" + c.tokenNote + ")"
