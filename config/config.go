@@ -35,6 +35,7 @@ import (
 	"time"
 
 	"github.com/dsyncd/dsyncd/events"
+	"github.com/dsyncd/dsyncd/feed"
 	"github.com/dsyncd/dsyncd/mapping"
 	"github.com/dsyncd/dsyncd/queue"
 	"github.com/dsyncd/dsyncd/reconcile"
@@ -73,6 +74,39 @@ type Config struct {
 	Reconcile ReconcileConfig `mapstructure:"reconcile"`
 	// Worker configures the consumer that applies queued events to the store.
 	Worker WorkerConfig `mapstructure:"worker"`
+	// Changes configures the product's change feed: the outbox the store
+	// writes, /v1/changes, its JetStream stream and the webhooks out.
+	Changes ChangesConfig `mapstructure:"changes"`
+}
+
+// ChangesConfig is the changes section.
+type ChangesConfig struct {
+	// Enabled writes a change record for every change a product can see,
+	// in the apply transaction, and serves them (/v1/changes, the stream,
+	// the webhooks out). Switched off and on again, the feed goes on after
+	// a gap: its readers resync from /v1/export.
+	Enabled bool `mapstructure:"enabled"`
+	// Retention is how long change records are kept; a reader asking
+	// after an older seq gets 410 and resyncs from /v1/export.
+	Retention time.Duration `mapstructure:"retention"`
+	// JetStream relays the feed to the stream Stream on the queue's NATS.
+	JetStream bool `mapstructure:"jetstream"`
+	// Stream is the JetStream stream of the feed.
+	Stream string `mapstructure:"stream"`
+	// SubjectPrefix starts its subjects: <prefix>.<organization_id>.<user_id>.
+	SubjectPrefix string `mapstructure:"subject_prefix"`
+	// Webhook POSTs the feed, signed, to a product's URL.
+	Webhook ChangesWebhookConfig `mapstructure:"webhook"`
+}
+
+// ChangesWebhookConfig is the changes.webhook section.
+type ChangesWebhookConfig struct {
+	// URL receives the feed's records in signed POSTs; empty: no webhooks out.
+	URL string `mapstructure:"url"`
+	// Secret signs them (Dsyncd-Signature). Secret: prefer DSYNCD_CHANGES_WEBHOOK_SECRET.
+	Secret string `mapstructure:"secret"`
+	// MaxAge is how long a record is retried before it is skipped.
+	MaxAge time.Duration `mapstructure:"max_age"`
 }
 
 // LogConfig is the log section.
@@ -368,6 +402,14 @@ func Default() Config {
 			RetryBackoff: worker.DefaultRetryBackoff,
 			MaxYieldLag:  worker.DefaultMaxYieldLag,
 		},
+		Changes: ChangesConfig{
+			Enabled:       true,
+			Retention:     storage.DefaultChangesRetention,
+			JetStream:     true,
+			Stream:        queue.DefaultChangesStream,
+			SubjectPrefix: queue.DefaultChangesSubjectPrefix,
+			Webhook:       ChangesWebhookConfig{MaxAge: feed.DefaultWebhookMaxAge},
+		},
 	}
 }
 
@@ -399,7 +441,7 @@ func (c Config) StorePath() string {
 const redacted = "REDACTED"
 
 // Redacted returns a copy of c fit for printing: webhook.secrets,
-// nats.password, api.token, workos.api_key and any user info in nats.url are
+// nats.password, api.token, workos.api_key, changes.webhook.secret and any user info in nats.url are
 // replaced by "REDACTED" (empty values stay empty, so it still shows which
 // are set). c is not modified.
 func (c Config) Redacted() Config {
@@ -410,7 +452,7 @@ func (c Config) Redacted() Config {
 			r.Webhook.Secrets[i] = redacted
 		}
 	}
-	for _, s := range []*string{&r.NATS.Password, &r.API.Token, &r.WorkOS.APIKey} {
+	for _, s := range []*string{&r.NATS.Password, &r.API.Token, &r.WorkOS.APIKey, &r.Changes.Webhook.Secret} {
 		if *s != "" {
 			*s = redacted
 		}

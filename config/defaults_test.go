@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/dsyncd/dsyncd/events"
+	"github.com/dsyncd/dsyncd/feed"
 	"github.com/dsyncd/dsyncd/queue"
 	"github.com/dsyncd/dsyncd/reconcile"
 	"github.com/dsyncd/dsyncd/server"
@@ -42,6 +43,10 @@ var componentDefaults = map[string]any{
 	"worker.ack_wait":                 worker.DefaultAckWait,
 	"worker.retry_backoff":            worker.DefaultRetryBackoff,
 	"worker.max_yield_lag":            worker.DefaultMaxYieldLag,
+	"changes.retention":               storage.DefaultChangesRetention,
+	"changes.stream":                  queue.DefaultChangesStream,
+	"changes.subject_prefix":          queue.DefaultChangesSubjectPrefix,
+	"changes.webhook.max_age":         feed.DefaultWebhookMaxAge,
 }
 
 // configOnly are the keys with a non-zero default that is dsyncd's policy,
@@ -65,6 +70,8 @@ var configOnly = map[string]string{
 	"safeguards.max_deprovisions.window":  "the breaker is on by default; the store's zero value disables it",
 	"store.snapshot_interval":             "the daemon's snapshot schedule (cmd/dsyncd/snapshot.go)",
 	"store.snapshots_kept":                "snapshots and the stream's purge are on by default; 0 turns both off",
+	"changes.enabled":                     "the change feed is on by default; the store's zero value (ChangesOptions.Off false) agrees",
+	"changes.jetstream":                   "the daemon relays the feed to JetStream by default",
 }
 
 func TestDefaultsAgreeWithTheComponents(t *testing.T) {

@@ -279,6 +279,14 @@ func usages() map[string]string {
 		"worker.max_attempts":                 "attempts before an event goes to the DLQ",
 		"worker.ack_wait":                     "JetStream ack wait before redelivery",
 		"worker.retry_backoff":                "delay before retrying a failed event",
+		"changes.enabled":                     "write the change feed (/v1/changes, its stream, the webhooks out)",
+		"changes.retention":                   "how long change records are kept (older: 410, resync from /v1/export)",
+		"changes.jetstream":                   "relay the change feed to its JetStream stream",
+		"changes.stream":                      "JetStream stream of the change feed",
+		"changes.subject_prefix":              "subject prefix of the change feed's stream",
+		"changes.webhook.url":                 "URL the change feed is POSTed to, signed (empty = none)",
+		"changes.webhook.secret":              "secret signing the webhooks out (prefer " + EnvVar("changes.webhook.secret") + ")",
+		"changes.webhook.max_age":             "how long a change is retried to the webhook URL before it is skipped",
 		"worker.max_yield_lag":                "during a webhook flood the worker yields the CPU to the receiver until the events it applies have waited this long (0: never yields)",
 	}
 }

@@ -170,7 +170,36 @@ func (c Config) Problems() []string {
 	v.nonNegative("worker.retry_backoff", c.Worker.RetryBackoff)
 	v.nonNegative("worker.max_yield_lag", c.Worker.MaxYieldLag)
 
+	v.positive("changes.retention", c.Changes.Retention)
+	v.streamName("changes.stream", c.Changes.Stream)
+	if c.Changes.Stream == c.NATS.Stream || c.Changes.Stream == c.NATS.DLQStream {
+		v.add("changes.stream", "must differ from nats.stream and nats.dlq_stream")
+	}
+	v.subjectPrefix("changes.subject_prefix", c.Changes.SubjectPrefix)
+	for _, other := range []string{c.NATS.SubjectPrefix, c.NATS.DLQStream} {
+		if other != "" && c.Changes.SubjectPrefix != "" && subjectsOverlap(c.Changes.SubjectPrefix, other) {
+			v.add("changes.subject_prefix", fmt.Sprintf("%q overlaps the subjects of %q: choose a prefix whose first tokens differ", c.Changes.SubjectPrefix, other))
+		}
+	}
+	if c.Changes.Webhook.URL != "" {
+		if u, err := url.Parse(c.Changes.Webhook.URL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			v.add("changes.webhook.url", "is not an http(s) URL")
+		}
+		v.check(strings.TrimSpace(c.Changes.Webhook.Secret) != "", "changes.webhook.secret",
+			"required with changes.webhook.url (set "+EnvVar("changes.webhook.secret")+")")
+		v.check(c.Changes.Enabled, "changes.webhook.url", "needs changes.enabled")
+	}
+	v.positive("changes.webhook.max_age", c.Changes.Webhook.MaxAge)
+
 	return v.problems
+}
+
+// subjectsOverlap reports whether the subjects "<a>.>" and "<b>.>" can
+// meet: one prefix's tokens start the other's.
+func subjectsOverlap(a, b string) bool {
+	ta, tb := strings.Split(a, "."), strings.Split(b, ".")
+	n := min(len(ta), len(tb))
+	return slices.Equal(ta[:n], tb[:n])
 }
 
 // CheckAdminRule is the one check that the mapping can keep an admin: an

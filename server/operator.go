@@ -170,6 +170,7 @@ func notFound(msg string) error { return &publicError{http.StatusNotFound, CodeN
 const (
 	CodeBadRequest  = "bad_request"
 	CodeNotFound    = "not_found"
+	CodeGone        = "gone"
 	CodeConflict    = "conflict"
 	CodeInternal    = "internal"
 	CodeForeignHost = "foreign_host"

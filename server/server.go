@@ -158,6 +158,7 @@ type Server struct {
 	ln        *connLimiter
 	srv       *http.Server
 	done      chan struct{}
+	quit      chan struct{} // closed when Shutdown begins: long-polls answer at once
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -210,7 +211,7 @@ func New(opts Options, verifier *events.Verifier, pub Publisher, st *storage.Sto
 		opts.RefusalLogBurst = 5
 	}
 	log = log.Named("http")
-	return &Server{opts: opts, verifier: verifier, pub: pub, st: st, log: log, done: make(chan struct{}),
+	return &Server{opts: opts, verifier: verifier, pub: pub, st: st, log: log, done: make(chan struct{}), quit: make(chan struct{}),
 		refusals: newRefusalLog(log, opts.RefusalLogBurst, time.Second), inflight: budget{max: opts.MaxInflightBytes}}
 }
 
@@ -233,6 +234,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/directories/{id}/users", s.authed(s.handleDirectoryUsers))
 	mux.HandleFunc("GET /v1/audit", s.authed(s.handleAudit))
 	s.readRoutes(mux)
+	mux.HandleFunc("GET /v1/changes", s.authed(s.handleChanges))
 	s.operatorRoutes(mux)
 	if s.opts.Metrics != nil {
 		mux.Handle("GET /metrics", s.opts.Metrics)
@@ -387,6 +389,7 @@ func (s *Server) URL() string { return "http://" + s.Addr() }
 // in-flight requests to finish. It is safe to call more than once.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.closeOnce.Do(func() {
+		close(s.quit)
 		if s.srv == nil {
 			return
 		}
@@ -734,7 +737,8 @@ func (s *Server) hostAllowed(r *http.Request) bool {
 	return false
 }
 
-// handleExport streams the snapshot as the store is read (storage.ExportTo):
+// handleExport streams the snapshot as the store is read (storage.ExportFeedTo,
+// with change_seq first and in the Dsyncd-Change-Seq header):
 // memory stays bounded whatever the store's size. An error before the first
 // bytes went out is an error answer; after, the connection is cut, so that a
 // client never takes a truncated body for a complete one.
@@ -743,7 +747,8 @@ func (s *Server) handleExport(w http.ResponseWriter, r *http.Request) {
 	_ = http.NewResponseController(w).SetWriteDeadline(time.Time{})
 	w.Header().Set("Content-Type", "application/json")
 	sw := &startedWriter{w: w}
-	if err := s.st.ExportTo(sw); err != nil {
+	err := s.st.ExportFeedTo(sw, func(seq uint64) { w.Header().Set(HeaderChangeSeq, strconv.FormatUint(seq, 10)) })
+	if err != nil {
 		if !sw.started {
 			w.Header().Del("Content-Type")
 			s.fail(w, r, err)

@@ -55,6 +55,7 @@ func (s *Store) ApplyAt(evs []*events.Event, seq uint64) ([]Outcome, error) {
 func (s *Store) applyBatch(evs []*events.Event, trips map[int]*errTrip, seq uint64) ([]Outcome, error) {
 	out := make([]Outcome, len(evs))
 	var created []Hold
+	wrote := 0
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		t := newTxn(tx)
 		now := s.opts.Now()
@@ -68,10 +69,20 @@ func (s *Store) applyBatch(evs []*events.Event, trips map[int]*errTrip, seq uint
 		if err := recordAppliedSeq(tx, seq); err != nil {
 			return err
 		}
+		var err error
+		if wrote, err = s.writeChanges(t, now); err != nil {
+			return err
+		}
+		if err := s.pruneChanges(t, now, wrote); err != nil {
+			return err
+		}
 		return s.prune(t, now)
 	})
 	if err == nil {
 		s.notifyHolds(created)
+		if wrote > 0 {
+			s.feedNote.broadcast()
+		}
 	}
 	return out, err
 }
@@ -592,8 +603,20 @@ func isMember(m *memberRec, g *groupRec, u *userRec, floor key) bool {
 	return m.Key.newer(maxKey(g.DeletedKey, u.DeletedKey, floor))
 }
 
-// userGroups returns the groups u is a member of, sorted by id.
+// userGroups returns the groups u is a member of, sorted by id (cached in
+// a write transaction: txn.groupsOf).
 func (s *Store) userGroups(t *txn, u *userRec) ([]*groupRec, error) {
+	if e, ok := t.groupsOf[u.ID]; ok && e.holdsFor(u) {
+		return e.groups, nil
+	}
+	gs, err := s.memberOf(t, u)
+	if err == nil && t.groupsOf != nil {
+		t.groupsOf[u.ID] = groupsEntry{groups: gs, deleted: u.Deleted, deletedKey: u.DeletedKey, dir: u.DirectoryID}
+	}
+	return gs, err
+}
+
+func (s *Store) memberOf(t *txn, u *userRec) ([]*groupRec, error) {
 	floor, err := s.floor(t, u.DirectoryID)
 	if err != nil {
 		return nil, err

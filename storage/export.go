@@ -2,10 +2,12 @@ package storage
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"slices"
+	"strconv"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -20,6 +22,11 @@ type Snapshot struct {
 	Users       []ExportUser      `json:"users"`
 	Groups      []ExportGroup     `json:"groups"`
 	Holds       []ExportHold      `json:"holds"`
+	// ChangeSeq is the seq of the last change record the snapshot
+	// reflects, read in its transaction: a product that loads the
+	// snapshot follows the change feed after it. /v1/export shows it as
+	// change_seq; the canonical snapshot leaves it out.
+	ChangeSeq uint64 `json:"-"`
 }
 
 // ExportHold is an open hold in the snapshot (without times, so that the
@@ -90,11 +97,29 @@ func MarshalSnapshot(s *Snapshot) ([]byte, error) {
 	return append(b, '\n'), nil
 }
 
+// changeSeqLine is how ExportFeedTo writes the change seq: the first field.
+const changeSeqLine = "\n  \"change_seq\": "
+
+// CanonicalExport returns an export as ExportFeedTo writes it without its
+// change_seq: the canonical snapshot (b itself if it has none).
+func CanonicalExport(b []byte) []byte {
+	rest, ok := bytes.CutPrefix(b, []byte("{"+changeSeqLine))
+	if !ok {
+		return b
+	}
+	i := bytes.IndexByte(rest, ',')
+	if i < 0 {
+		return b
+	}
+	return append([]byte{'{'}, rest[i+1:]...)
+}
+
 // Export returns the canonical snapshot of the store.
 func (s *Store) Export() (*Snapshot, error) {
 	snap := &Snapshot{Directories: []ExportDirectory{}, Users: []ExportUser{}, Groups: []ExportGroup{}, Holds: []ExportHold{}}
 	err := s.view(func(tx *bolt.Tx) error {
 		t := newTxn(tx)
+		snap.ChangeSeq = tx.Bucket(bktChanges).Sequence()
 		err := t.dirs.ForEach(func(_, v []byte) error {
 			var d dirRec
 			if err := json.Unmarshal(v, &d); err != nil {
@@ -174,11 +199,24 @@ func (s *Store) Export() (*Snapshot, error) {
 // are read from the members bucket (group, user) instead of being collected
 // from every user first. On an error the output stops where it was, so a
 // reader of w must treat only a nil error as a complete snapshot.
-func (s *Store) ExportTo(w io.Writer) error {
+func (s *Store) ExportTo(w io.Writer) error { return s.exportTo(w, nil) }
+
+// ExportFeedTo is ExportTo with, as the snapshot's first field, change_seq:
+// the seq of the last change record it reflects, read in its transaction. It
+// calls seq with it before writing anything (/v1/export puts it in a header
+// too): a product that loads the snapshot follows the change feed after it.
+func (s *Store) ExportFeedTo(w io.Writer, seq func(uint64)) error { return s.exportTo(w, seq) }
+
+func (s *Store) exportTo(w io.Writer, seq func(uint64)) error {
 	bw := bufio.NewWriterSize(w, 64<<10)
 	err := s.view(func(tx *bolt.Tx) error {
 		t := newTxn(tx)
 		e := &exportWriter{w: bw}
+		if seq != nil {
+			n := tx.Bucket(bktChanges).Sequence()
+			seq(n)
+			e.prefix = changeSeqLine + strconv.FormatUint(n, 10) + ","
+		}
 		e.open("directories")
 		err := t.dirs.ForEach(func(_, v []byte) error {
 			var d dirRec
@@ -288,8 +326,9 @@ func (s *Store) ExportTo(w io.Writer) error {
 // indented by four spaces.
 type exportWriter struct {
 	w      *bufio.Writer
-	lists  int  // lists opened so far
-	filled bool // the open list has an element
+	prefix string // written after the opening brace (ExportFeedTo's change_seq)
+	lists  int    // lists opened so far
+	filled bool   // the open list has an element
 	err    error
 }
 
@@ -301,7 +340,7 @@ func (e *exportWriter) str(s string) {
 
 func (e *exportWriter) open(name string) {
 	if e.lists == 0 {
-		e.str("{\n")
+		e.str("{" + e.prefix + "\n")
 	} else {
 		e.str(",\n")
 	}

@@ -50,6 +50,7 @@ func (s *Store) openNewHold(t *txn, h *Hold) error {
 		return err
 	}
 	t.newHolds = append(t.newHolds, *h)
+	t.orgChange(ChangeHoldOpened, h.OrganizationID, h)
 	return t.openHolds.Put(u64(id), nil)
 }
 
@@ -61,6 +62,7 @@ func (s *Store) closeHold(t *txn, h *Hold, resolution HoldResolution, because, e
 	if err := t.openHolds.Delete(u64(h.ID)); err != nil {
 		return err
 	}
+	t.orgChange(ChangeHoldClosed, h.OrganizationID, h)
 	if rule := holdRuleOf(h.Kind); rule != nil {
 		if err := rule.closed(s, t, h); err != nil {
 			return err

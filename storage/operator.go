@@ -57,6 +57,7 @@ func (p *Plan) LeavesNoAdmin() bool {
 func (s *Store) simulate(fn func(t *txn, now time.Time) error, commit bool) (*Plan, error) {
 	var plan *Plan
 	var created []Hold
+	wrote := 0
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		t := newTxn(tx)
 		now := s.opts.Now()
@@ -83,12 +84,16 @@ func (s *Store) simulate(fn func(t *txn, now time.Time) error, commit bool) (*Pl
 		if !commit {
 			return errRollback
 		}
-		return nil
+		wrote, err = s.writeChanges(t, now)
+		return err
 	})
 	if errors.Is(err, errRollback) {
 		err = nil
 	} else if err == nil {
 		s.notifyHolds(created)
+		if wrote > 0 {
+			s.feedNote.broadcast()
+		}
 	}
 	if errors.Is(err, bolt.ErrDatabaseNotOpen) {
 		err = ErrClosed

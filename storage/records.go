@@ -202,7 +202,8 @@ type txn struct {
 	audit, holds, pending                             *bolt.Bucket
 	openHolds, orgAdmins, deprov, paused, orgHolders  *bolt.Bucket
 	newHolds                                          []Hold
-	auditStart                                        uint64 // the audit sequence when the transaction began
+	orgChanges                                        []Change // for the change feed (changes.go)
+	auditStart                                        uint64   // the audit sequence when the transaction began
 	orgUsers                                          *bolt.Bucket
 	index                                             [3]*bolt.Bucket // the user indexes, by ixEmail, ixIdp, ixOrg (index.go)
 	// userOrig, dirOrig and dirOrgs keep what org_users needs of the state
@@ -217,6 +218,12 @@ type txn struct {
 	memberCache map[string]*memberRec
 	dirtyUsers  map[string]bool
 	dirtyGroups map[string]bool
+	// groupsOf caches userGroups in a write transaction (the badges and the
+	// change feed both ask). An entry holds for the user's deletion and
+	// directory it was computed with; it goes when one of the user's
+	// memberships is written, and every entry goes when a directory is
+	// written or a group's name, ids, organisation or deletion changes.
+	groupsOf map[string]groupsEntry
 }
 
 func newTxn(tx *bolt.Tx) *txn {
@@ -231,6 +238,9 @@ func newTxn(tx *bolt.Tx) *txn {
 		dirCache:   map[string]*dirRec{}, userCache: map[string]*userRec{}, groupCache: map[string]*groupRec{},
 		memberCache: map[string]*memberRec{}, dirtyUsers: map[string]bool{}, dirtyGroups: map[string]bool{},
 		orgUsers: tx.Bucket(bktOrgUsers), index: [3]*bolt.Bucket{tx.Bucket(bktUserEmail), tx.Bucket(bktUserIdp), tx.Bucket(bktOrgMembers)}, userOrig: map[string]committedUser{}, dirOrig: map[string]string{}, dirOrgs: map[string]string{},
+	}
+	if tx.Writable() {
+		t.groupsOf = map[string]groupsEntry{}
 	}
 	t.auditStart = t.audit.Sequence()
 	// Keys of these buckets only grow (sequence numbers, processing times):
@@ -266,6 +276,7 @@ func (t *txn) putDir(d *dirRec) error {
 		t.dirOrig[d.ID] = org
 	}
 	t.dirCache[d.ID] = d
+	clear(t.groupsOf)
 	return putJSON(t.dirs, []byte(d.ID), d)
 }
 
@@ -297,6 +308,18 @@ func (t *txn) putUser(u *userRec) error {
 	return nil
 }
 
+// groupsEntry is a cached userGroups, with what of the user it depends on.
+type groupsEntry struct {
+	groups     []*groupRec
+	deleted    bool
+	deletedKey key
+	dir        string
+}
+
+func (e groupsEntry) holdsFor(u *userRec) bool {
+	return e.deleted == u.Deleted && e.deletedKey == u.DeletedKey && e.dir == u.DirectoryID
+}
+
 func (t *txn) group(id string) (*groupRec, error) {
 	return cached(t.groupCache, t.groups, id, getGroup)
 }
@@ -306,6 +329,13 @@ func (t *txn) putGroup(g *groupRec) error {
 		if err := t.dirGroups.Put(pair(g.DirectoryID, g.ID), nil); err != nil {
 			return err
 		}
+	}
+	if old := t.groupCache[g.ID]; old == nil || old == g || old.Deleted != g.Deleted || old.DeletedKey != g.DeletedKey ||
+		old.Name != g.Name || old.IdpID != g.IdpID || old.OrganizationID != g.OrganizationID || old.DirectoryID != g.DirectoryID {
+		// Its members' groups may change (or a cached list holds the
+		// record, changed in place): forget every list. A newer payload
+		// that changes none of these leaves them as they are.
+		clear(t.groupsOf)
 	}
 	t.groupCache[g.ID] = g
 	t.dirtyGroups[g.ID] = true
@@ -326,6 +356,7 @@ func (t *txn) putMember(groupID, userID string, m *memberRec) error {
 	// Written through: eachPrefix over the members bucket lists a group's
 	// members and must see this transaction's new ones.
 	t.memberCache[k] = m
+	delete(t.groupsOf, userID)
 	return t.members.Put([]byte(k), m.encode())
 }
 

@@ -224,6 +224,7 @@ func (s *Store) pause(t *txn, trip *errTrip, ev *events.Event, now time.Time) er
 	if err := s.addAudit(t, AuditEntry{Time: now, EventID: ev.ID, OrganizationID: org, Badge: h.Badge, Action: ActionHold, Reason: h.Reason + fmt.Sprintf(" (hold %d)", h.ID)}); err != nil {
 		return err
 	}
+	t.orgChange(ChangeOrgPaused, org, h)
 	return t.paused.Put([]byte(org), u64(h.ID))
 }
 
@@ -309,6 +310,7 @@ func (s *Store) resume(t *txn, org string, now time.Time, counts *Counts) error 
 	if err := t.paused.Delete([]byte(org)); err != nil {
 		return err
 	}
+	t.orgChange(ChangeOrgResumed, org, nil)
 	if err := deletePrefix(t.deprov, pair(org, "")); err != nil {
 		return err
 	}
@@ -365,6 +367,7 @@ func (massDeprovision) decide(s *Store, t *txn, h *Hold, approve bool, now time.
 	if err := t.paused.Delete([]byte(h.OrganizationID)); err != nil {
 		return err
 	}
+	t.orgChange(ChangeOrgResumed, h.OrganizationID, nil)
 	if err := deletePrefix(t.deprov, pair(h.OrganizationID, "")); err != nil {
 		return err
 	}

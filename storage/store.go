@@ -60,6 +60,8 @@ type Options struct {
 	// may be: a later one is not applied (Apply says Future). dsyncd sets
 	// it to webhook.tolerance. Zero applies events whatever their date.
 	MaxFuture time.Duration
+	// Changes configures the change feed (changes.go).
+	Changes ChangesOptions
 	// Now is the clock used for audit times, pruning and MaxFuture. Nil means time.Now.
 	Now func() time.Time
 	// NoSync skips fsync on commit. Only for tests and benchmarks that
@@ -85,8 +87,9 @@ type Store struct {
 	db   *bolt.DB
 	opts Options
 
-	mu     sync.RWMutex // guards opts.Mapping / opts.Safeguards swaps
-	closed sync.Once
+	mu       sync.RWMutex // guards opts.Mapping / opts.Safeguards swaps
+	closed   sync.Once
+	feedNote notifier // wakes the change feed's readers after a commit that wrote change records
 }
 
 var (
@@ -116,7 +119,7 @@ var (
 	allBuckets       = [][]byte{bktMeta, bktDirs, bktUsers, bktGroups, bktMembers, bktMembersByUser,
 		bktDirUsers, bktDirGroups, bktProcessed, bktProcessedAt, bktAudit, bktHolds, bktPending,
 		bktOpenHolds, bktOrgAdmins, bktDeprov, bktPaused, bktOrgUsers, bktDrops, bktOrgHolders,
-		bktUserEmail, bktUserIdp, bktOrgMembers}
+		bktUserEmail, bktUserIdp, bktOrgMembers, bktChanges, bktFeedUsers}
 )
 
 // initialMmapSize is the address space bbolt maps at once (not memory: only
@@ -175,6 +178,7 @@ func Open(opts Options) (st *Store, err error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("storage: chmod %s: %w", opts.Path, err)
 	}
+	st = &Store{db: db, opts: opts}
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, b := range allBuckets {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
@@ -187,19 +191,25 @@ func Open(opts Options) (st *Store, err error) {
 		if err := buildUserIndex(tx); err != nil {
 			return err
 		}
-		return buildOrgHolders(tx, opts.Mapping.DefaultBadges)
+		if err := buildOrgHolders(tx, opts.Mapping.DefaultBadges); err != nil {
+			return err
+		}
+		return initFeed(tx, st)
 	})
 	if err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("storage: init buckets: %w", err)
 	}
-	return &Store{db: db, opts: opts}, nil
+	return st, nil
 }
 
 // Close closes the store. It is safe to call more than once.
 func (s *Store) Close() error {
 	var err error
-	s.closed.Do(func() { err = s.db.Close() })
+	s.closed.Do(func() {
+		err = s.db.Close()
+		s.feedNote.broadcast()
+	})
 	return err
 }
 

@@ -29,6 +29,12 @@
 // their latency; -max-bytes sets nats.max_bytes; the report adds the daemon's
 // peak anonymous and file-backed memory (sampled every second), the stream's
 // size at the end, and the snapshots taken and events purged.
+//
+// -feed-latency N measures the change feed instead (feedlatency.go): after
+// the initial sync, N single badge changes posted one at a time, each timed
+// from its webhook in to its change record at a long-poll consumer and at a
+// webhook-out receiver. DSYNCD_CHANGES_ENABLED=false in -daemon-env runs
+// the load test with the feed off, to compare.
 package main
 
 import (
@@ -67,6 +73,7 @@ type options struct {
 	keep        bool
 	reads       int
 	maxBytes    int64
+	feedLatency int
 }
 
 func main() {
@@ -88,6 +95,7 @@ func main() {
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary data directory")
 	flag.IntVar(&o.reads, "reads", 0, "GET /v1/users/{id} of random users this many times a second during the sync, and report their latency (0 = none; needs the daemon this run starts)")
 	flag.Int64Var(&o.maxBytes, "max-bytes", 0, "nats.max_bytes of the daemon this run starts (0 = the default, 1 GiB)")
+	flag.IntVar(&o.feedLatency, "feed-latency", 0, "instead of the load test: after the initial sync, time this many single badge changes, one at a time, from webhook in to the change feed's long-poll and webhook-out consumers (p50/p99/max)")
 	flag.Parse()
 	if o.concurrency < 1 || o.users < 0 || o.groups < 0 || o.memberships < 0 || o.changes < 0 {
 		fmt.Fprintln(os.Stderr, "dsyncd-load: counts must be >= 0 and -concurrency >= 1")
@@ -99,7 +107,12 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
-	err := run(ctx, o)
+	var err error
+	if o.feedLatency > 0 {
+		err = runFeedLatency(ctx, o)
+	} else {
+		err = run(ctx, o)
+	}
 	cancel()
 	stop()
 	if err != nil {

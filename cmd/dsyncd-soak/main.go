@@ -36,6 +36,12 @@
 //	i. damaged store: truncated, meta pages zeroed, random bytes, an older
 //	   copy swapped in: serve exits 1 with one line saying to run dsyncd
 //	   rebuild, never a panic; after the rebuild the export equals the golden.
+//	j. change feed: a stream delivered while the daemon is SIGKILLed 4 times
+//	   as it relays and delivers, the product's webhook endpoint down (503)
+//	   until the second kill: the long-poll consumer, the change stream and
+//	   the webhook receiver each end with every seq, in order, without a gap
+//	   (the webhooks may repeat a batch after a kill), and the long-poll's
+//	   fold equals the export's users. Under 30 s; in soak-short.
 //
 // The mapping grants the admin badge through no rule
 // (safeguards.allow_no_admin_rule) and the mass-deprovisioning breaker is off:
@@ -82,7 +88,7 @@ func main() {
 	flag.DurationVar(&o.fuzz, "fuzz", 0, "also run `go test -fuzz=FuzzVerify ./events/` this long and report its executions (0: leave fuzzing to make test)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (it is always kept on failure)")
 	flag.Uint64Var(&o.seed, "seed", 0, "seed of the random kill moments (0: from the clock)")
-	flag.StringVar(&o.phases, "phases", "abcdefghi", "phases to run")
+	flag.StringVar(&o.phases, "phases", "abcdefghij", "phases to run")
 	flag.Parse()
 	if o.seed == 0 {
 		o.seed = uint64(time.Now().UnixNano())
@@ -144,6 +150,7 @@ func run(ctx context.Context, o options) int {
 	runPhase("g", func() *result { return e.jsDiskFullPhase(ctx, o) })
 	runPhase("h", func() *result { return e.fdExhaustionPhase(ctx, o) })
 	runPhase("i", func() *result { return e.damagedStorePhase(ctx, o) })
+	runPhase("j", func() *result { return e.feedPhase(ctx, o) })
 	fuzzCell, fuzzOK := "not run here: make test runs every fuzz target (make fuzz)", true
 	if o.fuzz > 0 {
 		fuzzCell, fuzzOK = runFuzz(ctx, o.fuzz)

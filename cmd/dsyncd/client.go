@@ -3,6 +3,7 @@ package main
 // apiClient: the one client of a running dsyncd's /v1 API, the online backend.
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -240,15 +241,27 @@ func (c *apiClient) backup(ctx context.Context, w io.Writer) (int64, error) {
 	return n, nil
 }
 
-// export streams GET /v1/export to w; a body cut short (the daemon failed
-// half way) is an error.
+// export streams GET /v1/export to w as the canonical snapshot (without the
+// change_seq the API puts first); a body cut short (the daemon failed half
+// way) is an error.
 func (c *apiClient) export(ctx context.Context, w io.Writer) error {
 	resp, err := c.send(ctx, http.MethodGet, "/v1/export")
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
-	if _, err := io.Copy(w, resp.Body); err != nil {
+	br := bufio.NewReader(resp.Body)
+	head, _ := br.Peek(64)
+	if canon := storage.CanonicalExport(head); len(canon) < len(head) {
+		// Skip the opening brace and change_seq, then write the brace again.
+		if _, err := br.Discard(len(head) - len(canon) + 1); err != nil {
+			return fmt.Errorf("GET /v1/export: %w", err)
+		}
+		if _, err := io.WriteString(w, "{"); err != nil {
+			return err
+		}
+	}
+	if _, err := io.Copy(w, br); err != nil {
 		return fmt.Errorf("GET /v1/export: %w", err)
 	}
 	return nil

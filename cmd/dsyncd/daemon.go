@@ -36,6 +36,8 @@ type daemon struct {
 	w   *worker.Worker
 	srv *server.Server
 	bg  *reconcile.Background // Events API poller and periodic reconcile, when configured
+	// feed relays the change feed to JetStream and the webhooks out, when configured.
+	feed *feedRunner
 	// snap takes the store's snapshots and purges the stream behind them
 	// (snapshot.go); nil with store.snapshots_kept 0.
 	snap       *snapshotter
@@ -82,22 +84,28 @@ func queueOptions(cfg config.Config) queue.Options {
 		// (memory only for bookkeeping); the store may hold the stream and
 		// the dead letters at their cap. An unlimited stream (max_bytes 0)
 		// leaves the disk limit to the server's default (a share of the disk).
+		// The change feed's stream, when relayed, has the same cap.
 		MaxMemory: 256 << 20,
 		MaxStore:  maxStore(cfg),
 	}
 }
 
-// maxStore is the embedded server's JetStream storage limit: the stream and
-// the dead letters at their cap, plus, with snapshots, room for them (they
-// grow with the store; the disk is their real bound).
+// maxStore is the embedded server's JetStream storage limit: the stream, the
+// dead letters and, when relayed, the change feed's stream at their cap,
+// plus, with snapshots, room for them (they grow with the store; the disk is
+// their real bound).
 func maxStore(cfg config.Config) int64 {
 	if cfg.NATS.MaxBytes == 0 {
 		return 0
 	}
-	if cfg.Store.SnapshotsKept > 0 {
-		return 2*cfg.NATS.MaxBytes + 1<<40
+	streams := int64(2)
+	if cfg.Changes.Enabled && cfg.Changes.JetStream {
+		streams = 3
 	}
-	return 2 * cfg.NATS.MaxBytes
+	if cfg.Store.SnapshotsKept > 0 {
+		return streams*cfg.NATS.MaxBytes + 1<<40
+	}
+	return streams * cfg.NATS.MaxBytes
 }
 
 // Open starts every component. On error, what was started is closed.
@@ -188,7 +196,11 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 	d.snapCancel, d.snapDone = scancel, make(chan struct{})
 	go func() { defer close(d.snapDone); d.snap.run(sctx) }()
 	d.bg = reconcile.StartBackground(backgroundOptions(d.cfg), d.q, d.st, d.log)
+	if err := d.startFeed(ctx); err != nil {
+		return err
+	}
 	d.metrics.register(d)
+	d.metrics.registerFeed(d)
 	d.snap.register(d.metrics.reg)
 	if err := d.srv.Open(); err != nil {
 		return fmt.Errorf("http.listen %s, webhook.path %s: %w", d.cfg.HTTP.Listen, d.cfg.Webhook.Path, err)
@@ -260,7 +272,7 @@ func (d *daemon) degraded() []string {
 			out = append(out, "events poller: "+why)
 		}
 	}
-	return out
+	return append(out, d.feedDegraded()...)
 }
 
 func (d *daemon) onHold(h storage.Hold) {
@@ -306,6 +318,7 @@ func (d *daemon) Close() error {
 			d.workerCancel()
 			<-d.workerDone
 		}
+		d.stopFeed()
 		if d.q != nil {
 			errs = append(errs, d.q.Close())
 		}

@@ -203,6 +203,7 @@ func storeOptions(cfg config.Config, path string) storage.Options {
 		AuditRetention:     cfg.Store.AuditRetention,
 		Mapping:            cfg.Mapping,
 		MaxFuture:          cfg.Webhook.Tolerance,
+		Changes:            storage.ChangesOptions{Off: !cfg.Changes.Enabled, Retention: cfg.Changes.Retention},
 		Safeguards: storage.Safeguards{
 			OnDirectoryDeleted: cfg.Safeguards.OnDirectoryDeleted,
 			BreakGlass:         cfg.Safeguards.BreakGlass,

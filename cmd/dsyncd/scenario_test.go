@@ -2,13 +2,17 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"flag"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
 
 	"github.com/dsyncd/dsyncd/config"
+	"github.com/dsyncd/dsyncd/storage"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
@@ -69,10 +73,56 @@ func TestScenarios(t *testing.T) {
 				postSigned(t, d, line)
 			}
 			waitApplied(t, d)
-			if got := apiGetT(t, d, "/v1/export"); !bytes.Equal(got, want) {
+			if got := storage.CanonicalExport(apiGetT(t, d, "/v1/export")); !bytes.Equal(got, want) {
 				t.Fatalf("serve export differs from the golden:\n%s", got)
 			}
+			checkFeedFoldsToExport(t, d)
 		})
+	}
+}
+
+// checkFeedFoldsToExport follows the daemon's /v1/changes from 0, checks
+// the seqs follow each other, folds the records by user id and compares
+// with /v1/export's users, and its change_seq with the feed's last seq.
+func checkFeedFoldsToExport(t *testing.T, d *daemon) {
+	t.Helper()
+	var export struct {
+		ChangeSeq uint64               `json:"change_seq"`
+		Users     []storage.ExportUser `json:"users"`
+	}
+	mustf(t, json.Unmarshal(apiGetT(t, d, "/v1/export"), &export), "decode export")
+	folded := map[string]storage.ExportUser{}
+	var after uint64
+	for {
+		var page struct {
+			Changes []storage.Change `json:"changes"`
+			Next    uint64           `json:"next"`
+		}
+		mustf(t, json.Unmarshal(apiGetT(t, d, fmt.Sprintf("/v1/changes?after=%d&limit=50", after)), &page), "decode changes")
+		for _, c := range page.Changes {
+			if c.Seq != after+1 {
+				t.Fatalf("change %d follows %d: a gap", c.Seq, after)
+			}
+			after = c.Seq
+		}
+		storage.FoldChanges(folded, page.Changes)
+		if len(page.Changes) == 0 {
+			break
+		}
+		if page.Next != after {
+			t.Fatalf("next %d, last change %d", page.Next, after)
+		}
+	}
+	if after != export.ChangeSeq {
+		t.Fatalf("the feed ends at %d, the export says change_seq %d", after, export.ChangeSeq)
+	}
+	if len(folded) != len(export.Users) {
+		t.Fatalf("folded feed has %d users, the export %d", len(folded), len(export.Users))
+	}
+	for _, u := range export.Users {
+		if got := folded[u.ID]; !reflect.DeepEqual(got, u) {
+			t.Fatalf("user %s: folded feed %+v, export %+v", u.ID, got, u)
+		}
 	}
 }
 

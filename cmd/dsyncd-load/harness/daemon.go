@@ -53,6 +53,13 @@ type Config struct {
 	AckWait time.Duration
 	// MaxBytes is nats.max_bytes; zero keeps the default (1 GiB), -1 means unlimited (0 in the file).
 	MaxBytes int64
+	// NATSListen is nats.listen (the embedded server's client address),
+	// for a harness that reads the change stream; empty keeps the default.
+	NATSListen string
+	// ChangesOff sets changes.enabled: false (the feed off, for comparisons).
+	ChangesOff bool
+	// ChangesWebhookURL and ChangesWebhookSecret set changes.webhook.*.
+	ChangesWebhookURL, ChangesWebhookSecret string
 }
 
 // WriteConfig writes c as a dsyncd YAML configuration file at path.
@@ -68,11 +75,22 @@ func WriteConfig(path string, c Config) error {
 		fmt.Fprintf(&b, "  read_timeout: %s\n", c.ReadTimeout)
 	}
 	fmt.Fprintf(&b, "webhook:\n  enabled: true\n  secrets:\n    - %q\n", c.Secret)
+	if c.MaxBytes != 0 || c.NATSListen != "" {
+		b.WriteString("nats:\n")
+	}
 	switch {
 	case c.MaxBytes < 0:
-		b.WriteString("nats:\n  max_bytes: 0\n")
+		b.WriteString("  max_bytes: 0\n")
 	case c.MaxBytes > 0:
-		fmt.Fprintf(&b, "nats:\n  max_bytes: %d\n", c.MaxBytes)
+		fmt.Fprintf(&b, "  max_bytes: %d\n", c.MaxBytes)
+	}
+	if c.NATSListen != "" {
+		fmt.Fprintf(&b, "  listen: %q\n", c.NATSListen)
+	}
+	if c.ChangesOff {
+		b.WriteString("changes:\n  enabled: false\n")
+	} else if c.ChangesWebhookURL != "" {
+		fmt.Fprintf(&b, "changes:\n  webhook:\n    url: %q\n    secret: %q\n", c.ChangesWebhookURL, c.ChangesWebhookSecret)
 	}
 	if c.AdminRule {
 		b.WriteString(`mapping:

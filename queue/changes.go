@@ -1,0 +1,231 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// The defaults of ChangesOptions.
+const (
+	DefaultChangesStream        = "DSYNCD_CHANGES"
+	DefaultChangesSubjectPrefix = "dsyncd.changes"
+)
+
+// HeaderChangeSeq carries a change record's seq on the change stream, as
+// Nats-Msg-Id does.
+const HeaderChangeSeq = "Dsyncd-Change-Seq"
+
+// OrgToken is the last subject token of an organisation's own change
+// records (holds, pauses), where a user record has its user id.
+const OrgToken = "_"
+
+// ChangesOptions configures the change stream, where dsyncd relays its
+// change feed for products to subscribe to.
+type ChangesOptions struct {
+	// Stream is the stream's name. Default "DSYNCD_CHANGES".
+	Stream string
+	// SubjectPrefix is the first token(s) of its subjects:
+	// "<SubjectPrefix>.<organization_id>.<user_id>". Default "dsyncd.changes".
+	// It must not overlap the main stream's or the dead letters' subjects.
+	SubjectPrefix string
+	// MaxAge expires messages older than this (dsyncd sets the feed's
+	// retention). Zero keeps them forever.
+	MaxAge time.Duration
+	// MaxBytes caps the stream; past it the oldest messages are dropped
+	// (a reader that far behind resyncs). Zero or negative: unlimited.
+	MaxBytes int64
+}
+
+// ChangeMsg is one change record to relay.
+type ChangeMsg struct {
+	Seq            uint64
+	OrganizationID string
+	UserID         string // "" for an organisation's own records
+	Data           []byte // the record's JSON
+}
+
+// ChangeStream relays change records to their JetStream stream, in order:
+// each message's Nats-Msg-Id is its seq, and each publish expects the
+// stream's previous message to be the one before it, so that no record is
+// stored twice nor out of order, whatever fails.
+type ChangeStream struct {
+	q    *Queue
+	opts ChangesOptions
+
+	mu      sync.Mutex
+	js      jetstream.JetStream // its own context: async publishes are tracked per context
+	stream  jetstream.Stream
+	nc      *nats.Conn
+	lastSeq uint64 // the stream's last sequence after our last publish; 0: unknown
+}
+
+// Changes returns the change stream of the queue; it does no I/O.
+func (q *Queue) Changes(opts ChangesOptions) *ChangeStream {
+	if opts.Stream == "" {
+		opts.Stream = DefaultChangesStream
+	}
+	if opts.SubjectPrefix == "" {
+		opts.SubjectPrefix = DefaultChangesSubjectPrefix
+	}
+	if opts.MaxBytes <= 0 {
+		opts.MaxBytes = -1
+	}
+	return &ChangeStream{q: q, opts: opts}
+}
+
+// Subject is the subject of a change of userID ("" for the organisation's
+// own) in organisation org, its ids made single literal tokens as Subject does.
+func (c *ChangeStream) Subject(org, userID string) string {
+	last := OrgToken
+	if userID != "" {
+		last = token(userID)
+	}
+	return c.opts.SubjectPrefix + "." + token(org) + "." + last
+}
+
+func (c *ChangeStream) config() jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        c.opts.Stream,
+		Description: "dsyncd: the change feed, for products",
+		Subjects:    []string{c.opts.SubjectPrefix + ".>"},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     jetstream.FileStorage,
+		Discard:     jetstream.DiscardOld,
+		MaxAge:      c.opts.MaxAge,
+		MaxMsgs:     -1,
+		MaxBytes:    c.opts.MaxBytes,
+		MaxMsgSize:  -1,
+		Duplicates:  2 * time.Minute,
+		Replicas:    c.q.opts.Replicas,
+	}
+}
+
+// open returns the stream, creating or updating it on first use (and after
+// the queue reconnected to another connection).
+func (c *ChangeStream) open(ctx context.Context) (jetstream.JetStream, jetstream.Stream, error) {
+	st, err := c.q.state()
+	if err != nil {
+		return nil, nil, err
+	}
+	if c.stream != nil && c.nc == st.nc {
+		return c.js, c.stream, nil
+	}
+	js, err := jetstream.New(st.nc, jetstream.WithDefaultTimeout(c.q.opts.ConnectTimeout))
+	if err != nil {
+		return nil, nil, fmt.Errorf("queue: jetstream: %w", err)
+	}
+	s, err := js.CreateOrUpdateStream(ctx, c.config())
+	if err != nil {
+		return nil, nil, fmt.Errorf("queue: create or update stream %s: %w", c.opts.Stream, err)
+	}
+	c.js, c.stream, c.nc, c.lastSeq = js, s, st.nc, 0
+	return js, s, nil
+}
+
+// LastChange returns the seq of the last change record the stream holds,
+// read from its last message (0 when it holds none): where a relay that
+// restarts goes on from.
+func (c *ChangeStream) LastChange(ctx context.Context) (uint64, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, s, err := c.open(ctx)
+	if err != nil {
+		return 0, err
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("queue: stream %s: %w", c.opts.Stream, err)
+	}
+	c.lastSeq = info.State.LastSeq
+	if info.State.Msgs == 0 {
+		return 0, nil
+	}
+	m, err := s.GetMsg(ctx, info.State.LastSeq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("queue: stream %s: last message: %w", c.opts.Stream, err)
+	}
+	seq, err := strconv.ParseUint(m.Header.Get(jetstream.MsgIDHeader), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("queue: stream %s: last message %d has no change seq as its id (another publisher?)", c.opts.Stream, info.State.LastSeq)
+	}
+	return seq, nil
+}
+
+// Publish stores msgs in order and returns how many of them, from the
+// first, the stream holds. They are pipelined, each expecting the stream's
+// last sequence to be its predecessor's, so a failed one fails those after
+// it: the stream never holds a record without the ones before it.
+func (c *ChangeStream) Publish(ctx context.Context, msgs []ChangeMsg) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	js, s, err := c.open(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if c.lastSeq == 0 {
+		info, err := s.Info(ctx)
+		if err != nil {
+			return 0, fmt.Errorf("queue: stream %s: %w", c.opts.Stream, err)
+		}
+		c.lastSeq = info.State.LastSeq
+	}
+	futures := make([]jetstream.PubAckFuture, 0, len(msgs))
+	var pubErr error
+	for i, m := range msgs {
+		id := strconv.FormatUint(m.Seq, 10)
+		msg := &nats.Msg{Subject: c.Subject(m.OrganizationID, m.UserID), Data: m.Data,
+			Header: nats.Header{HeaderChangeSeq: []string{id}}}
+		f, err := js.PublishMsgAsync(msg, jetstream.WithMsgID(id), jetstream.WithExpectLastSequence(c.lastSeq+uint64(i)),
+			jetstream.WithExpectStream(c.opts.Stream))
+		if err != nil {
+			pubErr = err
+			break
+		}
+		futures = append(futures, f)
+	}
+	done := 0
+	var ackErr error
+	for _, f := range futures {
+		select {
+		case ack := <-f.Ok():
+			if ackErr == nil {
+				if ack.Duplicate {
+					ackErr = fmt.Errorf("queue: change %s already in stream %s", f.Msg().Header.Get(HeaderChangeSeq), c.opts.Stream)
+				} else {
+					c.lastSeq = ack.Sequence
+					done++
+				}
+			}
+		case err := <-f.Err():
+			if ackErr == nil {
+				ackErr = err
+			}
+		case <-ctx.Done():
+			if ackErr == nil {
+				ackErr = ctx.Err()
+			}
+		}
+	}
+	if ackErr == nil {
+		ackErr = pubErr
+	}
+	if ackErr != nil {
+		c.lastSeq = 0 // read again: the stream may hold more than we know
+		if done == 0 && strings.Contains(ackErr.Error(), "wrong last sequence") {
+			return 0, fmt.Errorf("queue: publish to %s: %w (the stream holds records the relay did not count: it starts again from the stream's last)", c.opts.Stream, ackErr)
+		}
+		return done, fmt.Errorf("queue: publish to %s: %w", c.opts.Stream, ackErr)
+	}
+	return done, nil
+}
