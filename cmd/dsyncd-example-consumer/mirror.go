@@ -53,6 +53,7 @@ func (m *mirror) load(ex *client.Export) {
 		}
 	}
 	m.users, m.seq = users, ex.ChangeSeq
+	fmt.Fprintf(m.log, "loaded the export at seq %d (%d users)\n", m.seq, len(m.users))
 	m.check()
 }
 
