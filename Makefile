@@ -9,7 +9,7 @@ FUZZTIME  ?= 10s
 FUZZTIME_APPLY ?= $(FUZZTIME)
 PREFIX    ?= /usr/local
 
-.PHONY: help build run test test-short bench bench-e2e bench-e2e-external bench-scale fuzz lint soak soak-short install deps clean
+.PHONY: help build run test test-short bench bench-e2e bench-e2e-external bench-cluster bench-scale fuzz lint soak soak-short install deps clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-20s %s\n", $$1, $$2}'
@@ -50,6 +50,12 @@ bench-e2e: build ## Load test the whole path (HTTP in -> applied) on loopback
 bench-e2e-external: build ## The same, with NATS in its own process (nats.url): memory reported per process
 	$(GO) build -o bin/nats-server github.com/nats-io/nats-server/v2
 	$(GO) run ./cmd/dsyncd-load -bin $(BIN) -nats-server bin/nats-server -users 100000 -groups 1000 -memberships 3 -concurrency 64
+
+CLUSTER_USERS  ?= 20000
+CLUSTER_GROUPS ?= 200
+bench-cluster: build ## Three nats-servers and three dsyncd nodes (replicas 3): ingest across the nodes, time until all converged, RSS and CPU per process
+	$(GO) build -o bin/nats-server github.com/nats-io/nats-server/v2
+	$(GO) run ./cmd/dsyncd-load -cluster -bin $(BIN) -nats-server bin/nats-server -users $(CLUSTER_USERS) -groups $(CLUSTER_GROUPS) -memberships 3 -concurrency 48
 
 # The scale run of issue 23: the default configuration, a 1M-user initial sync (4M events), with reads of
 # single users during it. Not in CI: it takes ~10 minutes of both CPUs and ~6 GiB of memory; run it on an

@@ -77,6 +77,8 @@ type Config struct {
 	// Changes configures the product's change feed: the outbox the store
 	// writes, /v1/changes, its JetStream stream and the webhooks out.
 	Changes ChangesConfig `mapstructure:"changes"`
+	// Node names this dsyncd among the nodes sharing one NATS cluster.
+	Node NodeConfig `mapstructure:"node"`
 }
 
 // ChangesConfig is the changes section.
@@ -107,6 +109,18 @@ type ChangesWebhookConfig struct {
 	Secret string `mapstructure:"secret"`
 	// MaxAge is how long a record is retried before it is skipped.
 	MaxAge time.Duration `mapstructure:"max_age"`
+}
+
+// NodeConfig is the node section.
+type NodeConfig struct {
+	// ID names this node among those sharing the stream: its worker's
+	// durable consumer is dsyncd-worker-<id>, and it holds a lease on the
+	// id while it runs, so that a second live node with the same id
+	// refuses to start. Letters, digits, '-' and '_'. Empty: the host name
+	// names the node in logs and leases, and the worker keeps the
+	// single-node consumer dsyncd-worker (set it on every node of a
+	// cluster).
+	ID string `mapstructure:"id"`
 }
 
 // LogConfig is the log section.
@@ -257,6 +271,10 @@ type StoreConfig struct {
 
 // WorkerConfig is the worker section.
 type WorkerConfig struct {
+	// Enabled runs the worker: it consumes the stream and applies events to
+	// this node's store. false makes a receiver-only node: it stores
+	// webhooks in the stream and serves no /v1 data (503).
+	Enabled bool `mapstructure:"enabled"`
 	// BatchSize is how many queued events the worker fetches at once, 1 to 10000.
 	BatchSize int `mapstructure:"batch_size"`
 	// MaxAttempts is how many times an event is tried before it goes to
@@ -396,6 +414,7 @@ func Default() Config {
 		WorkOS: WorkOSConfig{Endpoint: reconcile.DefaultEndpoint},
 		Events: EventsConfig{Start: EventsStartNow, OnStaleCursor: OnStaleCursorReconcile},
 		Worker: WorkerConfig{
+			Enabled:      true,
 			BatchSize:    worker.DefaultBatchSize,
 			MaxAttempts:  worker.DefaultMaxAttempts,
 			AckWait:      worker.DefaultAckWait,

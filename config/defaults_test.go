@@ -58,6 +58,7 @@ var configOnly = map[string]string{
 	"http.listen":                         "the daemon's listener",
 	"http.shutdown_timeout":               "the daemon's shutdown",
 	"webhook.enabled":                     "the daemon's choice to receive webhooks",
+	"worker.enabled":                      "the daemon's choice to apply events",
 	"nats.sync_interval":                  "the embedded server's fsync policy (nats-server's own default differs)",
 	"nats.event_encoding":                 "the daemon stores events S2-compressed; the queue's zero value is plain JSON",
 	"nats.max_bytes":                      "a bounded stream; the queue's zero value is unbounded",

@@ -169,6 +169,8 @@ func (c Config) Problems() []string {
 	v.positive("worker.ack_wait", c.Worker.AckWait)
 	v.nonNegative("worker.retry_backoff", c.Worker.RetryBackoff)
 	v.nonNegative("worker.max_yield_lag", c.Worker.MaxYieldLag)
+	v.check(c.Node.ID == "" || validNodeID(c.Node.ID), "node.id",
+		fmt.Sprintf("%q must be 1 to 64 letters, digits, '-' or '_'", c.Node.ID))
 
 	v.positive("changes.retention", c.Changes.Retention)
 	v.streamName("changes.stream", c.Changes.Stream)
@@ -340,6 +342,21 @@ func (v *validator) subjectPrefix(key, prefix string) {
 	case slices.Contains(strings.Split(prefix, "."), ""):
 		v.add(key, fmt.Sprintf("%q has an empty token (leading, trailing or double '.')", prefix))
 	}
+}
+
+// validNodeID reports whether id can name a node: it becomes part of a
+// consumer name and of a lease key.
+func validNodeID(id string) bool {
+	if len(id) > 64 {
+		return false
+	}
+	for _, r := range id {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+			return false
+		}
+	}
+	return id != ""
+
 }
 
 // validBucket reports whether name is a valid JetStream Object Store bucket

@@ -38,6 +38,10 @@ type Delivery struct {
 	Stored time.Time
 	// Subject is the message's subject (see [Queue.Subject]).
 	Subject string
+	// Control is the kind of a control message (see
+	// [Queue.PublishControl]), whose Data is the control's JSON; empty for
+	// an event.
+	Control string
 
 	q   *Queue
 	msg jetstream.Msg
@@ -70,6 +74,7 @@ func (q *Queue) delivery(m jetstream.Msg) Delivery {
 		d.Seq, d.HasSeq, d.Pending, d.Stored = md.Sequence.Stream, true, md.NumPending, md.Timestamp
 	}
 	d.Data, d.Err = dataOf(m.Headers(), m.Data())
+	d.Control = m.Headers().Get(HeaderControl)
 	return d
 }
 

@@ -30,7 +30,7 @@ func referenceEvent(t *testing.T) []byte {
 func parkFirst(t *testing.T, q *Queue, n int) DeadLetter {
 	t.Helper()
 	ctx := testCtx(t, 30*time.Second)
-	c, err := q.jsConsumer(ctx, "worker", 30*time.Second)
+	c, err := q.jsConsumer(ctx, "worker", 30*time.Second, 0)
 	if err != nil {
 		t.Fatalf("Consumer: %v", err)
 	}
@@ -147,7 +147,7 @@ func TestUndecodableParkedAsStored(t *testing.T) {
 	if _, err := st.js.PublishMsg(ctx, m, jetstream.WithMsgID("evt_bad")); err != nil {
 		t.Fatalf("PublishMsg: %v", err)
 	}
-	c, err := q.jsConsumer(ctx, "worker", 30*time.Second)
+	c, err := q.jsConsumer(ctx, "worker", 30*time.Second, 0)
 	if err != nil {
 		t.Fatalf("Consumer: %v", err)
 	}

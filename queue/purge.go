@@ -63,7 +63,8 @@ func (q *Queue) Usage(ctx context.Context, durable string) (Usage, error) {
 }
 
 // PurgeThrough removes the main stream's messages at or below seq, but never
-// one durable has not acknowledged: at most through its ack floor. It
+// one durable, or any other durable consumer of the stream (the other nodes'
+// workers), has not acknowledged: at most through the lowest ack floor. It
 // returns how many messages went. Dead letters (their own stream) stay.
 func (q *Queue) PurgeThrough(ctx context.Context, seq uint64, durable string) (uint64, error) {
 	st, err := q.state()
@@ -75,6 +76,17 @@ func (q *Queue) PurgeThrough(ctx context.Context, seq uint64, durable string) (u
 		return 0, err
 	}
 	seq = min(seq, u.AckFloor)
+	// Nor one another durable consumer (another node's worker, in a
+	// cluster) has not acknowledged.
+	lister := st.main.ListConsumers(ctx)
+	for ci := range lister.Info() {
+		if ci.Config.Durable != "" {
+			seq = min(seq, ci.AckFloor.Stream)
+		}
+	}
+	if err := lister.Err(); err != nil {
+		return 0, fmt.Errorf("queue: consumers of %s: %w", q.opts.Stream, err)
+	}
 	if seq == 0 || seq < u.FirstSeq || u.Msgs == 0 {
 		return 0, nil
 	}

@@ -626,6 +626,31 @@ func (q *Queue) Publish(ctx context.Context, directoryID, eventType, msgID strin
 	return ack.Duplicate, nil
 }
 
+// PublishControl stores a control message (a decision every node applies at
+// its place in the stream: see Delivery.Control) of kind under
+// ControlSubject(kind), with msgID as Nats-Msg-Id, as JSON, and returns
+// its stream sequence once JetStream acknowledged it.
+func (q *Queue) PublishControl(ctx context.Context, kind, msgID string, data []byte) (uint64, error) {
+	st, err := q.state()
+	if err != nil {
+		return 0, err
+	}
+	if err := q.health.fault(); err != nil {
+		return 0, err
+	}
+	m := &nats.Msg{Subject: q.ControlSubject(kind), Data: data, Header: nats.Header{HeaderControl: []string{kind}}}
+	opts := []jetstream.PublishOpt{jetstream.WithExpectStream(q.opts.Stream)}
+	if msgID != "" {
+		opts = append(opts, jetstream.WithMsgID(msgID))
+	}
+	ack, err := st.js.PublishMsg(ctx, m, opts...)
+	if err != nil {
+		q.health.publishFailed()
+		return 0, fmt.Errorf("queue: publish control: %w", err)
+	}
+	return ack.Sequence, nil
+}
+
 // Ready reports whether JetStream answers and the main stream exists.
 func (q *Queue) Ready(ctx context.Context) error {
 	st, err := q.state()
@@ -680,7 +705,15 @@ func (q *Queue) StreamInfo(ctx context.Context) (*StreamInfo, error) {
 // default, 30 s, when zero), at most Options.MaxAckPending unacknowledged
 // messages, and unlimited deliveries: the worker decides when to Park.
 func (q *Queue) Consumer(ctx context.Context, durable string, ackWait time.Duration) (*Consumer, error) {
-	c, err := q.jsConsumer(ctx, durable, ackWait)
+	return q.ConsumerAfter(ctx, durable, ackWait, 0)
+}
+
+// ConsumerAfter is Consumer, except that a consumer it creates starts after
+// stream sequence after (the position of a store that has applied the
+// stream up to there, say a node given its own consumer); an existing one
+// keeps its position.
+func (q *Queue) ConsumerAfter(ctx context.Context, durable string, ackWait time.Duration, after uint64) (*Consumer, error) {
+	c, err := q.jsConsumer(ctx, durable, ackWait, after)
 	if err != nil {
 		return nil, err
 	}
@@ -688,7 +721,7 @@ func (q *Queue) Consumer(ctx context.Context, durable string, ackWait time.Durat
 }
 
 // jsConsumer is Consumer's JetStream consumer.
-func (q *Queue) jsConsumer(ctx context.Context, durable string, ackWait time.Duration) (jetstream.Consumer, error) {
+func (q *Queue) jsConsumer(ctx context.Context, durable string, ackWait time.Duration, after uint64) (jetstream.Consumer, error) {
 	st, err := q.state()
 	if err != nil {
 		return nil, err
@@ -696,7 +729,7 @@ func (q *Queue) jsConsumer(ctx context.Context, durable string, ackWait time.Dur
 	if !validName(durable) {
 		return nil, fmt.Errorf("%w: consumer name %q", ErrInvalidOptions, durable)
 	}
-	c, err := st.js.CreateOrUpdateConsumer(ctx, q.opts.Stream, jetstream.ConsumerConfig{
+	cfg := jetstream.ConsumerConfig{
 		Durable:       durable,
 		Description:   "dsyncd worker",
 		DeliverPolicy: jetstream.DeliverAllPolicy,
@@ -704,11 +737,65 @@ func (q *Queue) jsConsumer(ctx context.Context, durable string, ackWait time.Dur
 		AckWait:       ackWait,
 		MaxDeliver:    -1,
 		MaxAckPending: q.opts.MaxAckPending,
-	})
+	}
+	ex, err := st.main.Consumer(ctx, durable)
+	switch {
+	case err == nil && ex.CachedInfo().NumAckPending > 0:
+		// Deliveries of a previous process left unacknowledged (it was
+		// killed): JetStream would deliver them again only after their ack
+		// wait, after the messages behind them. Start again at the ack
+		// floor instead, so that they come first, in stream order (what
+		// was acknowledged above the floor comes again too, as duplicates).
+		floor := ex.CachedInfo().AckFloor.Stream
+		if err := st.main.DeleteConsumer(ctx, durable); err != nil {
+			return nil, fmt.Errorf("queue: consumer %s: %w", durable, err)
+		}
+		q.log.Info("consumer restarted at its ack floor: deliveries of a previous process come again in stream order",
+			zap.String("consumer", durable), zap.Uint64("ack_floor", floor), zap.Int("ack_pending", ex.CachedInfo().NumAckPending))
+		if floor > 0 {
+			cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, floor+1
+		}
+	case err == nil:
+		// The deliver policy of an existing consumer cannot change: keep it.
+		cfg.DeliverPolicy, cfg.OptStartSeq = ex.CachedInfo().Config.DeliverPolicy, ex.CachedInfo().Config.OptStartSeq
+	case errors.Is(err, jetstream.ErrConsumerNotFound):
+		if after > 0 {
+			cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, after+1
+		}
+	default:
+		return nil, fmt.Errorf("queue: consumer %s: %w", durable, err)
+	}
+	c, err := st.js.CreateOrUpdateConsumer(ctx, q.opts.Stream, cfg)
+	if err == nil && (ex == nil || cfg.DeliverPolicy == jetstream.DeliverByStartSequencePolicy && ex.CachedInfo().NumAckPending > 0) {
+		// A consumer created now must find in the stream every message
+		// after its start: JetStream would silently start at the first
+		// one still held (the others purged behind a snapshot).
+		if err := q.checkStart(ctx, st, durable, max(cfg.OptStartSeq, 1)); err != nil {
+			return nil, err
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("queue: consumer %s: %w", durable, err)
 	}
 	return c, nil
+}
+
+// ErrPurged is wrapped by ConsumerAfter's error when the stream no longer
+// holds the messages the consumer should start with.
+var ErrPurged = errors.New("queue: the stream no longer holds the messages to start from")
+
+// checkStart deletes durable, just created to start at seq, and returns an
+// error wrapping ErrPurged when the stream's first message is after seq.
+func (q *Queue) checkStart(ctx context.Context, st *state, durable string, seq uint64) error {
+	info, err := st.main.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("queue: stream %s: %w", q.opts.Stream, err)
+	}
+	if info.State.Msgs == 0 && info.State.LastSeq < seq || info.State.FirstSeq <= seq {
+		return nil
+	}
+	_ = st.main.DeleteConsumer(ctx, durable)
+	return fmt.Errorf("%w: consumer %s would start at seq %d, the stream %s starts at %d", ErrPurged, durable, seq, q.opts.Stream, info.State.FirstSeq)
 }
 
 // Pending is the consumer's lag: messages not yet delivered plus messages

@@ -124,7 +124,7 @@ func publishConsume(t *testing.T, q *Queue) {
 		t.Fatalf("stream holds %d messages, want 1", n)
 	}
 
-	c, err := q.jsConsumer(ctx, "worker", 30*time.Second)
+	c, err := q.jsConsumer(ctx, "worker", 30*time.Second, 0)
 	if err != nil {
 		t.Fatalf("Consumer: %v", err)
 	}
@@ -322,7 +322,7 @@ func TestExternal(t *testing.T) {
 	if n := streamMsgs(t, q); n != 2 {
 		t.Fatalf("stream holds %d messages, want 2 (evt_1, evt_up)", n)
 	}
-	c, err := q.jsConsumer(testCtx(t, 5*time.Second), "worker", 30*time.Second)
+	c, err := q.jsConsumer(testCtx(t, 5*time.Second), "worker", 30*time.Second, 0)
 	if err != nil {
 		t.Fatalf("Consumer: %v", err)
 	}
@@ -375,7 +375,7 @@ func TestDeadLetters(t *testing.T) {
 			t.Fatalf("Publish: %v", err)
 		}
 	}
-	c, err := q.jsConsumer(ctx, "worker", 30*time.Second)
+	c, err := q.jsConsumer(ctx, "worker", 30*time.Second, 0)
 	if err != nil {
 		t.Fatalf("Consumer: %v", err)
 	}

@@ -116,7 +116,7 @@ func consumeAll(t *testing.T, q *Queue) map[string]bool {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := q.jsConsumer(testCtx(t, 5*time.Second), "check", 30*time.Second)
+	c, err := q.jsConsumer(testCtx(t, 5*time.Second), "check", 30*time.Second, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +146,7 @@ func TestFullDiskRecoversInProcessAndKeepsEveryAcknowledgedEvent(t *testing.T) {
 			t.Fatalf("publish before the fault: %v", err)
 		}
 	}
-	cons, err := q.jsConsumer(testCtx(t, 5*time.Second), "worker", 30*time.Second)
+	cons, err := q.jsConsumer(testCtx(t, 5*time.Second), "worker", 30*time.Second, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -64,3 +64,13 @@ func token(s string) string {
 	}
 	return t[:cut] + suffix
 }
+
+// HeaderControl marks a control message of the main stream (see
+// PublishControl); its value is the control's kind. Webhooks cannot set it.
+const HeaderControl = "Dsyncd-Control"
+
+// ControlSubject is the subject PublishControl stores a control of kind
+// under: "<SubjectPrefix>.control.<kind>".
+func (q *Queue) ControlSubject(kind string) string {
+	return q.opts.SubjectPrefix + ".control." + token(kind)
+}

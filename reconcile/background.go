@@ -22,6 +22,14 @@ type BackgroundOptions struct {
 	OnStaleCursor string
 	// ReconcileInterval reconciles every directory every interval; 0: never.
 	ReconcileInterval time.Duration
+	// Active, if set, is asked before each poll and each scheduled
+	// reconciliation: false skips it (another node of the cluster holds the
+	// leader lease).
+	Active func() bool
+	// PublishCorrections sends the reconciler's corrective events to the
+	// stream (the publisher StartBackground is given) instead of applying
+	// them to the store: every node of a cluster then applies them.
+	PublishCorrections bool
 }
 
 // Background is what `dsyncd serve` runs besides the webhook receiver: the
@@ -44,12 +52,16 @@ func StartBackground(opts BackgroundOptions, pub Publisher, st *storage.Store, l
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	b := &Background{cancel: cancel}
+	var corrections Publisher
+	if opts.PublishCorrections {
+		corrections = pub
+	}
 	if opts.PollInterval > 0 {
 		// A reconciler of its own for a refused cursor, which may come
 		// with reconcile.interval 0.
-		r := NewReconciler(ReconcilerOptions{ClientOptions: opts.Client}, st, log)
+		r := NewReconciler(ReconcilerOptions{ClientOptions: opts.Client, Publish: corrections}, st, log)
 		b.Poller = New(Options{ClientOptions: opts.Client, Interval: opts.PollInterval, Start: opts.Start,
-			Applied: st.Processed, OnStaleCursor: opts.OnStaleCursor,
+			Applied: st.Processed, OnStaleCursor: opts.OnStaleCursor, Active: opts.Active,
 			Reconcile: func(ctx context.Context) error {
 				_, err := r.Reconcile(ctx, Scope{}, false)
 				return err
@@ -57,7 +69,8 @@ func StartBackground(opts BackgroundOptions, pub Publisher, st *storage.Store, l
 		b.wg.Go(func() { _ = b.Poller.Run(ctx) })
 	}
 	if opts.ReconcileInterval > 0 {
-		b.Reconciler = NewReconciler(ReconcilerOptions{ClientOptions: opts.Client, Interval: opts.ReconcileInterval}, st, log)
+		b.Reconciler = NewReconciler(ReconcilerOptions{ClientOptions: opts.Client, Interval: opts.ReconcileInterval,
+			Active: opts.Active, Publish: corrections}, st, log)
 		b.wg.Go(func() { _ = b.Reconciler.Run(ctx) })
 	}
 	return b

@@ -77,6 +77,9 @@ type Options struct {
 	// Reconcile, then polls from the time it started; OnStaleCursorFail
 	// keeps failing. Either way CursorStale says so until polling works.
 	OnStaleCursor string
+	// Active, if set, is asked before each poll of Run: false skips it
+	// (another node of a cluster holds the leader lease).
+	Active func() bool
 	// Reconcile runs a full reconciliation; without it OnStaleCursorReconcile
 	// behaves as OnStaleCursorFail.
 	Reconcile func(ctx context.Context) error
@@ -183,6 +186,12 @@ func (p *Poller) setStale(why string) {
 func (p *Poller) Run(ctx context.Context) error {
 	p.log.Info("polling the WorkOS Events API", zap.Duration("interval", p.opts.Interval), zap.String("endpoint", redactURL(p.client.opts.Endpoint)))
 	for {
+		if p.opts.Active != nil && !p.opts.Active() {
+			if sleep(ctx, p.opts.Interval) != nil {
+				return nil
+			}
+			continue
+		}
 		if err := p.Poll(ctx); err != nil {
 			if ctx.Err() != nil {
 				return nil

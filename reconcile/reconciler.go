@@ -35,7 +35,19 @@ type ReconcilerOptions struct {
 	Interval time.Duration
 	// Now is the clock. Nil means time.Now.
 	Now func() time.Time
+	// Active, if set, is asked before each scheduled run of Run: false
+	// skips it (another node of a cluster holds the leader lease).
+	Active func() bool
+	// Publish, if set, takes the corrective events instead of the store:
+	// the daemon of a cluster publishes them to the stream, so that every
+	// node applies them at the same position. Their outcomes are then
+	// "published" (the worker applies them later).
+	Publish Publisher
 }
+
+// Published is the outcome of a corrective event published to the stream
+// (ReconcilerOptions.Publish) rather than applied by the reconciler.
+const Published storage.Outcome = "published"
 
 // Scope selects the directories to reconcile: one directory, the
 // directories of one organisation, or (both empty) every directory the API
@@ -145,6 +157,9 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		if sleep(ctx, r.opts.Interval) != nil {
 			return nil
 		}
+		if r.opts.Active != nil && !r.opts.Active() {
+			continue
+		}
 		start := time.Now()
 		res, err := r.Reconcile(ctx, Scope{}, false)
 		if ctx.Err() != nil {
@@ -213,6 +228,16 @@ func (r *Reconciler) Reconcile(ctx context.Context, scope Scope, dryRun bool) (*
 		if dryRun {
 			pending = append(pending, evs...)
 			pendingDiffs = append(pendingDiffs, idx...)
+			continue
+		}
+		if r.opts.Publish != nil {
+			for i, ev := range evs {
+				if _, err := r.opts.Publish.Publish(ctx, ev.DirectoryID, string(ev.Type), ev.ID, ev.Raw); err != nil {
+					return res, fmt.Errorf("directory %s: publish correction %s: %w", d.ID, ev.ID, err)
+				}
+				res.Differences[idx[i]].Outcome = Published
+				res.Outcomes[Published]++
+			}
 			continue
 		}
 		// The worker's apply path: one transaction; when it fails because

@@ -17,6 +17,10 @@ import (
 // when it answered).
 const HeaderChangeSeq = "Dsyncd-Change-Seq"
 
+// CodeGone is the error code of a 410: the change feed no longer has (or
+// never had) the records after the position asked.
+const CodeGone = "gone"
+
 // The limits of GET /v1/changes.
 const (
 	DefaultChangesLimit = 100

@@ -50,6 +50,15 @@ type DeadLetters interface {
 	Drop(ctx context.Context, seq uint64) error
 }
 
+// Decisions takes the operator's decisions that change the store (see
+// Options.Decisions). Its errors are the store's (storage.ErrNotFound,
+// ErrHoldClosed, ...) or, when the decision could not be taken in time,
+// one whose Unavailable method reports true (503).
+type Decisions interface {
+	DecideHold(ctx context.Context, id uint64, approve bool) (*storage.Plan, error)
+	Resume(ctx context.Context, org string) (*storage.Plan, error)
+}
+
 // operatorRoutes registers the operator routes, each behind authed.
 func (s *Server) operatorRoutes(mux *router) {
 	mux.HandleFunc("GET /v1/holds", s.authed(func(w http.ResponseWriter, r *http.Request) {
@@ -63,14 +72,25 @@ func (s *Server) operatorRoutes(mux *router) {
 				s.fail(w, r, badRequest("hold id must be a number"))
 				return
 			}
-			plan, err := s.st.DecideHold(id, approve, dryRun(r))
+			var plan *storage.Plan
+			if s.opts.Decisions != nil && !dryRun(r) {
+				plan, err = s.opts.Decisions.DecideHold(r.Context(), id, approve)
+			} else {
+				plan, err = s.st.DecideHold(id, approve, dryRun(r))
+			}
 			s.reply(w, r, plan, err)
 		})
 	}
 	mux.HandleFunc("POST /v1/holds/{id}/approve", decide(true))
 	mux.HandleFunc("POST /v1/holds/{id}/reject", decide(false))
 	mux.HandleFunc("POST /v1/organizations/{org}/resume", s.authed(func(w http.ResponseWriter, r *http.Request) {
-		plan, err := s.st.Resume(r.PathValue("org"), dryRun(r))
+		var plan *storage.Plan
+		var err error
+		if s.opts.Decisions != nil && !dryRun(r) {
+			plan, err = s.opts.Decisions.Resume(r.Context(), r.PathValue("org"))
+		} else {
+			plan, err = s.st.Resume(r.PathValue("org"), dryRun(r))
+		}
 		s.reply(w, r, plan, err)
 	}))
 	mux.HandleFunc("GET /v1/backup", s.authed(s.handleBackup))
@@ -170,12 +190,15 @@ func notFound(msg string) error { return &publicError{http.StatusNotFound, CodeN
 const (
 	CodeBadRequest  = "bad_request"
 	CodeNotFound    = "not_found"
-	CodeGone        = "gone"
 	CodeConflict    = "conflict"
 	CodeInternal    = "internal"
 	CodeForeignHost = "foreign_host"
 	CodeToken       = "unauthorized"
 	CodeContentType = ReasonContentType
+	// CodeUnavailable: a decision could not be taken now (the stream
+	// unreachable, or not yet applied on this node), or a receiver-only
+	// node has no store to answer from (503).
+	CodeUnavailable = "unavailable"
 )
 
 // errorStatus is the one mapping of a /v1 handler's error to its answer:
@@ -185,9 +208,12 @@ const (
 // addresses, internals), which the caller logs instead.
 func errorStatus(err error) (status int, code, msg string) {
 	var pe *publicError
+	var un interface{ Unavailable() bool }
 	switch {
 	case errors.As(err, &pe):
 		return pe.status, pe.code, pe.msg
+	case errors.As(err, &un) && un.Unavailable():
+		return http.StatusServiceUnavailable, CodeUnavailable, err.Error()
 	case errors.Is(err, storage.ErrNotFound):
 		return http.StatusNotFound, CodeNotFound, err.Error()
 	case errors.Is(err, storage.ErrHoldClosed), errors.Is(err, storage.ErrNotPaused), errors.Is(err, storage.ErrUnmapChoice),

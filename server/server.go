@@ -106,6 +106,16 @@ type Options struct {
 	// DeadLetters, when set, backs /v1/dlq (operator.go); without it those
 	// routes do not exist.
 	DeadLetters DeadLetters
+	// Decisions, when set, takes the operator's decisions on holds and
+	// paused organisations (operator.go) instead of the store: the daemon
+	// sends them through the stream, so that every node of a cluster
+	// applies them at the same position, and answers once this node did.
+	// Dry runs always ask the store.
+	Decisions Decisions
+	// NoStore makes every /v1 route answer 503: a receiver-only node
+	// (worker.enabled: false) stores webhooks but applies nothing, so it
+	// has nothing current to read or decide.
+	NoStore bool
 	// Snapshots, when set, backs /v1/snapshots (snapshots.go).
 	Snapshots Snapshots
 }
@@ -233,8 +243,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/users/{id}", s.authed(s.handleUser))
 	mux.HandleFunc("GET /v1/directories/{id}/users", s.authed(s.handleDirectoryUsers))
 	mux.HandleFunc("GET /v1/audit", s.authed(s.handleAudit))
-	s.readRoutes(mux)
 	mux.HandleFunc("GET /v1/changes", s.authed(s.handleChanges))
+	s.readRoutes(mux)
 	s.operatorRoutes(mux)
 	if s.opts.Metrics != nil {
 		mux.Handle("GET /metrics", s.opts.Metrics)
@@ -681,6 +691,11 @@ func (s *Server) authed(h http.HandlerFunc) http.HandlerFunc {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead && !isJSON(r.Header.Get("Content-Type")) {
 			s.refuseAPI(w, r, http.StatusUnsupportedMediaType, CodeContentType,
 				"a request that changes something must have Content-Type: application/json")
+			return
+		}
+		if s.opts.NoStore {
+			s.refuseAPI(w, r, http.StatusServiceUnavailable, CodeUnavailable,
+				"this node only receives webhooks (worker.enabled: false) and keeps no store: ask a node that applies events")
 			return
 		}
 		h(w, r)

@@ -282,7 +282,8 @@ func (s *Store) writeChanges(t *txn, now time.Time) (int, error) {
 	}
 	b := t.tx.Bucket(bktChanges)
 	mirror := t.tx.Bucket(bktFeedUsers)
-	b.FillPercent = 1 // keys only grow
+	b.FillPercent = 1        // keys only grow
+	mirror.FillPercent = 0.9 // as the users bucket: keyed alike
 	n := 0
 	// An organisation's records are few: encoding/json writes them.
 	put := func(c *storedChange) error {

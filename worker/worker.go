@@ -36,6 +36,16 @@ import (
 type Options struct {
 	// Durable is the consumer's durable name. Default "dsyncd-worker".
 	Durable string
+	// StartAfter is the stream sequence a consumer the worker creates
+	// starts after: the store's applied position. An existing consumer
+	// keeps its own.
+	StartAfter uint64
+	// Control applies a control message (queue.Delivery.Control set) at its
+	// place in the stream, after the events before it and before those
+	// after it. It reports retry when the store cannot be written: the
+	// control and what follows it are delivered again later. Otherwise the
+	// worker acknowledges it. Without Control, a control message is parked.
+	Control func(d *queue.Delivery) (retry bool)
 	// BatchSize is the most events applied in one transaction. Default 1024.
 	BatchSize int
 	// MaxAttempts is how many times an event that fails to apply is tried
@@ -206,7 +216,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	backoff := w.opts.RetryBackoff
 	for {
 		var err error
-		cons, err = w.q.Consumer(ctx, w.opts.Durable, w.opts.AckWait)
+		cons, err = w.q.ConsumerAfter(ctx, w.opts.Durable, w.opts.AckWait, w.opts.StartAfter)
 		if err == nil {
 			break
 		}
@@ -316,8 +326,34 @@ func (w *Worker) drain(batch *queue.Batch, lastCommit *time.Time, whole bool) (s
 
 // process applies one batch. It never returns an error: every delivery ends
 // acknowledged (applied or parked) or left for redelivery (retry later).
-// It returns false when the store could not be written.
+// It returns false when the store could not be written. A control message
+// splits the batch: the events before it are applied first, then it, then
+// those after it.
 func (w *Worker) process(ds []queue.Delivery) bool {
+	if w.opts.Control != nil {
+		for i := range ds {
+			if ds[i].Control == "" {
+				continue
+			}
+			if !w.processEvents(ds[:i]) || w.opts.Control(&ds[i]) {
+				for j := i; j < len(ds); j++ {
+					_ = ds[j].RetryLater(w.opts.RetryBackoff)
+				}
+				w.healthy.Store(false)
+				return false
+			}
+			w.ack(&ds[i])
+			return w.process(ds[i+1:])
+		}
+	}
+	return w.processEvents(ds)
+}
+
+// processEvents applies a batch of events (see process).
+func (w *Worker) processEvents(ds []queue.Delivery) bool {
+	if len(ds) == 0 {
+		return true
+	}
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

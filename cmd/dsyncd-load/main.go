@@ -56,6 +56,7 @@ import (
 )
 
 type options struct {
+	cluster     bool
 	bin         string
 	url         string
 	secret      string
@@ -96,6 +97,7 @@ func main() {
 	flag.IntVar(&o.reads, "reads", 0, "GET /v1/users/{id} of random users this many times a second during the sync, and report their latency (0 = none; needs the daemon this run starts)")
 	flag.Int64Var(&o.maxBytes, "max-bytes", 0, "nats.max_bytes of the daemon this run starts (0 = the default, 1 GiB)")
 	flag.IntVar(&o.feedLatency, "feed-latency", 0, "instead of the load test: after the initial sync, time this many single badge changes, one at a time, from webhook in to the change feed's long-poll and webhook-out consumers (p50/p99/max)")
+	flag.BoolVar(&o.cluster, "cluster", false, "three nats-server processes (-nats-server) in one cluster and three dsyncd nodes on it: ingest across them, time until every node converged, per-process memory and CPU")
 	flag.Parse()
 	if o.concurrency < 1 || o.users < 0 || o.groups < 0 || o.memberships < 0 || o.changes < 0 {
 		fmt.Fprintln(os.Stderr, "dsyncd-load: counts must be >= 0 and -concurrency >= 1")
@@ -108,9 +110,12 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	var err error
-	if o.feedLatency > 0 {
+	switch {
+	case o.feedLatency > 0:
 		err = runFeedLatency(ctx, o)
-	} else {
+	case o.cluster:
+		err = runCluster(ctx, o)
+	default:
 		err = run(ctx, o)
 	}
 	cancel()

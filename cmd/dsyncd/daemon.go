@@ -8,21 +8,20 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/dsyncd/dsyncd/config"
 	"github.com/dsyncd/dsyncd/events"
+	"github.com/dsyncd/dsyncd/mapping"
 	"github.com/dsyncd/dsyncd/queue"
 	"github.com/dsyncd/dsyncd/reconcile"
 	"github.com/dsyncd/dsyncd/server"
 	"github.com/dsyncd/dsyncd/storage"
 	"github.com/dsyncd/dsyncd/worker"
 )
-
-// workerDurable is the durable name of the worker's JetStream consumer.
-const workerDurable = "dsyncd-worker"
 
 // daemon is `dsyncd serve`: store, queue, worker and HTTP server, opened in
 // that order and closed in reverse.
@@ -47,6 +46,22 @@ type daemon struct {
 	// <data_dir>/api.token.
 	apiToken string
 
+	// node names this node (node.id or the host name); durable is its
+	// worker's consumer; started is when it started.
+	node    string
+	durable string
+	started time.Time
+	// leaseTTL, when set, replaces queue.DefaultLeaseTTL (tests).
+	leaseTTL    time.Duration
+	nodeLease   *queue.Lease
+	leaderLease *queue.Lease
+	ctl         *controls
+	// fileMapping is the mapping of this node's configuration file;
+	// mappingDiffers says the mapping in force is another.
+	mapMu          sync.Mutex
+	fileMapping    mapping.Config
+	mappingDiffers atomic.Bool
+
 	workerCancel context.CancelFunc
 	workerDone   chan struct{}
 	mu           sync.Mutex // serialises Reload
@@ -57,7 +72,8 @@ type daemon struct {
 }
 
 func newDaemon(cfg config.Config, log *zap.Logger) *daemon {
-	return &daemon{cfg: cfg, log: log, metrics: newMetrics(), workerDone: make(chan struct{})}
+	return &daemon{cfg: cfg, log: log, metrics: newMetrics(), workerDone: make(chan struct{}), node: nodeID(cfg), durable: durableFor(cfg),
+		started: time.Now(), fileMapping: cfg.Mapping}
 }
 
 func queueOptions(cfg config.Config) queue.Options {
@@ -82,7 +98,7 @@ func queueOptions(cfg config.Config) queue.Options {
 		MaxAckPending:   cfg.Worker.BatchSize * 4,
 		// Explicit limits for the embedded server: streams are file-backed
 		// (memory only for bookkeeping); the store may hold the stream and
-		// the dead letters at their cap. An unlimited stream (max_bytes 0)
+		// the dead letters at their cap, and the leases. An unlimited stream (max_bytes 0)
 		// leaves the disk limit to the server's default (a share of the disk).
 		// The change feed's stream, when relayed, has the same cap.
 		MaxMemory: 256 << 20,
@@ -102,10 +118,11 @@ func maxStore(cfg config.Config) int64 {
 	if cfg.Changes.Enabled && cfg.Changes.JetStream {
 		streams = 3
 	}
+	leases := int64(4 * queue.LeaseBucketBytes) // and the lease bucket
 	if cfg.Store.SnapshotsKept > 0 {
-		return streams*cfg.NATS.MaxBytes + 1<<40
+		return streams*cfg.NATS.MaxBytes + 1<<40 + leases
 	}
-	return streams * cfg.NATS.MaxBytes
+	return streams*cfg.NATS.MaxBytes + leases
 }
 
 // Open starts every component. On error, what was started is closed.
@@ -128,11 +145,23 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 	if err := d.q.Open(ctx); err != nil {
 		return fmt.Errorf("%s: %w", natsKeys(d.cfg), err)
 	}
+	if err := d.claimNode(ctx); err != nil {
+		return err
+	}
 	if err := d.checkStorePosition(ctx, hadData); err != nil {
 		return err
 	}
-	if _, err := d.st.ApplyMapping(d.cfg.Mapping, "", false); err != nil {
-		return fmt.Errorf("mapping: %w", err)
+	d.ctl = newControls(d)
+	stored, err := d.st.StoredMapping()
+	if err != nil {
+		return fmt.Errorf("%s: %w", storeKey(d.cfg), err)
+	}
+	if stored == nil {
+		// A new store: the file's mapping is the one in force until the
+		// stream carries another.
+		if _, err := d.st.ApplyMapping(d.cfg.Mapping, "", false); err != nil {
+			return fmt.Errorf("mapping: %w", err)
+		}
 	}
 	var created bool
 	if d.apiToken, created, err = serveToken(d.cfg); err != nil {
@@ -148,6 +177,9 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 		}
 	}
 	d.snap = newSnapshotter(d.cfg, d.q, d.st, d.log)
+	if d.snap != nil {
+		d.snap.active = d.Leader
+	}
 	verifier := events.NewVerifier(d.cfg.Webhook.Secrets, d.cfg.Webhook.Tolerance)
 	if d.clock != nil {
 		verifier = verifier.WithClock(d.clock)
@@ -169,11 +201,28 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 		Ready:             d.ready,
 		Degraded:          d.degraded,
 		Metrics:           d.metrics.handler(),
-		DeadLetters:       dlqStore{q: d.q, st: d.st},
+		DeadLetters:       dlqStore{q: d.q, st: d.st, ctl: d.ctl},
+		Decisions:         d.ctl,
+		NoStore:           !d.cfg.Worker.Enabled,
 		Snapshots:         d.snap.api(),
 	}, verifier, d.q, d.st, d.log)
+	applied, _, err := d.st.AppliedSeq()
+	if err != nil {
+		return refuseDamaged(d.st.Path(), err)
+	}
+	if d.cfg.Worker.Enabled {
+		// The consumer exists before the node says it is ready: from then
+		// on no purge (another node's snapshot) passes its position.
+		if _, err := d.q.ConsumerAfter(ctx, d.durable, d.cfg.Worker.AckWait, applied); errors.Is(err, queue.ErrPurged) {
+			return fmt.Errorf("store %s: %w: run dsyncd rebuild, which starts from the newest snapshot, then start it", d.st.Path(), err)
+		} else if err != nil {
+			return fmt.Errorf("%s: %w", natsKeys(d.cfg), err)
+		}
+	}
 	d.w = worker.New(d.q, d.st, worker.Options{
-		Durable:      workerDurable,
+		Durable:      d.durable,
+		StartAfter:   applied,
+		Control:      d.ctl.apply,
 		BatchSize:    d.cfg.Worker.BatchSize,
 		MaxAttempts:  d.cfg.Worker.MaxAttempts,
 		RetryBackoff: d.cfg.Worker.RetryBackoff,
@@ -186,24 +235,63 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 	}, d.log)
 	wctx, cancel := context.WithCancel(context.Background())
 	d.workerCancel = cancel
-	go func() {
-		defer close(d.workerDone)
-		if err := d.w.Run(wctx); err != nil {
-			d.log.Error("worker stopped", zap.Error(err))
+	if d.cfg.Worker.Enabled {
+		go func() {
+			defer close(d.workerDone)
+			if err := d.w.Run(wctx); err != nil {
+				d.log.Error("worker stopped", zap.Error(err))
+			}
+		}()
+		if err := d.campaign(ctx); err != nil {
+			return err
 		}
-	}()
-	sctx, scancel := context.WithCancel(context.Background())
-	d.snapCancel, d.snapDone = scancel, make(chan struct{})
-	go func() { defer close(d.snapDone); d.snap.run(sctx) }()
-	d.bg = reconcile.StartBackground(backgroundOptions(d.cfg), d.q, d.st, d.log)
-	if err := d.startFeed(ctx); err != nil {
-		return err
+		sctx, scancel := context.WithCancel(context.Background())
+		d.snapCancel, d.snapDone = scancel, make(chan struct{})
+		go func() { defer close(d.snapDone); d.snap.run(sctx) }()
+		bo := backgroundOptions(d.cfg)
+		bo.Active, bo.PublishCorrections = d.Leader, true
+		d.bg = reconcile.StartBackground(bo, d.q, d.st, d.log)
+		if err := d.startFeed(ctx); err != nil {
+			return err
+		}
+	} else {
+		close(d.workerDone)
+		d.log.Info("receiver-only node (worker.enabled: false): webhooks are stored in the stream, nothing is applied here", zap.String("node", d.node))
 	}
 	d.metrics.register(d)
 	d.metrics.registerFeed(d)
 	d.snap.register(d.metrics.reg)
 	if err := d.srv.Open(); err != nil {
 		return fmt.Errorf("http.listen %s, webhook.path %s: %w", d.cfg.HTTP.Listen, d.cfg.Webhook.Path, err)
+	}
+	if d.cfg.Worker.Enabled && stored != nil {
+		if err := d.adoptFileMapping(ctx, *stored); err != nil {
+			return err
+		}
+	}
+	d.log.Info("node started", zap.String("node", d.node), zap.String("consumer", d.durable), zap.Bool("worker", d.cfg.Worker.Enabled))
+	return nil
+}
+
+// adoptFileMapping publishes the file's mapping when it differs from the
+// one in force (stored), so that every node adopts it at the same place in
+// the stream, and waits a while for this node to apply it: a mapping
+// refused (a removed rule without on_unmap) fails the start, as it always
+// has; one not applied yet (a backlog before it) is applied when the worker
+// reaches it.
+func (d *daemon) adoptFileMapping(ctx context.Context, stored mapping.Config) error {
+	if normalMapping(stored) == normalMapping(d.cfg.Mapping) {
+		return nil
+	}
+	d.log.Info("the configuration file's mapping differs from the one in force: publishing it", zap.String("node", d.node))
+	_, err := d.ctl.Mapping(ctx, d.cfg.Mapping, "")
+	var un unavailable
+	if errors.As(err, &un) {
+		d.log.Warn("mapping published; not applied here yet", zap.String("why", un.msg))
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("mapping: %w", err)
 	}
 	return nil
 }
@@ -257,7 +345,7 @@ func (d *daemon) ready(ctx context.Context) error {
 	}
 	// A worker waiting for a full or read-only disk is still ready: webhooks
 	// are stored in JetStream meanwhile (dsyncd_consumer_pending shows it).
-	if !d.w.Attached() {
+	if d.cfg.Worker.Enabled && !d.w.Attached() {
 		return errors.New("worker: not consuming")
 	}
 	return d.snap.streamFull()
@@ -271,6 +359,9 @@ func (d *daemon) degraded() []string {
 		if why := d.bg.Poller.CursorStale(); why != "" {
 			out = append(out, "events poller: "+why)
 		}
+	}
+	if d.mappingDiffers.Load() {
+		out = append(out, "mapping: the mapping in force (the last one the stream carried) differs from this node's configuration file")
 	}
 	return append(out, d.feedDegraded()...)
 }
@@ -289,8 +380,15 @@ func (d *daemon) Reload(cfg config.Config) error {
 	if err := cfg.CheckAdminRule(); err != nil {
 		return err
 	}
-	plan, err := d.st.ApplyMapping(cfg.Mapping, "", false)
+	d.mapMu.Lock()
+	d.fileMapping = cfg.Mapping
+	d.mapMu.Unlock()
+	// Through the stream: every node adopts it at the same place.
+	ctx, cancel := context.WithTimeout(context.Background(), controlWait)
+	defer cancel()
+	plan, err := d.ctl.Mapping(ctx, cfg.Mapping, "")
 	if err != nil {
+		d.checkMapping()
 		return err
 	}
 	d.cfg.Mapping = cfg.Mapping
@@ -309,6 +407,7 @@ func (d *daemon) Close() error {
 			errs = append(errs, d.srv.Shutdown(ctx))
 			cancel()
 		}
+		d.leaderLease.Release()
 		d.bg.Stop()
 		if d.snapCancel != nil {
 			d.snapCancel()
@@ -319,6 +418,7 @@ func (d *daemon) Close() error {
 			<-d.workerDone
 		}
 		d.stopFeed()
+		d.nodeLease.Release()
 		if d.q != nil {
 			errs = append(errs, d.q.Close())
 		}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/dsyncd/dsyncd/queue"
 	"github.com/dsyncd/dsyncd/server"
@@ -15,6 +16,9 @@ import (
 type dlqStore struct {
 	q  *queue.Queue
 	st *storage.Store
+	// ctl, when set (serve), sends the drop's audit entry through the
+	// stream, so that every node records it.
+	ctl *controls
 }
 
 var _ server.DeadLetters = dlqStore{}
@@ -64,7 +68,13 @@ func (d dlqStore) Drop(ctx context.Context, seq uint64) error {
 	if err := d.q.DropDeadLetter(ctx, seq); err != nil {
 		return notFound(err)
 	}
-	return d.st.RecordAudit(dropAudit(dl.MsgID, dl.Subject, dl.Reason))
+	e := dropAudit(dl.MsgID, dl.Subject, dl.Reason)
+	if d.ctl != nil {
+		e.Time = time.Now().UTC()
+		_, err := d.ctl.do(ctx, storage.Control{Kind: storage.ControlDrop, DeadLetter: &e})
+		return err
+	}
+	return d.st.RecordAudit(e)
 }
 
 // dropAudit is the audit entry of a dead letter an operator dropped

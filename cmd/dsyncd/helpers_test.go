@@ -125,7 +125,7 @@ func waitApplied(t testing.TB, d *daemon) {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		n, err := d.q.Pending(ctx, workerDurable)
+		n, err := d.q.Pending(ctx, d.durable)
 		cancel()
 		if err == nil && n == 0 {
 			return

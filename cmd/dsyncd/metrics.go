@@ -119,14 +119,14 @@ func (m *metrics) register(d *daemon) {
 		gauge("dsyncd_consumer_pending", "Events in the stream not yet applied and acknowledged (lag).", func() float64 {
 			ctx, cancel := scrapeCtx()
 			defer cancel()
-			n, err := d.q.Pending(ctx, workerDurable)
+			n, err := d.q.Pending(ctx, d.durable)
 			if err != nil {
 				return -1
 			}
 			return float64(n)
 		}),
 		gauge("dsyncd_store_writable", "1 while the worker's last commit succeeded; 0 while the store cannot be written (disk full, read-only): events wait in JetStream.", func() float64 {
-			if d.w.Consuming() || !d.w.Attached() {
+			if !d.cfg.Worker.Enabled || d.w.Consuming() || !d.w.Attached() {
 				return 1
 			}
 			return 0

@@ -410,7 +410,7 @@ func TestOperationsOnlineThenOffline(t *testing.T) {
 	mustf(t, json.Unmarshal([]byte(out), &rep), "rebuild --from json: %s", out)
 	// (The stream holds the events after the oldest kept snapshot: those
 	// the backup has come back as duplicates, if any are left.)
-	if !rep.Identical || rep.Outcomes.Applied != 0 || rep.Outcomes.Duplicate+rep.Outcomes.Invalid != int(rep.Messages) {
+	if !rep.Identical || rep.Outcomes.Applied != 0 || rep.Outcomes.Duplicate+rep.Outcomes.Invalid+rep.Decisions != int(rep.Messages) {
 		t.Errorf("rebuild --from the hot backup = %+v", rep)
 	}
 	if got := storeFileSnapshot(t, storePath); got != live {

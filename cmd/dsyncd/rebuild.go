@@ -43,6 +43,10 @@ type rebuildReport struct {
 	// SkippedDropped: events an operator dropped from the dead-letter stream.
 	SkippedDropped int              `json:"skipped_dropped"`
 	Failed         []rebuildFailure `json:"failed"`
+	// Decisions: control messages (operators' decisions, mapping changes)
+	// applied where the live nodes applied them; drops are carried over
+	// from the previous store instead, and counted here too.
+	Decisions int `json:"decisions"`
 	// From is the backup the rebuild started from, if any.
 	From string `json:"from,omitempty"`
 	// Snapshot is the snapshot it started from, if any, and SnapshotSeq the
@@ -149,7 +153,8 @@ func printRebuild(a *app, r *rebuildReport) {
 	}
 	fmt.Fprintf(w, "%s %s from %s%sstream %s (sequences %d-%d, %d messages)\n", verb, r.Store, fromBackup(r.From), fromSnapshot(r), r.Stream, r.FirstSeq, r.LastSeq, r.Messages)
 	c := r.Outcomes
-	fmt.Fprintf(w, "  applied %d, duplicate %d, stale %d, ignored %d, deferred %d\n", c.Applied, c.Duplicate, c.Stale, c.Ignored, c.Deferred)
+	fmt.Fprintf(w, "  applied %d, duplicate %d, stale %d, ignored %d, deferred %d; %d decisions\n", c.Applied, c.Duplicate, c.Stale, c.Ignored, c.Deferred,
+		r.Decisions)
 	fmt.Fprintf(w, "  skipped: %d parked in the dead-letter stream, %d dropped by an operator, %d undecodable, %d failed to apply\n",
 		r.SkippedParked, r.SkippedDropped, c.Invalid, len(r.Failed))
 	for _, f := range r.Failed {
@@ -464,12 +469,35 @@ func applyStream(ctx context.Context, q *queue.Queue, st *storage.Store, after u
 		}
 		return res.Err
 	}
-	err := q.Each(ctx, func(seq uint64, _ string, data []byte) error {
+	controls := map[string]storage.ControlKind{}
+	for _, k := range storage.ControlKinds {
+		controls[q.ControlSubject(string(k))] = k
+	}
+	err := q.Each(ctx, func(seq uint64, subject string, data []byte) error {
 		if seq <= after { // in the snapshot the rebuild started from
 			return nil
 		}
 		if parkedSeq[seq] {
 			rep.SkippedParked++
+			return nil
+		}
+		if kind, ok := controls[subject]; ok {
+			// A decision, applied where the live nodes applied it. The
+			// drops are carried over from the previous store instead.
+			rep.Decisions++
+			if kind == storage.ControlDrop {
+				return nil
+			}
+			if err := flush(); err != nil {
+				return err
+			}
+			c, err := storage.DecodeControl(data)
+			if err == nil {
+				_, err = st.ApplyControl(c)
+			}
+			if err != nil && worker.Classify(err) == worker.RetryLater {
+				return err
+			}
 			return nil
 		}
 		ev, err := events.Decode(bytes.Clone(data))

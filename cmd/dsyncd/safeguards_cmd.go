@@ -93,7 +93,9 @@ prints what it did in the format of "plan". Removed group rules need --on-unmap 
 
 apply works on a stopped store. For a running "dsyncd serve", edit its configuration file
 and send SIGHUP (systemctl reload dsyncd): the daemon applies the new mapping the same way,
-and keeps the old one if the new configuration is invalid.`,
+and keeps the old one if the new configuration is invalid. A node of a cluster (node.id set)
+refuses: its mapping comes from the stream, published by a reload or by a node starting with a
+new mapping, so that every node adopts it at the same place.`,
 		Example: `  dsyncd plan --config new.yaml && dsyncd apply --config new.yaml`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -103,6 +105,11 @@ and keeps the old one if the new configuration is invalid.`,
 			}
 			if err := cfg.CheckAdminRule(); err != nil {
 				return err
+			}
+			if cfg.Node.ID != "" {
+				// One node's store changed alone would leave the others.
+				return fmt.Errorf("node.id %s: a node of a cluster takes its mapping from the stream, so that every node adopts it at the same place: "+
+					"put the new mapping in the configuration file and reload any running node (systemctl reload dsyncd), or start this one with it", cfg.Node.ID)
 			}
 			return a.withStore(cfg, func(st *storage.Store) error {
 				plan, err := st.ApplyMapping(cfg.Mapping, onUnmap, false)

@@ -113,7 +113,7 @@ func (a *app) serve(ctx context.Context, cmd *cobra.Command, cfg config.Config, 
 			status := "STATUS=serving"
 			if err := d.ready(ctx); err != nil {
 				status = "STATUS=degraded: " + err.Error()
-			} else if !d.w.Consuming() {
+			} else if d.cfg.Worker.Enabled && !d.w.Consuming() {
 				status = "STATUS=degraded: the store cannot be written; events wait in JetStream"
 			} else if why := d.degraded(); len(why) > 0 {
 				status = "STATUS=degraded: " + strings.Join(why, "; ")

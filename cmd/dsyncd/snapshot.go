@@ -55,6 +55,11 @@ type snapshotter struct {
 	kept     int
 	interval time.Duration
 	stream   string
+	durable  string // this node's worker consumer
+	// active, if set, says whether this node takes the scheduled and
+	// stream-triggered snapshots: in a cluster the leader alone does (the
+	// nodes' stores are the same at the same position).
+	active func() bool
 
 	mu      sync.Mutex // one snapshot at a time
 	newest  atomic.Pointer[queue.Snapshot]
@@ -78,7 +83,7 @@ func newSnapshotter(cfg config.Config, q *queue.Queue, st *storage.Store, log *z
 		return nil
 	}
 	s := &snapshotter{log: log.Named("snapshot"), q: q, st: st, sn: q.Snapshots(cfg.NATS.SnapshotBucket), kept: cfg.Store.SnapshotsKept,
-		interval: cfg.Store.SnapshotInterval, stream: cfg.NATS.Stream,
+		interval: cfg.Store.SnapshotInterval, stream: cfg.NATS.Stream, durable: durableFor(cfg),
 		taken: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "dsyncd_snapshots_total",
 			Help: "Snapshots of the store stored, by trigger: scheduled, stream (a quarter of nats.max_bytes of applied events since the newest), request."},
 			[]string{"trigger"}),
@@ -165,7 +170,7 @@ func (s *snapshotter) run(ctx context.Context) {
 // watching the stream's fullness meanwhile.
 func (s *snapshotter) tick(ctx context.Context) {
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	u, err := s.q.Usage(cctx, workerDurable)
+	u, err := s.q.Usage(cctx, s.durable)
 	cancel()
 	if err != nil {
 		return // the queue's own health reports it
@@ -177,6 +182,7 @@ func (s *snapshotter) tick(ctx context.Context) {
 	}
 	trigger := ""
 	switch {
+	case s.active != nil && !s.active(): // another node of the cluster takes them
 	case u.AckFloor <= newestSeq: // nothing applied since the newest
 	case time.Now().UnixNano() < s.retryAt.Load():
 	case u.MaxBytes > 0 && u.BytesAfter(newestSeq)-u.BytesAfter(u.AckFloor) >= u.MaxBytes/capShare:
@@ -254,7 +260,7 @@ func (s *snapshotter) take(ctx context.Context, trigger string) (queue.Snapshot,
 // every event at or below it was committed (or parked) before, so the copy
 // plus the stream after it is the whole state.
 func (s *snapshotter) put(ctx context.Context) (queue.Snapshot, error) {
-	u, err := s.q.Usage(ctx, workerDurable)
+	u, err := s.q.Usage(ctx, s.durable)
 	if err != nil {
 		return queue.Snapshot{}, err
 	}
@@ -288,7 +294,7 @@ func (s *snapshotter) prunePurge(ctx context.Context) uint64 {
 		}
 		return 0
 	}
-	n, err := s.q.PurgeThrough(ctx, kept[len(kept)-1].Seq, workerDurable)
+	n, err := s.q.PurgeThrough(ctx, kept[len(kept)-1].Seq, s.durable)
 	if err != nil {
 		s.log.Warn("cannot purge the stream", zap.Error(err))
 	}

@@ -201,7 +201,7 @@ func waitBacklog(t *testing.T, d *daemon, n uint64) {
 	deadline := time.Now().Add(time.Minute)
 	for time.Now().Before(deadline) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		p, err := d.q.Pending(ctx, workerDurable)
+		p, err := d.q.Pending(ctx, d.durable)
 		cancel()
 		if err == nil && p <= n {
 			return
@@ -347,7 +347,7 @@ func TestAStreamFullOfUnappliedEventsIsWhatReadinessReports(t *testing.T) {
 	st, err := storage.Open(storeOptions(cfg, ""))
 	mustf(t, err, "open store")
 	defer st.Close()
-	_, err = q.Consumer(ctx, workerDurable, 0) // the worker's, acknowledging nothing
+	_, err = q.Consumer(ctx, legacyDurable, 0) // the worker's, acknowledging nothing
 	mustf(t, err, "consumer")
 	s := newSnapshotter(cfg, q, st, zaptest.NewLogger(t))
 	s.tick(ctx)

@@ -52,7 +52,7 @@ func (d *daemon) checkStorePosition(ctx context.Context, hadData bool) error {
 	if err != nil {
 		return refuseDamaged(path, err)
 	}
-	acked, err := d.q.AckFloor(ctx, workerDurable)
+	acked, err := d.q.AckFloor(ctx, d.durable)
 	if err != nil {
 		return fmt.Errorf("%s: %w", natsKeys(d.cfg), err)
 	}
@@ -63,6 +63,19 @@ func (d *daemon) checkStorePosition(ctx context.Context, hadData bool) error {
 	case !known && !hadData && acked > 0:
 		return fmt.Errorf("store %s is new or was emptied, but the consumer acknowledged the stream up to seq %d: %s",
 			path, acked, rebuildHint)
+	case acked == 0 && d.cfg.Worker.Enabled:
+		// A consumer yet to be created starts after the store's position:
+		// the stream must still hold what follows it (a new node of a
+		// cluster whose stream was purged behind a snapshot starts from
+		// that snapshot).
+		info, err := d.q.StreamInfo(ctx)
+		if err != nil {
+			return fmt.Errorf("%s: %w", natsKeys(d.cfg), err)
+		}
+		if info.State.Msgs > 0 && info.State.FirstSeq > applied+1 {
+			return fmt.Errorf("store %s has applied the stream up to seq %d, but the stream now starts at seq %d (older events purged behind a snapshot or aged out): "+
+				"run dsyncd rebuild, which starts from the newest snapshot, then start it", path, applied, info.State.FirstSeq)
+		}
 	case !known && acked > 0:
 		d.log.Info("store predates its applied-sequence record; taking the consumer's position", zap.Uint64("seq", acked))
 		if err := d.st.MarkApplied(acked); err != nil {

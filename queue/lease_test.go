@@ -1,0 +1,119 @@
+package queue
+
+import (
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// crash stops renewing l without releasing it, as a process killed
+// mid-flight would.
+func crash(l *Lease) {
+	l.cancel()
+	<-l.done
+}
+
+// waitFor polls cond every 20 ms until it holds, failing the test after within.
+func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > within {
+			t.Fatalf("%s: not within %s", what, within)
+		}
+		time.Sleep(20 * time.Millisecond) // polling interval, not a wait for work
+	}
+	return time.Since(start)
+}
+
+func TestLeaseHeldByALiveNodeIsRefusedAndFreedWhenItExpires(t *testing.T) {
+	srv := runServer(t, -1, t.TempDir())
+	a := openQueue(t, Options{URL: srv.ClientURL()})
+	b := openQueue(t, Options{URL: srv.ClientURL()})
+	const ttl = time.Second
+
+	la, err := a.ClaimLease(testCtx(t, 5*time.Second), "node.n1", []byte("node n1 on host a"), ttl, nil)
+	if err != nil {
+		t.Fatalf("first claim: %v", err)
+	}
+	// Renewed: still held after several ttls.
+	time.Sleep(3 * ttl) // lets the lease outlive its ttl several times over; the claim below must still fail
+	_, err = b.ClaimLease(testCtx(t, 5*time.Second), "node.n1", []byte("node n1 on host b"), ttl, func([]byte) bool { return false })
+	var held *LeaseHeldError
+	if !errors.As(err, &held) || string(held.Holder) != "node n1 on host a" {
+		t.Fatalf("claim of a live node's lease = %v, want LeaseHeldError naming host a", err)
+	}
+
+	// The holder crashes: its lease expires and the id can be claimed again.
+	crash(la)
+	var lb *Lease
+	waitFor(t, 3*ttl, "claim after the holder crashed", func() bool {
+		lb, err = b.ClaimLease(testCtx(t, 5*time.Second), "node.n1", []byte("node n1 on host b"), ttl, nil)
+		return err == nil
+	})
+	if !lb.Held() {
+		t.Fatal("claimed lease not held")
+	}
+	lb.Release()
+
+	// Released cleanly: free at once.
+	lc, err := a.ClaimLease(testCtx(t, 5*time.Second), "node.n1", []byte("again"), ttl, nil)
+	if err != nil {
+		t.Fatalf("claim after a release: %v", err)
+	}
+	lc.Release()
+}
+
+func TestLeaseTakenOverWhenTheCallerRecognisesItsDeadPredecessor(t *testing.T) {
+	srv := runServer(t, -1, t.TempDir())
+	q := openQueue(t, Options{URL: srv.ClientURL()})
+	old, err := q.ClaimLease(testCtx(t, 5*time.Second), "node.n1", []byte("me, before"), time.Minute, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crash(old)
+	l, err := q.ClaimLease(testCtx(t, 5*time.Second), "node.n1", []byte("me, now"), time.Minute,
+		func(h []byte) bool { return string(h) == "me, before" })
+	if err != nil {
+		t.Fatalf("take over own predecessor's lease: %v", err)
+	}
+	l.Release()
+}
+
+func TestCampaignElectsOneLeaderAndAnotherTakesOverWhenItDies(t *testing.T) {
+	srv := runServer(t, -1, t.TempDir())
+	const ttl = 900 * time.Millisecond
+	var changes [3]atomic.Int32
+	var ls [3]*Lease
+	for i := range ls {
+		q := openQueue(t, Options{URL: srv.ClientURL()})
+		l, err := q.Campaign(testCtx(t, 5*time.Second), "leader", []byte{byte('a' + i)}, ttl, func(bool) { changes[i].Add(1) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(l.Release)
+		ls[i] = l
+	}
+	leaders := func() (n, who int) {
+		for i, l := range ls {
+			if l.Held() {
+				n, who = n+1, i
+			}
+		}
+		return n, who
+	}
+	waitFor(t, 3*ttl, "a leader", func() bool { n, _ := leaders(); return n == 1 })
+	_, first := leaders()
+	time.Sleep(2 * ttl) // the leader renews across several ttls: no second leader meanwhile
+	if n, who := leaders(); n != 1 || who != first {
+		t.Fatalf("after 2 ttls: %d leaders (want 1, still %d)", n, first)
+	}
+
+	crash(ls[first])
+	ls[first].held.Store(false) // what it believes no longer matters: it is dead
+	took := waitFor(t, 3*ttl, "a new leader", func() bool { n, who := leaders(); return n == 1 && who != first })
+	if took > ttl+ttl/3+500*time.Millisecond {
+		t.Errorf("takeover took %s, want within the ttl plus a renewal period", took)
+	}
+}

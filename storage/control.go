@@ -1,0 +1,85 @@
+package storage
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/dsyncd/dsyncd/mapping"
+)
+
+// ControlKind names a decision that changes the store besides WorkOS's
+// events. Each travels through the stream as a control message, so that
+// every node that applies the stream applies it at the same position.
+type ControlKind string
+
+// The control kinds.
+const (
+	// ControlHold approves (Approve) or rejects an open hold (Hold).
+	ControlHold ControlKind = "hold"
+	// ControlResume resumes a paused organisation (Organization).
+	ControlResume ControlKind = "resume"
+	// ControlMapping makes Mapping the mapping in force, with OnUnmap for
+	// the group rules it removes.
+	ControlMapping ControlKind = "mapping"
+	// ControlDrop records that an operator dropped a dead letter (DeadLetter).
+	ControlDrop ControlKind = "dlq_drop"
+)
+
+// ControlKinds lists every kind, in the order of the constants.
+var ControlKinds = []ControlKind{ControlHold, ControlResume, ControlMapping, ControlDrop}
+
+// Control is a decision as the stream carries it (JSON).
+type Control struct {
+	// ID identifies this decision (the message id in the stream): the node
+	// that published it waits for it by this id.
+	ID   string      `json:"id"`
+	Kind ControlKind `json:"kind"`
+	// Node names the node that published it (for the log).
+	Node string `json:"node,omitempty"`
+
+	Hold         uint64          `json:"hold,omitempty"`
+	Approve      bool            `json:"approve,omitempty"`
+	Organization string          `json:"organization,omitempty"`
+	Mapping      *mapping.Config `json:"mapping,omitempty"`
+	OnUnmap      string          `json:"on_unmap,omitempty"`
+	DeadLetter   *AuditEntry     `json:"dead_letter,omitempty"`
+}
+
+// ErrBadControl is wrapped by DecodeControl's and ApplyControl's errors
+// about a control that cannot be applied as written.
+var ErrBadControl = errors.New("invalid control message")
+
+// DecodeControl decodes a control message.
+func DecodeControl(data []byte) (Control, error) {
+	var c Control
+	if err := json.Unmarshal(data, &c); err != nil {
+		return c, fmt.Errorf("%w: %v", ErrBadControl, err)
+	}
+	return c, nil
+}
+
+// ApplyControl applies c. The error of a decision that cannot be taken
+// (the hold is closed, the organisation not paused, a removed rule without
+// on_unmap, a malformed control) is its answer, the same on every node; the
+// caller records the control's stream position (MarkApplied) then as after
+// a success, and only leaves it for later when the store cannot be written.
+func (s *Store) ApplyControl(c Control) (*Plan, error) {
+	switch c.Kind {
+	case ControlHold:
+		return s.DecideHold(c.Hold, c.Approve, false)
+	case ControlResume:
+		return s.Resume(c.Organization, false)
+	case ControlMapping:
+		if c.Mapping == nil {
+			return nil, fmt.Errorf("%w: mapping control without a mapping", ErrBadControl)
+		}
+		return s.ApplyMapping(*c.Mapping, c.OnUnmap, false)
+	case ControlDrop:
+		if c.DeadLetter == nil {
+			return nil, fmt.Errorf("%w: drop control without its audit entry", ErrBadControl)
+		}
+		return &Plan{Organizations: []OrgPlan{}}, s.RecordAudit(*c.DeadLetter)
+	}
+	return nil, fmt.Errorf("%w: unknown kind %q", ErrBadControl, c.Kind)
+}
