@@ -37,6 +37,9 @@ func Example() {
 	r.user(t, "dsync.user.updated", "bob", "inactive")
 	stop := errors.New("stop")
 	err = c.Follow(ctx, ex.ChangeSeq, func(ch client.Change) error {
+		if ch.User == nil {
+			return nil // a hold or an organisation record
+		}
 		if old, ok := mirror[ch.User.ID]; ok && old.HasBadge("billing") && !ch.User.HasBadge("billing") {
 			fmt.Printf("%s: %s lost billing\n", ch.Kind, ch.User.ID)
 		}

@@ -248,7 +248,7 @@ func followJetStream(ctx context.Context, c *client.Client, m *mirror, o options
 
 // followWebhooks: listen at once (dsyncd retries what it cannot deliver),
 // answer each POST once the export is loaded, after checking its
-// signature; a record already applied is answered 200 and skipped.
+// signature; a record already applied is answered 2xx and skipped.
 func followWebhooks(ctx context.Context, c *client.Client, m *mirror, o options) error {
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
