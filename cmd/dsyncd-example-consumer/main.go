@@ -31,6 +31,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -58,6 +59,8 @@ type options struct {
 // run is the program; its status is 0 (stopped by a signal or -until-seq,
 // the mirror written), 1 (a failure) or 2 (a gap in seq, or bad flags).
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	// The webhook handlers, the follower and run write concurrently.
+	stdout, stderr = &lockedWriter{w: stdout}, &lockedWriter{w: stderr}
 	var o options
 	fs := flag.NewFlagSet("dsyncd-example-consumer", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -126,6 +129,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// lockedWriter serialises the writes to w.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 // secretFrom is value, or the trimmed content of file.
