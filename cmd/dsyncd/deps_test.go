@@ -20,7 +20,10 @@ import (
 //   - only storage imports bbolt;
 //   - only queue (which holds the embedded server) imports NATS, besides
 //     the soak and load tools, which run and inspect a NATS server of their
-//     own;
+//     own, and the example consumer, an example product reading the change
+//     stream as any product would;
+//   - client, the package products import, imports only the standard
+//     library: a product takes in no NATS, bbolt or dsyncd internals;
 //   - mapping imports only the standard library, and none of its I/O
 //     packages: it is pure.
 const (
@@ -28,7 +31,7 @@ const (
 	natsPrefix = "github.com/nats-io/"
 )
 
-var natsAllowed = []string{"queue", "cmd/dsyncd-soak", "cmd/dsyncd-load"}
+var natsAllowed = []string{"queue", "cmd/dsyncd-soak", "cmd/dsyncd-load", "cmd/dsyncd-example-consumer"}
 
 // ioPackages are the standard library's packages that reach files, the
 // network or the operating system.
@@ -84,6 +87,8 @@ func importRule(dir, imp string) string {
 		return "only storage uses bbolt"
 	case strings.HasPrefix(imp, natsPrefix) && !slices.ContainsFunc(natsAllowed, func(a string) bool { return under(dir, a) }):
 		return "only queue uses NATS; hand out queue types instead"
+	case under(dir, "client") && strings.Contains(strings.Split(imp, "/")[0], "."):
+		return "client imports only the standard library"
 	case dir == "mapping" && strings.Contains(strings.Split(imp, "/")[0], "."):
 		return "mapping imports only the standard library"
 	case dir == "mapping" && slices.ContainsFunc(ioPackages, func(p string) bool { return under(imp, p) }):
@@ -104,14 +109,17 @@ func TestImportRules(t *testing.T) {
 }
 
 // TestImportRulesCatchViolations: a module whose worker imports JetStream,
-// whose server imports bbolt and whose mapping imports os and the project
-// breaks the rules four times; its queue, storage and soak tool, and its tests, do not.
+// whose server imports bbolt, whose mapping imports os and the project and
+// whose client imports the project and zap breaks the rules six times; its
+// queue, storage, soak tool and example consumer, and its tests, do not.
 func TestImportRulesCatchViolations(t *testing.T) {
 	bad, err := importViolations(filepath.Join("testdata", "imports"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := []string{
+		"client/client.go imports github.com/dsyncd/dsyncd/events (client imports only the standard library)",
+		"client/client.go imports go.uber.org/zap (client imports only the standard library)",
 		"mapping/mapping.go imports os (mapping does no I/O)",
 		"mapping/mapping.go imports github.com/dsyncd/dsyncd/events (mapping imports only the standard library)",
 		"server/server.go imports go.etcd.io/bbolt (only storage uses bbolt)",

@@ -29,6 +29,9 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	removeBuiltBinary()
+	if consumerBuilt.dir != "" {
+		_ = os.RemoveAll(consumerBuilt.dir)
+	}
 	os.Exit(code)
 }
 

@@ -1,0 +1,8 @@
+package client
+
+import (
+	"net/http"
+
+	"github.com/dsyncd/dsyncd/events"
+	"go.uber.org/zap"
+)

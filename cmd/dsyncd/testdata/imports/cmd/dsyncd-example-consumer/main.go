@@ -1,0 +1,3 @@
+package main
+
+import "github.com/nats-io/nats.go/jetstream"
