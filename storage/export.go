@@ -140,20 +140,9 @@ func (s *Store) Export() (*Snapshot, error) {
 		if err != nil {
 			return err
 		}
-		err = t.users.ForEach(func(_, v []byte) error {
-			u, err := decodeUser(v)
-			if err != nil {
-				return err
-			}
-			if u.Deleted && held[u.ID] == 0 {
-				return nil
-			}
-			eu, err := s.exportUser(t, u, held[u.ID])
-			if err != nil {
-				return err
-			}
+		err = s.eachExportUser(t, held, func(eu ExportUser) error {
 			for _, g := range eu.Groups {
-				members[g] = append(members[g], u.ID)
+				members[g] = append(members[g], eu.ID)
 			}
 			snap.Users = append(snap.Users, eu)
 			return nil
@@ -238,18 +227,7 @@ func (s *Store) exportTo(w io.Writer, seq func(uint64)) error {
 			return err
 		}
 		e.open("users")
-		err = t.users.ForEach(func(_, v []byte) error {
-			u, err := decodeUser(v)
-			if err != nil {
-				return err
-			}
-			if u.Deleted && held[u.ID] == 0 {
-				return nil
-			}
-			eu, err := s.exportUser(t, u, held[u.ID])
-			if err != nil {
-				return err
-			}
+		err = s.eachExportUser(t, held, func(eu ExportUser) error {
 			t.forget()
 			return e.item(eu)
 		})
@@ -622,4 +600,23 @@ func (s *Store) Processed(id string) (bool, error) {
 		return nil
 	})
 	return ok, err
+}
+
+// eachExportUser calls fn with the export view of every user the export
+// lists, in id order: those not deleted, and deleted ones a hold keeps.
+func (s *Store) eachExportUser(t *txn, held map[string]uint64, fn func(ExportUser) error) error {
+	return t.users.ForEach(func(_, v []byte) error {
+		u, err := decodeUser(v)
+		if err != nil {
+			return err
+		}
+		if u.Deleted && held[u.ID] == 0 {
+			return nil
+		}
+		eu, err := s.exportUser(t, u, held[u.ID])
+		if err != nil {
+			return err
+		}
+		return fn(eu)
+	})
 }
