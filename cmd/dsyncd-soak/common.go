@@ -158,11 +158,11 @@ func checkStore(path string) error {
 func streamIDs(ctx context.Context, url, storeDir string) (msgs int, ids map[string]bool, err error) {
 	// The daemon's stream settings (config defaults), so Open changes nothing.
 	def := config.Default().NATS
-	// MaxStore as the daemon sets it (the events, the dead letters and the
-	// change feed's stream), so that a small file system (phase f) does not
-	// refuse the streams' MaxBytes.
+	// MaxStore as the daemon sets it (the events, the dead letters, the
+	// change feed's stream and the lease bucket), so that reopening the
+	// daemon's store does not refuse the streams' MaxBytes.
 	q := queue.New(queue.Options{URL: url, StoreDir: storeDir, MaxBytes: def.MaxBytes, MaxAge: def.MaxAge, DuplicateWindow: def.DuplicateWindow,
-		MaxStore: 3 * def.MaxBytes}, zap.NewNop())
+		MaxStore: 3*def.MaxBytes + 4*int64(queue.LeaseBucketBytes)}, zap.NewNop())
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	if err := q.Open(ctx); err != nil {
