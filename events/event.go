@@ -93,6 +93,12 @@ type Event struct {
 	// Raw is the body the event was decoded from (not copied: the caller
 	// must not reuse the buffer while the event is in use).
 	Raw []byte
+
+	// Stored is when the stream stored the event (set by whoever read it
+	// from the stream; zero for an event from elsewhere, e.g. a fixture
+	// file). The store dates what the event does by it, so that every node
+	// applying the stream dates it alike.
+	Stored time.Time
 }
 
 // Key returns the event's ordering key.

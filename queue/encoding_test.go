@@ -117,7 +117,7 @@ func TestEncodingS2(t *testing.T) {
 	}
 
 	var seen [][]byte
-	if err := q.Each(ctx, func(_ uint64, _ string, data []byte) error {
+	if err := q.Each(ctx, func(_ uint64, _ string, _ time.Time, data []byte) error {
 		seen = append(seen, bytes.Clone(data))
 		return nil
 	}); err != nil {

@@ -832,8 +832,9 @@ func (q *Queue) Pending(ctx context.Context, consumer string) (uint64, error) {
 // the last sequence present when Each started; messages published meanwhile
 // are not visited. It stops at fn's first error and returns it. data is the
 // event as Data decodes it; a message Data cannot decode is passed as stored,
-// so that fn finds it invalid and counts it.
-func (q *Queue) Each(ctx context.Context, fn func(seq uint64, subject string, data []byte) error) error {
+// so that fn finds it invalid and counts it. stored is when the stream
+// stored the message.
+func (q *Queue) Each(ctx context.Context, fn func(seq uint64, subject string, stored time.Time, data []byte) error) error {
 	st, err := q.state()
 	if err != nil {
 		return err
@@ -893,7 +894,7 @@ func (q *Queue) Each(ctx context.Context, fn func(seq uint64, subject string, da
 			q.log.Warn("stream message undecodable, passed on as stored", zap.Uint64("seq", seq), zap.Error(derr))
 			data = msg.Data()
 		}
-		if err := fn(seq, msg.Subject(), data); err != nil {
+		if err := fn(seq, msg.Subject(), md.Timestamp, data); err != nil {
 			return err
 		}
 		if seq >= last || md.NumPending == 0 {

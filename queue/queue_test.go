@@ -193,7 +193,7 @@ func TestEmbedded(t *testing.T) {
 		t.Errorf("Pending after restart = %d, %v; want 0, nil", n, err)
 	}
 	var seen int
-	err = q2.Each(ctx, func(seq uint64, subject string, data []byte) error {
+	err = q2.Each(ctx, func(seq uint64, subject string, _ time.Time, data []byte) error {
 		seen++
 		if seq != 1 || !strings.Contains(string(data), "evt_1") {
 			t.Errorf("Each got %d %s %q", seq, subject, data)
@@ -456,7 +456,7 @@ func TestEach(t *testing.T) {
 	q := openQueue(t, Options{StoreDir: t.TempDir()})
 	ctx := testCtx(t, 60*time.Second)
 
-	if err := q.Each(ctx, func(uint64, string, []byte) error {
+	if err := q.Each(ctx, func(uint64, string, time.Time, []byte) error {
 		t.Error("Each called fn on an empty stream")
 		return nil
 	}); err != nil {
@@ -473,7 +473,7 @@ func TestEach(t *testing.T) {
 
 	// All of them in order; one published meanwhile is left out.
 	var seqs []uint64
-	err := q.Each(ctx, func(seq uint64, subject string, data []byte) error {
+	err := q.Each(ctx, func(seq uint64, subject string, _ time.Time, data []byte) error {
 		if want := fmt.Sprintf("evt_%03d", seq); string(data) != want {
 			t.Errorf("seq %d holds %q, want %q", seq, data, want)
 		}
@@ -503,7 +503,7 @@ func TestEach(t *testing.T) {
 	// fn's error stops Each.
 	stop := errors.New("stop")
 	var calls int
-	if err := q.Each(ctx, func(uint64, string, []byte) error { calls++; return stop }); !errors.Is(err, stop) || calls != 1 {
+	if err := q.Each(ctx, func(uint64, string, time.Time, []byte) error { calls++; return stop }); !errors.Is(err, stop) || calls != 1 {
 		t.Errorf("Each = %v after %d calls, want stop after 1", err, calls)
 	}
 
@@ -527,7 +527,7 @@ func TestEach(t *testing.T) {
 		}
 	}
 	seqs = nil
-	if err := q.Each(ctx, func(seq uint64, _ string, _ []byte) error { seqs = append(seqs, seq); return nil }); err != nil {
+	if err := q.Each(ctx, func(seq uint64, _ string, _ time.Time, _ []byte) error { seqs = append(seqs, seq); return nil }); err != nil {
 		t.Fatalf("Each: %v", err)
 	}
 	if len(seqs) != n-2 || seqs[len(seqs)-1] != n {
@@ -541,7 +541,7 @@ func TestEach(t *testing.T) {
 
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
-	if err := q.Each(cctx, func(uint64, string, []byte) error { return nil }); err == nil {
+	if err := q.Each(cctx, func(uint64, string, time.Time, []byte) error { return nil }); err == nil {
 		t.Error("Each with a cancelled context succeeded")
 	}
 }

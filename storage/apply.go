@@ -69,10 +69,12 @@ func (s *Store) applyBatch(evs []*events.Event, trips map[int]*errTrip, seq uint
 		if err := recordAppliedSeq(tx, seq); err != nil {
 			return err
 		}
-		var err error
-		if wrote, err = s.writeChanges(t, now); err != nil {
+		// Each event wrote its change records as it was applied; nothing
+		// is left unless a view changed outside of them.
+		if err := s.writeChanges(t, now); err != nil {
 			return err
 		}
+		wrote = t.changesWrote
 		if err := s.pruneChanges(t, now, wrote); err != nil {
 			return err
 		}
@@ -91,19 +93,29 @@ func (s *Store) applyBatch(evs []*events.Event, trips map[int]*errTrip, seq uint
 // At the index of each of trips it pauses that organisation and defers the
 // event instead (its later events are then deferred too). An event that
 // would trip a breaker ends it with its *errTrip: run again with that trip.
+//
+// Each event is dated by when the stream stored it (events.Event.Stored;
+// now when it has none), and its change records are written right after it
+// (writeChanges): so the feed, like the store, depends only on the events
+// and their order, not on how they fell into transactions, and every node
+// applying the stream writes the same feed.
 func (s *Store) applyInOrder(t *txn, evs []*events.Event, trips map[int]*errTrip, now time.Time, outcome func(i int, o Outcome)) error {
 	for i, ev := range evs {
+		at := eventTime(ev, now)
 		if trip, ok := trips[i]; ok {
-			if err := s.pause(t, trip, ev, now); err != nil {
+			if err := s.pause(t, trip, ev, at); err != nil {
 				return err
 			}
-			if err := s.deferEvent(t, trip.org, ev, now); err != nil {
+			if err := s.deferEvent(t, trip.org, ev, at); err != nil {
 				return err
 			}
 			outcome(i, Deferred)
+			if err := s.writeChanges(t, at); err != nil {
+				return err
+			}
 			continue
 		}
-		o, err := s.applyOne(t, ev, now, applyFlags{index: i})
+		o, err := s.applyOne(t, ev, at, applyFlags{index: i})
 		if err != nil {
 			var trip *errTrip
 			if errors.As(err, &trip) {
@@ -112,8 +124,20 @@ func (s *Store) applyInOrder(t *txn, evs []*events.Event, trips map[int]*errTrip
 			return fmt.Errorf("apply %s %s: %w", ev.Type, ev.ID, err)
 		}
 		outcome(i, o)
+		if err := s.writeChanges(t, at); err != nil {
+			return err
+		}
 	}
 	return nil
+}
+
+// eventTime is when ev counts as applied: when the stream stored it, or
+// now for an event from elsewhere.
+func eventTime(ev *events.Event, now time.Time) time.Time {
+	if ev.Stored.IsZero() {
+		return now
+	}
+	return ev.Stored.UTC()
 }
 
 func (s *Store) notifyHolds(hs []Hold) {

@@ -17,16 +17,19 @@ import (
 // the transaction that makes the change, read by /v1/changes, the JetStream
 // relay and the webhooks out (package feed).
 //
-// Each write transaction ends (writeChanges) by comparing, for every user it
-// loaded, the user's view as the export shows it (exportUser) with the view
+// After each event it applies (and at the end of every write transaction)
+// the store compares (writeChanges), for every user the event read or
+// wrote, the user's view as the export shows it (exportUser) with the view
 // the feed last told (bucket feed_users): when they differ, one change
 // record carries the new view, under the next sequence number of bucket
 // changes. So folding the feed by user id gives the export's users, by
-// construction: a user whose view an event changed gets one record per
-// transaction (a batch), whatever the number of its events in it, with
-// the kind of its most significant difference and the list of fields that
-// changed. Holds opened and closed and organisations paused and resumed get
-// a record each, before the transaction's user records.
+// construction: a user whose view an event changed gets one record for
+// that event, with the kind of its most significant difference and the list
+// of fields that changed. Holds opened and closed and organisations paused
+// and resumed get a record each, before the event's user records. Records
+// are dated by the event's stream time, and do not depend on how events
+// fell into transactions: every node applying the same stream writes the
+// same feed, seq for seq.
 
 var (
 	bktChanges   = []byte("changes")    // seq (8 bytes BE) -> time (8 bytes BE unix nano) + Change JSON
@@ -273,18 +276,24 @@ func (t *txn) orgChange(kind ChangeKind, org string, h *Hold) {
 	t.orgChanges = append(t.orgChanges, Change{Kind: kind, OrganizationID: org, Hold: hc})
 }
 
-// writeChanges writes the transaction's change records: its organisations'
-// changes, then one per user whose view differs from the one the feed last
-// told, by user id. It returns how many it wrote.
-func (s *Store) writeChanges(t *txn, now time.Time) (int, error) {
+// writeChanges writes the change records of what the transaction did since
+// it last wrote them: its organisations' changes, then one per user whose
+// view differs from the one the feed last told, by user id (the users read
+// or written since, t.feedSeen, are the only ones whose view can differ).
+// It adds how many it wrote to t.changesWrote.
+func (s *Store) writeChanges(t *txn, now time.Time) error {
 	if s.opts.Changes.Off {
-		return 0, nil
+		t.orgChanges = t.orgChanges[:0]
+		clear(t.feedSeen)
+		return nil
+	}
+	if len(t.orgChanges) == 0 && len(t.feedSeen) == 0 {
+		return nil
 	}
 	b := t.tx.Bucket(bktChanges)
 	mirror := t.tx.Bucket(bktFeedUsers)
 	b.FillPercent = 1        // keys only grow
 	mirror.FillPercent = 0.9 // as the users bucket: keyed alike
-	n := 0
 	// An organisation's records are few: encoding/json writes them.
 	put := func(c *storedChange) error {
 		seq, err := b.NextSequence()
@@ -298,27 +307,29 @@ func (s *Store) writeChanges(t *txn, now time.Time) (int, error) {
 		}
 		v := make([]byte, 8, 8+len(body))
 		binary.BigEndian.PutUint64(v, uint64(now.UnixNano()))
-		n++
+		t.changesWrote++
 		return b.Put(u64(seq), append(v, body...))
 	}
 	for _, oc := range t.orgChanges {
 		if err := put(&storedChange{Kind: oc.Kind, OrganizationID: oc.OrganizationID, Hold: oc.Hold}); err != nil {
-			return n, err
+			return err
 		}
 	}
-	if len(t.userCache) == 0 {
-		return n, nil
+	t.orgChanges = t.orgChanges[:0]
+	if len(t.feedSeen) == 0 {
+		return nil
 	}
-	ids := make([]string, 0, len(t.userCache))
-	for id, u := range t.userCache {
-		if u != nil {
+	ids := make([]string, 0, len(t.feedSeen))
+	for id := range t.feedSeen {
+		if t.userCache[id] != nil {
 			ids = append(ids, id)
 		}
 	}
+	clear(t.feedSeen)
 	slices.Sort(ids)
 	held, err := s.heldUsers(t)
 	if err != nil {
-		return n, err
+		return err
 	}
 	for _, id := range ids {
 		u := t.userCache[id]
@@ -329,7 +340,7 @@ func (s *Store) writeChanges(t *txn, now time.Time) (int, error) {
 		}
 		view, err := s.exportUser(t, u, held[id])
 		if err != nil {
-			return n, err
+			return err
 		}
 		cur := encodeMirror(&view)
 		if present && bytes.Equal(cur, old) {
@@ -338,29 +349,29 @@ func (s *Store) writeChanges(t *txn, now time.Time) (int, error) {
 		kind, changed := userChangeKind(old, cur, present)
 		org, err := s.organization(t, view.OrganizationID, view.DirectoryID)
 		if err != nil {
-			return n, err
+			return err
 		}
 		seq, err := b.NextSequence()
 		if err != nil {
-			return n, err
+			return err
 		}
 		// A value Put must stay untouched until the commit: one buffer each.
 		rec := binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(cur)+160), uint64(now.UnixNano()))
 		rec = appendUserChange(rec, seq, now, kind, org, view.DirectoryID, changed, cur[mirrorHeader:])
 		if err := b.Put(u64(seq), rec); err != nil {
-			return n, err
+			return err
 		}
-		n++
+		t.changesWrote++
 		if present {
 			err = mirror.Put([]byte(id), cur)
 		} else {
 			err = mirror.Delete([]byte(id))
 		}
 		if err != nil {
-			return n, err
+			return err
 		}
 	}
-	return n, nil
+	return nil
 }
 
 // userChangeKind compares the view the feed last told (old, a feed_users

@@ -1,13 +1,16 @@
 package storage_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"reflect"
 	"testing"
 	"time"
 
+	"github.com/dsyncd/dsyncd/events"
 	"github.com/dsyncd/dsyncd/events/synth"
 	"github.com/dsyncd/dsyncd/storage"
 )
@@ -129,8 +132,9 @@ func TestChangeFeedFoldsToTheExport(t *testing.T) {
 	}
 }
 
-// TestChangeRecordsSayWhatChanged: one record per user per batch, with the
-// kind of its most significant difference; holds and pauses have theirs.
+// TestChangeRecordsSayWhatChanged: one record per user per event that
+// changed its view, even within one batch, with the kind of its most
+// significant difference; holds and pauses have theirs.
 func TestChangeRecordsSayWhatChanged(t *testing.T) {
 	st := MustOpen(t, storage.Options{NoSync: true})
 	mustApply(t, st,
@@ -161,7 +165,7 @@ func TestChangeRecordsSayWhatChanged(t *testing.T) {
 		got = append(got, rec{c.Kind, id})
 	}
 	want := []rec{
-		{storage.ChangeUserCreated, "u1"}, {storage.ChangeUserCreated, "u2"},
+		{storage.ChangeUserCreated, "u1"}, {storage.ChangeUserBadges, "u1"}, {storage.ChangeUserCreated, "u2"},
 		{storage.ChangeUserUpdated, "u2"},
 		{storage.ChangeUserDeactivated, "u2"},
 		{storage.ChangeUserReactivated, "u2"},
@@ -171,16 +175,19 @@ func TestChangeRecordsSayWhatChanged(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("records\n got %v\nwant %v", got, want)
 	}
-	if c := cs[0]; c.OrganizationID != "org_1" || c.DirectoryID != "dir_1" || len(c.User.Badges) != 2 || len(c.User.Groups) != 1 {
+	if c := cs[0]; c.OrganizationID != "org_1" || c.DirectoryID != "dir_1" || len(c.User.Groups) != 0 {
 		t.Fatalf("u1 created: %+v", c)
 	}
-	if c := cs[2]; !reflect.DeepEqual(c.Changed, []string{"first_name"}) {
+	if c := cs[1]; len(c.User.Badges) != 2 || len(c.User.Groups) != 1 || !reflect.DeepEqual(c.Changed, []string{"groups", "badges"}) {
+		t.Fatalf("u1 added to the admins: %+v (changed %v)", c.User, c.Changed)
+	}
+	if c := cs[3]; !reflect.DeepEqual(c.Changed, []string{"first_name"}) {
 		t.Fatalf("u2 renamed: changed %v", c.Changed)
 	}
-	if c := cs[6]; c.User.HeldBy == 0 || c.User.State != "inactive" || len(c.User.Badges) != 1 {
+	if c := cs[7]; c.User.HeldBy == 0 || c.User.State != "inactive" || len(c.User.Badges) != 1 {
 		t.Fatalf("held admin: %+v", c.User)
 	}
-	if c := cs[5]; c.Hold == nil || c.Hold.Kind != storage.HoldLastAdmin || c.Hold.UserID != "u1" {
+	if c := cs[6]; c.Hold == nil || c.Hold.Kind != storage.HoldLastAdmin || c.Hold.UserID != "u1" {
 		t.Fatalf("hold opened: %+v", c.Hold)
 	}
 }
@@ -268,5 +275,78 @@ func TestChangesNotifyWakesAfterACommit(t *testing.T) {
 	case <-ch:
 		t.Fatal("woken by a commit that wrote nothing")
 	default:
+	}
+}
+
+// TestChangeFeedIsTheSameWhateverTheBatches: the same stream (events dated
+// by their stream time), applied one event per transaction, in batches of
+// 29, and in batches of random sizes — as nodes whose workers fetch
+// differently would — writes the same change feed, byte for byte and seq for
+// seq, and the same export (change_seq included). With a breaker that
+// pauses the organisation, and shuffled with duplicates.
+func TestChangeFeedIsTheSameWhateverTheBatches(t *testing.T) {
+	for seed := uint64(1); seed <= 6; seed++ {
+		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
+			stream := synth.Stream(synth.Options{Seed: seed, Users: 40, Groups: 6, MembershipsPerUser: 2, Changes: 300, OrganizationID: "org_1"})
+			bodies := synth.Shuffle(stream, seed*17, 15)
+			base := time.Now().UTC()
+			evs := make([]*events.Event, len(bodies))
+			for i, b := range bodies {
+				e, err := events.Decode(b)
+				if err != nil {
+					t.Fatal(err)
+				}
+				e.Stored = base.Add(time.Duration(i) * 7 * time.Millisecond)
+				evs[i] = e
+			}
+			rng := rand.New(rand.NewPCG(seed, 99))
+			batchings := map[string]func() int{
+				"one by one":    func() int { return 1 },
+				"batches of 29": func() int { return 29 },
+				"random sizes":  func() int { return 1 + rng.IntN(60) },
+			}
+			var wantFeed, wantExport []byte
+			var wantName string
+			for name, size := range batchings {
+				opts := storage.Options{NoSync: true, Now: func() time.Time { return base.Add(time.Duration(rng.IntN(3600)) * time.Second) }}
+				if seed%2 == 0 {
+					opts.Safeguards.MaxDeprovisions = storage.Breaker{Count: 3, Window: time.Hour}
+				}
+				st := MustOpen(t, opts)
+				for i := 0; i < len(evs); {
+					n := min(size(), len(evs)-i)
+					if _, err := st.Apply(evs[i : i+n]); err != nil {
+						t.Fatal(err)
+					}
+					i += n
+				}
+				checkFoldIsExport(t, st)
+				page, err := st.Changes(0, 1<<20)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var feed []byte
+				for _, c := range page.Changes {
+					feed = append(append(feed, c.JSON...), '\n')
+				}
+				var exp bytes.Buffer
+				if err := st.ExportTo(&exp); err != nil {
+					t.Fatal(err)
+				}
+				if wantFeed == nil {
+					wantFeed, wantExport, wantName = feed, exp.Bytes(), name
+					if len(page.Changes) < 40 {
+						t.Fatalf("only %d change records", len(page.Changes))
+					}
+					continue
+				}
+				if !bytes.Equal(feed, wantFeed) {
+					t.Fatalf("%s: the feed differs from %s's\n%s", name, wantName, firstDiff(feed, wantFeed))
+				}
+				if !bytes.Equal(exp.Bytes(), wantExport) {
+					t.Fatalf("%s: the export differs from %s's\n%s", name, wantName, firstDiff(exp.Bytes(), wantExport))
+				}
+			}
+		})
 	}
 }

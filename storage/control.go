@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/dsyncd/dsyncd/mapping"
 )
@@ -44,6 +45,11 @@ type Control struct {
 	Mapping      *mapping.Config `json:"mapping,omitempty"`
 	OnUnmap      string          `json:"on_unmap,omitempty"`
 	DeadLetter   *AuditEntry     `json:"dead_letter,omitempty"`
+
+	// At is when the stream stored the control (set by its reader, not
+	// carried in the JSON): what the decision does is dated by it, so that
+	// every node dates it alike. Zero: the store's clock.
+	At time.Time `json:"-"`
 }
 
 // ErrBadControl is wrapped by DecodeControl's and ApplyControl's errors
@@ -67,19 +73,23 @@ func DecodeControl(data []byte) (Control, error) {
 func (s *Store) ApplyControl(c Control) (*Plan, error) {
 	switch c.Kind {
 	case ControlHold:
-		return s.DecideHold(c.Hold, c.Approve, false)
+		return s.decideHold(c.At, c.Hold, c.Approve, false)
 	case ControlResume:
-		return s.Resume(c.Organization, false)
+		return s.resumeAt(c.At, c.Organization, false)
 	case ControlMapping:
 		if c.Mapping == nil {
 			return nil, fmt.Errorf("%w: mapping control without a mapping", ErrBadControl)
 		}
-		return s.ApplyMapping(*c.Mapping, c.OnUnmap, false)
+		return s.applyMapping(c.At, *c.Mapping, c.OnUnmap, false)
 	case ControlDrop:
 		if c.DeadLetter == nil {
 			return nil, fmt.Errorf("%w: drop control without its audit entry", ErrBadControl)
 		}
-		return &Plan{Organizations: []OrgPlan{}}, s.RecordAudit(*c.DeadLetter)
+		e := *c.DeadLetter
+		if e.Time.IsZero() {
+			e.Time = c.At // zero: RecordAudit dates it
+		}
+		return &Plan{Organizations: []OrgPlan{}}, s.RecordAudit(e)
 	}
 	return nil, fmt.Errorf("%w: unknown kind %q", ErrBadControl, c.Kind)
 }

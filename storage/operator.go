@@ -53,14 +53,18 @@ func (p *Plan) LeavesNoAdmin() bool {
 }
 
 // simulate runs fn in a write transaction and describes what it did; the
-// transaction commits only when commit is true.
-func (s *Store) simulate(fn func(t *txn, now time.Time) error, commit bool) (*Plan, error) {
+// transaction commits only when commit is true. fn is given at as now, or
+// the store's clock when at is zero.
+func (s *Store) simulate(at time.Time, fn func(t *txn, now time.Time) error, commit bool) (*Plan, error) {
 	var plan *Plan
 	var created []Hold
 	wrote := 0
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		t := newTxn(tx)
-		now := s.opts.Now()
+		now := at
+		if now.IsZero() {
+			now = s.opts.Now()
+		}
 		before, err := s.adminCounts(t)
 		if err != nil {
 			return err
@@ -84,7 +88,8 @@ func (s *Store) simulate(fn func(t *txn, now time.Time) error, commit bool) (*Pl
 		if !commit {
 			return errRollback
 		}
-		wrote, err = s.writeChanges(t, now)
+		err = s.writeChanges(t, now)
+		wrote = t.changesWrote
 		return err
 	})
 	if errors.Is(err, errRollback) {
@@ -170,6 +175,11 @@ func (s *Store) StoredMapping() (*mapping.Config, error) {
 // returns the plan and ErrUnmapChoice and changes nothing. With dryRun it
 // only says what it would do.
 func (s *Store) ApplyMapping(m mapping.Config, onUnmap string, dryRun bool) (*Plan, error) {
+	return s.applyMapping(time.Time{}, m, onUnmap, dryRun)
+}
+
+// applyMapping is ApplyMapping dated at (zero: the store's clock).
+func (s *Store) applyMapping(at time.Time, m mapping.Config, onUnmap string, dryRun bool) (*Plan, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	prev, err := getMappingUnlocked(s)
@@ -212,7 +222,7 @@ func (s *Store) ApplyMapping(m mapping.Config, onUnmap string, dryRun bool) (*Pl
 	}
 	old := s.opts.Mapping
 	s.opts.Mapping = m
-	plan, err := s.simulate(func(t *txn, now time.Time) error {
+	plan, err := s.simulate(at, func(t *txn, now time.Time) error {
 		ids, err := liveUserIDs(t)
 		if err != nil {
 			return err
@@ -326,10 +336,15 @@ func deletePrefix(b *bolt.Bucket, prefix []byte) error {
 // the organisation (as Resume); rejected, its deferred events are dropped,
 // audited, and its sync resumes with what comes next.
 func (s *Store) DecideHold(id uint64, approve, dryRun bool) (*Plan, error) {
+	return s.decideHold(time.Time{}, id, approve, dryRun)
+}
+
+// decideHold is DecideHold dated at (zero: the store's clock).
+func (s *Store) decideHold(at time.Time, id uint64, approve, dryRun bool) (*Plan, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	counts := &Counts{}
-	plan, err := s.simulate(func(t *txn, now time.Time) error {
+	plan, err := s.simulate(at, func(t *txn, now time.Time) error {
 		h, err := getJSON[Hold](t.holds, u64(id))
 		if err != nil {
 			return err
@@ -373,7 +388,7 @@ func (s *Store) Preview(evs []*events.Event) (*Plan, error) {
 	trips := map[int]*errTrip{} // event index -> the trip that paused its organisation there
 	for {
 		counts := &Counts{}
-		plan, err := s.simulate(func(t *txn, now time.Time) error {
+		plan, err := s.simulate(time.Time{}, func(t *txn, now time.Time) error {
 			return s.applyInOrder(t, evs, trips, now, func(i int, o Outcome) {
 				if _, tripped := trips[i]; tripped {
 					o = WouldPause

@@ -224,6 +224,11 @@ type txn struct {
 	// memberships is written, and every entry goes when a directory is
 	// written or a group's name, ids, organisation or deletion changes.
 	groupsOf map[string]groupsEntry
+	// feedSeen holds the users read or written since the change feed last
+	// looked (writeChanges): only their views can have changed since.
+	feedSeen map[string]struct{}
+	// changesWrote counts the change records the transaction wrote.
+	changesWrote int
 }
 
 func newTxn(tx *bolt.Tx) *txn {
@@ -241,6 +246,7 @@ func newTxn(tx *bolt.Tx) *txn {
 	}
 	if tx.Writable() {
 		t.groupsOf = map[string]groupsEntry{}
+		t.feedSeen = map[string]struct{}{}
 	}
 	t.auditStart = t.audit.Sequence()
 	// Keys of these buckets only grow (sequence numbers, processing times):
@@ -281,6 +287,9 @@ func (t *txn) putDir(d *dirRec) error {
 }
 
 func (t *txn) user(id string) (*userRec, error) {
+	if t.feedSeen != nil {
+		t.feedSeen[id] = struct{}{}
+	}
 	if u, ok := t.userCache[id]; ok {
 		return u, nil
 	}
@@ -305,6 +314,9 @@ func (t *txn) putUser(u *userRec) error {
 	}
 	t.userCache[u.ID] = u
 	t.dirtyUsers[u.ID] = true
+	if t.feedSeen != nil {
+		t.feedSeen[u.ID] = struct{}{}
+	}
 	return nil
 }
 

@@ -281,10 +281,15 @@ type Breaker struct {
 // through the other safeguards, and unpauses it. With dryRun it only says
 // what it would do.
 func (s *Store) Resume(org string, dryRun bool) (*Plan, error) {
+	return s.resumeAt(time.Time{}, org, dryRun)
+}
+
+// resumeAt is Resume dated at (zero: the store's clock).
+func (s *Store) resumeAt(at time.Time, org string, dryRun bool) (*Plan, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	counts := &Counts{}
-	plan, err := s.simulate(func(t *txn, now time.Time) error {
+	plan, err := s.simulate(at, func(t *txn, now time.Time) error {
 		hid := t.paused.Get([]byte(org))
 		if hid == nil {
 			return fmt.Errorf("%w: %s", ErrNotPaused, org)

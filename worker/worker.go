@@ -367,6 +367,9 @@ func (w *Worker) processEvents(ds []queue.Delivery) bool {
 		if err == nil {
 			ev, err = events.Decode(d.Data)
 		}
+		if err == nil {
+			ev.Stored = d.Stored
+		}
 		if err != nil {
 			// Poison: retrying cannot help.
 			rep.Counts.Invalid++

@@ -170,7 +170,7 @@ func streamIDs(ctx context.Context, url, storeDir string) (msgs int, ids map[str
 	}
 	defer q.Close()
 	ids = map[string]bool{}
-	err = q.Each(ctx, func(_ uint64, _ string, data []byte) error {
+	err = q.Each(ctx, func(_ uint64, _ string, _ time.Time, data []byte) error {
 		msgs++
 		ev, err := events.Decode(data)
 		if err != nil {

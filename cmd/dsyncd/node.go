@@ -239,6 +239,7 @@ func (cs *controls) apply(d *queue.Delivery) (retry bool) {
 	c, err := storage.DecodeControl(d.Data)
 	var plan *storage.Plan
 	if err == nil {
+		c.At = d.Stored
 		plan, err = cs.d.st.ApplyControl(c)
 	}
 	if err != nil && worker.Classify(err) == worker.RetryLater {

@@ -473,7 +473,7 @@ func applyStream(ctx context.Context, q *queue.Queue, st *storage.Store, after u
 	for _, k := range storage.ControlKinds {
 		controls[q.ControlSubject(string(k))] = k
 	}
-	err := q.Each(ctx, func(seq uint64, subject string, data []byte) error {
+	err := q.Each(ctx, func(seq uint64, subject string, stored time.Time, data []byte) error {
 		if seq <= after { // in the snapshot the rebuild started from
 			return nil
 		}
@@ -493,6 +493,7 @@ func applyStream(ctx context.Context, q *queue.Queue, st *storage.Store, after u
 			}
 			c, err := storage.DecodeControl(data)
 			if err == nil {
+				c.At = stored
 				_, err = st.ApplyControl(c)
 			}
 			if err != nil && worker.Classify(err) == worker.RetryLater {
@@ -505,6 +506,7 @@ func applyStream(ctx context.Context, q *queue.Queue, st *storage.Store, after u
 			rep.Outcomes.Invalid++
 			return nil
 		}
+		ev.Stored = stored
 		switch {
 		case parkedID[ev.ID]:
 			rep.SkippedParked++
