@@ -571,7 +571,6 @@ func TestApplyRefusesOnANodeOfACluster(t *testing.T) {
 	}
 }
 
-
 // clusterFeed reads a node's whole change feed from /v1/changes, page by
 // page: the records' JSON, one per line.
 func clusterFeed(addr string) ([]byte, error) {
