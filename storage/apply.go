@@ -71,7 +71,7 @@ func (s *Store) applyBatch(evs []*events.Event, trips map[int]*errTrip, seq uint
 		}
 		// Each event wrote its change records as it was applied; nothing
 		// is left unless a view changed outside of them.
-		if err := s.writeChanges(t, now); err != nil {
+		if err := s.endChanges(t, now); err != nil {
 			return err
 		}
 		wrote = t.changesWrote

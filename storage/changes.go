@@ -292,8 +292,7 @@ func (s *Store) writeChanges(t *txn, now time.Time) error {
 	}
 	b := t.tx.Bucket(bktChanges)
 	mirror := t.tx.Bucket(bktFeedUsers)
-	b.FillPercent = 1        // keys only grow
-	mirror.FillPercent = 0.9 // as the users bucket: keyed alike
+	b.FillPercent = 1 // keys only grow
 	// An organisation's records are few: encoding/json writes them.
 	put := func(c *storedChange) error {
 		seq, err := b.NextSequence()
@@ -334,7 +333,10 @@ func (s *Store) writeChanges(t *txn, now time.Time) error {
 	for _, id := range ids {
 		u := t.userCache[id]
 		present := !u.Deleted || held[id] != 0
-		old := mirror.Get([]byte(id))
+		old, ok := t.feedViews[id]
+		if !ok {
+			old = mirror.Get([]byte(id))
+		}
 		if !present && old == nil {
 			continue
 		}
@@ -362,8 +364,34 @@ func (s *Store) writeChanges(t *txn, now time.Time) error {
 			return err
 		}
 		t.changesWrote++
-		if present {
-			err = mirror.Put([]byte(id), cur)
+		if !present {
+			cur = nil
+		}
+		t.feedViews[id] = cur
+	}
+	return nil
+}
+
+// endChanges ends the transaction's change feed: the records of what is
+// left (writeChanges), then the views told, into feed_users.
+func (s *Store) endChanges(t *txn, now time.Time) error {
+	if err := s.writeChanges(t, now); err != nil {
+		return err
+	}
+	if len(t.feedViews) == 0 {
+		return nil
+	}
+	mirror := t.tx.Bucket(bktFeedUsers)
+	mirror.FillPercent = 0.9 // as the users bucket: keyed alike
+	ids := make([]string, 0, len(t.feedViews))
+	for id := range t.feedViews {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids) // bbolt inserts in key order fastest
+	for _, id := range ids {
+		var err error
+		if v := t.feedViews[id]; v != nil {
+			err = mirror.Put([]byte(id), v)
 		} else {
 			err = mirror.Delete([]byte(id))
 		}
@@ -371,6 +399,7 @@ func (s *Store) writeChanges(t *txn, now time.Time) error {
 			return err
 		}
 	}
+	clear(t.feedViews)
 	return nil
 }
 

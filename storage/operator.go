@@ -88,7 +88,7 @@ func (s *Store) simulate(at time.Time, fn func(t *txn, now time.Time) error, com
 		if !commit {
 			return errRollback
 		}
-		err = s.writeChanges(t, now)
+		err = s.endChanges(t, now)
 		wrote = t.changesWrote
 		return err
 	})

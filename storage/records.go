@@ -227,6 +227,10 @@ type txn struct {
 	// feedSeen holds the users read or written since the change feed last
 	// looked (writeChanges): only their views can have changed since.
 	feedSeen map[string]struct{}
+	// feedViews keeps, for the users the feed compared in this
+	// transaction, the view it last told (nil: none), written to bucket
+	// feed_users once, when the transaction ends (endChanges).
+	feedViews map[string][]byte
 	// changesWrote counts the change records the transaction wrote.
 	changesWrote int
 }
@@ -247,6 +251,7 @@ func newTxn(tx *bolt.Tx) *txn {
 	if tx.Writable() {
 		t.groupsOf = map[string]groupsEntry{}
 		t.feedSeen = map[string]struct{}{}
+		t.feedViews = map[string][]byte{}
 	}
 	t.auditStart = t.audit.Sequence()
 	// Keys of these buckets only grow (sequence numbers, processing times):
