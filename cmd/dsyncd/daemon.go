@@ -55,7 +55,12 @@ type daemon struct {
 	leaseTTL    time.Duration
 	nodeLease   *queue.Lease
 	leaderLease *queue.Lease
-	ctl         *controls
+	// leadership is poked each time the leader lease is won or lost.
+	leadership chan struct{}
+	// positions is the bucket of the leader's shared positions (webhooks
+	// out, the poller's cursor); nil on a receiver-only node.
+	positions *queue.Positions
+	ctl       *controls
 	// fileMapping is the mapping of this node's configuration file;
 	// mappingDiffers says the mapping in force is another.
 	mapMu          sync.Mutex
@@ -73,7 +78,7 @@ type daemon struct {
 
 func newDaemon(cfg config.Config, log *zap.Logger) *daemon {
 	return &daemon{cfg: cfg, log: log, metrics: newMetrics(), workerDone: make(chan struct{}), node: nodeID(cfg), durable: durableFor(cfg),
-		started: time.Now(), fileMapping: cfg.Mapping}
+		started: time.Now(), fileMapping: cfg.Mapping, leadership: make(chan struct{}, 1)}
 }
 
 func queueOptions(cfg config.Config) queue.Options {
@@ -200,6 +205,7 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 		MaxInflightBytes:  d.cfg.Webhook.MaxInflightBytes,
 		Ready:             d.ready,
 		Degraded:          d.degraded,
+		Detail:            d.detail,
 		Metrics:           d.metrics.handler(),
 		DeadLetters:       dlqStore{q: d.q, st: d.st, ctl: d.ctl},
 		Decisions:         d.ctl,
@@ -242,6 +248,9 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 				d.log.Error("worker stopped", zap.Error(err))
 			}
 		}()
+		if d.positions, err = d.q.Positions(ctx); err != nil {
+			return fmt.Errorf("%s: %w", natsKeys(d.cfg), err)
+		}
 		if err := d.campaign(ctx); err != nil {
 			return err
 		}
@@ -250,6 +259,7 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 		go func() { defer close(d.snapDone); d.snap.run(sctx) }()
 		bo := backgroundOptions(d.cfg)
 		bo.Active, bo.PublishCorrections = d.Leader, true
+		bo.Cursors = pollerCursors{ps: d.positions, st: d.st}
 		d.bg = reconcile.StartBackground(bo, d.q, d.st, d.log)
 		if err := d.startFeed(ctx); err != nil {
 			return err
@@ -364,6 +374,20 @@ func (d *daemon) degraded() []string {
 		out = append(out, "mapping: the mapping in force (the last one the stream carried) differs from this node's configuration file")
 	}
 	return append(out, d.feedDegraded()...)
+}
+
+// detail is /readyz's word on this node's place in a cluster: its id,
+// whether it leads, and so whether it delivers the webhooks out.
+func (d *daemon) detail() map[string]any {
+	out := map[string]any{"node": d.node, "leader": d.Leader()}
+	if d.feed != nil && d.feed.webhook != nil {
+		if d.feed.webhook.Status().Active {
+			out["webhooks_out"] = "delivering (this node leads)"
+		} else {
+			out["webhooks_out"] = "not the leader: the node that leads delivers them"
+		}
+	}
+	return out
 }
 
 func (d *daemon) onHold(h storage.Hold) {

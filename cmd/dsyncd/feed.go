@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -55,11 +56,55 @@ func (d *daemon) startFeed(ctx context.Context) error {
 		f.wg.Go(func() { f.relay.Run(ctx) })
 	}
 	if c.Webhook.URL != "" {
-		f.webhook = feed.NewWebhook(d.st, feed.WebhookOptions{URL: c.Webhook.URL, Secret: c.Webhook.Secret, MaxAge: c.Webhook.MaxAge}, d.log)
-		f.wg.Go(func() { f.webhook.Run(ctx) })
+		f.webhook = feed.NewWebhook(d.st, feed.WebhookOptions{URL: c.Webhook.URL, Secret: c.Webhook.Secret, MaxAge: c.Webhook.MaxAge,
+			Positions: newWebhookPositions(d.positions), CatchingUp: d.catchingUp}, d.log)
+		f.wg.Go(func() { d.deliverWhileLeader(ctx, f.webhook) })
 	}
 	d.feed = f
 	return nil
+}
+
+// deliverWhileLeader runs the webhooks out while this node holds the leader
+// lease, so that a product gets each change from one node; the position
+// delivered is shared (the positions bucket), so the next leader goes on
+// after it. It returns when ctx ends.
+func (d *daemon) deliverWhileLeader(ctx context.Context, w *feed.Webhook) {
+	for ctx.Err() == nil {
+		if !d.Leader() {
+			select {
+			case <-d.leadership:
+			case <-ctx.Done():
+			}
+			continue
+		}
+		wctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); w.Run(wctx) }()
+		for d.Leader() {
+			select {
+			case <-d.leadership:
+				continue
+			case <-done:
+			case <-ctx.Done():
+			}
+			break
+		}
+		cancel()
+		<-done
+		if d.Leader() && ctx.Err() == nil {
+			return // Run ended by itself: the store is closed
+		}
+	}
+}
+
+// catchingUp reports whether this node's worker has a backlog (or its
+// consumer cannot be read): the webhooks out then wait for its feed to
+// reach the position another node delivered.
+func (d *daemon) catchingUp() bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	n, err := d.q.Pending(ctx, d.durable)
+	return err != nil || n > 0
 }
 
 // stopFeed stops the relay and the webhooks out and waits for them.
@@ -81,7 +126,9 @@ func (d *daemon) feedDegraded() []string {
 		out = append(out, fmt.Sprintf("change relay: publishing to the stream %s fails (relayed up to seq %d; see the log)", d.cfg.Changes.Stream, r.Status().Position))
 	}
 	if w := d.feed.webhook; w != nil {
-		if s := w.Status(); s.Behind {
+		// A node that does not lead delivers nothing: nothing is behind here
+		// (/readyz's "webhooks_out" says who delivers).
+		if s := w.Status(); s.Active && s.Behind {
 			msg := fmt.Sprintf("webhooks out: %d changes pending, the oldest for %s", s.Pending, s.OldestAge.Round(1e9))
 			if s.LastError != "" {
 				msg += " (last POST: " + s.LastError + ")"
@@ -127,7 +174,14 @@ func (m *metrics) registerFeed(d *daemon) {
 	}
 	if w := d.feed.webhook; w != nil {
 		m.reg.MustRegister(
-			gauge("dsyncd_changes_webhook_pending", "Change records not yet delivered to changes.webhook.url.", func() float64 { return float64(w.Status().Pending) }),
+			gauge("dsyncd_changes_webhook_delivering", "1 while this node delivers the webhooks out (it holds the leader lease), else 0: another node does.",
+				func() float64 {
+					if w.Status().Active {
+						return 1
+					}
+					return 0
+				}),
+			gauge("dsyncd_changes_webhook_pending", "Change records not yet delivered to changes.webhook.url (0 on a node that does not deliver).", func() float64 { return float64(w.Status().Pending) }),
 			gauge("dsyncd_changes_webhook_oldest_pending_seconds", "Age of the oldest change record not yet delivered to changes.webhook.url (0: none).",
 				func() float64 { return w.Status().OldestAge.Seconds() }),
 			counter("dsyncd_changes_webhook_delivered_total", "Change records delivered to changes.webhook.url (2xx).",

@@ -1,0 +1,120 @@
+package main
+
+// The leader's positions, shared in NATS (queue.Positions) so that the node
+// that leads next goes on from them: the webhooks out's delivery position
+// and the Events API poller's cursor. Each is also kept in the node's store,
+// from where it moves to NATS the first time NATS has none (an upgrade in
+// place).
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/dsyncd/dsyncd/feed"
+	"github.com/dsyncd/dsyncd/queue"
+	"github.com/dsyncd/dsyncd/reconcile"
+	"github.com/dsyncd/dsyncd/storage"
+)
+
+// positionTimeout bounds one read or write of a shared position.
+const positionTimeout = 10 * time.Second
+
+// webhookPositions is feed.PositionStore on the positions bucket: each
+// Save expects the revision this node last read or wrote, so that a node
+// that delivered while another took over cannot move the position back.
+type webhookPositions struct {
+	ps   *queue.Positions
+	mu   sync.Mutex
+	revs map[string]uint64
+}
+
+var _ feed.PositionStore = (*webhookPositions)(nil)
+
+func newWebhookPositions(ps *queue.Positions) *webhookPositions {
+	return &webhookPositions{ps: ps, revs: map[string]uint64{}}
+}
+
+func (w *webhookPositions) Load(ctx context.Context, key string) (uint64, bool, error) {
+	v, rev, found, err := w.ps.Get(ctx, key)
+	if err != nil || !found {
+		w.mu.Lock()
+		delete(w.revs, key)
+		w.mu.Unlock()
+		return 0, false, err
+	}
+	pos, err := strconv.ParseUint(v, 10, 64)
+	if err != nil {
+		return 0, false, err
+	}
+	w.mu.Lock()
+	w.revs[key] = rev
+	w.mu.Unlock()
+	return pos, true, nil
+}
+
+func (w *webhookPositions) Save(ctx context.Context, key string, pos uint64) error {
+	w.mu.Lock()
+	rev, known := w.revs[key]
+	w.mu.Unlock()
+	var err error
+	if known {
+		rev, err = w.ps.Update(ctx, key, strconv.FormatUint(pos, 10), rev)
+	} else {
+		rev, err = w.ps.Create(ctx, key, strconv.FormatUint(pos, 10))
+	}
+	if errors.Is(err, queue.ErrPositionMoved) {
+		return errors.Join(feed.ErrPositionMoved, err)
+	}
+	if err != nil {
+		return err
+	}
+	w.mu.Lock()
+	w.revs[key] = rev
+	w.mu.Unlock()
+	return nil
+}
+
+// pollerCursors is reconcile.CursorStore on the positions bucket, copied
+// into the store: a cursor NATS has not got yet is taken from the store
+// (and moved to NATS) when the store has one.
+type pollerCursors struct {
+	ps *queue.Positions
+	st *storage.Store
+}
+
+var _ reconcile.CursorStore = pollerCursors{}
+
+// pollerKey is the positions bucket's key of the poller's cursor name.
+func pollerKey(name string) string { return "poller." + name }
+
+func (c pollerCursors) Cursor(name string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), positionTimeout)
+	defer cancel()
+	v, _, found, err := c.ps.Get(ctx, pollerKey(name))
+	if err != nil || found {
+		return v, err
+	}
+	local, err := c.st.Cursor(name)
+	if err != nil || local == "" {
+		return "", err
+	}
+	if _, err := c.ps.Create(ctx, pollerKey(name), local); errors.Is(err, queue.ErrPositionMoved) {
+		v, _, _, err = c.ps.Get(ctx, pollerKey(name)) // another node moved its own first
+		return v, err
+	} else if err != nil {
+		return "", err
+	}
+	return local, nil
+}
+
+func (c pollerCursors) SetCursor(name, value string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), positionTimeout)
+	defer cancel()
+	if _, err := c.ps.Put(ctx, pollerKey(name), value); err != nil {
+		return err
+	}
+	return c.st.SetCursor(name, value)
+}
