@@ -9,10 +9,14 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"os"
 	"strconv"
 	"sync"
 	"time"
 
+	"github.com/dsyncd/dsyncd/config"
 	"github.com/dsyncd/dsyncd/feed"
 	"github.com/dsyncd/dsyncd/queue"
 	"github.com/dsyncd/dsyncd/reconcile"
@@ -117,4 +121,33 @@ func (c pollerCursors) SetCursor(name, value string) error {
 		return err
 	}
 	return c.st.SetCursor(name, value)
+}
+
+// resetSharedEventsCursor forgets the poller's cursor in the positions
+// bucket too (reconcile --reset-events-cursor): else the next leader would
+// poll on from it. Without JetStream data (serve never ran on the embedded
+// server) there is nothing to forget.
+func resetSharedEventsCursor(ctx context.Context, cfg config.Config, stderr io.Writer) error {
+	q, err := openQueueOffline(ctx, cfg, stderr)
+	if err != nil {
+		if cfg.NATS.URL == "" {
+			if _, serr := os.Stat(queueOptions(cfg).StoreDir); errors.Is(serr, os.ErrNotExist) {
+				return nil
+			}
+		}
+		return fmt.Errorf("%s: the events cursor shared by the nodes was not reset: %w", natsKeys(cfg), err)
+	}
+	defer q.Close()
+	ctx, cancel := context.WithTimeout(ctx, positionTimeout)
+	defer cancel()
+	ps, err := q.Positions(ctx)
+	if err != nil {
+		return err
+	}
+	for _, name := range []string{reconcile.CursorEvents, reconcile.CursorEventsStart} {
+		if _, err := ps.Put(ctx, pollerKey(name), ""); err != nil {
+			return fmt.Errorf("%s: the events cursor shared by the nodes was not reset: %w", natsKeys(cfg), err)
+		}
+	}
+	return nil
 }

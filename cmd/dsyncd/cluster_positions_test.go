@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -21,6 +23,8 @@ import (
 	"github.com/dsyncd/dsyncd/events"
 	"github.com/dsyncd/dsyncd/events/synth"
 	"github.com/dsyncd/dsyncd/queue"
+	"github.com/dsyncd/dsyncd/reconcile"
+	"github.com/dsyncd/dsyncd/reconcile/workostest"
 	"github.com/dsyncd/dsyncd/storage"
 )
 
@@ -220,4 +224,133 @@ func TestWebhookPositionMovesToNATSOnUpgrade(t *testing.T) {
 	if err != nil || !found || v != fmt.Sprint(last) {
 		t.Errorf("the shared position is %q (found %v, %v), want %d", v, found, err, last)
 	}
+}
+
+// eventsAfter returns the "after" of each /events request the fake got
+// from the from-th on.
+func eventsAfter(fake *workostest.Server, from int) []string {
+	var out []string
+	for _, r := range fake.Requests("/events")[from:] {
+		out = append(out, r.Query.Get("after"))
+	}
+	return out
+}
+
+// TestEventsCursorIsSharedSoTheNextLeaderPollsOn: two nodes poll the same
+// Events API; the leader's cursor is in NATS, so when it stops the other
+// node polls on after the last event it read (not from events.start, nor
+// from a cursor of its own), and publishes only what came since.
+func TestEventsCursorIsSharedSoTheNextLeaderPollsOn(t *testing.T) {
+	ns := startNATS(t)
+	fake := newWorkOS(t)
+	bodies := referenceBodies(t)
+	fake.AddEvents(bodies[:len(bodies)-2]...)
+	node := func(id string) config.Config {
+		cfg := testConfig(t)
+		cfg.NATS.URL, cfg.Node.ID, cfg.Log.Level, cfg.Store.SnapshotsKept = ns.ClientURL(), id, "info", 0
+		cfg.WorkOS.APIKey, cfg.WorkOS.Endpoint = reconcileTestKey, fake.URL
+		cfg.Events.PollInterval, cfg.Events.Start = 50*time.Millisecond, "2021-01-01T00:00:00Z"
+		return cfg
+	}
+	d1 := startDaemon(t, node("n1"), nil, shortLease)
+	waitFor(t, 10*time.Second, "node 1 leads", d1.Leader)
+	d2 := startDaemon(t, node("n2"), nil, shortLease)
+	p1 := d1.bg.Poller
+	waitFor(t, 20*time.Second, "node 1 polled every event", func() bool {
+		s := p1.Stats()
+		return s.Published+s.AlreadyApplied+s.Duplicates+s.Ignored+s.Invalid >= uint64(len(bodies)-2)
+	})
+	lastID := idOfEvent(t, bodies[len(bodies)-3])
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	waitFor(t, 10*time.Second, "the shared cursor on node 1's last event", func() bool {
+		v, _, _, err := d1.positions.Get(ctx, pollerKey(reconcile.CursorEvents))
+		return err == nil && v == lastID
+	})
+	if c, _ := d2.st.Cursor(reconcile.CursorEvents); c != "" {
+		t.Fatalf("node 2, which never led, has a cursor of its own: %q", c)
+	}
+	if s := d2.bg.Poller.Stats(); s.Polls != 0 {
+		t.Fatalf("node 2 polled %d times while node 1 led", s.Polls)
+	}
+
+	mustf(t, d1.Close(), "stop node 1")
+	from := len(fake.Requests("/events"))
+	fake.AddEvents(bodies[len(bodies)-2:]...)
+	waitFor(t, 10*time.Second, "node 2 leads", d2.Leader)
+	p2 := d2.bg.Poller
+	waitFor(t, 20*time.Second, "node 2 polled the two new events", func() bool {
+		s := p2.Stats()
+		return s.Published+s.AlreadyApplied+s.Duplicates+s.Ignored+s.Invalid >= 2
+	})
+	afters := eventsAfter(fake, from)
+	if len(afters) == 0 || afters[0] != lastID {
+		t.Fatalf("node 2's polls went on after %q, want after node 1's last event %s", afters, lastID)
+	}
+	if s := p2.Stats(); s.Published+s.AlreadyApplied+s.Duplicates+s.Ignored+s.Invalid != 2 {
+		t.Errorf("node 2 went through %+v, want only the 2 new events", s)
+	}
+}
+
+// TestEventsCursorMovesToNATSOnUpgradeAndResetForgetsIt: a store whose
+// poller kept its cursor before it was shared polls on from it, and NATS
+// has it from then on; reconcile --reset-events-cursor forgets it there too.
+func TestEventsCursorMovesToNATSOnUpgradeAndResetForgetsIt(t *testing.T) {
+	fake := newWorkOS(t)
+	bodies := referenceBodies(t)
+	fake.AddEvents(bodies...)
+	mid := idOfEvent(t, bodies[2])
+	dir := t.TempDir()
+	cfgPath := writeFile(t, dir, "dsyncd.yaml", `data_dir: `+filepath.Join(dir, "data")+`
+log: {level: warn}
+http: {listen: "127.0.0.1:0"}
+webhook: {secrets: [`+testSecret+`]}
+store: {snapshots_kept: 0}
+workos: {endpoint: `+fake.URL+`}
+events: {poll_interval: 1s, start: "2021-01-01T00:00:00Z"}
+`+adminMappingYAML)
+	t.Setenv("DSYNCD_WORKOS_API_KEY", reconcileTestKey)
+	cfg, err := config.Load(cfgPath, nil)
+	mustf(t, err, "load config")
+	// The store of a version that kept the cursor only there.
+	st, err := storage.Open(storeOptions(cfg, ""))
+	mustf(t, err, "open store")
+	mustf(t, st.SetCursor(reconcile.CursorEvents, mid), "set cursor")
+	mustf(t, st.Close(), "close store")
+
+	d := startDaemon(t, cfg, nil)
+	waitFor(t, 20*time.Second, "the poll after the stored cursor", func() bool { return d.bg.Poller.Stats().Pages > 0 })
+	if afters := eventsAfter(fake, 0); len(afters) == 0 || afters[0] != mid {
+		t.Fatalf("the upgraded node polled after %q, want after its stored cursor %s", afters, mid)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	lastID := idOfEvent(t, bodies[len(bodies)-1])
+	waitFor(t, 20*time.Second, "the shared cursor on the last event", func() bool {
+		v, _, _, err := d.positions.Get(ctx, pollerKey(reconcile.CursorEvents))
+		return err == nil && v == lastID
+	})
+	mustf(t, d.Close(), "stop")
+
+	code, out, errOut := runCLI(t, "reconcile", "--config", cfgPath, "--directory", workostest.UsersDirectory, "--reset-events-cursor")
+	if code != 0 || !strings.Contains(out, "events cursor reset") {
+		t.Fatalf("reconcile --reset-events-cursor: exit %d\n%s\n%s", code, out, errOut)
+	}
+	q, err := openQueueOffline(ctx, cfg, io.Discard)
+	mustf(t, err, "open the queue")
+	defer q.Close()
+	ps, err := q.Positions(ctx)
+	mustf(t, err, "positions")
+	if v, _, found, err := ps.Get(ctx, pollerKey(reconcile.CursorEvents)); err != nil || !found || v != "" {
+		t.Errorf("the shared cursor after --reset-events-cursor: %q (found %v, %v), want it forgotten", v, found, err)
+	}
+}
+
+func idOfEvent(t *testing.T, raw []byte) string {
+	t.Helper()
+	var e struct {
+		ID string `json:"id"`
+	}
+	mustf(t, json.Unmarshal(raw, &e), "event id")
+	return e.ID
 }
