@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -22,6 +23,7 @@ import (
 	"github.com/dsyncd/dsyncd/config"
 	"github.com/dsyncd/dsyncd/events"
 	"github.com/dsyncd/dsyncd/events/synth"
+	"github.com/dsyncd/dsyncd/mapping"
 	"github.com/dsyncd/dsyncd/queue"
 	"github.com/dsyncd/dsyncd/reconcile"
 	"github.com/dsyncd/dsyncd/reconcile/workostest"
@@ -264,7 +266,7 @@ func TestEventsCursorIsSharedSoTheNextLeaderPollsOn(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	waitFor(t, 10*time.Second, "the shared cursor on node 1's last event", func() bool {
-		v, _, _, err := d1.positions.Get(ctx, pollerKey(reconcile.CursorEvents))
+		v, _, _, err := mustPositions(t, d1).Get(ctx, pollerKey(reconcile.CursorEvents))
 		return err == nil && v == lastID
 	})
 	if c, _ := d2.st.Cursor(reconcile.CursorEvents); c != "" {
@@ -327,7 +329,7 @@ events: {poll_interval: 1s, start: "2021-01-01T00:00:00Z"}
 	defer cancel()
 	lastID := idOfEvent(t, bodies[len(bodies)-1])
 	waitFor(t, 20*time.Second, "the shared cursor on the last event", func() bool {
-		v, _, _, err := d.positions.Get(ctx, pollerKey(reconcile.CursorEvents))
+		v, _, _, err := mustPositions(t, d).Get(ctx, pollerKey(reconcile.CursorEvents))
 		return err == nil && v == lastID
 	})
 	mustf(t, d.Close(), "stop")
@@ -353,4 +355,61 @@ func idOfEvent(t *testing.T, raw []byte) string {
 	}
 	mustf(t, json.Unmarshal(raw, &e), "event id")
 	return e.ID
+}
+
+func mustPositions(t *testing.T, d *daemon) *queue.Positions {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ps, err := d.positions.get(ctx)
+	mustf(t, err, "positions bucket")
+	return ps
+}
+
+// TestARestartedNodeAppliesItsBacklogWithTheMappingInForce: node 2 changes
+// the mapping (a rule granting eng, on_unmap keep); node 1, stopped, misses
+// events that the rule concerns and starts again with its old file. It
+// applies that backlog with the mapping in force, as node 2 did, before
+// publishing its own file's: both nodes end with the same state.
+func TestARestartedNodeAppliesItsBacklogWithTheMappingInForce(t *testing.T) {
+	ns := startNATS(t)
+	node := func(id string) config.Config {
+		cfg := testConfig(t)
+		cfg.NATS.URL, cfg.Node.ID, cfg.Log.Level, cfg.Store.SnapshotsKept = ns.ClientURL(), id, "info", 0
+		cfg.Changes.JetStream = false
+		return cfg
+	}
+	cfg1 := node("n1")
+	d1 := startDaemon(t, cfg1, nil, shortLease)
+	cfg2 := node("n2")
+	d2 := startDaemon(t, cfg2, nil, shortLease)
+	next := cfg2
+	next.Mapping.Groups = append(append([]mapping.GroupRule(nil), cfg2.Mapping.Groups...),
+		mapping.GroupRule{Name: "Group 1", Badges: []mapping.Badge{"eng"}, OnUnmap: "keep"})
+	mustf(t, d2.Reload(next), "reload node 2")
+	waitApplied(t, d1)
+	mustf(t, d1.Close(), "stop node 1")
+
+	for _, ev := range synth.Stream(synth.Options{Seed: 21, Users: 10, Groups: 3, MembershipsPerUser: 2, OrganizationID: "org_1"}) {
+		postSigned(t, d2, ev.Body)
+	}
+	waitApplied(t, d2)
+	d1 = startDaemon(t, cfg1, nil, shortLease) // its file lacks node 2's rule: it publishes it
+	var a, b []byte
+	waitFor(t, 30*time.Second, "both nodes caught up and equal", func() bool {
+		for _, d := range []*daemon{d1, d2} {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			n1, err1 := d.q.Pending(ctx, "dsyncd-worker-n1")
+			n2, err2 := d.q.Pending(ctx, "dsyncd-worker-n2")
+			cancel()
+			if err1 != nil || err2 != nil || n1+n2 > 0 {
+				return false
+			}
+		}
+		a, b = withoutChangeSeq(apiGetT(t, d1, "/v1/export")), withoutChangeSeq(apiGetT(t, d2, "/v1/export"))
+		return bytes.Equal(a, b)
+	})
+	if n := bytes.Count(a, []byte(`"eng"`)); n == 0 {
+		t.Errorf("no user has the badge node 2's rule granted (kept on unmap): %s", firstBytes(a, 300))
+	}
 }

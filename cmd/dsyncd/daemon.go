@@ -58,8 +58,8 @@ type daemon struct {
 	// leadership is poked each time the leader lease is won or lost.
 	leadership chan struct{}
 	// positions is the bucket of the leader's shared positions (webhooks
-	// out, the poller's cursor); nil on a receiver-only node.
-	positions *queue.Positions
+	// out, the poller's cursor), opened on first use.
+	positions *sharedPositions
 	ctl       *controls
 	// fileMapping is the mapping of this node's configuration file;
 	// mappingDiffers says the mapping in force is another.
@@ -146,7 +146,21 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	// The mapping events are applied with is the one in force (the last
+	// the stream carried), not this node's file: until the file's is
+	// published and reached (adoptFileMapping), the backlog is applied as
+	// every other node and a rebuild apply it.
+	if stored, err := d.st.StoredMapping(); err == nil && stored != nil && normalMapping(*stored) != normalMapping(opts.Mapping) {
+		if err := d.st.Close(); err != nil {
+			return fmt.Errorf("%s: %w", storeKey(d.cfg), err)
+		}
+		opts.Mapping = *stored
+		if d.st, err = storage.Open(opts); err != nil {
+			return fmt.Errorf("%s: %w", storeKey(d.cfg), err)
+		}
+	}
 	d.q = queue.New(queueOptions(d.cfg), d.log)
+	d.positions = &sharedPositions{q: d.q}
 	if err := d.q.Open(ctx); err != nil {
 		return fmt.Errorf("%s: %w", natsKeys(d.cfg), err)
 	}
@@ -248,9 +262,6 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 				d.log.Error("worker stopped", zap.Error(err))
 			}
 		}()
-		if d.positions, err = d.q.Positions(ctx); err != nil {
-			return fmt.Errorf("%s: %w", natsKeys(d.cfg), err)
-		}
 		if err := d.campaign(ctx); err != nil {
 			return err
 		}

@@ -26,23 +26,50 @@ import (
 // positionTimeout bounds one read or write of a shared position.
 const positionTimeout = 10 * time.Second
 
+// sharedPositions opens the positions bucket on first use, and again after
+// a failure: a JetStream cluster electing the bucket's leader (a server
+// restarting) delays the webhooks out and the poller, never a node's start.
+type sharedPositions struct {
+	q  *queue.Queue
+	mu sync.Mutex
+	ps *queue.Positions
+}
+
+func (s *sharedPositions) get(ctx context.Context) (*queue.Positions, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ps != nil {
+		return s.ps, nil
+	}
+	ps, err := s.q.Positions(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s.ps = ps
+	return ps, nil
+}
+
 // webhookPositions is feed.PositionStore on the positions bucket: each
 // Save expects the revision this node last read or wrote, so that a node
 // that delivered while another took over cannot move the position back.
 type webhookPositions struct {
-	ps   *queue.Positions
+	ps   *sharedPositions
 	mu   sync.Mutex
 	revs map[string]uint64
 }
 
 var _ feed.PositionStore = (*webhookPositions)(nil)
 
-func newWebhookPositions(ps *queue.Positions) *webhookPositions {
+func newWebhookPositions(ps *sharedPositions) *webhookPositions {
 	return &webhookPositions{ps: ps, revs: map[string]uint64{}}
 }
 
 func (w *webhookPositions) Load(ctx context.Context, key string) (uint64, bool, error) {
-	v, rev, found, err := w.ps.Get(ctx, key)
+	ps, err := w.ps.get(ctx)
+	if err != nil {
+		return 0, false, err
+	}
+	v, rev, found, err := ps.Get(ctx, key)
 	if err != nil || !found {
 		w.mu.Lock()
 		delete(w.revs, key)
@@ -60,14 +87,17 @@ func (w *webhookPositions) Load(ctx context.Context, key string) (uint64, bool, 
 }
 
 func (w *webhookPositions) Save(ctx context.Context, key string, pos uint64) error {
+	ps, err := w.ps.get(ctx)
+	if err != nil {
+		return err
+	}
 	w.mu.Lock()
 	rev, known := w.revs[key]
 	w.mu.Unlock()
-	var err error
 	if known {
-		rev, err = w.ps.Update(ctx, key, strconv.FormatUint(pos, 10), rev)
+		rev, err = ps.Update(ctx, key, strconv.FormatUint(pos, 10), rev)
 	} else {
-		rev, err = w.ps.Create(ctx, key, strconv.FormatUint(pos, 10))
+		rev, err = ps.Create(ctx, key, strconv.FormatUint(pos, 10))
 	}
 	if errors.Is(err, queue.ErrPositionMoved) {
 		return errors.Join(feed.ErrPositionMoved, err)
@@ -85,7 +115,7 @@ func (w *webhookPositions) Save(ctx context.Context, key string, pos uint64) err
 // into the store: a cursor NATS has not got yet is taken from the store
 // (and moved to NATS) when the store has one.
 type pollerCursors struct {
-	ps *queue.Positions
+	ps *sharedPositions
 	st *storage.Store
 }
 
@@ -97,7 +127,11 @@ func pollerKey(name string) string { return "poller." + name }
 func (c pollerCursors) Cursor(name string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), positionTimeout)
 	defer cancel()
-	v, _, found, err := c.ps.Get(ctx, pollerKey(name))
+	ps, err := c.ps.get(ctx)
+	if err != nil {
+		return "", err
+	}
+	v, _, found, err := ps.Get(ctx, pollerKey(name))
 	if err != nil || found {
 		return v, err
 	}
@@ -105,8 +139,8 @@ func (c pollerCursors) Cursor(name string) (string, error) {
 	if err != nil || local == "" {
 		return "", err
 	}
-	if _, err := c.ps.Create(ctx, pollerKey(name), local); errors.Is(err, queue.ErrPositionMoved) {
-		v, _, _, err = c.ps.Get(ctx, pollerKey(name)) // another node moved its own first
+	if _, err := ps.Create(ctx, pollerKey(name), local); errors.Is(err, queue.ErrPositionMoved) {
+		v, _, _, err = ps.Get(ctx, pollerKey(name)) // another node moved its own first
 		return v, err
 	} else if err != nil {
 		return "", err
@@ -117,7 +151,11 @@ func (c pollerCursors) Cursor(name string) (string, error) {
 func (c pollerCursors) SetCursor(name, value string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), positionTimeout)
 	defer cancel()
-	if _, err := c.ps.Put(ctx, pollerKey(name), value); err != nil {
+	ps, err := c.ps.get(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := ps.Put(ctx, pollerKey(name), value); err != nil {
 		return err
 	}
 	return c.st.SetCursor(name, value)
