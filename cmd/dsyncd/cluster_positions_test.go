@@ -66,7 +66,6 @@ func feedNodeConfig(t *testing.T, url, id, hook string) config.Config {
 	cfg.Node.ID = id
 	cfg.Log.Level = "info"
 	cfg.Store.SnapshotsKept = 0
-	cfg.Changes.JetStream = false
 	cfg.Changes.Webhook.URL = hook
 	cfg.Changes.Webhook.Secret = "whsec_product"
 	return cfg
@@ -140,8 +139,14 @@ func TestWebhooksOutComeFromTheLeaderAloneAndTheNextLeaderGoesOn(t *testing.T) {
 	if s := d2.feed.webhook.Status(); s.Delivered != 0 || s.Active {
 		t.Fatalf("the follower delivered %d records (active %v)", s.Delivered, s.Active)
 	}
+	if s := d2.feed.relay.Status(); s.Active {
+		t.Fatal("the follower relays the change feed too")
+	}
+	if s := d1.feed.relay.Status(); !s.Active || s.Position != last1 {
+		t.Fatalf("the leader's relay: active %v, relayed up to %d of %d", s.Active, s.Position, last1)
+	}
 	_, body := getReadyz(t, d2)
-	if !strings.Contains(body, `"webhooks_out":"not the leader`) || strings.Contains(body, "degraded") {
+	if !strings.Contains(body, `"webhooks_out":"not the leader`) || !strings.Contains(body, `"change_relay":"not the leader`) || strings.Contains(body, "degraded") {
 		t.Errorf("follower /readyz = %s, want it to say it is not the leader, nothing degraded", body)
 	}
 	_, body = getReadyz(t, d1)
@@ -164,6 +169,10 @@ func TestWebhooksOutComeFromTheLeaderAloneAndTheNextLeaderGoesOn(t *testing.T) {
 	if err := seqsOnce(product.rcv.got(), last); err != nil {
 		t.Fatalf("after the takeover: %v", err)
 	}
+	waitFor(t, 10*time.Second, "node 2 relays the rest", func() bool {
+		s := d2.feed.relay.Status()
+		return s.Active && s.Position == last
+	})
 	// Counted once the POST returned (the product has the records a moment before).
 	waitFor(t, 10*time.Second, fmt.Sprintf("node 2 counts the %d records node 1 had not delivered", last-last1), func() bool {
 		return d2.feed.webhook.Status().Delivered == last-last1

@@ -55,8 +55,10 @@ type daemon struct {
 	leaseTTL    time.Duration
 	nodeLease   *queue.Lease
 	leaderLease *queue.Lease
-	// leadership is poked each time the leader lease is won or lost.
-	leadership chan struct{}
+	// leadership is closed (and replaced) each time the leader lease is
+	// won or lost: take it with leadershipChange before asking Leader.
+	leadershipMu sync.Mutex
+	leadership   chan struct{}
 	// positions is the bucket of the leader's shared positions (webhooks
 	// out, the poller's cursor), opened on first use.
 	positions *sharedPositions
@@ -78,7 +80,7 @@ type daemon struct {
 
 func newDaemon(cfg config.Config, log *zap.Logger) *daemon {
 	return &daemon{cfg: cfg, log: log, metrics: newMetrics(), workerDone: make(chan struct{}), node: nodeID(cfg), durable: durableFor(cfg),
-		started: time.Now(), fileMapping: cfg.Mapping, leadership: make(chan struct{}, 1)}
+		started: time.Now(), fileMapping: cfg.Mapping, leadership: make(chan struct{})}
 }
 
 func queueOptions(cfg config.Config) queue.Options {
@@ -388,9 +390,17 @@ func (d *daemon) degraded() []string {
 }
 
 // detail is /readyz's word on this node's place in a cluster: its id,
-// whether it leads, and so whether it delivers the webhooks out.
+// whether it leads, and so whether it relays the change feed and delivers
+// the webhooks out.
 func (d *daemon) detail() map[string]any {
 	out := map[string]any{"node": d.node, "leader": d.Leader()}
+	if d.feed != nil && d.feed.relay != nil {
+		if d.feed.relay.Status().Active {
+			out["change_relay"] = "relaying (this node leads)"
+		} else {
+			out["change_relay"] = "not the leader: the node that leads relays the change feed"
+		}
+	}
 	if d.feed != nil && d.feed.webhook != nil {
 		if d.feed.webhook.Status().Active {
 			out["webhooks_out"] = "delivering (this node leads)"

@@ -53,36 +53,39 @@ func (d *daemon) startFeed(ctx context.Context) error {
 	f := &feedRunner{cancel: cancel}
 	if c.JetStream {
 		f.relay = feed.NewRelay(d.st, changeStream{cs}, feed.RelayOptions{}, d.log)
-		f.wg.Go(func() { f.relay.Run(ctx) })
+		f.wg.Go(func() { d.whileLeader(ctx, f.relay.Run) })
 	}
 	if c.Webhook.URL != "" {
 		f.webhook = feed.NewWebhook(d.st, feed.WebhookOptions{URL: c.Webhook.URL, Secret: c.Webhook.Secret, MaxAge: c.Webhook.MaxAge,
 			Positions: newWebhookPositions(d.positions), CatchingUp: d.catchingUp}, d.log)
-		f.wg.Go(func() { d.deliverWhileLeader(ctx, f.webhook) })
+		f.wg.Go(func() { d.whileLeader(ctx, f.webhook.Run) })
 	}
 	d.feed = f
 	return nil
 }
 
-// deliverWhileLeader runs the webhooks out while this node holds the leader
-// lease, so that a product gets each change from one node; the position
-// delivered is shared (the positions bucket), so the next leader goes on
-// after it. It returns when ctx ends.
-func (d *daemon) deliverWhileLeader(ctx context.Context, w *feed.Webhook) {
+// whileLeader runs a way out of the change feed (the webhooks out, the
+// relay) while this node holds the leader lease, so that a product gets
+// each change from one node. Each goes on where the last leader left it:
+// the webhooks after the position in the positions bucket, the relay after
+// the change stream's last record. It returns when ctx ends.
+func (d *daemon) whileLeader(ctx context.Context, run func(context.Context)) {
 	for ctx.Err() == nil {
+		changed := d.leadershipChange()
 		if !d.Leader() {
 			select {
-			case <-d.leadership:
+			case <-changed:
 			case <-ctx.Done():
 			}
 			continue
 		}
 		wctx, cancel := context.WithCancel(ctx)
 		done := make(chan struct{})
-		go func() { defer close(done); w.Run(wctx) }()
+		go func() { defer close(done); run(wctx) }()
 		for d.Leader() {
 			select {
-			case <-d.leadership:
+			case <-changed:
+				changed = d.leadershipChange()
 				continue
 			case <-done:
 			case <-ctx.Done():
@@ -122,7 +125,7 @@ func (d *daemon) feedDegraded() []string {
 		return nil
 	}
 	var out []string
-	if r := d.feed.relay; r != nil && r.Status().Failing {
+	if r := d.feed.relay; r != nil && r.Status().Active && r.Status().Failing {
 		out = append(out, fmt.Sprintf("change relay: publishing to the stream %s fails (relayed up to seq %d; see the log)", d.cfg.Changes.Stream, r.Status().Position))
 	}
 	if w := d.feed.webhook; w != nil {
@@ -163,7 +166,10 @@ func (m *metrics) registerFeed(d *daemon) {
 	}
 	if r := d.feed.relay; r != nil {
 		m.reg.MustRegister(
-			gauge("dsyncd_changes_relay_pending", "Change records not yet in the JetStream stream (changes.stream).", func() float64 {
+			gauge("dsyncd_changes_relay_pending", "Change records not yet in the JetStream stream (changes.stream); 0 on a node that does not lead (the leader relays).", func() float64 {
+				if !r.Status().Active {
+					return 0
+				}
 				return max(0, last()-float64(r.Status().Position))
 			}),
 			counter("dsyncd_changes_relay_failures_total", "Failed attempts to publish change records to JetStream (retried with backoff).",

@@ -146,16 +146,25 @@ func (d *daemon) campaign(ctx context.Context) error {
 		} else {
 			d.log.Info("this node no longer polls, reconciles nor delivers the webhooks out (another node leads)", zap.String("node", d.node))
 		}
-		select {
-		case d.leadership <- struct{}{}:
-		default:
-		}
+		d.leadershipMu.Lock()
+		close(d.leadership)
+		d.leadership = make(chan struct{})
+		d.leadershipMu.Unlock()
 	})
 	if err != nil {
 		return fmt.Errorf("%s: leader lease: %w", natsKeys(d.cfg), err)
 	}
 	d.leaderLease = l
 	return nil
+}
+
+// leadershipChange returns a channel closed at the next change of
+// leadership; take it before asking Leader, so that no change in between
+// goes unnoticed.
+func (d *daemon) leadershipChange() <-chan struct{} {
+	d.leadershipMu.Lock()
+	defer d.leadershipMu.Unlock()
+	return d.leadership
 }
 
 // Leader reports whether this node holds the leader lease.
