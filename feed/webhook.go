@@ -248,6 +248,7 @@ func (w *Webhook) startLocal() (uint64, error) {
 func (w *Webhook) Run(ctx context.Context) {
 	w.active.Store(true)
 	defer w.active.Store(false)
+	w.moved = false // start reads the shared position anyway
 	bo := backoff{min: w.opts.MinBackoff, max: w.opts.MaxBackoff}
 	var pos uint64
 	for {

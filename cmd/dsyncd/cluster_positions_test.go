@@ -209,6 +209,9 @@ func TestWebhookPositionMovesToNATSOnUpgrade(t *testing.T) {
 	waitApplied(t, d)
 	first, _ := d.st.LastChangeSeq()
 	waitFor(t, 20*time.Second, "the first half delivered", func() bool { return uint64(len(product.got())) >= first })
+	// Stopped once the position is stored (stopped during a POST, it would
+	// send that batch again: at least once).
+	waitFor(t, 10*time.Second, "the first half's position stored", func() bool { return d.feed.webhook.Status().Position == first })
 	key := d.feed.webhook.Key()
 	mustf(t, d.Close(), "close")
 
