@@ -18,8 +18,9 @@ deps: ## Download the Go modules (the only install step: Go itself ships on the 
 	@command -v $(GO) >/dev/null || { echo "Go is required: install Go >= 1.26"; exit 1; }
 	$(GO) mod download
 
-build: deps ## Build bin/dsyncd
+build: deps ## Build bin/dsyncd, and bin/nats-server (for a cluster, the soak's cluster phase and bench-cluster)
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/dsyncd
+	$(GO) build -o bin/nats-server github.com/nats-io/nats-server/v2
 
 run: build ## Run the daemon on the embedded NATS server with config/example.yaml
 	@# DSYNCD_DEV=1 marks a development run: the example's webhook secret is expected here.
@@ -66,10 +67,10 @@ bench-scale: build ## The 1M-user run of docs/performance.md (not in CI): all ap
 	$(GO) run ./cmd/dsyncd-load -bin $(BIN) -users $(SCALE_USERS) -groups $(SCALE_GROUPS) -memberships 3 -concurrency 64 -reads 100 -timeout 40m
 
 soak: build ## Kill/flood/starve harness (long run, ~15 min); exits non-zero on any loss
-	$(GO) run ./cmd/dsyncd-soak -bin $(BIN) -kills 25 -duration 2m -load-duration 5m -fuzz 30s
+	$(GO) run ./cmd/dsyncd-soak -bin $(BIN) -nats-server bin/nats-server -kills 25 -duration 2m -load-duration 5m -fuzz 30s
 
 soak-short: build ## Short soak, as CI runs it (< 3 min); exits non-zero on any loss
-	$(GO) run ./cmd/dsyncd-soak -bin $(BIN) -short -kills 20 -duration 45s
+	$(GO) run ./cmd/dsyncd-soak -bin $(BIN) -nats-server bin/nats-server -short -kills 20 -duration 45s
 
 lint: ## gofmt check and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -49,6 +49,7 @@ type Relay struct {
 	failures atomic.Uint64
 	gaps     atomic.Uint64 // seqs past the retention before they were relayed
 	failing  atomic.Bool
+	active   atomic.Bool // Run is relaying
 }
 
 // NewRelay returns a relay; Run starts it.
@@ -71,15 +72,21 @@ type RelayStatus struct {
 	Failures uint64 // failed publishes
 	Gaps     uint64 // seqs pruned from the feed before they were relayed
 	Failing  bool   // the last attempt failed
+	// Active says Run is relaying (dsyncd runs it while the node leads).
+	Active bool
 }
 
 // Status returns the relay's counters.
 func (r *Relay) Status() RelayStatus {
-	return RelayStatus{Position: r.position.Load(), Failures: r.failures.Load(), Gaps: r.gaps.Load(), Failing: r.failing.Load()}
+	return RelayStatus{Position: r.position.Load(), Failures: r.failures.Load(), Gaps: r.gaps.Load(), Failing: r.failing.Load(),
+		Active: r.active.Load()}
 }
 
-// Run relays until ctx ends.
+// Run relays until ctx ends. It may be called again after it returned:
+// each run goes on from the stream's last record.
 func (r *Relay) Run(ctx context.Context) {
+	r.active.Store(true)
+	defer r.active.Store(false)
 	bo := backoff{min: r.opts.MinBackoff, max: r.opts.MaxBackoff}
 	known := false
 	var pos uint64

@@ -53,6 +53,9 @@ type Lease struct {
 	// onChange, if set, is called from the renewing goroutine each time the
 	// lease is won or lost.
 	onChange func(held bool)
+	// takeOver, if set, recognises a holder that is this process's own dead
+	// predecessor (Campaign).
+	takeOver func(holder []byte) bool
 
 	held   atomic.Bool
 	mu     sync.Mutex
@@ -138,12 +141,15 @@ func (q *Queue) ClaimLease(ctx context.Context, key string, value []byte, ttl ti
 // renews it while it holds it; onChange is called each time it is won or
 // lost. Another process's lease expires ttl (DefaultLeaseTTL when zero)
 // after its last renewal, so a dead holder is replaced within ttl plus a
-// third of it.
-func (q *Queue) Campaign(ctx context.Context, key string, value []byte, ttl time.Duration, onChange func(held bool)) (*Lease, error) {
+// third of it; one that takeOver, given it, recognises as this process's
+// own dead predecessor (as ClaimLease's) is replaced at once.
+func (q *Queue) Campaign(ctx context.Context, key string, value []byte, ttl time.Duration, takeOver func(holder []byte) bool,
+	onChange func(held bool)) (*Lease, error) {
 	l, err := q.newLease(ctx, key, value, ttl, onChange)
 	if err != nil {
 		return nil, err
 	}
+	l.takeOver = takeOver
 	l.start()
 	return l, nil
 }
@@ -199,6 +205,15 @@ func (l *Lease) step(ctx context.Context) {
 		l.rev = rev
 		l.set(true)
 	case errors.Is(err, jetstream.ErrKeyExists):
+		if l.takeOver != nil {
+			if e, gerr := l.kv.Get(cctx, l.key); gerr == nil && l.takeOver(e.Value()) {
+				if rev, uerr := l.kv.Update(cctx, l.key, l.value, e.Revision()); uerr == nil {
+					l.rev = rev
+					l.set(true)
+					return
+				}
+			}
+		}
 		l.set(false) // someone else holds it
 	default:
 		// NATS unreachable: we cannot tell. A held lease stays held until

@@ -88,7 +88,7 @@ func TestCampaignElectsOneLeaderAndAnotherTakesOverWhenItDies(t *testing.T) {
 	var ls [3]*Lease
 	for i := range ls {
 		q := openQueue(t, Options{URL: srv.ClientURL()})
-		l, err := q.Campaign(testCtx(t, 5*time.Second), "leader", []byte{byte('a' + i)}, ttl, func(bool) { changes[i].Add(1) })
+		l, err := q.Campaign(testCtx(t, 5*time.Second), "leader", []byte{byte('a' + i)}, ttl, nil, func(bool) { changes[i].Add(1) })
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -115,5 +115,68 @@ func TestCampaignElectsOneLeaderAndAnotherTakesOverWhenItDies(t *testing.T) {
 	took := waitFor(t, 3*ttl, "a new leader", func() bool { n, who := leaders(); return n == 1 && who != first })
 	if took > ttl+ttl/3+500*time.Millisecond {
 		t.Errorf("takeover took %s, want within the ttl plus a renewal period", took)
+	}
+}
+
+func TestCampaignTakesOverItsOwnDeadPredecessorAtOnce(t *testing.T) {
+	srv := runServer(t, -1, t.TempDir())
+	q := openQueue(t, Options{URL: srv.ClientURL()})
+	const ttl = time.Minute // a takeover that waited for the expiry would fail the test
+	old, err := q.Campaign(testCtx(t, 5*time.Second), "leader", []byte("me, before"), ttl, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the first leader", old.Held)
+	crash(old)
+	other, err := q.Campaign(testCtx(t, 5*time.Second), "leader", []byte("someone else"), ttl, func([]byte) bool { return false }, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(other.Release)
+	l, err := q.Campaign(testCtx(t, 5*time.Second), "leader", []byte("me, now"), ttl,
+		func(h []byte) bool { return string(h) == "me, before" }, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(l.Release)
+	waitFor(t, 5*time.Second, "the successor leads", l.Held)
+	if other.Held() {
+		t.Error("a node that does not recognise the holder took the lease too")
+	}
+}
+
+func TestPositionsKeepAValueAndRefuseAStaleWriter(t *testing.T) {
+	srv := runServer(t, -1, t.TempDir())
+	a, err := openQueue(t, Options{URL: srv.ClientURL()}).Positions(testCtx(t, 5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := openQueue(t, Options{URL: srv.ClientURL()}).Positions(testCtx(t, 5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := testCtx(t, 10*time.Second)
+	if _, _, found, err := a.Get(ctx, "webhook.x"); err != nil || found {
+		t.Fatalf("a key never stored: found %v, %v", found, err)
+	}
+	rev, err := a.Create(ctx, "webhook.x", "10")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Create(ctx, "webhook.x", "3"); !errors.Is(err, ErrPositionMoved) {
+		t.Fatalf("second create = %v, want ErrPositionMoved", err)
+	}
+	v, brev, found, err := b.Get(ctx, "webhook.x")
+	if err != nil || !found || v != "10" || brev != rev {
+		t.Fatalf("b reads %q rev %d (found %v, %v), want 10 rev %d", v, brev, found, err, rev)
+	}
+	if _, err := b.Update(ctx, "webhook.x", "20", brev); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Update(ctx, "webhook.x", "11", rev); !errors.Is(err, ErrPositionMoved) {
+		t.Fatalf("a stale writer's update = %v, want ErrPositionMoved", err)
+	}
+	if v, _, _, _ := a.Get(ctx, "webhook.x"); v != "20" {
+		t.Fatalf("value %q after a refused stale update, want 20", v)
 	}
 }

@@ -30,6 +30,9 @@ type BackgroundOptions struct {
 	// stream (the publisher StartBackground is given) instead of applying
 	// them to the store: every node of a cluster then applies them.
 	PublishCorrections bool
+	// Cursors, if set, keeps the poller's cursor instead of the store (in
+	// a cluster: where the next leader finds it).
+	Cursors CursorStore
 }
 
 // Background is what `dsyncd serve` runs besides the webhook receiver: the
@@ -43,7 +46,7 @@ type Background struct {
 }
 
 // StartBackground starts the poller (PollInterval > 0), publishing to pub
-// with its cursor in st, and the periodic reconciliation
+// with its cursor in opts.Cursors (default st), and the periodic reconciliation
 // (ReconcileInterval > 0) against st. It returns nil when neither is
 // configured. Stop it before closing pub and st.
 func StartBackground(opts BackgroundOptions, pub Publisher, st *storage.Store, log *zap.Logger) *Background {
@@ -60,12 +63,16 @@ func StartBackground(opts BackgroundOptions, pub Publisher, st *storage.Store, l
 		// A reconciler of its own for a refused cursor, which may come
 		// with reconcile.interval 0.
 		r := NewReconciler(ReconcilerOptions{ClientOptions: opts.Client, Publish: corrections}, st, log)
+		var cursors CursorStore = st
+		if opts.Cursors != nil {
+			cursors = opts.Cursors
+		}
 		b.Poller = New(Options{ClientOptions: opts.Client, Interval: opts.PollInterval, Start: opts.Start,
 			Applied: st.Processed, OnStaleCursor: opts.OnStaleCursor, Active: opts.Active,
 			Reconcile: func(ctx context.Context) error {
 				_, err := r.Reconcile(ctx, Scope{}, false)
 				return err
-			}}, pub, st, log)
+			}}, pub, cursors, log)
 		b.wg.Go(func() { _ = b.Poller.Run(ctx) })
 	}
 	if opts.ReconcileInterval > 0 {

@@ -100,6 +100,9 @@ type Options struct {
 	// (the Events API refusing the poller's cursor): /readyz shows it as
 	// "degraded" next to its status, and its status code stays Ready's.
 	Degraded func() []string
+	// Detail, if set, adds its entries to /readyz's body (a node's place in
+	// a cluster: its id, whether it leads).
+	Detail func() map[string]any
 	// Metrics, when set, is served at GET /metrics, without the token
 	// (what Prometheus scrapes).
 	Metrics http.Handler
@@ -654,6 +657,11 @@ func putBodyBuffer(b *bytes.Buffer) {
 
 func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 	body := map[string]any{"status": "ready"}
+	if s.opts.Detail != nil {
+		for k, v := range s.opts.Detail() {
+			body[k] = v
+		}
+	}
 	if s.opts.Degraded != nil {
 		if d := s.opts.Degraded(); len(d) > 0 {
 			body["degraded"] = d

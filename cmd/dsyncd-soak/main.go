@@ -42,6 +42,14 @@
 //	   the webhook receiver each end with every seq, in order, without a gap
 //	   (the webhooks may repeat a batch after a kill), and the long-poll's
 //	   fold equals the export's users. Under 30 s; in soak-short.
+//	k. cluster: three nats-server processes (-nats-server, clustered,
+//	   JetStream) and three `dsyncd serve` nodes on them, stream replicas 3;
+//	   WorkOS-signed events posted round-robin to the nodes while one
+//	   nats-server and one node are SIGKILLed and restarted, a last-admin
+//	   hold approved on node 1 and the mapping changed (SIGHUP) on node 2.
+//	   Every node's export ends equal to the others' and to the stream
+//	   replayed into a fresh store (rebuild --from-scratch); every event
+//	   answered 2xx is applied on every node.
 //
 // The mapping grants the admin badge through no rule
 // (safeguards.allow_no_admin_rule) and the mass-deprovisioning breaker is off:
@@ -76,6 +84,7 @@ type options struct {
 	keep         bool
 	seed         uint64
 	phases       string
+	natsServer   string
 }
 
 func main() {
@@ -88,7 +97,8 @@ func main() {
 	flag.DurationVar(&o.fuzz, "fuzz", 0, "also run `go test -fuzz=FuzzVerify ./events/` this long and report its executions (0: leave fuzzing to make test)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (it is always kept on failure)")
 	flag.Uint64Var(&o.seed, "seed", 0, "seed of the random kill moments (0: from the clock)")
-	flag.StringVar(&o.phases, "phases", "abcdefghij", "phases to run")
+	flag.StringVar(&o.phases, "phases", "abcdefghijk", "phases to run")
+	flag.StringVar(&o.natsServer, "nats-server", "bin/nats-server", "nats-server binary, for the cluster phase (make build builds it)")
 	flag.Parse()
 	if o.seed == 0 {
 		o.seed = uint64(time.Now().UnixNano())
@@ -102,6 +112,9 @@ func main() {
 		os.Exit(2)
 	}
 	o.bin = bin
+	if ns, err := filepath.Abs(o.natsServer); err == nil {
+		o.natsServer = ns
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	// Everything is bounded: the phases' own deadlines sit well inside this.
@@ -151,6 +164,7 @@ func run(ctx context.Context, o options) int {
 	runPhase("h", func() *result { return e.fdExhaustionPhase(ctx, o) })
 	runPhase("i", func() *result { return e.damagedStorePhase(ctx, o) })
 	runPhase("j", func() *result { return e.feedPhase(ctx, o) })
+	runPhase("k", func() *result { return e.clusterPhase(ctx, o) })
 	fuzzCell, fuzzOK := "not run here: make test runs every fuzz target (make fuzz)", true
 	if o.fuzz > 0 {
 		fuzzCell, fuzzOK = runFuzz(ctx, o.fuzz)

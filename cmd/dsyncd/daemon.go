@@ -55,7 +55,14 @@ type daemon struct {
 	leaseTTL    time.Duration
 	nodeLease   *queue.Lease
 	leaderLease *queue.Lease
-	ctl         *controls
+	// leadership is closed (and replaced) each time the leader lease is
+	// won or lost: take it with leadershipChange before asking Leader.
+	leadershipMu sync.Mutex
+	leadership   chan struct{}
+	// positions is the bucket of the leader's shared positions (webhooks
+	// out, the poller's cursor), opened on first use.
+	positions *sharedPositions
+	ctl       *controls
 	// fileMapping is the mapping of this node's configuration file;
 	// mappingDiffers says the mapping in force is another.
 	mapMu          sync.Mutex
@@ -73,7 +80,7 @@ type daemon struct {
 
 func newDaemon(cfg config.Config, log *zap.Logger) *daemon {
 	return &daemon{cfg: cfg, log: log, metrics: newMetrics(), workerDone: make(chan struct{}), node: nodeID(cfg), durable: durableFor(cfg),
-		started: time.Now(), fileMapping: cfg.Mapping}
+		started: time.Now(), fileMapping: cfg.Mapping, leadership: make(chan struct{})}
 }
 
 func queueOptions(cfg config.Config) queue.Options {
@@ -141,7 +148,21 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	// The mapping events are applied with is the one in force (the last
+	// the stream carried), not this node's file: until the file's is
+	// published and reached (adoptFileMapping), the backlog is applied as
+	// every other node and a rebuild apply it.
+	if stored, err := d.st.StoredMapping(); err == nil && stored != nil && normalMapping(*stored) != normalMapping(opts.Mapping) {
+		if err := d.st.Close(); err != nil {
+			return fmt.Errorf("%s: %w", storeKey(d.cfg), err)
+		}
+		opts.Mapping = *stored
+		if d.st, err = storage.Open(opts); err != nil {
+			return fmt.Errorf("%s: %w", storeKey(d.cfg), err)
+		}
+	}
 	d.q = queue.New(queueOptions(d.cfg), d.log)
+	d.positions = &sharedPositions{q: d.q}
 	if err := d.q.Open(ctx); err != nil {
 		return fmt.Errorf("%s: %w", natsKeys(d.cfg), err)
 	}
@@ -200,6 +221,7 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 		MaxInflightBytes:  d.cfg.Webhook.MaxInflightBytes,
 		Ready:             d.ready,
 		Degraded:          d.degraded,
+		Detail:            d.detail,
 		Metrics:           d.metrics.handler(),
 		DeadLetters:       dlqStore{q: d.q, st: d.st, ctl: d.ctl},
 		Decisions:         d.ctl,
@@ -250,6 +272,7 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 		go func() { defer close(d.snapDone); d.snap.run(sctx) }()
 		bo := backgroundOptions(d.cfg)
 		bo.Active, bo.PublishCorrections = d.Leader, true
+		bo.Cursors = pollerCursors{ps: d.positions, st: d.st}
 		d.bg = reconcile.StartBackground(bo, d.q, d.st, d.log)
 		if err := d.startFeed(ctx); err != nil {
 			return err
@@ -364,6 +387,28 @@ func (d *daemon) degraded() []string {
 		out = append(out, "mapping: the mapping in force (the last one the stream carried) differs from this node's configuration file")
 	}
 	return append(out, d.feedDegraded()...)
+}
+
+// detail is /readyz's word on this node's place in a cluster: its id,
+// whether it leads, and so whether it relays the change feed and delivers
+// the webhooks out.
+func (d *daemon) detail() map[string]any {
+	out := map[string]any{"node": d.node, "leader": d.Leader()}
+	if d.feed != nil && d.feed.relay != nil {
+		if d.feed.relay.Status().Active {
+			out["change_relay"] = "relaying (this node leads)"
+		} else {
+			out["change_relay"] = "not the leader: the node that leads relays the change feed"
+		}
+	}
+	if d.feed != nil && d.feed.webhook != nil {
+		if d.feed.webhook.Status().Active {
+			out["webhooks_out"] = "delivering (this node leads)"
+		} else {
+			out["webhooks_out"] = "not the leader: the node that leads delivers them"
+		}
+	}
+	return out
 }
 
 func (d *daemon) onHold(h storage.Hold) {

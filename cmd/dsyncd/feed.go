@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -52,14 +53,61 @@ func (d *daemon) startFeed(ctx context.Context) error {
 	f := &feedRunner{cancel: cancel}
 	if c.JetStream {
 		f.relay = feed.NewRelay(d.st, changeStream{cs}, feed.RelayOptions{}, d.log)
-		f.wg.Go(func() { f.relay.Run(ctx) })
+		f.wg.Go(func() { d.whileLeader(ctx, f.relay.Run) })
 	}
 	if c.Webhook.URL != "" {
-		f.webhook = feed.NewWebhook(d.st, feed.WebhookOptions{URL: c.Webhook.URL, Secret: c.Webhook.Secret, MaxAge: c.Webhook.MaxAge}, d.log)
-		f.wg.Go(func() { f.webhook.Run(ctx) })
+		f.webhook = feed.NewWebhook(d.st, feed.WebhookOptions{URL: c.Webhook.URL, Secret: c.Webhook.Secret, MaxAge: c.Webhook.MaxAge,
+			Positions: newWebhookPositions(d.positions), CatchingUp: d.catchingUp}, d.log)
+		f.wg.Go(func() { d.whileLeader(ctx, f.webhook.Run) })
 	}
 	d.feed = f
 	return nil
+}
+
+// whileLeader runs a way out of the change feed (the webhooks out, the
+// relay) while this node holds the leader lease, so that a product gets
+// each change from one node. Each goes on where the last leader left it:
+// the webhooks after the position in the positions bucket, the relay after
+// the change stream's last record. It returns when ctx ends.
+func (d *daemon) whileLeader(ctx context.Context, run func(context.Context)) {
+	for ctx.Err() == nil {
+		changed := d.leadershipChange()
+		if !d.Leader() {
+			select {
+			case <-changed:
+			case <-ctx.Done():
+			}
+			continue
+		}
+		wctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); run(wctx) }()
+		for d.Leader() {
+			select {
+			case <-changed:
+				changed = d.leadershipChange()
+				continue
+			case <-done:
+			case <-ctx.Done():
+			}
+			break
+		}
+		cancel()
+		<-done
+		if d.Leader() && ctx.Err() == nil {
+			return // Run ended by itself: the store is closed
+		}
+	}
+}
+
+// catchingUp reports whether this node's worker has a backlog (or its
+// consumer cannot be read): the webhooks out then wait for its feed to
+// reach the position another node delivered.
+func (d *daemon) catchingUp() bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	n, err := d.q.Pending(ctx, d.durable)
+	return err != nil || n > 0
 }
 
 // stopFeed stops the relay and the webhooks out and waits for them.
@@ -77,11 +125,13 @@ func (d *daemon) feedDegraded() []string {
 		return nil
 	}
 	var out []string
-	if r := d.feed.relay; r != nil && r.Status().Failing {
+	if r := d.feed.relay; r != nil && r.Status().Active && r.Status().Failing {
 		out = append(out, fmt.Sprintf("change relay: publishing to the stream %s fails (relayed up to seq %d; see the log)", d.cfg.Changes.Stream, r.Status().Position))
 	}
 	if w := d.feed.webhook; w != nil {
-		if s := w.Status(); s.Behind {
+		// A node that does not lead delivers nothing: nothing is behind here
+		// (/readyz's "webhooks_out" says who delivers).
+		if s := w.Status(); s.Active && s.Behind {
 			msg := fmt.Sprintf("webhooks out: %d changes pending, the oldest for %s", s.Pending, s.OldestAge.Round(1e9))
 			if s.LastError != "" {
 				msg += " (last POST: " + s.LastError + ")"
@@ -116,7 +166,10 @@ func (m *metrics) registerFeed(d *daemon) {
 	}
 	if r := d.feed.relay; r != nil {
 		m.reg.MustRegister(
-			gauge("dsyncd_changes_relay_pending", "Change records not yet in the JetStream stream (changes.stream).", func() float64 {
+			gauge("dsyncd_changes_relay_pending", "Change records not yet in the JetStream stream (changes.stream); 0 on a node that does not lead (the leader relays).", func() float64 {
+				if !r.Status().Active {
+					return 0
+				}
 				return max(0, last()-float64(r.Status().Position))
 			}),
 			counter("dsyncd_changes_relay_failures_total", "Failed attempts to publish change records to JetStream (retried with backoff).",
@@ -127,7 +180,14 @@ func (m *metrics) registerFeed(d *daemon) {
 	}
 	if w := d.feed.webhook; w != nil {
 		m.reg.MustRegister(
-			gauge("dsyncd_changes_webhook_pending", "Change records not yet delivered to changes.webhook.url.", func() float64 { return float64(w.Status().Pending) }),
+			gauge("dsyncd_changes_webhook_delivering", "1 while this node delivers the webhooks out (it holds the leader lease), else 0: another node does.",
+				func() float64 {
+					if w.Status().Active {
+						return 1
+					}
+					return 0
+				}),
+			gauge("dsyncd_changes_webhook_pending", "Change records not yet delivered to changes.webhook.url (0 on a node that does not deliver).", func() float64 { return float64(w.Status().Pending) }),
 			gauge("dsyncd_changes_webhook_oldest_pending_seconds", "Age of the oldest change record not yet delivered to changes.webhook.url (0: none).",
 				func() float64 { return w.Status().OldestAge.Seconds() }),
 			counter("dsyncd_changes_webhook_delivered_total", "Change records delivered to changes.webhook.url (2xx).",

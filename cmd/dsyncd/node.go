@@ -129,23 +129,42 @@ func (d *daemon) leaseTTLOrDefault() time.Duration {
 	return queue.DefaultLeaseTTL
 }
 
-// campaign runs for the leader lease: its holder alone polls the Events API
-// and runs the scheduled reconciliation. A receiver-only node does not
+// campaign runs for the leader lease: its holder alone polls the Events API,
+// runs the scheduled reconciliation and delivers the webhooks out. A receiver-only node does not
 // campaign (its store is not current).
 func (d *daemon) campaign(ctx context.Context) error {
-	value, _ := json.Marshal(d.info())
-	l, err := d.q.Campaign(ctx, leaderKey, value, d.leaseTTL, func(held bool) {
+	me := d.info()
+	value, _ := json.Marshal(me)
+	l, err := d.q.Campaign(ctx, leaderKey, value, d.leaseTTL, func(holder []byte) bool {
+		// This node's own dead predecessor (as in claimNode): a single node
+		// restarted after a crash leads again at once.
+		var h nodeInfo
+		return json.Unmarshal(holder, &h) == nil && h.Host == me.Host && h.Store == me.Store
+	}, func(held bool) {
 		if held {
-			d.log.Info("this node now polls and reconciles (leader)", zap.String("node", d.node))
+			d.log.Info("this node now polls, reconciles and delivers the webhooks out (leader)", zap.String("node", d.node))
 		} else {
-			d.log.Info("this node no longer polls nor reconciles (another node leads)", zap.String("node", d.node))
+			d.log.Info("this node no longer polls, reconciles nor delivers the webhooks out (another node leads)", zap.String("node", d.node))
 		}
+		d.leadershipMu.Lock()
+		close(d.leadership)
+		d.leadership = make(chan struct{})
+		d.leadershipMu.Unlock()
 	})
 	if err != nil {
 		return fmt.Errorf("%s: leader lease: %w", natsKeys(d.cfg), err)
 	}
 	d.leaderLease = l
 	return nil
+}
+
+// leadershipChange returns a channel closed at the next change of
+// leadership; take it before asking Leader, so that no change in between
+// goes unnoticed.
+func (d *daemon) leadershipChange() <-chan struct{} {
+	d.leadershipMu.Lock()
+	defer d.leadershipMu.Unlock()
+	return d.leadership
 }
 
 // Leader reports whether this node holds the leader lease.

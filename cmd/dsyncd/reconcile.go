@@ -41,7 +41,8 @@ It works on the store file: stop "dsyncd serve" first (or let serve do it with
 reconcile.interval).
 
 With --reset-events-cursor, once every directory is reconciled, it forgets the Events API
-poller's cursor, so that the next "dsyncd serve" polls from events.start (set it to now):
+poller's cursor, in the store and in NATS (where the nodes of a cluster share it), so
+that the next "dsyncd serve" polls from events.start (set it to now):
 for when dsyncd was stopped longer than the Events API keeps events (30 days) and the
 API refuses the stored cursor.
 
@@ -90,6 +91,9 @@ reconciled); 2 on a usage error; 3 when a dry run would leave an organisation wi
 					if err := st.SetCursor(name, ""); err != nil {
 						return err
 					}
+				}
+				if err := resetSharedEventsCursor(cmd.Context(), cfg, a.stderr); err != nil {
+					return err
 				}
 				fmt.Fprintln(a.stdout, "events cursor reset: the next serve polls from events.start")
 			}
