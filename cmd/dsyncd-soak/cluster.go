@@ -242,7 +242,7 @@ func (e *env) clusterPhase(ctx context.Context, o options) *result {
 		}
 		time.Sleep(100 * time.Millisecond) // polling interval
 	}
-	r.note("every node's export equal (change_seq aside) %s after the last 2xx: %d bytes", time.Since(t).Round(time.Millisecond), len(exports[0]))
+	r.note("every node's export equal, change_seq included, %s after the last 2xx: %d bytes", time.Since(t).Round(time.Millisecond), len(exports[0]))
 
 	// Every event answered 2xx is applied on every node.
 	dl.mu.Lock()
@@ -508,7 +508,7 @@ func (e *env) changeMapping(node *harness.Daemon, all []*harness.Daemon) error {
 }
 
 // clusterExports returns every node's export once none has anything
-// pending and all are equal (change_seq aside); else why not.
+// pending and all are equal, change_seq included; else why not.
 func (e *env) clusterExports(ctx context.Context, nodes []*harness.Daemon) ([][]byte, string) {
 	var out [][]byte
 	for i, d := range nodes {
