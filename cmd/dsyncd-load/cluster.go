@@ -43,21 +43,8 @@ func runCluster(ctx context.Context, o options) error {
 	}
 
 	// Three nats-servers routed to each other.
-	var clientPorts, routePorts [clusterNodes]int
-	for i := range clusterNodes {
-		if clientPorts[i], err = harness.FreePort(); err != nil {
-			return err
-		}
-		if routePorts[i], err = harness.FreePort(); err != nil {
-			return err
-		}
-	}
-	var routes, urls []string
-	for i := range clusterNodes {
-		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", routePorts[i]))
-		urls = append(urls, fmt.Sprintf("nats://127.0.0.1:%d", clientPorts[i]))
-	}
-	var servers, nodes []*harness.Daemon
+	var nodes []*harness.Daemon
+	servers, urls, err := harness.StartNATSCluster(ctx, o.natsServer, dir, "dsyncd-load", clusterNodes, "sync_interval: 1s")
 	defer func() {
 		for _, p := range append(nodes, servers...) {
 			if p.Running() {
@@ -65,28 +52,8 @@ func runCluster(ctx context.Context, o options) error {
 			}
 		}
 	}()
-	for i := range clusterNodes {
-		conf := filepath.Join(dir, fmt.Sprintf("nats-%d.conf", i+1))
-		body := fmt.Sprintf("server_name: nats-%d\nlisten: \"127.0.0.1:%d\"\njetstream {\n  store_dir: %q\n  sync_interval: 1s\n}\n"+
-			"cluster {\n  name: dsyncd-load\n  listen: \"127.0.0.1:%d\"\n  routes: [%s]\n}\n",
-			i+1, clientPorts[i], filepath.Join(dir, fmt.Sprintf("nats-%d", i+1)), routePorts[i], strings.Join(routes, ", "))
-		if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
-			return err
-		}
-		ns := &harness.Daemon{Bin: o.natsServer, Args: []string{"-c", conf}, Listen: fmt.Sprintf("127.0.0.1:%d", clientPorts[i]),
-			LogPath: filepath.Join(dir, fmt.Sprintf("nats-%d.log", i+1))}
-		if err := ns.Start(); err != nil {
-			return err
-		}
-		servers = append(servers, ns)
-	}
-	for _, ns := range servers {
-		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		err := ns.WaitListening(wctx, ns.Listen)
-		cancel()
-		if err != nil {
-			return err
-		}
+	if err != nil {
+		return err
 	}
 
 	// Three dsyncd nodes; the first start waits for the cluster to elect

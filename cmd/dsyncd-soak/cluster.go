@@ -70,7 +70,7 @@ func (e *env) clusterPhase(ctx context.Context, o options) *result {
 	removed = bytes.Replace(removed, []byte(`"created_at":"2024-01-01`), []byte(`"created_at":"2024-01-02`), 1)
 	r.events = len(load) + len(hold) + 1
 
-	servers, urls, err := e.startNATSCluster(ctx, dir, o.natsServer)
+	servers, urls, err := harness.StartNATSCluster(ctx, o.natsServer, dir, "dsyncd-soak", clusterSize, "")
 	defer func() {
 		for _, s := range servers {
 			stop(s)
@@ -316,51 +316,6 @@ func (e *env) clusterPhase(ctx context.Context, o options) *result {
 		}
 	}
 	return r
-}
-
-// startNATSCluster starts three nats-server processes routed to each other,
-// storing under dir, and returns them with their client URLs.
-func (e *env) startNATSCluster(ctx context.Context, dir, bin string) ([]*harness.Daemon, []string, error) {
-	var clientPorts, routePorts [clusterSize]int
-	for i := range clusterSize {
-		var err error
-		if clientPorts[i], err = harness.FreePort(); err != nil {
-			return nil, nil, err
-		}
-		if routePorts[i], err = harness.FreePort(); err != nil {
-			return nil, nil, err
-		}
-	}
-	var routes, urls []string
-	for i := range clusterSize {
-		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", routePorts[i]))
-		urls = append(urls, fmt.Sprintf("nats://127.0.0.1:%d", clientPorts[i]))
-	}
-	var servers []*harness.Daemon
-	for i := range clusterSize {
-		conf := filepath.Join(dir, fmt.Sprintf("nats-%d.conf", i+1))
-		body := fmt.Sprintf("server_name: nats-%d\nlisten: \"127.0.0.1:%d\"\njetstream {\n  store_dir: %q\n}\n"+
-			"cluster {\n  name: dsyncd-soak\n  listen: \"127.0.0.1:%d\"\n  routes: [%s]\n}\n",
-			i+1, clientPorts[i], filepath.Join(dir, fmt.Sprintf("nats-%d", i+1)), routePorts[i], strings.Join(routes, ", "))
-		if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
-			return servers, nil, err
-		}
-		ns := &harness.Daemon{Bin: bin, Args: []string{"-c", conf}, Listen: fmt.Sprintf("127.0.0.1:%d", clientPorts[i]),
-			LogPath: filepath.Join(dir, fmt.Sprintf("nats-%d.log", i+1))}
-		if err := ns.Start(); err != nil {
-			return servers, nil, err
-		}
-		servers = append(servers, ns)
-	}
-	for _, ns := range servers {
-		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		err := ns.WaitListening(wctx, ns.Listen)
-		cancel()
-		if err != nil {
-			return servers, nil, err
-		}
-	}
-	return servers, urls, nil
 }
 
 // restartNATS starts a killed nats-server again on its configuration and store.
