@@ -27,9 +27,11 @@
 // For the scale runs (`make bench-scale`, scale.go): -reads N GETs
 // /v1/users/{id} of random users N times a second during the sync and reports
 // their latency, then the same reads for a few seconds once everything is
-// applied (the read path without the sync competing for the CPU); -max-bytes sets nats.max_bytes; the report adds the daemon's
-// peak anonymous and file-backed memory (sampled every second), the stream's
-// size at the end, and the snapshots taken and events purged.
+// applied (the read path without the sync competing for the CPU);
+// -max-bytes sets nats.max_bytes; the report adds the daemon's peak
+// anonymous and file-backed memory (sampled every second), the stream's
+// size at the end, the snapshots taken and events purged, and the host's
+// load average.
 //
 // -feed-latency N measures the change feed instead (feedlatency.go): after
 // the initial sync, N single badge changes posted one at a time, each timed
