@@ -26,9 +26,12 @@
 //
 // For the scale runs (`make bench-scale`, scale.go): -reads N GETs
 // /v1/users/{id} of random users N times a second during the sync and reports
-// their latency; -max-bytes sets nats.max_bytes; the report adds the daemon's
-// peak anonymous and file-backed memory (sampled every second), the stream's
-// size at the end, and the snapshots taken and events purged.
+// their latency, then the same reads for a few seconds once everything is
+// applied (the read path without the sync competing for the CPU);
+// -max-bytes sets nats.max_bytes; the report adds the daemon's peak
+// anonymous and file-backed memory (sampled every second), the stream's
+// size at the end, the snapshots taken and events purged, and the host's
+// load average.
 //
 // -feed-latency N measures the change feed instead (feedlatency.go): after
 // the initial sync, N single badge changes posted one at a time, each timed
@@ -229,6 +232,7 @@ func run(ctx context.Context, o options) error {
 	sampleDone := make(chan struct{})
 	sctx, stopSampler := context.WithCancel(ctx)
 	cpu0 := cpuTimes(d, ns)
+	loadStart := loadAverage()
 	start := time.Now()
 	var mem memPeak
 	var rd *reader
@@ -321,6 +325,13 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return fmt.Errorf("waiting for the worker: %w", err)
 	}
+	// The same reads once everything is applied: what the read path costs
+	// without the sync competing for the CPU.
+	idleLat, idleErrs, err := idleReads(ctx, rd, base, dataDir, o.seed, o.users, o.reads)
+	if err != nil {
+		return err
+	}
+	loadEnd := loadAverage()
 
 	var st, nst harness.ProcStatus
 	var stopTook time.Duration
@@ -394,7 +405,10 @@ func run(ctx context.Context, o options) error {
 	if rd != nil {
 		t.Add("GET /v1/users/{id} during the sync p50 / p99 / max", fmt.Sprintf("%s / %s / %s (%d reads, %d errors)",
 			harness.Ms(harness.Percentile(readLat, 50)), harness.Ms(harness.Percentile(readLat, 99)), harness.Ms(harness.Percentile(readLat, 100)), len(readLat), readErrs))
+		t.Add("GET /v1/users/{id} after the sync p50 / p99 / max", fmt.Sprintf("%s / %s / %s (%d reads, %d errors)",
+			harness.Ms(harness.Percentile(idleLat, 50)), harness.Ms(harness.Percentile(idleLat, 99)), harness.Ms(harness.Percentile(idleLat, 100)), len(idleLat), idleErrs))
 	}
+	t.Add("host load average (1 min) at the first post / at the end", loadStart+" / "+loadEnd)
 	if _, ok := final["dsyncd_stream_bytes"]; ok {
 		t.Add("stream at the end (bytes / cap)", fmt.Sprintf("%s / %s", harness.MiB(int64(final["dsyncd_stream_bytes"])), harness.MiB(int64(final["dsyncd_stream_max_bytes"]))))
 	}

@@ -1,8 +1,10 @@
 package main
 
 // What the scale runs (make bench-scale) add to a load run: reads of single
-// users during the sync (-reads), the daemon's peak anonymous and
-// file-backed memory, and the stream's size and snapshots at the end.
+// users during the sync (-reads) and after it, the daemon's peak anonymous
+// and file-backed memory, the stream's size and snapshots at the end, and
+// the host's load average (the machine is shared: a figure is only
+// comparable with one taken under a similar load).
 
 import (
 	"context"
@@ -80,6 +82,39 @@ func (r *reader) finish() (lat []time.Duration, errs int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.lat, r.errs
+}
+
+// idleReadTime is how long the reads go on once everything is applied.
+const idleReadTime = 3 * time.Second
+
+// idleReads repeats the reads of a finished reader (none when rd is nil)
+// for idleReadTime on the daemon that has nothing else to do.
+func idleReads(ctx context.Context, rd *reader, base, dataDir string, seed uint64, users, perSecond int) ([]time.Duration, int, error) {
+	if rd == nil {
+		return nil, 0, nil
+	}
+	r, err := startReader(ctx, base, dataDir, seed, users, perSecond)
+	if err != nil {
+		return nil, 0, err
+	}
+	select {
+	case <-time.After(idleReadTime):
+	case <-ctx.Done():
+	}
+	lat, errs := r.finish()
+	return lat, errs, nil
+}
+
+// loadAverage is the host's 1-minute load average, as /proc/loadavg says.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "n/a"
+	}
+	if f := strings.Fields(string(b)); len(f) > 0 {
+		return f[0]
+	}
+	return "n/a"
 }
 
 // memPeak keeps the daemon's peak anonymous and file-backed resident memory.

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -53,27 +52,14 @@ are up, WATCHDOG=1 every WatchdogSec/2, and STOPPING=1 on shutdown.`,
 	return cmd
 }
 
-// defaultMemoryLimit is serve's soft Go memory limit when GOMEMLIMIT is unset.
-// Measured with `make bench-e2e` (100k users, 400k events, events stored
-// S2-compressed): the live heap is ~60 MiB, most of it the embedded server's
-// block cache (about 10 s of the stream); 128 MiB cost no measurable
-// throughput and kept the anonymous memory at ~125 MiB (peak RSS ~247 MiB with
-// the store's mapped pages) against ~175 MiB at 256 MiB; 100 MiB kept ~90 MiB
-// but cost ~10 µs of CPU an event. With nats.event_encoding json the cache
-// is ~1.6x larger and 128 MiB makes the collector run often: set GOMEMLIMIT.
-const defaultMemoryLimit = 128 << 20
-
 // statusInterval is the longest time between two STATUS updates to systemd
 // (degraded: ..., serving).
 const statusInterval = 5 * time.Second
 
 func (a *app) serve(ctx context.Context, cmd *cobra.Command, cfg config.Config, log *zap.Logger) error {
-	// A soft memory limit keeps the heap near its live size under load (the
-	// garbage of decoding is large, the live state small: the store is
-	// memory-mapped, not on the heap). GOMEMLIMIT overrides it.
-	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(defaultMemoryLimit)
-	}
+	// A soft memory limit keeps the heap near its live size under load
+	// (memlimit.go). GOMEMLIMIT overrides it.
+	followLiveHeap(ctx)
 	d := newDaemon(cfg, log)
 	start := time.Now()
 	if err := d.Open(ctx); err != nil {
