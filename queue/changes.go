@@ -91,6 +91,9 @@ func (c *ChangeStream) Subject(org, userID string) string {
 	return c.opts.SubjectPrefix + "." + token(org) + "." + last
 }
 
+// changesDuplicateWindow is the change stream's duplicate window.
+const changesDuplicateWindow = 10 * time.Second
+
 func (c *ChangeStream) config() jetstream.StreamConfig {
 	return jetstream.StreamConfig{
 		Name:        c.opts.Stream,
@@ -103,8 +106,13 @@ func (c *ChangeStream) config() jetstream.StreamConfig {
 		MaxMsgs:     -1,
 		MaxBytes:    c.opts.MaxBytes,
 		MaxMsgSize:  -1,
-		Duplicates:  2 * time.Minute,
-		Replicas:    c.q.opts.Replicas,
+		// Each publish also expects the stream's previous sequence, which
+		// alone keeps a relay from storing a change twice; the message id
+		// (the seq) catches a publish retried at once. A short window keeps
+		// the server's table of recent ids small (it holds every id of
+		// the window: at thousands of changes a second, megabytes).
+		Duplicates: changesDuplicateWindow,
+		Replicas:   c.q.opts.Replicas,
 	}
 }
 
