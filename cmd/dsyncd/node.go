@@ -301,7 +301,9 @@ func (d *daemon) checkMapping() {
 	d.mapMu.Unlock()
 	differs := normalMapping(*stored) != normalMapping(file)
 	if differs && !d.mappingDiffers.Load() {
-		d.log.Warn("the mapping in force differs from this node's configuration file: another node applied a different one; align the files",
+		d.log.Warn("the mapping in force (the last one the stream carried) differs from this node's configuration file: this node applies the one in force. "+
+			"To make the file's the mapping of every node, run dsyncd apply --config FILE against a running node, or systemctl reload dsyncd on a node whose file has it; "+
+			"to keep the one in force, give this node the file the others have",
 			zap.String("node", d.node))
 	}
 	d.mappingDiffers.Store(differs)
