@@ -160,3 +160,64 @@ func TestASingleNodeRestartedWithAnEditedFileAdoptsItsMapping(t *testing.T) {
 		t.Errorf("a single node that adopted its file says it differs: %s", body)
 	}
 }
+
+// nodeFile is the configuration file of node i of n, as an operator rolls
+// it out, with mappingYAML as its mapping section: the CLI on that node's
+// host reads its http.listen and api.token from it.
+func (n *threeNodes) nodeFile(t *testing.T, i int, mappingYAML string) string {
+	t.Helper()
+	d := n.ds[i]
+	return writeFile(t, t.TempDir(), "dsyncd.yaml", fmt.Sprintf(`data_dir: %s
+http: {listen: "%s"}
+webhook: {secrets: [%s]}
+api: {token: %s}
+nats: {url: "%s", replicas: 3}
+node: {id: %s}
+`, n.cfgs[i].DataDir, d.Addr(), testSecret, clusterToken, n.c.URL(), d.node)+mappingYAML)
+}
+
+// TestApplyPublishesTheMappingToEveryNode: dsyncd apply --config NEW.yaml
+// on a node of a cluster sends NEW.yaml's mapping to the running node
+// (POST /v1/mapping), which publishes it: all three nodes adopt it and end
+// byte-identical. A change that removes a rule without an on_unmap choice
+// exits non-zero with the daemon's 409 and changes nothing on any node.
+func TestApplyPublishesTheMappingToEveryNode(t *testing.T) {
+	n := startThreeNodes(t)
+	before := n.exports(t)
+	if bytes.Contains(before, []byte(`"eng"`)) {
+		t.Fatal("a badge eng before any rule grants it")
+	}
+	withEng := n.nodeFile(t, 1, adminMappingYAML+"    - {name: Group 1, badges: [eng]}\n")
+	code, out, errOut := runCLI(t, "apply", "--config", withEng)
+	if code != 0 || !strings.Contains(out, "organisation org_1: admins") || !strings.Contains(out, "+ eng (") {
+		t.Fatalf("apply --config NEW.yaml on node 2: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	after := n.exports(t)
+	if bytes.Count(after, []byte(`"eng"`)) == 0 {
+		t.Fatalf("no node's export has the badge the new rule grants: %s", firstBytes(after, 300))
+	}
+	for i, d := range n.ds {
+		if m := d.st.Mapping(); len(m.Groups) != 2 || m.Groups[1].Name != "Group 1" {
+			t.Errorf("node %d's mapping in force is %+v, want NEW.yaml's", i+1, m)
+		}
+	}
+	// Node 1's file was not rolled out: it says so.
+	if _, body := getReadyz(t, n.ds[0]); !strings.Contains(body, "differs from this node's configuration file") {
+		t.Errorf("node 1, whose file lacks the new rule, does not say it differs: %s", body)
+	}
+
+	// Removing the rule without on_unmap: refused on every node, nothing changed.
+	old := n.nodeFile(t, 1, adminMappingYAML)
+	code, out, errOut = runCLI(t, "apply", "--config", old)
+	if code == 0 || !strings.Contains(errOut, "a removed group rule needs on_unmap") || !strings.Contains(errOut, "HTTP 409") {
+		t.Fatalf("apply removing a rule without on_unmap: exit %d, want non-zero with the daemon's 409\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	if again := n.exports(t); !bytes.Equal(again, after) {
+		t.Errorf("a refused mapping change changed the nodes' exports:\nbefore %s\nafter  %s", firstBytes(after, 300), firstBytes(again, 300))
+	}
+	for i, d := range n.ds {
+		if m := d.st.Mapping(); len(m.Groups) != 2 {
+			t.Errorf("node %d's mapping in force is %+v after a refused change, want the one before", i+1, m)
+		}
+	}
+}

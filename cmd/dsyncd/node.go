@@ -245,11 +245,22 @@ func (cs *controls) Resume(ctx context.Context, org string) (*storage.Plan, erro
 	return cs.do(ctx, storage.Control{Kind: storage.ControlResume, Organization: org})
 }
 
-// Mapping publishes m as the mapping in force (SIGHUP, at start when the
-// file's differs from the store's).
+// Mapping publishes m as the mapping in force (SIGHUP, POST /v1/mapping
+// from dsyncd apply, a single node's start with a file that differs from
+// the store's). A mapping that grants no admin (unless
+// safeguards.allow_no_admin_rule) is refused before it reaches the stream.
 func (cs *controls) Mapping(ctx context.Context, m mapping.Config, onUnmap string) (*storage.Plan, error) {
+	if err := (config.Config{Mapping: m, Safeguards: cs.d.cfg.Safeguards}).CheckAdminRule(); err != nil {
+		return nil, invalid{err.Error()}
+	}
 	return cs.do(ctx, storage.Control{Kind: storage.ControlMapping, Mapping: &m, OnUnmap: onUnmap})
 }
+
+// invalid is a request refused for its own content (400).
+type invalid struct{ msg string }
+
+func (e invalid) Error() string { return e.msg }
+func (e invalid) Invalid() bool { return true }
 
 // apply is the worker's Control hook: it applies the control d carries,
 // records its position, and hands the result to the request waiting for
