@@ -212,13 +212,18 @@ func (c *apiClient) resume(ctx context.Context, org string, dryRun bool) (*stora
 // through the stream, on every node of its cluster (POST /v1/mapping). The
 // daemon answers once it applied it, within controlWait: the limit here is
 // longer, so that its own answer (503 when it took longer) arrives.
-func (c *apiClient) applyMapping(ctx context.Context, m mapping.Config, onUnmap string) (*storage.Plan, error) {
+// With dryRun it previews the change on the daemon's store.
+func (c *apiClient) applyMapping(ctx context.Context, m mapping.Config, onUnmap string, dryRun bool) (*storage.Plan, error) {
 	body, err := json.Marshal(server.MappingChange{Mapping: &m, OnUnmap: onUnmap})
 	if err != nil {
 		return nil, err
 	}
+	path := "/v1/mapping"
+	if dryRun {
+		path += "?dry_run=true"
+	}
 	var p storage.Plan
-	if err := c.callBody(ctx, controlWait+15*time.Second, http.MethodPost, "/v1/mapping", body, &p); err != nil {
+	if err := c.callBody(ctx, controlWait+15*time.Second, http.MethodPost, path, body, &p); err != nil {
 		return nil, err
 	}
 	return &p, nil

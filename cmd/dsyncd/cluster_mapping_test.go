@@ -9,6 +9,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -24,6 +25,17 @@ type threeNodes struct {
 	cfgs []config.Config
 	ds   []*daemon
 	logs []*syncBuffer
+	// files are the nodes' configuration files as they are now, which
+	// serve reads again after a new mapping: rolled out with rollOut.
+	files [3]atomic.Pointer[config.Config]
+}
+
+// rollOut puts cfg's mapping in node i's configuration file, as an
+// operator rolls a file out, without reloading the node.
+func (n *threeNodes) rollOut(i int, m mapping.Config) {
+	cfg := n.cfgs[i]
+	cfg.Mapping = m
+	n.files[i].Store(&cfg)
 }
 
 func startThreeNodes(t *testing.T) *threeNodes {
@@ -37,7 +49,10 @@ func startThreeNodes(t *testing.T) *threeNodes {
 		logs := &syncBuffer{}
 		n.cfgs = append(n.cfgs, cfg)
 		n.logs = append(n.logs, logs)
-		n.ds = append(n.ds, startDaemon(t, cfg, logs))
+		n.files[i].Store(&cfg)
+		n.ds = append(n.ds, startDaemon(t, cfg, logs, func(d *daemon) {
+			d.readConfig = func() (config.Config, error) { return *n.files[i].Load(), nil }
+		}))
 	}
 	for i, ev := range synth.Stream(synth.Options{Seed: 31, Users: 12, Groups: 3, MembershipsPerUser: 2, OrganizationID: "org_1"}) {
 		postSigned(t, n.ds[i%3], ev.Body)
@@ -176,8 +191,9 @@ node: {id: %s}
 `, n.cfgs[i].DataDir, d.Addr(), testSecret, clusterToken, n.c.URL(), d.node)+mappingYAML)
 }
 
-// TestApplyPublishesTheMappingToEveryNode: dsyncd apply --config NEW.yaml
-// on a node of a cluster sends NEW.yaml's mapping to the running node
+// TestApplyPublishesTheMappingToEveryNode: dsyncd plan --config NEW.yaml
+// on a node of a cluster previews it through the running node; dsyncd apply
+// --config NEW.yaml sends NEW.yaml's mapping to the running node
 // (POST /v1/mapping), which publishes it: all three nodes adopt it and end
 // byte-identical. A change that removes a rule without an on_unmap choice
 // exits non-zero with the daemon's 409 and changes nothing on any node.
@@ -188,7 +204,19 @@ func TestApplyPublishesTheMappingToEveryNode(t *testing.T) {
 		t.Fatal("a badge eng before any rule grants it")
 	}
 	withEng := n.nodeFile(t, 1, adminMappingYAML+"    - {name: Group 1, badges: [eng]}\n")
-	code, out, errOut := runCLI(t, "apply", "--config", withEng)
+	newCfg, err := loadConfig(withEng, nil, true)
+	mustf(t, err, "load NEW.yaml")
+	n.rollOut(1, newCfg.Mapping) // nodes 2 and 3 have the new file; node 1 not
+	n.rollOut(2, newCfg.Mapping)
+	// plan previews it through the running node, changing nothing.
+	code, out, errOut := runCLI(t, "plan", "--config", withEng)
+	if code != 0 || !strings.Contains(out, "+ eng (") {
+		t.Fatalf("plan --config NEW.yaml on node 2: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	if exp := n.exports(t); !bytes.Equal(exp, before) {
+		t.Fatal("plan changed the nodes' exports")
+	}
+	code, out, errOut = runCLI(t, "apply", "--config", withEng)
 	if code != 0 || !strings.Contains(out, "organisation org_1: admins") || !strings.Contains(out, "+ eng (") {
 		t.Fatalf("apply --config NEW.yaml on node 2: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
 	}
@@ -201,9 +229,12 @@ func TestApplyPublishesTheMappingToEveryNode(t *testing.T) {
 			t.Errorf("node %d's mapping in force is %+v, want NEW.yaml's", i+1, m)
 		}
 	}
-	// Node 1's file was not rolled out: it says so.
-	if _, body := getReadyz(t, n.ds[0]); !strings.Contains(body, "differs from this node's configuration file") {
-		t.Errorf("node 1, whose file lacks the new rule, does not say it differs: %s", body)
+	// Node 1's file was not rolled out: it says so; the others have it.
+	for i, d := range n.ds {
+		_, body := getReadyz(t, d)
+		if differs := strings.Contains(body, "differs from this node's configuration file"); differs != (i == 0) {
+			t.Errorf("node %d's /readyz says its file differs: %v, want %v (the file rolled out to nodes 2 and 3 only): %s", i+1, differs, i == 0, body)
+		}
 	}
 
 	// Removing the rule without on_unmap: refused on every node, nothing changed.

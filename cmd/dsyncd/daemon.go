@@ -68,6 +68,9 @@ type daemon struct {
 	mapMu          sync.Mutex
 	fileMapping    mapping.Config
 	mappingDiffers atomic.Bool
+	// readConfig, when set (serve), reads the configuration file again:
+	// after a new mapping applied, fileMapping is the file's as it is now.
+	readConfig func() (config.Config, error)
 
 	workerCancel context.CancelFunc
 	workerDone   chan struct{}

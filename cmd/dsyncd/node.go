@@ -288,6 +288,7 @@ func (cs *controls) apply(d *queue.Delivery) (retry bool) {
 		cs.d.log.Info("control applied", f...)
 	}
 	if c.Kind == storage.ControlMapping && err == nil {
+		cs.d.rereadFileMapping()
 		cs.d.checkMapping()
 	}
 	cs.mu.Lock()
@@ -297,6 +298,25 @@ func (cs *controls) apply(d *queue.Delivery) (retry bool) {
 		ch <- controlResult{plan, err}
 	}
 	return false
+}
+
+// rereadFileMapping reads this node's configuration file again, when
+// serve gave the way (readConfig), so that checkMapping compares the
+// mapping in force with the file as it is now: a file rolled out before a
+// dsyncd apply agrees without a reload. A file that cannot be read keeps
+// the one read last.
+func (d *daemon) rereadFileMapping() {
+	if d.readConfig == nil {
+		return
+	}
+	cfg, err := d.readConfig()
+	if err != nil {
+		d.log.Warn("could not read the configuration file again to compare its mapping with the one in force", zap.Error(err))
+		return
+	}
+	d.mapMu.Lock()
+	d.fileMapping = cfg.Mapping
+	d.mapMu.Unlock()
 }
 
 // checkMapping compares the mapping in force (the last one the stream

@@ -33,8 +33,11 @@ and exits 1.
 
 With --org ORG it previews "dsyncd resume ORG": the events deferred while the
 mass-deprovisioning breaker paused ORG. It asks the running daemon, or reads the
-store of a stopped one, as the operator commands do (WHERE IT READS below); a
-mapping change is always previewed on the store (serve stopped, or --db FILE).` + targetHelp + `
+store of a stopped one, as the operator commands do (WHERE IT READS below).
+
+A mapping change is previewed on the store (serve stopped, or --db FILE); with --server
+URL, or on a node of a cluster (node.id set) the running node at http.listen when one
+answers, through the daemon (POST /v1/mapping?dry_run=true), which changes nothing.` + targetHelp + `
 
 Exit status: 0, 1 on error, 2 on a usage error, 3 if the change would leave an organisation without an admin
 (the safeguard would hold those revocations).`,
@@ -57,10 +60,12 @@ Exit status: 0, 1 on error, 2 on a usage error, 3 if the change would leave an o
 				if err := cfg.CheckAdminRule(); err != nil {
 					return err
 				}
-				err = a.withStore(cfg, func(st *storage.Store) error {
-					plan, err = st.ApplyMapping(cfg.Mapping, onUnmap, true)
-					return err
-				})
+				if plan, err = a.planOnline(cmd.Context(), cfg, &f, onUnmap); errors.Is(err, errNotOnline) {
+					err = a.withStore(cfg, func(st *storage.Store) error {
+						plan, err = st.ApplyMapping(cfg.Mapping, onUnmap, true)
+						return err
+					})
+				}
 			}
 			if plan != nil {
 				if perr := printPlan(a.stdout, plan, f.format); perr != nil {
@@ -137,6 +142,36 @@ SIGHUP (systemctl reload dsyncd) or at its next start.`,
 	return cmd
 }
 
+// errNotOnline: planOnline found no daemon to ask; preview on the store.
+var errNotOnline = errors.New("no daemon to ask")
+
+// planOnline previews the configuration's mapping on the running daemon
+// (POST /v1/mapping?dry_run=true) named by --server or, on a node of a
+// cluster, at http.listen; errNotOnline when neither applies or, without
+// --server, nothing listens there.
+func (a *app) planOnline(ctx context.Context, cfg config.Config, f *opsFlags, onUnmap string) (*storage.Plan, error) {
+	if err := f.check(); err != nil {
+		return nil, err
+	}
+	target := f.server
+	if target == "" {
+		if cfg.Node.ID == "" || f.offline || a.dbPath != "" {
+			return nil, errNotOnline
+		}
+		if target = defaultServer(cfg.HTTP.Listen); target == "" {
+			return nil, errNotOnline
+		}
+	} else if a.dbPath != "" {
+		return nil, usagef("--db and --server exclude each other")
+	}
+	c := newAPIClient(cfg, target)
+	plan, err := c.applyMapping(ctx, cfg.Mapping, onUnmap, true)
+	if err != nil && c.refused && f.server == "" {
+		return nil, errNotOnline
+	}
+	return plan, err
+}
+
 // applyOnline sends the configuration's mapping to the running daemon
 // (POST /v1/mapping), which publishes it to every node: never to a store
 // offline, where a node of a cluster would change alone.
@@ -157,7 +192,7 @@ func (a *app) applyOnline(ctx context.Context, cfg config.Config, f *opsFlags, o
 		}
 	}
 	c := newAPIClient(cfg, target)
-	plan, err := c.applyMapping(ctx, cfg.Mapping, onUnmap)
+	plan, err := c.applyMapping(ctx, cfg.Mapping, onUnmap, false)
 	if err != nil && !c.answered {
 		// Nothing reached a daemon: say where the mapping goes.
 		if c.refused {
