@@ -1,15 +1,17 @@
 package server
 
-// The operator routes of /v1: holds, organisation resume, dead letters,
-// backup, whether an event was processed, why a user has a badge; and the
-// one mapping of a handler's error to its answer (fail).
+// The operator routes of /v1: holds, organisation resume, a new mapping,
+// dead letters, backup, whether an event was processed, why a user has a
+// badge; and the one mapping of a handler's error to its answer (fail).
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -57,6 +59,56 @@ type DeadLetters interface {
 type Decisions interface {
 	DecideHold(ctx context.Context, id uint64, approve bool) (*storage.Plan, error)
 	Resume(ctx context.Context, org string) (*storage.Plan, error)
+	// Mapping makes m the mapping in force, with onUnmap for the group
+	// rules it removes (POST /v1/mapping). An error whose Invalid method
+	// reports true is the mapping's own fault (400).
+	Mapping(ctx context.Context, m mapping.Config, onUnmap string) (*storage.Plan, error)
+}
+
+// maxMappingBytes bounds POST /v1/mapping's body: a mapping section in
+// JSON, far smaller in practice.
+const maxMappingBytes = 4 << 20
+
+// MappingChange is POST /v1/mapping's body: the configuration file's
+// mapping section, in JSON, and what happens to the badges of the group
+// rules it removes (keep or remove; empty: each rule's on_unmap).
+type MappingChange struct {
+	Mapping *mapping.Config `json:"mapping"`
+	OnUnmap string          `json:"on_unmap,omitempty"`
+}
+
+// decodeMappingChange reads and checks POST /v1/mapping's body: a problem
+// is a 400 naming it.
+func decodeMappingChange(w http.ResponseWriter, r *http.Request) (MappingChange, error) {
+	var mc MappingChange
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxMappingBytes))
+	dec.DisallowUnknownFields() // a misspelt key would drop rules unnoticed
+	if err := dec.Decode(&mc); err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return mc, &publicError{http.StatusRequestEntityTooLarge, ReasonTooLarge, fmt.Sprintf("the body is larger than %d bytes", maxMappingBytes)}
+		}
+		return mc, badRequest("the body must be {\"mapping\": {...the configuration's mapping section...}, \"on_unmap\": \"keep\"|\"remove\"}: " + err.Error())
+	}
+	if dec.More() {
+		return mc, badRequest("the body must be one JSON object")
+	}
+	if mc.Mapping == nil {
+		return mc, badRequest("mapping: missing: send the configuration's mapping section as \"mapping\"")
+	}
+	switch mc.OnUnmap {
+	case "", mapping.OnUnmapKeep, mapping.OnUnmapRemove:
+	default:
+		return mc, badRequest(fmt.Sprintf("on_unmap: %q is not keep or remove", mc.OnUnmap))
+	}
+	if errs := mc.Mapping.Validate(); len(errs) > 0 {
+		msgs := make([]string, len(errs))
+		for i, e := range errs {
+			msgs[i] = e.Error()
+		}
+		return mc, badRequest(strings.Join(msgs, "; "))
+	}
+	return mc, nil
 }
 
 // operatorRoutes registers the operator routes, each behind authed.
@@ -90,6 +142,22 @@ func (s *Server) operatorRoutes(mux *router) {
 			plan, err = s.opts.Decisions.Resume(r.Context(), r.PathValue("org"))
 		} else {
 			plan, err = s.st.Resume(r.PathValue("org"), dryRun(r))
+		}
+		s.reply(w, r, plan, err)
+	}))
+	// A new mapping: through Decisions (the stream: every node adopts it at
+	// the same position), the plan of what it did as the answer.
+	mux.HandleFunc("POST /v1/mapping", s.authed(func(w http.ResponseWriter, r *http.Request) {
+		mc, err := decodeMappingChange(w, r)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		var plan *storage.Plan
+		if s.opts.Decisions != nil && !dryRun(r) {
+			plan, err = s.opts.Decisions.Mapping(r.Context(), *mc.Mapping, mc.OnUnmap)
+		} else {
+			plan, err = s.st.ApplyMapping(*mc.Mapping, mc.OnUnmap, dryRun(r))
 		}
 		s.reply(w, r, plan, err)
 	}))
@@ -202,16 +270,21 @@ const (
 )
 
 // errorStatus is the one mapping of a /v1 handler's error to its answer:
-// what the handler chose (publicError); the store's (and the dead letters')
+// what the handler chose (publicError); an error whose Invalid method
+// reports true (400: the request's own content) or whose Unavailable
+// method does (503); the store's (and the dead letters')
 // sentinel errors, whose text names only what the client asked for; and for
 // anything else 500 with a generic message, never the error's text (paths,
 // addresses, internals), which the caller logs instead.
 func errorStatus(err error) (status int, code, msg string) {
 	var pe *publicError
 	var un interface{ Unavailable() bool }
+	var inv interface{ Invalid() bool }
 	switch {
 	case errors.As(err, &pe):
 		return pe.status, pe.code, pe.msg
+	case errors.As(err, &inv) && inv.Invalid():
+		return http.StatusBadRequest, CodeBadRequest, err.Error()
 	case errors.As(err, &un) && un.Unavailable():
 		return http.StatusServiceUnavailable, CodeUnavailable, err.Error()
 	case errors.Is(err, storage.ErrNotFound):

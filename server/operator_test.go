@@ -100,3 +100,78 @@ func TestOperatorErrorsNameWhatWasAsked(t *testing.T) {
 		})
 	}
 }
+
+// TestMappingChangeIsCheckedThenApplied: POST /v1/mapping refuses a body
+// that is not a valid mapping section with 400 naming the problem, a
+// removed rule without an on_unmap choice with 409, and changes nothing
+// then; a valid one (without Decisions: on the store) becomes the mapping
+// in force and the answer is its plan; dry_run changes nothing.
+func TestMappingChangeIsCheckedThenApplied(t *testing.T) {
+	const token = "s3cret-api-token"
+	start := mapping.Config{AdminBadge: "admin", DefaultBadges: []mapping.Badge{"member"},
+		Groups: []mapping.GroupRule{{Name: "App Admins", Badges: []mapping.Badge{"admin"}}}}
+	st, err := storage.Open(storage.Options{Path: filepath.Join(t.TempDir(), "dsyncd.db"), Mapping: start})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	if _, err := st.ApplyMapping(start, "", false); err != nil {
+		t.Fatal(err)
+	}
+	h := server.New(server.Options{Listen: "127.0.0.1:0", APIToken: token}, events.NewVerifier([]string{"whsec_api"}, 0),
+		nil, st, zap.NewNop()).Handler()
+	send := func(path, body string) *httptest.ResponseRecorder {
+		req := httptest.NewRequest("POST", path, strings.NewReader(body))
+		req.Host = "localhost"
+		req.Header.Set("Authorization", "Bearer "+token)
+		req.Header.Set("Content-Type", "application/json")
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec
+	}
+	const admins = `{"name":"App Admins","badges":["admin"]}`
+	const eng = `{"name":"Engineering","badges":["eng"]}`
+	withEng := `{"mapping":{"admin_badge":"admin","default_badges":["member"],"groups":[` + admins + `,` + eng + `]}}`
+	for _, tc := range []struct {
+		name string
+		path string
+		body string
+		want int
+		msg  string
+		rule bool // Engineering in force afterwards
+	}{
+		{"not JSON is a bad request", "/v1/mapping", `mapping: {}`, 400, "the body must be", false},
+		{"a misspelt key is a bad request naming it", "/v1/mapping", `{"mapping":{"admin_badge":"admin","group":[]}}`, 400, `unknown field \"group\"`, false},
+		{"no mapping is a bad request", "/v1/mapping", `{"on_unmap":"keep"}`, 400, "mapping: missing", false},
+		{"a rule without badges is a bad request naming its key", "/v1/mapping", `{"mapping":{"admin_badge":"admin","groups":[{"name":"X"}]}}`, 400,
+			"mapping.groups[0].badges: must list at least one badge", false},
+		{"an on_unmap other than keep or remove is a bad request", "/v1/mapping", `{"mapping":{"admin_badge":"admin"},"on_unmap":"drop"}`, 400,
+			`on_unmap: \"drop\" is not keep or remove`, false},
+		{"a body over 4 MiB is too large", "/v1/mapping", `{"mapping":{"admin_badge":"` + strings.Repeat("a", 4<<20) + `"}}`, 413, "larger than", false},
+		{"a dry run answers the plan and changes nothing", "/v1/mapping?dry_run=true", withEng, 200, `"organizations"`, false},
+		{"a valid mapping becomes the one in force", "/v1/mapping", withEng, 200, `"organizations"`, true},
+		{"removing a rule without on_unmap conflicts and changes nothing", "/v1/mapping",
+			`{"mapping":{"admin_badge":"admin","default_badges":["member"],"groups":[` + admins + `]}}`, 409,
+			"a removed group rule needs on_unmap: keep or remove: group:name=Engineering", true},
+		{"removing it with on_unmap keep is applied", "/v1/mapping",
+			`{"mapping":{"admin_badge":"admin","default_badges":["member"],"groups":[` + admins + `]},"on_unmap":"keep"}`, 200, `"organizations"`, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := send(tc.path, tc.body)
+			if rec.Code != tc.want || !strings.Contains(rec.Body.String(), tc.msg) {
+				t.Errorf("%d %s, want %d with %q", rec.Code, firstN(rec.Body.String(), 300), tc.want, tc.msg)
+			}
+			m := st.Mapping()
+			if has := len(m.Groups) == 2 && m.Groups[1].Name == "Engineering"; has != tc.rule {
+				t.Errorf("after it the mapping in force is %+v; want the Engineering rule %v", m, tc.rule)
+			}
+		})
+	}
+}
+
+func firstN(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}

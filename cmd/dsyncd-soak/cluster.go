@@ -442,8 +442,8 @@ func postDecision(ctx context.Context, c *http.Client, url string) error {
 // changeMapping adds a rule to every node's configuration file, as an
 // operator rolls out a file, and reloads node (SIGHUP): it publishes the
 // mapping and every node adopts it at the same stream position. (A node
-// that starts with a file that differs from the mapping in force publishes
-// its own: the files are aligned first.)
+// that starts with a file that differs from the mapping in force keeps the
+// one in force and says so: the files are aligned first.)
 func (e *env) changeMapping(node *harness.Daemon, all []*harness.Daemon) error {
 	for _, d := range all {
 		b, err := os.ReadFile(d.Config)

@@ -4,6 +4,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/dsyncd/dsyncd/config"
+	"github.com/dsyncd/dsyncd/mapping"
 	"github.com/dsyncd/dsyncd/server"
 	"github.com/dsyncd/dsyncd/storage"
 )
@@ -56,7 +58,16 @@ func (c *apiClient) online() bool { return true }
 
 // send performs one request; the caller closes the body of a 2xx answer.
 func (c *apiClient) send(ctx context.Context, method, path string) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, nil)
+	return c.sendBody(ctx, method, path, nil)
+}
+
+// sendBody is send with a JSON body (nil: none).
+func (c *apiClient) sendBody(ctx context.Context, method, path string, in []byte) (*http.Response, error) {
+	var rd io.Reader
+	if in != nil {
+		rd = bytes.NewReader(in)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
 	if err != nil {
 		return nil, err
 	}
@@ -93,9 +104,14 @@ func (c *apiClient) send(ctx context.Context, method, path string) (*http.Respon
 
 // call performs a request with a 30s limit and decodes the JSON answer into out.
 func (c *apiClient) call(ctx context.Context, method, path string, out any) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	return c.callBody(ctx, 30*time.Second, method, path, nil, out)
+}
+
+// callBody is call with a JSON body (nil: none) and a time limit.
+func (c *apiClient) callBody(ctx context.Context, limit time.Duration, method, path string, body []byte, out any) error {
+	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
-	resp, err := c.send(ctx, method, path)
+	resp, err := c.sendBody(ctx, method, path, body)
 	if err != nil {
 		return err
 	}
@@ -187,6 +203,27 @@ func (c *apiClient) resume(ctx context.Context, org string, dryRun bool) (*stora
 	}
 	var p storage.Plan
 	if err := c.call(ctx, http.MethodPost, path, &p); err != nil {
+		return nil, err
+	}
+	return &p, nil
+}
+
+// applyMapping makes m the mapping in force on the running daemon and,
+// through the stream, on every node of its cluster (POST /v1/mapping). The
+// daemon answers once it applied it, within controlWait: the limit here is
+// longer, so that its own answer (503 when it took longer) arrives.
+// With dryRun it previews the change on the daemon's store.
+func (c *apiClient) applyMapping(ctx context.Context, m mapping.Config, onUnmap string, dryRun bool) (*storage.Plan, error) {
+	body, err := json.Marshal(server.MappingChange{Mapping: &m, OnUnmap: onUnmap})
+	if err != nil {
+		return nil, err
+	}
+	path := "/v1/mapping"
+	if dryRun {
+		path += "?dry_run=true"
+	}
+	var p storage.Plan
+	if err := c.callBody(ctx, controlWait+15*time.Second, http.MethodPost, path, body, &p); err != nil {
 		return nil, err
 	}
 	return &p, nil

@@ -386,8 +386,9 @@ func mustPositions(t *testing.T, d *daemon) *queue.Positions {
 // TestARestartedNodeAppliesItsBacklogWithTheMappingInForce: node 2 changes
 // the mapping (a rule granting eng, on_unmap keep); node 1, stopped, misses
 // events that the rule concerns and starts again with its old file. It
-// applies that backlog with the mapping in force, as node 2 did, before
-// publishing its own file's: both nodes end with the same state.
+// applies that backlog with the mapping in force, as node 2 did, and keeps
+// it (a start never publishes in a cluster): both nodes end with the same
+// state.
 func TestARestartedNodeAppliesItsBacklogWithTheMappingInForce(t *testing.T) {
 	ns := startNATS(t)
 	node := func(id string) config.Config {
@@ -411,7 +412,7 @@ func TestARestartedNodeAppliesItsBacklogWithTheMappingInForce(t *testing.T) {
 		postSigned(t, d2, ev.Body)
 	}
 	waitApplied(t, d2)
-	d1 = startDaemon(t, cfg1, nil, shortLease) // its file lacks node 2's rule: it publishes it
+	d1 = startDaemon(t, cfg1, nil, shortLease) // its file lacks node 2's rule: it keeps the one in force
 	var a, b []byte
 	waitFor(t, 30*time.Second, "both nodes caught up and equal", func() bool {
 		for _, d := range []*daemon{d1, d2} {

@@ -557,17 +557,36 @@ func getStatus(t *testing.T, url string) int {
 	return resp.StatusCode
 }
 
-// TestApplyRefusesOnANodeOfACluster: a stopped node's store changed alone
-// would leave the others; its mapping comes from the stream.
-func TestApplyRefusesOnANodeOfACluster(t *testing.T) {
+// TestApplyOnAClusterNodeNeverChangesAStoreAlone: a node's store changed
+// alone would leave the others, so on a node of a cluster apply only goes
+// through a running node; with none, or asked for the store offline, it
+// refuses and names the node, and no store is created or changed.
+func TestApplyOnAClusterNodeNeverChangesAStoreAlone(t *testing.T) {
 	dir := t.TempDir()
-	cfg := writeFile(t, dir, "dsyncd.yaml", "data_dir: "+filepath.Join(dir, "data")+"\nwebhook: {secrets: ["+testSecret+"]}\nnode: {id: app-1}\n"+adminMappingYAML)
-	code, _, errOut := runCLI(t, "apply", "--config", cfg)
-	if code == 0 || !strings.Contains(errOut, "node.id app-1: a node of a cluster takes its mapping from the stream") {
-		t.Fatalf("apply on a node of a cluster: exit %d, stderr %q", code, errOut)
-	}
-	if _, err := os.Stat(filepath.Join(dir, "data", "dsyncd.db")); !os.IsNotExist(err) {
-		t.Errorf("apply created or changed the store although it refused: %v", err)
+	cfg := writeFile(t, dir, "dsyncd.yaml", "data_dir: "+filepath.Join(dir, "data")+"\nwebhook: {secrets: ["+testSecret+"]}\nnode: {id: app-1}\n"+
+		fmt.Sprintf("http: {listen: \"127.0.0.1:%d\"}\n", freePort(t))+adminMappingYAML)
+	for _, tc := range []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"no running node is refused", nil, []string{"node.id app-1: a node of a cluster takes a new mapping through a running node", "connection refused", "--server URL"}},
+		{"--offline is refused", []string{"--offline"}, []string{"node.id app-1", "--offline and --db would change this store alone"}},
+		{"--db is refused", []string{"--db", filepath.Join(dir, "other.db")}, []string{"node.id app-1", "--offline and --db would change this store alone"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _, errOut := runCLI(t, append([]string{"apply", "--config", cfg}, tc.args...)...)
+			for _, w := range tc.want {
+				if code == 0 || !strings.Contains(errOut, w) {
+					t.Errorf("apply on a node of a cluster: exit %d, stderr %q, want it to say %q", code, errOut, w)
+				}
+			}
+			for _, db := range []string{filepath.Join(dir, "data", "dsyncd.db"), filepath.Join(dir, "other.db")} {
+				if _, err := os.Stat(db); !os.IsNotExist(err) {
+					t.Errorf("apply created or changed %s although it refused: %v", db, err)
+				}
+			}
+		})
 	}
 }
 

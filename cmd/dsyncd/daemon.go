@@ -68,6 +68,9 @@ type daemon struct {
 	mapMu          sync.Mutex
 	fileMapping    mapping.Config
 	mappingDiffers atomic.Bool
+	// readConfig, when set (serve), reads the configuration file again:
+	// after a new mapping applied, fileMapping is the file's as it is now.
+	readConfig func() (config.Config, error)
 
 	workerCancel context.CancelFunc
 	workerDone   chan struct{}
@@ -149,9 +152,10 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 		return err
 	}
 	// The mapping events are applied with is the one in force (the last
-	// the stream carried), not this node's file: until the file's is
-	// published and reached (adoptFileMapping), the backlog is applied as
-	// every other node and a rebuild apply it.
+	// the stream carried), not this node's file: the backlog is applied as
+	// every other node and a rebuild apply it, until a single node's file
+	// is published and reached (adoptFileMapping); a node of a cluster
+	// keeps it until a reload or dsyncd apply publishes another.
 	if stored, err := d.st.StoredMapping(); err == nil && stored != nil && normalMapping(*stored) != normalMapping(opts.Mapping) {
 		if err := d.st.Close(); err != nil {
 			return fmt.Errorf("%s: %w", storeKey(d.cfg), err)
@@ -296,14 +300,22 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 	return nil
 }
 
-// adoptFileMapping publishes the file's mapping when it differs from the
-// one in force (stored), so that every node adopts it at the same place in
-// the stream, and waits a while for this node to apply it: a mapping
-// refused (a removed rule without on_unmap) fails the start, as it always
-// has; one not applied yet (a backlog before it) is applied when the worker
-// reaches it.
+// adoptFileMapping makes the file's mapping the one in force when it
+// differs from it (stored) on a single node: published, so that the stream
+// carries it, then waited for a while: a mapping refused (a removed rule
+// without on_unmap) fails the start, as it always has; one not applied yet
+// (a backlog before it) is applied when the worker reaches it.
+//
+// A node of a cluster (node.id set) never publishes at start: a node
+// restarted from an old file or image would put an old mapping back on
+// every node. It applies the mapping in force and says, in its log and in
+// /readyz, that its file differs (checkMapping).
 func (d *daemon) adoptFileMapping(ctx context.Context, stored mapping.Config) error {
 	if normalMapping(stored) == normalMapping(d.cfg.Mapping) {
+		return nil
+	}
+	if d.cfg.Node.ID != "" {
+		d.checkMapping()
 		return nil
 	}
 	d.log.Info("the configuration file's mapping differs from the one in force: publishing it", zap.String("node", d.node))
@@ -384,7 +396,8 @@ func (d *daemon) degraded() []string {
 		}
 	}
 	if d.mappingDiffers.Load() {
-		out = append(out, "mapping: the mapping in force (the last one the stream carried) differs from this node's configuration file")
+		out = append(out, "mapping: the mapping in force (the last one the stream carried) differs from this node's configuration file; "+
+			"this node applies the one in force (dsyncd apply --config FILE against a running node publishes a file's mapping to every node)")
 	}
 	return append(out, d.feedDegraded()...)
 }

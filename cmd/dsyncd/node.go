@@ -245,11 +245,22 @@ func (cs *controls) Resume(ctx context.Context, org string) (*storage.Plan, erro
 	return cs.do(ctx, storage.Control{Kind: storage.ControlResume, Organization: org})
 }
 
-// Mapping publishes m as the mapping in force (SIGHUP, at start when the
-// file's differs from the store's).
+// Mapping publishes m as the mapping in force (SIGHUP, POST /v1/mapping
+// from dsyncd apply, a single node's start with a file that differs from
+// the store's). A mapping that grants no admin (unless
+// safeguards.allow_no_admin_rule) is refused before it reaches the stream.
 func (cs *controls) Mapping(ctx context.Context, m mapping.Config, onUnmap string) (*storage.Plan, error) {
+	if err := (config.Config{Mapping: m, Safeguards: cs.d.cfg.Safeguards}).CheckAdminRule(); err != nil {
+		return nil, invalid{err.Error()}
+	}
 	return cs.do(ctx, storage.Control{Kind: storage.ControlMapping, Mapping: &m, OnUnmap: onUnmap})
 }
+
+// invalid is a request refused for its own content (400).
+type invalid struct{ msg string }
+
+func (e invalid) Error() string { return e.msg }
+func (e invalid) Invalid() bool { return true }
 
 // apply is the worker's Control hook: it applies the control d carries,
 // records its position, and hands the result to the request waiting for
@@ -277,6 +288,7 @@ func (cs *controls) apply(d *queue.Delivery) (retry bool) {
 		cs.d.log.Info("control applied", f...)
 	}
 	if c.Kind == storage.ControlMapping && err == nil {
+		cs.d.rereadFileMapping()
 		cs.d.checkMapping()
 	}
 	cs.mu.Lock()
@@ -286,6 +298,25 @@ func (cs *controls) apply(d *queue.Delivery) (retry bool) {
 		ch <- controlResult{plan, err}
 	}
 	return false
+}
+
+// rereadFileMapping reads this node's configuration file again, when
+// serve gave the way (readConfig), so that checkMapping compares the
+// mapping in force with the file as it is now: a file rolled out before a
+// dsyncd apply agrees without a reload. A file that cannot be read keeps
+// the one read last.
+func (d *daemon) rereadFileMapping() {
+	if d.readConfig == nil {
+		return
+	}
+	cfg, err := d.readConfig()
+	if err != nil {
+		d.log.Warn("could not read the configuration file again to compare its mapping with the one in force", zap.Error(err))
+		return
+	}
+	d.mapMu.Lock()
+	d.fileMapping = cfg.Mapping
+	d.mapMu.Unlock()
 }
 
 // checkMapping compares the mapping in force (the last one the stream
@@ -301,7 +332,9 @@ func (d *daemon) checkMapping() {
 	d.mapMu.Unlock()
 	differs := normalMapping(*stored) != normalMapping(file)
 	if differs && !d.mappingDiffers.Load() {
-		d.log.Warn("the mapping in force differs from this node's configuration file: another node applied a different one; align the files",
+		d.log.Warn("the mapping in force (the last one the stream carried) differs from this node's configuration file: this node applies the one in force. "+
+			"To make the file's the mapping of every node, run dsyncd apply --config FILE against a running node, or systemctl reload dsyncd on a node whose file has it; "+
+			"to keep the one in force, give this node the file the others have",
 			zap.String("node", d.node))
 	}
 	d.mappingDiffers.Store(differs)

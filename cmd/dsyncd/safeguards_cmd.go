@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -32,8 +33,11 @@ and exits 1.
 
 With --org ORG it previews "dsyncd resume ORG": the events deferred while the
 mass-deprovisioning breaker paused ORG. It asks the running daemon, or reads the
-store of a stopped one, as the operator commands do (WHERE IT READS below); a
-mapping change is always previewed on the store (serve stopped, or --db FILE).` + targetHelp + `
+store of a stopped one, as the operator commands do (WHERE IT READS below).
+
+A mapping change is previewed on the store (serve stopped, or --db FILE); with --server
+URL, or on a node of a cluster (node.id set) the running node at http.listen when one
+answers, through the daemon (POST /v1/mapping?dry_run=true), which changes nothing.` + targetHelp + `
 
 Exit status: 0, 1 on error, 2 on a usage error, 3 if the change would leave an organisation without an admin
 (the safeguard would hold those revocations).`,
@@ -56,10 +60,12 @@ Exit status: 0, 1 on error, 2 on a usage error, 3 if the change would leave an o
 				if err := cfg.CheckAdminRule(); err != nil {
 					return err
 				}
-				err = a.withStore(cfg, func(st *storage.Store) error {
-					plan, err = st.ApplyMapping(cfg.Mapping, onUnmap, true)
-					return err
-				})
+				if plan, err = a.planOnline(cmd.Context(), cfg, &f, onUnmap); errors.Is(err, errNotOnline) {
+					err = a.withStore(cfg, func(st *storage.Store) error {
+						plan, err = st.ApplyMapping(cfg.Mapping, onUnmap, true)
+						return err
+					})
+				}
 			}
 			if plan != nil {
 				if perr := printPlan(a.stdout, plan, f.format); perr != nil {
@@ -82,22 +88,30 @@ Exit status: 0, 1 on error, 2 on a usage error, 3 if the change would leave an o
 }
 
 func (a *app) applyCommand() *cobra.Command {
-	var onUnmap, format string
+	var onUnmap string
+	var f opsFlags
 	cmd := &cobra.Command{
-		Use:   "apply --config NEW.yaml [--on-unmap keep|remove]",
-		Short: "Apply a mapping change to the store, through the safeguards",
+		Use:   "apply --config NEW.yaml [--on-unmap keep|remove] [--server URL]",
+		Short: "Apply a mapping change, through the safeguards",
 		Long: `apply makes NEW.yaml's mapping the one in force and recomputes every user's badges through
 the safeguards (last admin, break-glass), recording every change in the audit trail. It
 prints what it did in the format of "plan". Removed group rules need --on-unmap keep|remove
 (or on_unmap on the rule), as for plan.
 
-apply works on a stopped store. For a running "dsyncd serve", edit its configuration file
-and send SIGHUP (systemctl reload dsyncd): the daemon applies the new mapping the same way,
-and keeps the old one if the new configuration is invalid. A node of a cluster (node.id set)
-refuses: its mapping comes from the stream, published by a reload or by a node starting with a
-new mapping, so that every node adopts it at the same place.`,
-		Example: `  dsyncd plan --config new.yaml && dsyncd apply --config new.yaml`,
-		Args:    cobra.NoArgs,
+On a node of a cluster (node.id set in NEW.yaml) it sends the mapping to the running
+"dsyncd serve" at --server (default http://<http.listen>, with api.token or the token file as
+bearer token: POST /v1/mapping), which publishes it to the stream: every node adopts it at
+the same place, and apply prints the plan once that node applied it. Roll the file out to
+every node first: a node whose file differs says so in its log and /readyz (a node never
+publishes its file's mapping when it starts). --offline and --db are refused there: one
+node's store changed alone would leave the others.
+
+Without node.id, apply works on the stopped store (serve must be stopped), or with --server
+on the running daemon at URL. A running single "dsyncd serve" also takes an edited file on
+SIGHUP (systemctl reload dsyncd) or at its next start.`,
+		Example: `  dsyncd plan --config new.yaml && dsyncd apply --config new.yaml
+  dsyncd apply --config /etc/dsyncd/dsyncd.yaml --on-unmap keep --server http://10.0.0.2:8080`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := a.loadConfig(cmd)
 			if err != nil {
@@ -106,15 +120,16 @@ new mapping, so that every node adopts it at the same place.`,
 			if err := cfg.CheckAdminRule(); err != nil {
 				return err
 			}
-			if cfg.Node.ID != "" {
-				// One node's store changed alone would leave the others.
-				return fmt.Errorf("node.id %s: a node of a cluster takes its mapping from the stream, so that every node adopts it at the same place: "+
-					"put the new mapping in the configuration file and reload any running node (systemctl reload dsyncd), or start this one with it", cfg.Node.ID)
+			if err := f.check(); err != nil {
+				return err
+			}
+			if cfg.Node.ID != "" || f.server != "" {
+				return a.applyOnline(cmd.Context(), cfg, &f, onUnmap)
 			}
 			return a.withStore(cfg, func(st *storage.Store) error {
 				plan, err := st.ApplyMapping(cfg.Mapping, onUnmap, false)
 				if plan != nil {
-					if perr := printPlan(a.stdout, plan, format); perr != nil {
+					if perr := printPlan(a.stdout, plan, f.format); perr != nil {
 						return perr
 					}
 				}
@@ -123,9 +138,74 @@ new mapping, so that every node adopts it at the same place.`,
 		},
 	}
 	cmd.Flags().StringVar(&onUnmap, "on-unmap", "", "keep|remove: what happens to the badges of removed group rules")
-	formatFlag(cmd.Flags(), &format)
-	dbFlag(cmd.Flags(), &a.dbPath)
+	a.addTargetFlags(cmd, &f, false)
 	return cmd
+}
+
+// errNotOnline: planOnline found no daemon to ask; preview on the store.
+var errNotOnline = errors.New("no daemon to ask")
+
+// planOnline previews the configuration's mapping on the running daemon
+// (POST /v1/mapping?dry_run=true) named by --server or, on a node of a
+// cluster, at http.listen; errNotOnline when neither applies or, without
+// --server, nothing listens there.
+func (a *app) planOnline(ctx context.Context, cfg config.Config, f *opsFlags, onUnmap string) (*storage.Plan, error) {
+	if err := f.check(); err != nil {
+		return nil, err
+	}
+	target := f.server
+	if target == "" {
+		if cfg.Node.ID == "" || f.offline || a.dbPath != "" {
+			return nil, errNotOnline
+		}
+		if target = defaultServer(cfg.HTTP.Listen); target == "" {
+			return nil, errNotOnline
+		}
+	} else if a.dbPath != "" {
+		return nil, usagef("--db and --server exclude each other")
+	}
+	c := newAPIClient(cfg, target)
+	plan, err := c.applyMapping(ctx, cfg.Mapping, onUnmap, true)
+	if err != nil && c.refused && f.server == "" {
+		return nil, errNotOnline
+	}
+	return plan, err
+}
+
+// applyOnline sends the configuration's mapping to the running daemon
+// (POST /v1/mapping), which publishes it to every node: never to a store
+// offline, where a node of a cluster would change alone.
+func (a *app) applyOnline(ctx context.Context, cfg config.Config, f *opsFlags, onUnmap string) error {
+	cluster := ""
+	if cfg.Node.ID != "" {
+		cluster = fmt.Sprintf("node.id %s: a node of a cluster takes a new mapping through a running node, which publishes it to every node", cfg.Node.ID)
+		if f.offline || a.dbPath != "" {
+			return fmt.Errorf("%s; --offline and --db would change this store alone: start the node, then run apply against it (--server URL, default http://<http.listen>)", cluster)
+		}
+	} else if a.dbPath != "" {
+		return usagef("--db and --server exclude each other")
+	}
+	target := f.server
+	if target == "" {
+		if target = defaultServer(cfg.HTTP.Listen); target == "" {
+			return fmt.Errorf("%s: http.listen %s has no fixed port: name the node with --server URL", cluster, cfg.HTTP.Listen)
+		}
+	}
+	c := newAPIClient(cfg, target)
+	plan, err := c.applyMapping(ctx, cfg.Mapping, onUnmap, false)
+	if err != nil && !c.answered {
+		// Nothing reached a daemon: say where the mapping goes.
+		if c.refused {
+			err = fmt.Errorf("%w (is dsyncd serve running there? name a running node with --server URL)", err)
+		}
+		if cluster != "" {
+			err = fmt.Errorf("%s: %w", cluster, err)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	return printPlan(a.stdout, plan, f.format)
 }
 
 func (a *app) resumeCommand() *cobra.Command {

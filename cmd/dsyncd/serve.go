@@ -61,6 +61,7 @@ func (a *app) serve(ctx context.Context, cmd *cobra.Command, cfg config.Config, 
 	// (memlimit.go). GOMEMLIMIT overrides it.
 	followLiveHeap(ctx)
 	d := newDaemon(cfg, log)
+	d.readConfig = func() (config.Config, error) { return loadConfig(a.configPath, cmd.Flags(), true) }
 	start := time.Now()
 	if err := d.Open(ctx); err != nil {
 		return err
