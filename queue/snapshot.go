@@ -177,7 +177,9 @@ func (s *Snapshots) Get(ctx context.Context, name string, w io.Writer) (int64, e
 }
 
 // Prune deletes all but the keep newest snapshots and returns those kept,
-// newest first.
+// newest first. The kept list is returned even when a deletion fails (the
+// error says which): deleting a large snapshot takes the server seconds,
+// and what the stream may purge depends only on the snapshots kept.
 func (s *Snapshots) Prune(ctx context.Context, keep int) ([]Snapshot, error) {
 	all, err := s.List(ctx)
 	if err != nil || len(all) <= keep {
@@ -185,12 +187,21 @@ func (s *Snapshots) Prune(ctx context.Context, keep int) ([]Snapshot, error) {
 	}
 	os, err := s.store(ctx, false)
 	if err != nil {
-		return nil, err
+		return all[:keep], err
 	}
+	var errs []error
 	for _, sn := range all[keep:] {
-		if err := os.Delete(ctx, sn.Name); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
-			return nil, fmt.Errorf("queue: delete snapshot %s: %w", sn.Name, err)
+		// A snapshot of a large store is many chunks: the server purges
+		// them for seconds, longer than a request's default timeout.
+		dctx, cancel := context.WithTimeout(ctx, deleteTimeout)
+		err := os.Delete(dctx, sn.Name)
+		cancel()
+		if err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+			errs = append(errs, fmt.Errorf("queue: delete snapshot %s: %w", sn.Name, err))
 		}
 	}
-	return all[:keep], nil
+	return all[:keep], errors.Join(errs...)
 }
+
+// deleteTimeout bounds the deletion of one snapshot.
+const deleteTimeout = 2 * time.Minute

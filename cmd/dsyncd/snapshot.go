@@ -37,6 +37,10 @@ const (
 	// kept-1 shares plus one growing, and the events not yet applied: with
 	// the default of 2 kept, about half the cap is left to those.
 	capShare = 4
+	// nearCapShare: a snapshot is also taken when the stream is within
+	// max_bytes/nearCapShare of its cap and holds applied events above the
+	// newest snapshot (a purge that failed, or events much larger than usual).
+	nearCapShare = 8
 	// snapshotRetry is the pause after a failed snapshot.
 	snapshotRetry = 10 * time.Second
 	// Snapshot triggers, the label of dsyncd_snapshots_total.
@@ -61,14 +65,17 @@ type snapshotter struct {
 	// nodes' stores are the same at the same position).
 	active func() bool
 
-	mu      sync.Mutex // one snapshot at a time
-	newest  atomic.Pointer[queue.Snapshot]
-	full    atomic.Pointer[string] // why the stream refuses events, nil while it takes them
-	behind  atomic.Bool            // the events not yet applied fill an eighth of the cap (hurry)
-	lastErr atomic.Pointer[string] // the last failed snapshot's error, nil after a success
-	retryAt atomic.Int64           // unix nanoseconds before which no snapshot is retried
-	taking  atomic.Bool            // run's snapshot is being taken
-	wg      sync.WaitGroup         // run's snapshot
+	mu     sync.Mutex // one snapshot at a time
+	newest atomic.Pointer[queue.Snapshot]
+	full   atomic.Pointer[string] // why the stream refuses events, nil while it takes them
+	// purgeDue: the last purge behind the snapshots failed; the next
+	// tick tries again.
+	purgeDue atomic.Bool
+	behind   atomic.Bool            // the events not yet applied fill an eighth of the cap (hurry)
+	lastErr  atomic.Pointer[string] // the last failed snapshot's error, nil after a success
+	retryAt  atomic.Int64           // unix nanoseconds before which no snapshot is retried
+	taking   atomic.Bool            // run's snapshot is being taken
+	wg       sync.WaitGroup         // run's snapshot
 
 	taken   *prometheus.CounterVec
 	failed  prometheus.Counter
@@ -181,16 +188,23 @@ func (s *snapshotter) tick(ctx context.Context) {
 		newestSeq, newestAt = n.Seq, n.Taken
 	}
 	trigger := ""
+	nearCap := u.MaxBytes > 0 && u.Bytes >= u.MaxBytes-u.MaxBytes/nearCapShare
 	switch {
 	case s.active != nil && !s.active(): // another node of the cluster takes them
 	case u.AckFloor <= newestSeq: // nothing applied since the newest
 	case time.Now().UnixNano() < s.retryAt.Load():
 	case u.MaxBytes > 0 && u.BytesAfter(newestSeq)-u.BytesAfter(u.AckFloor) >= u.MaxBytes/capShare:
 		trigger = triggerStream
+	case nearCap:
+		// The stream nears its cap with applied events above the newest
+		// snapshot: one more snapshot lets the purge free them, whatever
+		// the share since the newest.
+		trigger = triggerStream
 	case s.interval > 0 && (newestAt.IsZero() || time.Since(newestAt) >= s.interval):
 		trigger = triggerScheduled
 	}
-	if trigger != "" && s.taking.CompareAndSwap(false, true) {
+	switch {
+	case trigger != "" && s.taking.CompareAndSwap(false, true):
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
@@ -198,6 +212,17 @@ func (s *snapshotter) tick(ctx context.Context) {
 			if _, err := s.take(ctx, trigger); err != nil {
 				s.retryAt.Store(time.Now().Add(snapshotRetry).UnixNano())
 			}
+		}()
+	case trigger == "" && s.purgeDue.Load() && (s.active == nil || s.active()) && time.Now().UnixNano() >= s.retryAt.Load() &&
+		s.taking.CompareAndSwap(false, true):
+		s.retryAt.Store(time.Now().Add(snapshotRetry).UnixNano())
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer s.taking.Store(false)
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			s.prunePurge(ctx)
 		}()
 	}
 	s.noteFull(u)
@@ -286,18 +311,25 @@ func (s *snapshotter) put(ctx context.Context) (queue.Snapshot, error) {
 // prunePurge keeps the newest snapshots and purges the stream's events at or
 // below the oldest kept one's sequence (never past the consumer's ack
 // floor). It returns how many events went.
+//
+// A snapshot that could not be deleted does not stop the purge (it only
+// takes room in the bucket); a purge that failed is tried again at the next
+// tick (purgeDue), so a stream is never left full of events the snapshots
+// kept already cover.
 func (s *snapshotter) prunePurge(ctx context.Context) uint64 {
 	kept, err := s.sn.Prune(ctx, s.kept)
-	if err != nil || len(kept) == 0 {
-		if err != nil {
-			s.log.Warn("cannot prune the snapshots", zap.Error(err))
-		}
+	if err != nil {
+		s.log.Warn("cannot prune the snapshots", zap.Error(err))
+	}
+	if len(kept) == 0 {
+		s.purgeDue.Store(err != nil)
 		return 0
 	}
 	n, err := s.q.PurgeThrough(ctx, kept[len(kept)-1].Seq, s.durable)
 	if err != nil {
 		s.log.Warn("cannot purge the stream", zap.Error(err))
 	}
+	s.purgeDue.Store(err != nil)
 	s.purged.Add(float64(n))
 	return n
 }

@@ -236,16 +236,35 @@ func TestStreamWithASmallCapTakesFiveTimesItsSizeWithoutA503(t *testing.T) {
 	if testing.Short() {
 		t.Skip("posts 40 MB")
 	}
+	streamTakesWithoutA503(t, 2, 3000, 5)
+}
+
+// With snapshots_kept: 6 the applied events behind the oldest kept snapshot
+// (five shares of a quarter of the cap) would fill the stream before a share
+// since the newest triggers the next snapshot: the snapshot taken near the cap
+// frees it.
+func TestStreamKeepingMoreSnapshotsThanItsCapHoldsTakesTwiceItsSizeWithoutA503(t *testing.T) {
+	if testing.Short() {
+		t.Skip("posts 20 MB")
+	}
+	streamTakesWithoutA503(t, 6, 1500, 2)
+}
+
+// streamTakesWithoutA503 posts users' events padded to 4 kB, at least
+// times the 8 MiB cap, at a rate the worker keeps up with, to a daemon
+// keeping kept snapshots: none is refused, the stream is purged, and the
+// state is the events applied directly.
+func streamTakesWithoutA503(t *testing.T, kept, users, times int) {
 	const capBytes = 8 << 20
-	d, _ := snapDaemon(t, t.TempDir(), func(c *config.Config) { c.NATS.MaxBytes = capBytes })
-	plain := synthBodies(synth.Options{Seed: 11, Users: 3000, Groups: 30, MembershipsPerUser: 2})
+	d, _ := snapDaemon(t, t.TempDir(), func(c *config.Config) { c.NATS.MaxBytes = capBytes; c.Store.SnapshotsKept = kept })
+	plain := synthBodies(synth.Options{Seed: 11, Users: users, Groups: 30, MembershipsPerUser: 2})
 	bodies := make([][]byte, len(plain))
 	var total int
 	for i, b := range plain {
 		bodies[i] = padded(t, b, 4000)
 		total += len(bodies[i])
 	}
-	if total < 5*capBytes {
+	if total < times*capBytes {
 		t.Fatalf("only %d bytes to post", total)
 	}
 
