@@ -1,0 +1,168 @@
+package main
+
+// What mapping a node of a cluster starts a new store with: never its
+// file's alone. Nodes of a new cluster started together with different
+// files end with one mapping and byte-identical exports, the loser saying
+// so; a node added later starts from the cluster's, not its file's.
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/dsyncd/dsyncd/events/synth"
+	"github.com/dsyncd/dsyncd/mapping"
+)
+
+const fileDiffers = "differs from this node's configuration file"
+
+// jsonLog is a logger writing JSON lines to w, as startDaemon's.
+func jsonLog(w io.Writer) *zap.Logger {
+	return zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(w), zapcore.DebugLevel))
+}
+
+// TestFreshClusterNodesStartedTogetherWithDifferentFilesEndAlike: three
+// new nodes of a new cluster start at the same moment, node 3's file with
+// a rule the others' lack. They end with one mapping in force (whichever
+// file's was published last), byte-identical exports after WorkOS-signed
+// events round-robin, the mapping in force recorded in NATS, and exactly
+// the nodes whose file is not the mapping in force say so in /readyz and
+// their log.
+func TestFreshClusterNodesStartedTogetherWithDifferentFilesEndAlike(t *testing.T) {
+	if testing.Short() {
+		t.Skip("three NATS servers and three nodes: not with -short")
+	}
+	n := &threeNodes{c: startNATSCluster(t, 3)}
+	for i := range 3 {
+		cfg := clusterConfig(t, n.c, fmt.Sprintf("n%d", i+1))
+		if i == 2 {
+			cfg.Mapping = withEngRule(cfg.Mapping)
+		}
+		n.cfgs = append(n.cfgs, cfg)
+		n.logs = append(n.logs, &syncBuffer{})
+		n.ds = append(n.ds, newDaemon(cfg, jsonLog(n.logs[i])))
+	}
+	errs := make([]error, 3)
+	var wg sync.WaitGroup
+	for i, d := range n.ds {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			errs[i] = d.Open(ctx)
+		}()
+	}
+	wg.Wait()
+	for i, d := range n.ds {
+		if errs[i] != nil {
+			t.Fatalf("node %d did not start: %v\n%s", i+1, errs[i], n.logs[i].String())
+		}
+		t.Cleanup(func() { mustf(t, d.Close(), "close node %d", i+1) })
+	}
+	for i, ev := range synth.Stream(synth.Options{Seed: 34, Users: 12, Groups: 3, MembershipsPerUser: 2, OrganizationID: "org_1"}) {
+		postSigned(t, n.ds[i%3], ev.Body)
+	}
+	exp := n.exports(t)
+
+	inForce := n.ds[0].st.Mapping()
+	for i, d := range n.ds {
+		if got := d.st.Mapping(); normalMapping(got) != normalMapping(inForce) {
+			t.Errorf("node %d's mapping in force is %+v, node 1's %+v", i+1, got, inForce)
+		}
+	}
+	engWins := normalMapping(inForce) == normalMapping(n.cfgs[2].Mapping)
+	if !engWins && normalMapping(inForce) != normalMapping(n.cfgs[0].Mapping) {
+		t.Fatalf("the mapping in force %+v is neither file's", inForce)
+	}
+	if got := bytes.Contains(exp, []byte(`"eng"`)); got != engWins {
+		t.Errorf("the export has the badge eng: %v; want %v (node 3's file's mapping in force: %v)", got, engWins, engWins)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rec, _, err := n.ds[1].mappingInForce(ctx)
+	if err != nil || rec == nil || rec.Seq == 0 || normalMapping(rec.Mapping) != normalMapping(inForce) {
+		t.Errorf("the mapping recorded in NATS = %+v, %v; want the mapping in force with its control's seq", rec, err)
+	}
+	losers := 0
+	for i, d := range n.ds {
+		lost := normalMapping(n.cfgs[i].Mapping) != normalMapping(inForce)
+		if lost {
+			losers++
+		}
+		_, body := getReadyz(t, d)
+		if says := strings.Contains(body, fileDiffers); says != lost {
+			t.Errorf("node %d's /readyz says its file differs: %v, want %v: %s", i+1, says, lost, body)
+		}
+		if says := strings.Contains(n.logs[i].String(), fileDiffers); lost && !says {
+			t.Errorf("node %d, whose file's mapping is not in force, does not say so in its log", i+1)
+		}
+	}
+	if losers == 0 {
+		t.Error("no node's file lost, although node 3's differs from the others'")
+	}
+	t.Logf("mapping in force: node 3's file's %v; %d node(s) say their file differs", engWins, losers)
+}
+
+// TestANodeAddedLaterStartsFromTheClustersMappingNotItsFile: the mapping
+// of a running cluster was changed (a reload on node 2); node 4, added with
+// a new store and a file whose mapping is neither the old nor the new one
+// (a rule granting ops), applies the whole stream from the mapping the
+// cluster started with and ends with the mapping in force, an export
+// byte-identical to the others' (no ops badge), and says in its log and
+// /readyz that its file differs. It publishes nothing.
+func TestANodeAddedLaterStartsFromTheClustersMappingNotItsFile(t *testing.T) {
+	n := startThreeNodes(t)
+	n.exports(t)
+	cfg2 := n.cfgs[1]
+	cfg2.Mapping = withEngRule(cfg2.Mapping)
+	mustf(t, n.ds[1].Reload(cfg2), "reload node 2")
+	for i, ev := range synth.Stream(synth.Options{Seed: 35, Users: 10, Groups: 3, MembershipsPerUser: 2, OrganizationID: "org_2"}) {
+		postSigned(t, n.ds[i%3], ev.Body)
+	}
+	want := n.exports(t)
+	if !bytes.Contains(want, []byte(`"eng"`)) {
+		t.Fatalf("no user has the badge node 2's change grants: %s", firstBytes(want, 300))
+	}
+
+	cfg4 := clusterConfig(t, n.c, "n4")
+	cfg4.Mapping.Groups = append(append([]mapping.GroupRule(nil), cfg4.Mapping.Groups...),
+		mapping.GroupRule{Name: "Group 2", Badges: []mapping.Badge{"ops"}, OnUnmap: "keep"})
+	logs := &syncBuffer{}
+	d4 := startDaemon(t, cfg4, logs)
+	var got []byte
+	waitFor(t, 60*time.Second, "node 4 caught up with the others' export", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		p, err := d4.q.Pending(ctx, d4.durable)
+		cancel()
+		if err != nil || p > 0 {
+			return false
+		}
+		got = apiGetT(t, d4, "/v1/export")
+		return bytes.Equal(got, want)
+	})
+	if bytes.Contains(got, []byte(`"ops"`)) {
+		t.Errorf("node 4 granted its own file's badge ops: %s", firstBytes(got, 300))
+	}
+	if m := d4.st.Mapping(); normalMapping(m) != normalMapping(n.ds[0].st.Mapping()) {
+		t.Errorf("node 4's mapping in force is %+v, want the cluster's %+v", m, n.ds[0].st.Mapping())
+	}
+	if code, body := getReadyz(t, d4); code != 200 || !strings.Contains(body, fileDiffers) {
+		t.Errorf("node 4's /readyz = %d %s, want 200 saying its file differs", code, body)
+	}
+	log := logs.String()
+	if !strings.Contains(log, fileDiffers) || !strings.Contains(log, "starting from the first mapping the stream carries") {
+		t.Errorf("node 4's log does not say where it started from and that its file differs:\n%s", log)
+	}
+	if strings.Contains(log, "publishing this node's file's mapping") {
+		t.Errorf("node 4 published its file's mapping:\n%s", log)
+	}
+}
