@@ -207,5 +207,5 @@ func (d *daemon) noteMappingInForce(ctx context.Context) {
 	if err != nil || rec == nil {
 		return
 	}
-	d.compareMapping(rec.Mapping)
+	d.compareMapping(&rec.Mapping)
 }

@@ -339,20 +339,22 @@ func (d *daemon) rereadFileMapping() {
 // checkMapping compares the mapping in force (the last one the stream
 // carried) with this node's file, and says so when they differ: in the log
 // at once, in /readyz's degraded list until they agree.
-func (d *daemon) checkMapping() {
-	stored, err := d.st.StoredMapping()
-	if err != nil || stored == nil {
-		return
-	}
-	d.compareMapping(*stored)
-}
+func (d *daemon) checkMapping() { d.compareMapping(nil) }
 
-// compareMapping is checkMapping with inForce as the mapping in force.
-func (d *daemon) compareMapping(inForce mapping.Config) {
+// compareMapping is checkMapping with inForce as the mapping in force (nil:
+// the store's). Calls are serialised, each reading the store in turn: the
+// worker applying a mapping and a start-up check never leave a stale word.
+func (d *daemon) compareMapping(inForce *mapping.Config) {
 	d.mapMu.Lock()
-	file := d.fileMapping
-	d.mapMu.Unlock()
-	differs := normalMapping(inForce) != normalMapping(file)
+	defer d.mapMu.Unlock()
+	if inForce == nil {
+		stored, err := d.st.StoredMapping()
+		if err != nil || stored == nil {
+			return
+		}
+		inForce = stored
+	}
+	differs := normalMapping(*inForce) != normalMapping(d.fileMapping)
 	if differs && !d.mappingDiffers.Load() {
 		d.log.Warn("the mapping in force (the last one the stream carried) differs from this node's configuration file: this node applies the one in force. "+
 			"To make the file's the mapping of every node, run dsyncd apply --config FILE against a running node, or systemctl reload dsyncd on a node whose file has it; "+
