@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/dsyncd/dsyncd/config"
 	"github.com/dsyncd/dsyncd/events/synth"
 	"github.com/dsyncd/dsyncd/mapping"
 )
@@ -164,5 +165,39 @@ func TestANodeAddedLaterStartsFromTheClustersMappingNotItsFile(t *testing.T) {
 	}
 	if strings.Contains(log, "publishing this node's file's mapping") {
 		t.Errorf("node 4 published its file's mapping:\n%s", log)
+	}
+}
+
+// TestAStaleWriterNeverMovesTheRecordedMappingBack: the first node of a new
+// cluster records its published mapping; a change (a reload) moves the
+// record forward with its control's seq; a node applying an older control
+// (replaying the stream) leaves it where it is.
+func TestAStaleWriterNeverMovesTheRecordedMappingBack(t *testing.T) {
+	ns := startNATS(t)
+	node := func(id string) config.Config {
+		cfg := testConfig(t)
+		cfg.NATS.URL, cfg.Node.ID, cfg.Store.SnapshotsKept = ns.ClientURL(), id, 0
+		return cfg
+	}
+	cfg1 := node("n1")
+	d1 := startDaemon(t, cfg1, nil, shortLease)
+	d2 := startDaemon(t, node("n2"), nil, shortLease)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	first, _, err := d2.mappingInForce(ctx)
+	if err != nil || first == nil || first.Seq == 0 || normalMapping(first.Mapping) != normalMapping(cfg1.Mapping) {
+		t.Fatalf("after the first node's start the recorded mapping is %+v, %v; want its file's with its control's seq", first, err)
+	}
+	next := cfg1
+	next.Mapping = withEngRule(cfg1.Mapping)
+	mustf(t, d1.Reload(next), "reload node 1")
+	moved, _, err := d2.mappingInForce(ctx)
+	if err != nil || moved == nil || moved.Seq <= first.Seq || normalMapping(moved.Mapping) != normalMapping(next.Mapping) {
+		t.Fatalf("after a reload the recorded mapping is %+v, %v; want the new one at a later seq than %d", moved, err, first.Seq)
+	}
+	d2.recordMapping(first.Mapping, first.Seq) // a node replaying the first control
+	mustf(t, d2.writeMapping(ctx, mapping.Config{}, 0, false), "a writer with an older seq")
+	if again, _, err := d1.mappingInForce(ctx); err != nil || again == nil || normalMapping(again.Mapping) != normalMapping(moved.Mapping) || again.Seq != moved.Seq {
+		t.Errorf("stale writers moved the recorded mapping back: %+v, %v; want %+v", again, err, moved)
 	}
 }
