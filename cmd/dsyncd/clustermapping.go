@@ -43,6 +43,10 @@ func (d *daemon) mappingInForce(ctx context.Context) (*mappingRecord, uint64, er
 	if err != nil {
 		return nil, 0, err
 	}
+	return readMappingRecord(ctx, ps)
+}
+
+func readMappingRecord(ctx context.Context, ps *queue.Positions) (*mappingRecord, uint64, error) {
 	v, rev, found, err := ps.Get(ctx, mappingKey)
 	if err != nil || !found {
 		return nil, 0, err
@@ -52,6 +56,21 @@ func (d *daemon) mappingInForce(ctx context.Context) (*mappingRecord, uint64, er
 		return nil, 0, fmt.Errorf("positions bucket, key %s: %w", mappingKey, err)
 	}
 	return &r, rev, nil
+}
+
+// firstMapping is the mapping of the first mapping control the stream
+// holds at or after seq from, and its seq; nil when there is none.
+func firstMapping(ctx context.Context, q *queue.Queue, from uint64) (*mapping.Config, uint64, error) {
+	for {
+		seq, data, found, err := q.FirstControl(ctx, string(storage.ControlMapping), from)
+		if err != nil || !found {
+			return nil, 0, err
+		}
+		if c, err := storage.DecodeControl(data); err == nil && c.Mapping != nil {
+			return c.Mapping, seq, nil
+		}
+		from = seq + 1 // undecodable: the worker refuses it too
+	}
 }
 
 // writeMapping stores m as in force since seq unless the bucket holds a
@@ -133,18 +152,7 @@ func (d *daemon) startingMapping(ctx context.Context) (m mapping.Config, wait fu
 	if err != nil {
 		return m, nil, refuseDamaged(d.st.Path(), err)
 	}
-	first := func() (*mapping.Config, uint64, error) {
-		for from := applied + 1; ; {
-			seq, data, found, err := d.q.FirstControl(ctx, string(storage.ControlMapping), from)
-			if err != nil || !found {
-				return nil, 0, err
-			}
-			if c, err := storage.DecodeControl(data); err == nil && c.Mapping != nil {
-				return c.Mapping, seq, nil
-			}
-			from = seq + 1 // undecodable: the worker refuses it too
-		}
-	}
+	first := func() (*mapping.Config, uint64, error) { return firstMapping(ctx, d.q, applied+1) }
 	f, seq, err := first()
 	if err != nil {
 		return m, nil, fmt.Errorf("%s: %w", natsKeys(d.cfg), err)
@@ -208,4 +216,40 @@ func (d *daemon) noteMappingInForce(ctx context.Context) {
 		return
 	}
 	d.compareMapping(&rec.Mapping)
+}
+
+// rebuildMapping is the mapping dsyncd rebuild starts a node of a
+// cluster's new store from (not a --from backup's): the snapshot's, in
+// force at the snapshot's seq, which the stream is applied after; from
+// the stream alone, the first mapping it carries, else the one recorded in
+// NATS; only with neither, its file's. what names it for the report.
+func rebuildMapping(ctx context.Context, q *queue.Queue, st *storage.Store, fromSnap bool, file mapping.Config) (m mapping.Config, what string, err error) {
+	if fromSnap {
+		stored, err := st.StoredMapping()
+		if err != nil {
+			return m, "", err
+		}
+		if stored != nil {
+			return *stored, "the snapshot's mapping", nil
+		}
+	}
+	f, seq, err := firstMapping(ctx, q, 1)
+	if err != nil {
+		return m, "", err
+	}
+	if f != nil {
+		return *f, fmt.Sprintf("the first mapping the stream carries (seq %d)", seq), nil
+	}
+	ps, err := q.Positions(ctx)
+	if err != nil {
+		return m, "", err
+	}
+	rec, _, err := readMappingRecord(ctx, ps)
+	if err != nil {
+		return m, "", err
+	}
+	if rec != nil {
+		return rec.Mapping, "the mapping in force recorded in NATS", nil
+	}
+	return file, "its file's mapping", nil
 }
