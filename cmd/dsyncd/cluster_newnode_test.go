@@ -201,3 +201,69 @@ func TestAStaleWriterNeverMovesTheRecordedMappingBack(t *testing.T) {
 		t.Errorf("stale writers moved the recorded mapping back: %+v, %v; want %+v", again, err, moved)
 	}
 }
+
+// TestARebuildForANewNodeKeepsTheSnapshotsMappingNotItsFile: a node added
+// to a cluster whose mapping was changed (a reload) is rebuilt from the
+// newest snapshot with a file whose mapping is neither the old nor the new
+// one (a rule granting ops). The rebuild keeps the snapshot's mapping, its
+// report says the file differs, and the node, started, ends with an export
+// byte-identical to the others' and no ops badge.
+func TestARebuildForANewNodeKeepsTheSnapshotsMappingNotItsFile(t *testing.T) {
+	ns := startNATS(t)
+	node := func(id string) config.Config {
+		cfg := testConfig(t)
+		cfg.NATS.URL, cfg.Node.ID, cfg.Log.Level = ns.ClientURL(), id, "info"
+		return cfg
+	}
+	cfg1 := node("n1")
+	d1 := startDaemon(t, cfg1, nil, shortLease)
+	waitFor(t, 10*time.Second, "node 1 leads", d1.Leader)
+	d2 := startDaemon(t, node("n2"), nil, shortLease)
+	next := cfg1
+	next.Mapping = withEngRule(cfg1.Mapping)
+	mustf(t, d1.Reload(next), "reload node 1")
+	post := func(o synth.Options) {
+		for i, ev := range synth.Stream(o) {
+			postSigned(t, []*daemon{d1, d2}[i%2], ev.Body)
+		}
+		waitApplied(t, d1)
+		waitApplied(t, d2)
+	}
+	post(synth.Options{Seed: 36, Users: 10, Groups: 3, MembershipsPerUser: 2, OrganizationID: "org_1"})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	sn, err := d1.snap.Take(ctx)
+	mustf(t, err, "snapshot")
+	post(synth.Options{Seed: 37, Users: 10, Groups: 3, MembershipsPerUser: 2, OrganizationID: "org_2"})
+
+	cfg3 := node("n3")
+	cfg3.Mapping.Groups = append(append([]mapping.GroupRule(nil), cfg3.Mapping.Groups...),
+		mapping.GroupRule{Name: "Group 2", Badges: []mapping.Badge{"ops"}, OnUnmap: "keep"})
+	rep, err := (&app{ctx: ctx, stdin: strings.NewReader(""), stdout: io.Discard, stderr: io.Discard}).rebuild(ctx, cfg3, rebuildOptions{})
+	mustf(t, err, "rebuild node 3")
+	if rep.Snapshot != sn.Name {
+		t.Fatalf("the rebuild started from snapshot %q, want %q", rep.Snapshot, sn.Name)
+	}
+	if !strings.Contains(strings.Join(rep.Warnings, "\n"), "this node's file's mapping differs from the cluster's: the store starts from the snapshot's mapping") {
+		t.Errorf("the rebuild's report does not say the node's file differs: %q", rep.Warnings)
+	}
+	d3 := startDaemon(t, cfg3, nil, shortLease)
+	want := apiGetT(t, d1, "/v1/export")
+	var got []byte
+	waitFor(t, 60*time.Second, "node 3 caught up with node 1's export", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		p, err := d3.q.Pending(ctx, d3.durable)
+		cancel()
+		if err != nil || p > 0 {
+			return false
+		}
+		got = apiGetT(t, d3, "/v1/export")
+		return bytes.Equal(got, want)
+	})
+	if bytes.Contains(got, []byte(`"ops"`)) || !bytes.Contains(got, []byte(`"eng"`)) {
+		t.Errorf("node 3's export has ops (its file's) or lacks eng (the cluster's): %s", firstBytes(got, 300))
+	}
+	if _, body := getReadyz(t, d3); !strings.Contains(body, fileDiffers) {
+		t.Errorf("node 3's /readyz does not say its file differs: %s", body)
+	}
+}
