@@ -261,7 +261,8 @@ func (cs *controls) Resume(ctx context.Context, org string) (*storage.Plan, erro
 
 // Mapping publishes m as the mapping in force (SIGHUP, POST /v1/mapping
 // from dsyncd apply, a single node's start with a file that differs from
-// the store's). A mapping that grants no admin (unless
+// the store's; the first node of a new cluster publishes its file's with
+// publish directly: startingMapping). A mapping that grants no admin (unless
 // safeguards.allow_no_admin_rule) is refused before it reaches the stream.
 func (cs *controls) Mapping(ctx context.Context, m mapping.Config, onUnmap string) (*storage.Plan, error) {
 	if err := (config.Config{Mapping: m, Safeguards: cs.d.cfg.Safeguards}).CheckAdminRule(); err != nil {
