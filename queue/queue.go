@@ -651,6 +651,24 @@ func (q *Queue) PublishControl(ctx context.Context, kind, msgID string, data []b
 	return ack.Sequence, nil
 }
 
+// FirstControl returns the first control message of kind (see
+// PublishControl) in the main stream at or after sequence from: its
+// sequence and its JSON; found is false when the stream holds none.
+func (q *Queue) FirstControl(ctx context.Context, kind string, from uint64) (seq uint64, data []byte, found bool, err error) {
+	st, err := q.state()
+	if err != nil {
+		return 0, nil, false, err
+	}
+	m, err := st.main.GetMsg(ctx, max(from, 1), jetstream.WithGetMsgSubject(q.ControlSubject(kind)))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return 0, nil, false, nil
+	}
+	if err != nil {
+		return 0, nil, false, fmt.Errorf("queue: first %s control: %w", kind, err)
+	}
+	return m.Sequence, m.Data, true, nil
+}
+
 // Ready reports whether JetStream answers and the main stream exists.
 func (q *Queue) Ready(ctx context.Context) error {
 	st, err := q.state()

@@ -181,12 +181,23 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("%s: %w", storeKey(d.cfg), err)
 	}
+	cluster := d.cfg.Node.ID != "" && d.cfg.Worker.Enabled
+	var startWait func(context.Context) (*storage.Plan, error)
 	if stored == nil {
-		// A new store: the file's mapping is the one in force until the
-		// stream carries another.
-		if _, err := d.st.ApplyMapping(d.cfg.Mapping, "", false); err != nil {
+		// A new store: a single node's file's mapping is the one in force
+		// until the stream carries another; a node of a cluster starts
+		// from the one the stream starts from (startingMapping).
+		m := d.cfg.Mapping
+		if cluster {
+			if m, startWait, err = d.startingMapping(ctx); err != nil {
+				return err
+			}
+		}
+		if _, err := d.st.ApplyMapping(m, "", false); err != nil {
 			return fmt.Errorf("mapping: %w", err)
 		}
+	} else if cluster {
+		d.seedMapping(ctx, *stored)
 	}
 	var created bool
 	if d.apiToken, created, err = serveToken(d.cfg); err != nil {
@@ -295,6 +306,12 @@ func (d *daemon) Open(ctx context.Context) (err error) {
 		if err := d.adoptFileMapping(ctx, *stored); err != nil {
 			return err
 		}
+	}
+	switch {
+	case startWait != nil:
+		d.waitStartMapping(startWait)
+	case cluster && stored == nil:
+		d.noteMappingInForce(ctx)
 	}
 	d.log.Info("node started", zap.String("node", d.node), zap.String("consumer", d.durable), zap.Bool("worker", d.cfg.Worker.Enabled))
 	return nil

@@ -200,8 +200,20 @@ func newControls(d *daemon) *controls {
 
 // do publishes c and waits until this node applied it, at most controlWait.
 func (cs *controls) do(ctx context.Context, c storage.Control) (*storage.Plan, error) {
+	ctx, cancel := context.WithTimeout(ctx, controlWait)
+	defer cancel()
+	wait, _, err := cs.publish(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	return wait(ctx)
+}
+
+// publish stores c in the stream and returns its sequence and wait, which
+// waits (until ctx ends) for this node to apply it and returns the result.
+func (cs *controls) publish(ctx context.Context, c storage.Control) (wait func(context.Context) (*storage.Plan, error), seq uint64, err error) {
 	if !cs.d.cfg.Worker.Enabled {
-		return nil, unavailable{"this node only receives webhooks (worker.enabled: false): send decisions to a node that applies events"}
+		return nil, 0, unavailable{"this node only receives webhooks (worker.enabled: false): send decisions to a node that applies events"}
 	}
 	var b [16]byte
 	_, _ = rand.Read(b[:])
@@ -209,32 +221,34 @@ func (cs *controls) do(ctx context.Context, c storage.Control) (*storage.Plan, e
 	c.Node = cs.d.node
 	data, err := json.Marshal(c)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	ch := make(chan controlResult, 1)
 	cs.mu.Lock()
 	cs.waiting[c.ID] = ch
 	cs.mu.Unlock()
-	defer func() {
+	done := func() {
 		cs.mu.Lock()
 		delete(cs.waiting, c.ID)
 		cs.mu.Unlock()
-	}()
-	ctx, cancel := context.WithTimeout(ctx, controlWait)
-	defer cancel()
+	}
 	pctx, pcancel := context.WithTimeout(ctx, cs.d.cfg.Webhook.PublishTimeout)
-	seq, err := cs.d.q.PublishControl(pctx, string(c.Kind), c.ID, data)
+	seq, err = cs.d.q.PublishControl(pctx, string(c.Kind), c.ID, data)
 	pcancel()
 	if err != nil {
+		done()
 		cs.d.log.Error("decision not published", zap.String("kind", string(c.Kind)), zap.Error(err))
-		return nil, unavailable{"the decision could not be stored in the stream (JetStream unavailable): nothing changed; try again"}
+		return nil, 0, unavailable{"the decision could not be stored in the stream (JetStream unavailable): nothing changed; try again"}
 	}
-	select {
-	case r := <-ch:
-		return r.plan, r.err
-	case <-ctx.Done():
-		return nil, unavailable{fmt.Sprintf("the decision is in the stream (seq %d) but this node has not applied it yet: every node will; check with dsyncd holds", seq)}
-	}
+	return func(ctx context.Context) (*storage.Plan, error) {
+		defer done()
+		select {
+		case r := <-ch:
+			return r.plan, r.err
+		case <-ctx.Done():
+			return nil, unavailable{fmt.Sprintf("the decision is in the stream (seq %d) but this node has not applied it yet: every node will; check with dsyncd holds", seq)}
+		}
+	}, seq, nil
 }
 
 func (cs *controls) DecideHold(ctx context.Context, id uint64, approve bool) (*storage.Plan, error) {
@@ -247,7 +261,8 @@ func (cs *controls) Resume(ctx context.Context, org string) (*storage.Plan, erro
 
 // Mapping publishes m as the mapping in force (SIGHUP, POST /v1/mapping
 // from dsyncd apply, a single node's start with a file that differs from
-// the store's). A mapping that grants no admin (unless
+// the store's; the first node of a new cluster publishes its file's with
+// publish directly: startingMapping). A mapping that grants no admin (unless
 // safeguards.allow_no_admin_rule) is refused before it reaches the stream.
 func (cs *controls) Mapping(ctx context.Context, m mapping.Config, onUnmap string) (*storage.Plan, error) {
 	if err := (config.Config{Mapping: m, Safeguards: cs.d.cfg.Safeguards}).CheckAdminRule(); err != nil {
@@ -288,6 +303,9 @@ func (cs *controls) apply(d *queue.Delivery) (retry bool) {
 		cs.d.log.Info("control applied", f...)
 	}
 	if c.Kind == storage.ControlMapping && err == nil {
+		if d.HasSeq {
+			cs.d.recordMapping(*c.Mapping, d.Seq)
+		}
 		cs.d.rereadFileMapping()
 		cs.d.checkMapping()
 	}
@@ -322,15 +340,22 @@ func (d *daemon) rereadFileMapping() {
 // checkMapping compares the mapping in force (the last one the stream
 // carried) with this node's file, and says so when they differ: in the log
 // at once, in /readyz's degraded list until they agree.
-func (d *daemon) checkMapping() {
-	stored, err := d.st.StoredMapping()
-	if err != nil || stored == nil {
-		return
-	}
+func (d *daemon) checkMapping() { d.compareMapping(nil) }
+
+// compareMapping is checkMapping with inForce as the mapping in force (nil:
+// the store's). Calls are serialised, each reading the store in turn: the
+// worker applying a mapping and a start-up check never leave a stale word.
+func (d *daemon) compareMapping(inForce *mapping.Config) {
 	d.mapMu.Lock()
-	file := d.fileMapping
-	d.mapMu.Unlock()
-	differs := normalMapping(*stored) != normalMapping(file)
+	defer d.mapMu.Unlock()
+	if inForce == nil {
+		stored, err := d.st.StoredMapping()
+		if err != nil || stored == nil {
+			return
+		}
+		inForce = stored
+	}
+	differs := normalMapping(*inForce) != normalMapping(d.fileMapping)
 	if differs && !d.mappingDiffers.Load() {
 		d.log.Warn("the mapping in force (the last one the stream carried) differs from this node's configuration file: this node applies the one in force. "+
 			"To make the file's the mapping of every node, run dsyncd apply --config FILE against a running node, or systemctl reload dsyncd on a node whose file has it; "+

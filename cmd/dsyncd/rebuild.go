@@ -85,7 +85,8 @@ data directory itself. With serve running it refuses.
      a new store file beside the store (<store>.rebuild), its digest and consistency
      checked (a damaged one is skipped for the next older); with --from BACKUP, a copy
      of that backup is used instead; with --from-scratch, or when there is no snapshot,
-     an empty store. The configured mapping is applied to it.
+     an empty store. The configured mapping is applied to it (on a node of a cluster, the
+     snapshot's, else the first the stream carries: the one the other nodes had there).
   2. Every message of the stream after the snapshot's sequence (every message, without
      a snapshot) is decoded and applied in order, in batches, through
      the same code the worker uses. Messages parked in the dead-letter stream, and
@@ -313,7 +314,20 @@ func (a *app) rebuild(ctx context.Context, cfg config.Config, o rebuildOptions) 
 			_ = os.Remove(newPath)
 		}
 	}()
-	if _, err := st.ApplyMapping(cfg.Mapping, "", false); err != nil {
+	m := cfg.Mapping
+	if cfg.Node.ID != "" && o.from == "" {
+		// A node of a cluster starts where the others stand, not from its
+		// file (rebuildMapping).
+		var what string
+		if m, what, err = rebuildMapping(ctx, q, st, fromSnap, cfg.Mapping); err != nil {
+			return nil, fmt.Errorf("%s: the cluster's mapping: %w", natsKeys(cfg), err)
+		}
+		if normalMapping(m) != normalMapping(cfg.Mapping) {
+			rep.Warnings = append(rep.Warnings, "this node's file's mapping differs from the cluster's: the store starts from "+what+
+				" and the stream's mapping changes; dsyncd apply --config FILE against a running node publishes a file's mapping to every node")
+		}
+	}
+	if _, err := st.ApplyMapping(m, "", false); err != nil {
 		return nil, fmt.Errorf("mapping: %w", err)
 	}
 	if err := applyStream(ctx, q, st, rep.SnapshotSeq, parkedSeq, parkedID, dropped, rep); err != nil {
