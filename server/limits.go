@@ -20,10 +20,13 @@ import (
 // been refused; every other connection between requests (reading its first
 // headers, trickling them, idle after a refusal or a /healthz) is
 // evictable. At the limit, a new connection closes the evictable connection
-// that has waited longest; only when none is left (every connection is in a
-// handler or proven) is the new one closed at once, unread. A flood of
-// slow or idle connections thus cannot keep out WorkOS, whose connections
-// send their headers at once and prove themselves.
+// that has waited longest, if it has waited evictGrace at least; when none
+// has (every connection is in a handler, proven, or just arrived) the new
+// one is closed at once, unread. A flood of slow or idle connections thus
+// cannot keep out WorkOS, whose connections send their headers at once and
+// prove themselves within the grace: without it, a flood redialling as
+// fast as it is closed evicted every new connection before its headers
+// were read, WorkOS's too.
 //
 // Bodies: a request's declared length (webhook.max_body_bytes when chunked)
 // is reserved from Options.MaxInflightBytes before its body is read, and
@@ -32,6 +35,10 @@ import (
 // header never get that far (401 before the body is read). Bodies over
 // smallBody may use three quarters of the budget only: the rest is kept for
 // the small bodies WorkOS sends.
+
+// evictGrace is how long a new connection may stay unproven before a newer
+// one can evict it.
+const evictGrace = 250 * time.Millisecond
 
 // smallBody is the largest body that may use the whole in-flight budget.
 const smallBody = 64 << 10
@@ -61,7 +68,7 @@ func (l *connLimiter) Accept() (net.Conn, error) {
 		l.mu.Lock()
 		var victim *limitedConn
 		if l.open >= l.max {
-			if e := l.evictable.Front(); e != nil {
+			if e := l.evictable.Front(); e != nil && time.Since(e.Value.(*limitedConn).since) >= evictGrace {
 				victim = e.Value.(*limitedConn)
 				l.dropLocked(victim)
 			}
@@ -74,7 +81,7 @@ func (l *connLimiter) Accept() (net.Conn, error) {
 			l.refuse(ReasonTooManyConnections, c.RemoteAddr().String())
 			continue
 		}
-		lc := &limitedConn{Conn: c, l: l}
+		lc := &limitedConn{Conn: c, l: l, since: time.Now()}
 		l.open++
 		lc.elem = l.evictable.PushBack(lc)
 		l.mu.Unlock()
@@ -112,6 +119,7 @@ type limitedConn struct {
 	l *connLimiter
 	// Guarded by l.mu.
 	elem      *list.Element // in l.evictable, or nil
+	since     time.Time     // when it became evictable
 	proven    bool
 	inHandler bool
 	gone      bool
@@ -153,6 +161,7 @@ func (c *limitedConn) leave() {
 	c.inHandler = false
 	if !c.proven && !c.gone && c.elem == nil {
 		c.elem = c.l.evictable.PushBack(c)
+		c.since = time.Now()
 	}
 	c.l.mu.Unlock()
 }
