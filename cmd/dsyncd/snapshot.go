@@ -64,6 +64,12 @@ type snapshotter struct {
 	// stream-triggered snapshots: in a cluster the leader alone does (the
 	// nodes' stores are the same at the same position).
 	active func() bool
+	// firstAfter: in a cluster (node.id set), no scheduled snapshot is
+	// taken before this time when there is none yet, so that nodes started
+	// together create their consumers before the stream is purged behind a
+	// first snapshot (a node whose consumer is not there yet does not hold
+	// the purge back). Zero: the first one is taken at once.
+	firstAfter time.Time
 
 	mu     sync.Mutex // one snapshot at a time
 	newest atomic.Pointer[queue.Snapshot]
@@ -103,6 +109,9 @@ func newSnapshotter(cfg config.Config, q *queue.Queue, st *storage.Store, log *z
 	}
 	for _, tr := range []string{triggerScheduled, triggerStream, triggerRequest} {
 		s.taken.WithLabelValues(tr)
+	}
+	if cfg.Node.ID != "" {
+		s.firstAfter = time.Now().Add(cfg.Store.SnapshotInterval)
 	}
 	return s
 }
@@ -200,6 +209,7 @@ func (s *snapshotter) tick(ctx context.Context) {
 		// snapshot: one more snapshot lets the purge free them, whatever
 		// the share since the newest.
 		trigger = triggerStream
+	case s.interval > 0 && newestAt.IsZero() && time.Now().Before(s.firstAfter):
 	case s.interval > 0 && (newestAt.IsZero() || time.Since(newestAt) >= s.interval):
 		trigger = triggerScheduled
 	}
