@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/klauspost/compress/s2"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -27,6 +28,11 @@ const snapshotPrefix = "snapshot-"
 const (
 	metaSeq     = "dsyncd-stream-seq"
 	metaApplied = "dsyncd-applied-seq"
+	// metaEncoding says how the copy is encoded in the object: "s2" (a
+	// framed S2 stream, written by Put) or absent (the copy as is: the
+	// snapshots of earlier versions, which the bucket compressed itself).
+	metaEncoding = "dsyncd-encoding"
+	encodingS2   = "s2"
 )
 
 // Snapshot describes one snapshot of the store in the Object Store bucket.
@@ -41,7 +47,8 @@ type Snapshot struct {
 	// (at least Seq: events just above Seq may be in it too, and apply
 	// again as duplicates).
 	AppliedSeq uint64
-	// Size is the copy's size in bytes (uncompressed).
+	// Size is the snapshot's size in the bucket in bytes: the copy
+	// compressed with S2 (a bbolt file compresses several times over).
 	Size uint64
 	// Taken is when the snapshot was stored.
 	Taken time.Time
@@ -87,7 +94,11 @@ func (s *Snapshots) store(ctx context.Context, create bool) (jetstream.ObjectSto
 		Description: "dsyncd store snapshots",
 		Storage:     jetstream.FileStorage,
 		Replicas:    s.q.opts.Replicas,
-		Compression: true,
+		// Put compresses the copy as it streams it. A bucket that
+		// compressed its blocks itself read each full block back, compressed
+		// it and wrote it again: gigabytes read and megabytes of buffers per
+		// snapshot of a large store, and seconds to purge a deleted one.
+		Compression: false,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("queue: snapshot bucket %s: %w", s.bucket, err)
@@ -99,17 +110,32 @@ func (s *Snapshots) store(ctx context.Context, create bool) (jetstream.ObjectSto
 func SnapshotName(seq uint64) string { return fmt.Sprintf("%s%020d", snapshotPrefix, seq) }
 
 // Put stores the store copy r reads as the snapshot covering seq (its
-// applied record being applied), replacing one of the same name.
+// applied record being applied), replacing one of the same name. The copy
+// is compressed with S2 on its way, on one core.
 func (s *Snapshots) Put(ctx context.Context, seq, applied uint64, r io.Reader) (Snapshot, error) {
 	os, err := s.store(ctx, true)
 	if err != nil {
 		return Snapshot{}, err
 	}
+	pr, pw := io.Pipe()
+	compressed := make(chan error, 1)
+	go func() {
+		zw := s2.NewWriter(pw, s2.WriterConcurrency(1))
+		_, err := io.Copy(zw, r)
+		err = errors.Join(err, zw.Close())
+		pw.CloseWithError(err)
+		compressed <- err
+	}()
 	info, err := os.Put(ctx, jetstream.ObjectMeta{
 		Name:        SnapshotName(seq),
 		Description: fmt.Sprintf("dsyncd store as of stream sequence %d", seq),
-		Metadata:    map[string]string{metaSeq: strconv.FormatUint(seq, 10), metaApplied: strconv.FormatUint(applied, 10)},
-	}, r)
+		Metadata: map[string]string{metaSeq: strconv.FormatUint(seq, 10), metaApplied: strconv.FormatUint(applied, 10),
+			metaEncoding: encodingS2},
+	}, pr)
+	pr.CloseWithError(errors.New("snapshot upload stopped")) // unblocks the compressor if Put gave up
+	if cerr := <-compressed; err == nil && cerr != nil {
+		err = cerr
+	}
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("queue: put snapshot %d: %w", seq, err)
 	}
@@ -169,7 +195,19 @@ func (s *Snapshots) Get(ctx context.Context, name string, w io.Writer) (int64, e
 		return 0, fmt.Errorf("queue: get snapshot %s: %w", name, err)
 	}
 	defer r.Close()
-	n, err := io.Copy(w, r)
+	info, err := r.Info()
+	if err != nil {
+		return 0, fmt.Errorf("queue: get snapshot %s: %w", name, err)
+	}
+	var src io.Reader = r
+	switch enc := info.Metadata[metaEncoding]; enc {
+	case "":
+	case encodingS2:
+		src = s2.NewReader(r)
+	default:
+		return 0, fmt.Errorf("queue: snapshot %s is encoded as %q, which this version cannot read", name, enc)
+	}
+	n, err := io.Copy(w, src)
 	if err != nil {
 		return n, fmt.Errorf("queue: read snapshot %s: %w", name, err)
 	}

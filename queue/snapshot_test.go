@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 func TestSnapshotsRoundTripNewestFirstAndPruneKeepsTheNewest(t *testing.T) {
@@ -25,7 +27,7 @@ func TestSnapshotsRoundTripNewestFirstAndPruneKeepsTheNewest(t *testing.T) {
 		if err != nil {
 			t.Fatalf("Put %d: %v", seq, err)
 		}
-		if info.Seq != seq || info.AppliedSeq != seq+2 || info.Size != uint64(len(b)) {
+		if info.Seq != seq || info.AppliedSeq != seq+2 || info.Size == 0 {
 			t.Fatalf("Put %d returned %+v", seq, info)
 		}
 	}
@@ -52,6 +54,49 @@ func TestSnapshotsRoundTripNewestFirstAndPruneKeepsTheNewest(t *testing.T) {
 	}
 	if _, err := sn.Get(ctx, SnapshotName(5), &got); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Get of a pruned snapshot: %v, want ErrNotFound", err)
+	}
+}
+
+func TestSnapshotsAreStoredCompressedAndEarlierUncompressedOnesStillRead(t *testing.T) {
+	q := openQueue(t, Options{StoreDir: t.TempDir()})
+	ctx := testCtx(t, 60*time.Second)
+	st, err := q.state()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An earlier version's bucket: the server compressed its blocks, and
+	// the copy was stored as is, without an encoding.
+	old, err := st.js.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: DefaultSnapshotBucket, Storage: jetstream.FileStorage, Compression: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	earlier := bytes.Repeat([]byte("an earlier version's bbolt page "), 40_000)
+	if _, err := old.Put(ctx, jetstream.ObjectMeta{Name: SnapshotName(7),
+		Metadata: map[string]string{metaSeq: "7", metaApplied: "7"}}, bytes.NewReader(earlier)); err != nil {
+		t.Fatal(err)
+	}
+
+	sn := q.Snapshots("")
+	store := bytes.Repeat([]byte("a bbolt page, mostly the same bytes "), 40_000) // 1.4 MB
+	info, err := sn.Put(ctx, 9, 9, bytes.NewReader(store))
+	if err != nil {
+		t.Fatalf("Put into an earlier version's bucket: %v", err)
+	}
+	if info.Size == 0 || info.Size > uint64(len(store))/10 {
+		t.Fatalf("a %d-byte compressible copy takes %d bytes in the bucket; want it compressed", len(store), info.Size)
+	}
+	for name, want := range map[string][]byte{SnapshotName(9): store, SnapshotName(7): earlier} {
+		var got bytes.Buffer
+		if n, err := sn.Get(ctx, name, &got); err != nil || n != int64(len(want)) || !bytes.Equal(got.Bytes(), want) {
+			t.Fatalf("Get %s = %d bytes, %v; want the %d bytes put", name, n, err, len(want))
+		}
+	}
+	cfg, err := old.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.IsCompressed() {
+		t.Fatal("the bucket still compresses its blocks after Put: the copy is compressed twice")
 	}
 }
 
