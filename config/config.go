@@ -387,7 +387,7 @@ func Default() Config {
 			Replicas:        queue.DefaultReplicas,
 			SyncInterval:    time.Second,
 			EventEncoding:   "s2",
-			MaxBytes:        1 << 30,
+			MaxBytes:        4 << 30,
 			MaxAge:          720 * time.Hour,
 			DuplicateWindow: queue.DefaultDuplicateWindow,
 			SnapshotBucket:  queue.DefaultSnapshotBucket,

@@ -436,7 +436,7 @@ func TestBindFlagsDefaults(t *testing.T) {
 		"data_dir":                          "./data",
 		"log.level":                         "info",
 		"webhook.tolerance":                 "3m0s",
-		"nats.max_bytes":                    "1073741824",
+		"nats.max_bytes":                    "4294967296",
 		"safeguards.max_deprovisions.count": "25",
 		"webhook.enabled":                   "true",
 	} {

@@ -98,7 +98,7 @@ func main() {
 	flag.DurationVar(&o.timeout, "timeout", 20*time.Minute, "bound on the whole run")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary data directory")
 	flag.IntVar(&o.reads, "reads", 0, "GET /v1/users/{id} of random users this many times a second during the sync, and report their latency (0 = none; needs the daemon this run starts)")
-	flag.Int64Var(&o.maxBytes, "max-bytes", 0, "nats.max_bytes of the daemon this run starts (0 = the default, 1 GiB)")
+	flag.Int64Var(&o.maxBytes, "max-bytes", 0, "nats.max_bytes of the daemon this run starts (0 = the default, 4 GiB)")
 	flag.IntVar(&o.feedLatency, "feed-latency", 0, "instead of the load test: after the initial sync, time this many single badge changes, one at a time, from webhook in to the change feed's long-poll and webhook-out consumers (p50/p99/max)")
 	flag.BoolVar(&o.cluster, "cluster", false, "three nats-server processes (-nats-server) in one cluster and three dsyncd nodes on it: ingest across them, time until every node converged, per-process memory and CPU")
 	flag.Parse()

@@ -52,7 +52,7 @@ func (e *env) sustainPhase(ctx context.Context, o options) *result {
 		r.fail("%v", err)
 		return r
 	}
-	// The stream grows by ~1 KiB per event: lift the 1 GiB default cap so the
+	// The stream grows by ~1 KiB per event: lift the default cap so the
 	// run measures dsyncd, not DiscardNew.
 	d, _, err := e.boot(ctx, dir, harness.Config{MaxBytes: -1}, nil)
 	if err != nil {

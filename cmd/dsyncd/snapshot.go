@@ -1,7 +1,8 @@
 package main
 
 // The store's snapshots: serve takes them (store.snapshot_interval, and
-// whenever the stream grew by a quarter of nats.max_bytes since the newest),
+// whenever the stream grew by a quarter of nats.max_bytes, or by the newest
+// snapshot's size when larger, since the newest),
 // keeps store.snapshots_kept in the Object Store bucket nats.snapshot_bucket,
 // and purges the stream's events at or below the oldest kept one. rebuild
 // starts from the newest usable one (rebuild.go); "dsyncd snapshot" takes or
@@ -202,7 +203,7 @@ func (s *snapshotter) tick(ctx context.Context) {
 	case s.active != nil && !s.active(): // another node of the cluster takes them
 	case u.AckFloor <= newestSeq: // nothing applied since the newest
 	case time.Now().UnixNano() < s.retryAt.Load():
-	case u.MaxBytes > 0 && u.BytesAfter(newestSeq)-u.BytesAfter(u.AckFloor) >= u.MaxBytes/capShare:
+	case u.MaxBytes > 0 && u.BytesAfter(newestSeq)-u.BytesAfter(u.AckFloor) >= s.streamShare(u.MaxBytes):
 		trigger = triggerStream
 	case nearCap:
 		// The stream nears its cap with applied events above the newest
@@ -236,6 +237,20 @@ func (s *snapshotter) tick(ctx context.Context) {
 		}()
 	}
 	s.noteFull(u)
+}
+
+// streamShare is how many bytes of applied events above the newest snapshot
+// trigger the next: a quarter of the cap, or the newest snapshot's size when
+// that is larger, so that the copies stay a bounded share of the work however
+// large the store grows (each copies the whole store: at a fixed share of the
+// cap, a store growing with the events made their cost grow with its square).
+// The snapshot taken near the cap still bounds the stream.
+func (s *snapshotter) streamShare(maxBytes uint64) uint64 {
+	share := maxBytes / capShare
+	if n := s.newest.Load(); n != nil {
+		share = max(share, n.Size)
+	}
+	return share
 }
 
 // hurry tells the worker to stop yielding the CPU to the receiver: the

@@ -413,3 +413,26 @@ func TestAStreamFullOfUnappliedEventsIsWhatReadinessReports(t *testing.T) {
 		t.Fatalf("dsyncd_stream_full = %v, want 1", gauge)
 	}
 }
+
+// The stream triggers a snapshot after a quarter of its cap of applied
+// events, or after as many bytes as the newest snapshot takes when that is
+// more: a store grown larger than the share is copied less often, so the
+// copies stay a bounded share of the work.
+func TestALargeSnapshotSpacesTheNextByItsSize(t *testing.T) {
+	const capBytes = 4 << 30
+	s := &snapshotter{}
+	for _, c := range []struct {
+		name   string
+		newest *queue.Snapshot
+		want   uint64
+	}{
+		{"no snapshot yet: a quarter of the cap", nil, capBytes / 4},
+		{"a snapshot smaller than a quarter: a quarter", &queue.Snapshot{Size: 300 << 20}, capBytes / 4},
+		{"a snapshot larger than a quarter: its size", &queue.Snapshot{Size: 1500 << 20}, 1500 << 20},
+	} {
+		s.newest.Store(c.newest)
+		if got := s.streamShare(capBytes); got != c.want {
+			t.Errorf("%s: share %d, want %d", c.name, got, c.want)
+		}
+	}
+}

@@ -51,7 +51,7 @@ type Config struct {
 	ReadTimeout time.Duration
 	// AckWait is worker.ack_wait; zero keeps the default (30s).
 	AckWait time.Duration
-	// MaxBytes is nats.max_bytes; zero keeps the default (1 GiB), -1 means unlimited (0 in the file).
+	// MaxBytes is nats.max_bytes; zero keeps the default (4 GiB), -1 means unlimited (0 in the file).
 	MaxBytes int64
 	// NATSListen is nats.listen (the embedded server's client address),
 	// for a harness that reads the change stream; empty keeps the default.
