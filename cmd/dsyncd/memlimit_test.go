@@ -19,7 +19,8 @@ func TestSoftLimit(t *testing.T) {
 		want      int64
 	}{
 		{"a small live heap keeps the 128 MiB floor", 40 * mib, 0, 128 * mib},
-		{"a live heap past two thirds of the floor gets half of itself again", 200 * mib, 0, 300 * mib},
+		{"a live heap past half the floor gets twice itself", 200 * mib, 0, 400 * mib},
+		{"a live heap at half the floor keeps the floor", 64 * mib, 0, 128 * mib},
 		{"the cgroup's memory.max caps the limit at three quarters of it", 800 * mib, 1024 * mib, 768 * mib},
 		{"a memory.max below the floor lowers the limit under it", 10 * mib, 128 * mib, 96 * mib},
 		{"a roomy memory.max leaves the floor alone", 10 * mib, 1024 * mib, 128 * mib},
