@@ -247,18 +247,22 @@ func decodeRawChange(k, v []byte) (RawChange, error) {
 	if len(k) != 8 || len(v) < 8 {
 		return RawChange{}, fmt.Errorf("corrupt change record %x", k)
 	}
+	body := slices.Clone(v[8:])
+	rc := RawChange{Seq: binary.BigEndian.Uint64(k), Time: time.Unix(0, int64(binary.BigEndian.Uint64(v))).UTC(), JSON: body}
+	if org, user, ok := userChangeIDs(body); ok {
+		rc.OrganizationID, rc.UserID = org, user
+		return rc, nil
+	}
 	var ids struct {
 		OrganizationID string `json:"organization_id"`
 		User           *struct {
 			ID string `json:"id"`
 		} `json:"user"`
 	}
-	body := slices.Clone(v[8:])
 	if err := json.Unmarshal(body, &ids); err != nil {
-		return RawChange{}, fmt.Errorf("change record %d: %w", binary.BigEndian.Uint64(k), err)
+		return RawChange{}, fmt.Errorf("change record %d: %w", rc.Seq, err)
 	}
-	rc := RawChange{Seq: binary.BigEndian.Uint64(k), Time: time.Unix(0, int64(binary.BigEndian.Uint64(v))).UTC(),
-		OrganizationID: ids.OrganizationID, JSON: body}
+	rc.OrganizationID = ids.OrganizationID
 	if ids.User != nil {
 		rc.UserID = ids.User.ID
 	}

@@ -57,3 +57,60 @@ func TestHandWrittenViewsDecodeAsEncodingJSON(t *testing.T) {
 		}
 	}
 }
+
+// TestChangeRecordsNameTheirOrganizationAndUserAsEncodingJSONReadsThem: the
+// relay reads each record's organisation and user ids without decoding the
+// record; whatever the ids hold and whoever wrote the record, they are the
+// ones encoding/json reads.
+func TestChangeRecordsNameTheirOrganizationAndUserAsEncodingJSONReadsThem(t *testing.T) {
+	odd := "q\"uote\\ \n é \u2028 end"
+	at := time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC)
+	var records [][]byte
+	fast := 0
+	for _, org := range []string{"org_01", odd, ""} {
+		for _, id := range []string{"directory_user_01", odd, ""} {
+			for _, dir := range []string{"", "directory_01", odd} {
+				for _, changed := range [][]string{nil, {"email"}, {"email", odd, "badges"}} {
+					var ends [nViewFields]uint32
+					view := appendView(nil, &ExportUser{ID: id, OrganizationID: org, State: "active"}, &ends)
+					records = append(records, appendUserChange(nil, 7, at, ChangeUserUpdated, org, dir, changed, view))
+				}
+			}
+		}
+	}
+	for _, c := range []storedChange{
+		{Seq: 8, Time: at, Kind: ChangeHoldOpened, OrganizationID: "org_01", Hold: &Hold{ID: 3, OrganizationID: "org_01"}},
+		{Seq: 9, Time: at, Kind: ChangeOrgResumed, OrganizationID: odd},
+	} {
+		b, _ := json.Marshal(c)
+		records = append(records, b)
+	}
+	// A record of another layout that names a user further in.
+	records = append(records, []byte(`{"seq":10,"time":"2026-01-02T03:04:05Z","kind":"x","organization_id":"o","extra":{"user":{"id":"not him"}},"user":{"id":"him"}}`))
+	for _, rec := range records {
+		var want struct {
+			OrganizationID string `json:"organization_id"`
+			User           *struct {
+				ID string `json:"id"`
+			} `json:"user"`
+		}
+		if err := json.Unmarshal(rec, &want); err != nil {
+			t.Fatalf("%s: %v", rec, err)
+		}
+		wantUser := ""
+		if want.User != nil {
+			wantUser = want.User.ID
+		}
+		v := append(make([]byte, 8), rec...)
+		rc, err := decodeRawChange(make([]byte, 8), v)
+		if err != nil || rc.OrganizationID != want.OrganizationID || rc.UserID != wantUser || !bytes.Equal(rc.JSON, rec) {
+			t.Fatalf("%s: read organisation %q, user %q (%v); encoding/json reads %q, %q", rec, rc.OrganizationID, rc.UserID, err, want.OrganizationID, wantUser)
+		}
+		if _, _, ok := userChangeIDs(rec); ok {
+			fast++
+		}
+	}
+	if fast < 9 {
+		t.Fatalf("only %d records read without decoding: the plain ids must be", fast)
+	}
+}
