@@ -261,7 +261,8 @@ type StoreConfig struct {
 	OpenTimeout time.Duration `mapstructure:"open_timeout"`
 	// SnapshotInterval is how often serve stores a snapshot of the store in
 	// nats.snapshot_bucket (besides those taken when the stream fills up to
-	// a quarter of nats.max_bytes since the newest); 0 takes only those.
+	// a quarter of nats.max_bytes, or the newest snapshot's size when larger,
+	// since the newest); 0 takes only those.
 	SnapshotInterval time.Duration `mapstructure:"snapshot_interval"`
 	// SnapshotsKept is how many snapshots are kept; the stream's events at
 	// or below the oldest kept one's sequence are purged. 0 turns snapshots

@@ -99,7 +99,7 @@ func newSnapshotter(cfg config.Config, q *queue.Queue, st *storage.Store, log *z
 	s := &snapshotter{log: log.Named("snapshot"), q: q, st: st, sn: q.Snapshots(cfg.NATS.SnapshotBucket), kept: cfg.Store.SnapshotsKept,
 		interval: cfg.Store.SnapshotInterval, stream: cfg.NATS.Stream, durable: durableFor(cfg),
 		taken: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "dsyncd_snapshots_total",
-			Help: "Snapshots of the store stored, by trigger: scheduled, stream (a quarter of nats.max_bytes of applied events since the newest), request."},
+			Help: "Snapshots of the store stored, by trigger: scheduled, stream (a quarter of nats.max_bytes, or the newest snapshot's size when larger, of applied events since the newest), request."},
 			[]string{"trigger"}),
 		failed: prometheus.NewCounter(prometheus.CounterOpts{Name: "dsyncd_snapshots_failed_total",
 			Help: "Snapshots of the store that could not be stored (the log line 'snapshot failed' says why)."}),
@@ -390,7 +390,8 @@ func (a *app) snapshotCommand() *cobra.Command {
 nats.snapshot_bucket, recording the stream sequence it covers, keeps the newest
 store.snapshots_kept and purges the stream's events at or below the oldest kept one's
 sequence (never one the worker has not applied). serve does the same every
-store.snapshot_interval and whenever the stream grew by a quarter of nats.max_bytes.
+store.snapshot_interval and whenever the stream grew by a quarter of nats.max_bytes
+(or by the newest snapshot's size, when larger).
 "dsyncd rebuild" starts from the newest usable snapshot.
 
 It goes through the running serve's API (POST /v1/snapshots), or with serve stopped
