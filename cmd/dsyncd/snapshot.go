@@ -241,14 +241,16 @@ func (s *snapshotter) tick(ctx context.Context) {
 
 // streamShare is how many bytes of applied events above the newest snapshot
 // trigger the next: a quarter of the cap, or the newest snapshot's size when
-// that is larger, so that the copies stay a bounded share of the work however
-// large the store grows (each copies the whole store: at a fixed share of the
-// cap, a store growing with the events made their cost grow with its square).
-// The snapshot taken near the cap still bounds the stream.
+// that is larger, so that the copies stay a bounded share of the work as the
+// store grows (each copies the whole store: at a fixed share of the cap, a
+// store growing with the events made their cost grow with its square). It is
+// at most three eighths of the cap, so that with 2 kept the applied events
+// the stream holds stay under three quarters of it, well before the snapshot
+// taken near the cap.
 func (s *snapshotter) streamShare(maxBytes uint64) uint64 {
 	share := maxBytes / capShare
 	if n := s.newest.Load(); n != nil {
-		share = max(share, n.Size)
+		share = max(share, min(n.Size, maxBytes/8*3))
 	}
 	return share
 }

@@ -416,8 +416,9 @@ func TestAStreamFullOfUnappliedEventsIsWhatReadinessReports(t *testing.T) {
 
 // The stream triggers a snapshot after a quarter of its cap of applied
 // events, or after as many bytes as the newest snapshot takes when that is
-// more: a store grown larger than the share is copied less often, so the
-// copies stay a bounded share of the work.
+// more (up to three eighths of the cap): a store grown larger than the share
+// is copied less often, so the copies stay a bounded share of the work, and
+// the stream keeps room below its cap.
 func TestALargeSnapshotSpacesTheNextByItsSize(t *testing.T) {
 	const capBytes = 4 << 30
 	s := &snapshotter{}
@@ -428,7 +429,8 @@ func TestALargeSnapshotSpacesTheNextByItsSize(t *testing.T) {
 	}{
 		{"no snapshot yet: a quarter of the cap", nil, capBytes / 4},
 		{"a snapshot smaller than a quarter: a quarter", &queue.Snapshot{Size: 300 << 20}, capBytes / 4},
-		{"a snapshot larger than a quarter: its size", &queue.Snapshot{Size: 1500 << 20}, 1500 << 20},
+		{"a snapshot larger than a quarter: its size", &queue.Snapshot{Size: 1200 << 20}, 1200 << 20},
+		{"a snapshot larger than three eighths of the cap: three eighths", &queue.Snapshot{Size: 3 << 30}, capBytes / 8 * 3},
 	} {
 		s.newest.Store(c.newest)
 		if got := s.streamShare(capBytes); got != c.want {
