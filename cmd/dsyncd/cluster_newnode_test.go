@@ -15,20 +15,12 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
-
 	"github.com/dsyncd/dsyncd/config"
 	"github.com/dsyncd/dsyncd/events/synth"
 	"github.com/dsyncd/dsyncd/mapping"
 )
 
 const fileDiffers = "differs from this node's configuration file"
-
-// jsonLog is a logger writing JSON lines to w, as startDaemon's.
-func jsonLog(w io.Writer) *zap.Logger {
-	return zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(w), zapcore.DebugLevel))
-}
 
 // TestFreshClusterNodesStartedTogetherWithDifferentFilesEndAlike: three
 // new nodes of a new cluster start at the same moment, node 3's file with

@@ -54,15 +54,19 @@ func testConfig(t testing.TB) config.Config {
 	return cfg
 }
 
+// jsonLog is a logger writing JSON lines to w at every level, as serve's
+// output is read by the tests.
+func jsonLog(w io.Writer) *zap.Logger {
+	return zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(w), zapcore.DebugLevel))
+}
+
 // startDaemon opens a daemon in-process and closes it when the test ends.
 func startDaemon(t testing.TB, cfg config.Config, logs io.Writer, opts ...func(*daemon)) *daemon {
 	t.Helper()
 	if logs == nil {
 		logs = io.Discard
 	}
-	enc := zap.NewProductionEncoderConfig()
-	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(enc), zapcore.AddSync(logs), zapcore.DebugLevel))
-	d := newDaemon(cfg, log)
+	d := newDaemon(cfg, jsonLog(logs))
 	for _, o := range opts {
 		o(d)
 	}
