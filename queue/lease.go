@@ -116,7 +116,7 @@ func (q *Queue) ClaimLease(ctx context.Context, key string, value []byte, ttl ti
 	}
 	rev, err := l.kv.Create(ctx, key, value)
 	if errors.Is(err, jetstream.ErrKeyExists) {
-		e, gerr := l.kv.Get(ctx, key)
+		e, gerr := kvGet(ctx, l.kv, key)
 		switch {
 		case errors.Is(gerr, jetstream.ErrKeyNotFound):
 			rev, err = l.kv.Create(ctx, key, value) // expired meanwhile
@@ -206,7 +206,7 @@ func (l *Lease) step(ctx context.Context) {
 		l.set(true)
 	case errors.Is(err, jetstream.ErrKeyExists):
 		if l.takeOver != nil {
-			if e, gerr := l.kv.Get(cctx, l.key); gerr == nil && l.takeOver(e.Value()) {
+			if e, gerr := kvGet(cctx, l.kv, l.key); gerr == nil && l.takeOver(e.Value()) {
 				if rev, uerr := l.kv.Update(cctx, l.key, l.value, e.Revision()); uerr == nil {
 					l.rev = rev
 					l.set(true)

@@ -5,6 +5,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 )
 
 // crash stops renewing l without releasing it, as a process killed
@@ -178,5 +180,52 @@ func TestPositionsKeepAValueAndRefuseAStaleWriter(t *testing.T) {
 	}
 	if v, _, _, _ := a.Get(ctx, "webhook.x"); v != "20" {
 		t.Fatalf("value %q after a refused stale update, want 20", v)
+	}
+}
+
+// A replicated bucket answers direct gets only once its replicas are caught
+// up (just created, or a new leader): meanwhile no server answers. A read
+// of a position waits that moment out instead of failing a node's start.
+// Here the bucket stops answering direct gets for a moment (its stream's
+// allow_direct turned off, then on again), as it does in a cluster.
+func TestAPositionReadWaitsOutAMomentWhenNoServerAnswersTheBucket(t *testing.T) {
+	srv := runServer(t, -1, t.TempDir())
+	q := openQueue(t, Options{URL: srv.ClientURL()})
+	ctx := testCtx(t, 20*time.Second)
+	p, err := q.Positions(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Put(ctx, "mapping", "m1"); err != nil {
+		t.Fatal(err)
+	}
+	st, err := q.state()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := st.js.Stream(ctx, "KV_"+PositionsBucket(q.opts.Stream))
+	if err != nil {
+		t.Fatal(err)
+	}
+	direct := func(on bool) error {
+		cfg := stream.CachedInfo().Config
+		cfg.AllowDirect = on
+		_, err := st.js.UpdateStream(ctx, cfg)
+		return err
+	}
+	if err := direct(false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.kv.Get(ctx, "mapping"); !errors.Is(err, nats.ErrNoResponders) {
+		t.Fatalf("a bucket answering no direct get: %v, want no responders (the case under test)", err)
+	}
+	back := make(chan error, 1)
+	time.AfterFunc(300*time.Millisecond, func() { back <- direct(true) }) // the replicas catch up
+	v, _, found, err := p.Get(ctx, "mapping")
+	if err != nil || !found || v != "m1" {
+		t.Fatalf("read while no server answered for a moment: %q (found %v), %v; want m1", v, found, err)
+	}
+	if err := <-back; err != nil {
+		t.Fatalf("allow_direct on again: %v", err)
 	}
 }

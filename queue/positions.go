@@ -57,7 +57,7 @@ func (q *Queue) Positions(ctx context.Context) (*Positions, error) {
 // Get returns key's value and revision; found is false when the key was
 // never stored (or was deleted).
 func (p *Positions) Get(ctx context.Context, key string) (value string, rev uint64, found bool, err error) {
-	e, err := p.kv.Get(ctx, key)
+	e, err := kvGet(ctx, p.kv, key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
 		return "", 0, false, nil
 	}

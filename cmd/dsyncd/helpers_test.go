@@ -73,6 +73,9 @@ func startDaemon(t testing.TB, cfg config.Config, logs io.Writer, opts ...func(*
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := d.Open(ctx); err != nil {
+		if s, ok := logs.(fmt.Stringer); ok {
+			t.Fatalf("open daemon: %v\nits log:\n%s", err, s)
+		}
 		t.Fatalf("open daemon: %v", err)
 	}
 	t.Cleanup(func() {

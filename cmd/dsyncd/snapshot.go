@@ -33,10 +33,10 @@ const (
 	// snapshotTick is how often serve looks at the stream's size.
 	snapshotTick = 100 * time.Millisecond
 	// capShare: a snapshot is taken once the stream holds max_bytes/capShare
-	// bytes of applied events above the newest snapshot. The stream then
-	// holds the applied events above the oldest kept snapshot, about
-	// kept-1 shares plus one growing, and the events not yet applied: with
-	// the default of 2 kept, about half the cap is left to those.
+	// bytes of applied events above the newest snapshot (streamShare). The
+	// stream then holds the applied events above the oldest kept snapshot,
+	// about kept-1 shares plus one growing, and the events not yet applied:
+	// with the default of 2 kept, about half the cap is left to those.
 	capShare = 4
 	// nearCapShare: a snapshot is also taken when the stream is within
 	// max_bytes/nearCapShare of its cap and holds applied events above the
@@ -244,15 +244,16 @@ func (s *snapshotter) tick(ctx context.Context) {
 // that is larger, so that the copies stay a bounded share of the work as the
 // store grows (each copies the whole store: at a fixed share of the cap, a
 // store growing with the events made their cost grow with its square). It is
-// at most three eighths of the cap, so that with 2 kept the applied events
-// the stream holds stay under three quarters of it, well before the snapshot
-// taken near the cap.
+// at most three quarters of the cap shared among the kept snapshots (three
+// eighths with the default 2), so that the applied events the stream holds
+// behind the oldest kept one stay under three quarters of it, well before
+// the snapshot taken near the cap, however many are kept.
 func (s *snapshotter) streamShare(maxBytes uint64) uint64 {
 	share := maxBytes / capShare
 	if n := s.newest.Load(); n != nil {
-		share = max(share, min(n.Size, maxBytes/8*3))
+		share = max(share, n.Size)
 	}
-	return share
+	return min(share, maxBytes/4*3/uint64(max(s.kept, 2)))
 }
 
 // hurry tells the worker to stop yielding the CPU to the receiver: the

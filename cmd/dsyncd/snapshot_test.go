@@ -239,10 +239,11 @@ func TestStreamWithASmallCapTakesFiveTimesItsSizeWithoutA503(t *testing.T) {
 	streamTakesWithoutA503(t, 2, 3000, 5)
 }
 
-// With snapshots_kept: 6 the applied events behind the oldest kept snapshot
-// (five shares of a quarter of the cap) would fill the stream before a share
-// since the newest triggers the next snapshot: the snapshot taken near the cap
-// frees it.
+// With snapshots_kept: 6, five shares of a quarter of the cap behind the
+// oldest kept snapshot would fill the stream: the share is three quarters of
+// the cap over six, so that the applied events it holds stay under three
+// quarters of it (relying on the snapshots taken near the cap instead needs
+// two or three of them in the time an eighth of the cap takes to arrive).
 func TestStreamKeepingMoreSnapshotsThanItsCapHoldsTakesTwiceItsSizeWithoutA503(t *testing.T) {
 	if testing.Short() {
 		t.Skip("posts 20 MB")
@@ -416,22 +417,27 @@ func TestAStreamFullOfUnappliedEventsIsWhatReadinessReports(t *testing.T) {
 
 // The stream triggers a snapshot after a quarter of its cap of applied
 // events, or after as many bytes as the newest snapshot takes when that is
-// more (up to three eighths of the cap): a store grown larger than the share
-// is copied less often, so the copies stay a bounded share of the work, and
-// the stream keeps room below its cap.
+// more, up to three quarters of the cap shared among the kept snapshots
+// (three eighths with 2 kept): a store grown larger than the share is copied
+// less often, so the copies stay a bounded share of the work, and the stream
+// keeps room below its cap however many snapshots are kept.
 func TestALargeSnapshotSpacesTheNextByItsSize(t *testing.T) {
 	const capBytes = 4 << 30
-	s := &snapshotter{}
 	for _, c := range []struct {
 		name   string
+		kept   int
 		newest *queue.Snapshot
 		want   uint64
 	}{
-		{"no snapshot yet: a quarter of the cap", nil, capBytes / 4},
-		{"a snapshot smaller than a quarter: a quarter", &queue.Snapshot{Size: 300 << 20}, capBytes / 4},
-		{"a snapshot larger than a quarter: its size", &queue.Snapshot{Size: 1200 << 20}, 1200 << 20},
-		{"a snapshot larger than three eighths of the cap: three eighths", &queue.Snapshot{Size: 3 << 30}, capBytes / 8 * 3},
+		{"no snapshot yet: a quarter of the cap", 2, nil, capBytes / 4},
+		{"a snapshot smaller than a quarter: a quarter", 2, &queue.Snapshot{Size: 300 << 20}, capBytes / 4},
+		{"a snapshot larger than a quarter: its size", 2, &queue.Snapshot{Size: 1200 << 20}, 1200 << 20},
+		{"a snapshot larger than three eighths of the cap: three eighths", 2, &queue.Snapshot{Size: 3 << 30}, capBytes / 8 * 3},
+		{"one kept: at most three eighths too", 1, &queue.Snapshot{Size: 3 << 30}, capBytes / 8 * 3},
+		{"six kept: three quarters of the cap over six, an eighth", 6, nil, capBytes / 8},
+		{"six kept and a large snapshot: still an eighth", 6, &queue.Snapshot{Size: 1200 << 20}, capBytes / 8},
 	} {
+		s := &snapshotter{kept: c.kept}
 		s.newest.Store(c.newest)
 		if got := s.streamShare(capBytes); got != c.want {
 			t.Errorf("%s: share %d, want %d", c.name, got, c.want)
