@@ -75,14 +75,16 @@ func (q *Queue) leases(ctx context.Context, ttl time.Duration) (jetstream.KeyVal
 	if err != nil {
 		return nil, err
 	}
-	kv, err := st.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      LeaseBucket(q.opts.Stream),
-		Description: "dsyncd: node and leader leases",
-		TTL:         ttl,
-		History:     1,
-		MaxBytes:    LeaseBucketBytes,
-		Storage:     jetstream.FileStorage,
-		Replicas:    q.opts.Replicas,
+	kv, err := retryCreate(ctx, q.log, "bucket "+LeaseBucket(q.opts.Stream), func(ctx context.Context) (jetstream.KeyValue, error) {
+		return st.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      LeaseBucket(q.opts.Stream),
+			Description: "dsyncd: node and leader leases",
+			TTL:         ttl,
+			History:     1,
+			MaxBytes:    LeaseBucketBytes,
+			Storage:     jetstream.FileStorage,
+			Replicas:    q.opts.Replicas,
+		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("queue: lease bucket %s: %w", LeaseBucket(q.opts.Stream), err)

@@ -40,13 +40,15 @@ func (q *Queue) Positions(ctx context.Context) (*Positions, error) {
 	if err != nil {
 		return nil, err
 	}
-	kv, err := st.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      PositionsBucket(q.opts.Stream),
-		Description: "dsyncd: the leader's positions (webhooks out, Events API cursor)",
-		History:     1,
-		MaxBytes:    PositionsBucketBytes,
-		Storage:     jetstream.FileStorage,
-		Replicas:    q.opts.Replicas,
+	kv, err := retryCreate(ctx, q.log, "bucket "+PositionsBucket(q.opts.Stream), func(ctx context.Context) (jetstream.KeyValue, error) {
+		return st.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      PositionsBucket(q.opts.Stream),
+			Description: "dsyncd: the leader's positions (webhooks out, Events API cursor)",
+			History:     1,
+			MaxBytes:    PositionsBucketBytes,
+			Storage:     jetstream.FileStorage,
+			Replicas:    q.opts.Replicas,
+		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("queue: positions bucket %s: %w", PositionsBucket(q.opts.Stream), err)

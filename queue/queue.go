@@ -337,10 +337,14 @@ func (q *Queue) Open(ctx context.Context) (err error) {
 	if st.js, err = jetstream.New(st.nc, jetstream.WithDefaultTimeout(q.opts.ConnectTimeout)); err != nil {
 		return fmt.Errorf("queue: jetstream: %w", err)
 	}
-	if st.main, err = st.js.CreateOrUpdateStream(ctx, q.mainConfig()); err != nil {
+	if st.main, err = retryCreate(ctx, q.log, "stream "+q.opts.Stream, func(ctx context.Context) (jetstream.Stream, error) {
+		return st.js.CreateOrUpdateStream(ctx, q.mainConfig())
+	}); err != nil {
 		return fmt.Errorf("queue: create or update stream %s: %w", q.opts.Stream, err)
 	}
-	if st.dlq, err = st.js.CreateOrUpdateStream(ctx, q.dlqConfig()); err != nil {
+	if st.dlq, err = retryCreate(ctx, q.log, "stream "+q.opts.DLQStream, func(ctx context.Context) (jetstream.Stream, error) {
+		return st.js.CreateOrUpdateStream(ctx, q.dlqConfig())
+	}); err != nil {
 		return fmt.Errorf("queue: create or update stream %s: %w", q.opts.DLQStream, err)
 	}
 
@@ -783,7 +787,9 @@ func (q *Queue) jsConsumer(ctx context.Context, durable string, ackWait time.Dur
 	default:
 		return nil, fmt.Errorf("queue: consumer %s: %w", durable, err)
 	}
-	c, err := st.js.CreateOrUpdateConsumer(ctx, q.opts.Stream, cfg)
+	c, err := retryCreate(ctx, q.log, "consumer "+durable, func(ctx context.Context) (jetstream.Consumer, error) {
+		return st.js.CreateOrUpdateConsumer(ctx, q.opts.Stream, cfg)
+	})
 	if err == nil && (ex == nil || cfg.DeliverPolicy == jetstream.DeliverByStartSequencePolicy && ex.CachedInfo().NumAckPending > 0) {
 		// A consumer created now must find in the stream every message
 		// after its start: JetStream would silently start at the first

@@ -89,16 +89,19 @@ func (s *Snapshots) store(ctx context.Context, create bool) (jetstream.ObjectSto
 		}
 		return os, nil
 	}
-	os, err := st.js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
-		Bucket:      s.bucket,
-		Description: "dsyncd store snapshots",
-		Storage:     jetstream.FileStorage,
-		Replicas:    s.q.opts.Replicas,
-		// Put compresses the copy as it streams it. A bucket that
-		// compressed its blocks itself read each full block back, compressed
-		// it and wrote it again: gigabytes read and megabytes of buffers per
-		// snapshot of a large store, and seconds to purge a deleted one.
-		Compression: false,
+	os, err := retryCreate(ctx, s.q.log, "bucket "+s.bucket, func(ctx context.Context) (jetstream.ObjectStore, error) {
+		return st.js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+			Bucket:      s.bucket,
+			Description: "dsyncd store snapshots",
+			Storage:     jetstream.FileStorage,
+			Replicas:    s.q.opts.Replicas,
+			// Put compresses the copy as it streams it. A bucket that
+			// compressed its blocks itself read each full block back,
+			// compressed it and wrote it again: gigabytes read and
+			// megabytes of buffers per snapshot of a large store, and
+			// seconds to purge a deleted one.
+			Compression: false,
+		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("queue: snapshot bucket %s: %w", s.bucket, err)

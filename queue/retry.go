@@ -1,0 +1,69 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+)
+
+// A JetStream cluster that has just formed, or is electing its meta leader,
+// drops requests that create streams, buckets and consumers instead of
+// answering them; several clients creating the same stream at once can all
+// wait in vain (nats-server issue 3677). The same request sent again a
+// moment later goes through. createAttempt bounds each attempt and
+// createBudget all of them when the caller's context has no deadline.
+const (
+	createAttempt = 5 * time.Second
+	createBudget  = time.Minute
+)
+
+// jsClusterNotAvailable is JetStream's "JetStream system temporarily
+// unavailable" (no meta leader, or the group has none), worth asking again.
+const jsClusterNotAvailable jetstream.ErrorCode = 10008
+
+// retryCreate calls create until it succeeds, fails for a reason other
+// than an unanswered request, or the time runs out: ctx's deadline, else
+// createBudget. Each attempt has at most createAttempt; a jittered pause
+// of 0.1 to 1 s separates them, so that nodes started together do not ask
+// in step. what names the object for the log.
+func retryCreate[T any](ctx context.Context, log *zap.Logger, what string, create func(context.Context) (T, error)) (T, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, createBudget)
+		defer cancel()
+	}
+	for attempt := 1; ; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, createAttempt)
+		v, err := create(actx)
+		cancel()
+		if err == nil || !unanswered(err) {
+			return v, err
+		}
+		pause := 100*time.Millisecond + rand.N(900*time.Millisecond)
+		if dl, _ := ctx.Deadline(); time.Until(dl) < pause {
+			return v, err
+		}
+		log.Warn("JetStream did not answer; asking again (a cluster electing its leader, or nodes creating the same stream at once)",
+			zap.String("what", what), zap.Int("attempt", attempt), zap.Error(err))
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return v, err
+		case <-t.C:
+		}
+	}
+}
+
+// unanswered reports whether err says JetStream did not answer in time or
+// is briefly without a leader, rather than refusing the request.
+func unanswered(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+		(errors.As(err, &apiErr) && apiErr.ErrorCode == jsClusterNotAvailable)
+}
