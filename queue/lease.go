@@ -75,7 +75,7 @@ func (q *Queue) leases(ctx context.Context, ttl time.Duration) (jetstream.KeyVal
 	if err != nil {
 		return nil, err
 	}
-	kv, err := retryCreate(ctx, q.log, "bucket "+LeaseBucket(q.opts.Stream), func(ctx context.Context) (jetstream.KeyValue, error) {
+	kv, err := retryUnanswered(ctx, q.log, "bucket "+LeaseBucket(q.opts.Stream), func(ctx context.Context) (jetstream.KeyValue, error) {
 		return st.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 			Bucket:      LeaseBucket(q.opts.Stream),
 			Description: "dsyncd: node and leader leases",

@@ -40,7 +40,7 @@ func (q *Queue) Positions(ctx context.Context) (*Positions, error) {
 	if err != nil {
 		return nil, err
 	}
-	kv, err := retryCreate(ctx, q.log, "bucket "+PositionsBucket(q.opts.Stream), func(ctx context.Context) (jetstream.KeyValue, error) {
+	kv, err := retryUnanswered(ctx, q.log, "bucket "+PositionsBucket(q.opts.Stream), func(ctx context.Context) (jetstream.KeyValue, error) {
 		return st.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 			Bucket:      PositionsBucket(q.opts.Stream),
 			Description: "dsyncd: the leader's positions (webhooks out, Events API cursor)",

@@ -337,12 +337,12 @@ func (q *Queue) Open(ctx context.Context) (err error) {
 	if st.js, err = jetstream.New(st.nc, jetstream.WithDefaultTimeout(q.opts.ConnectTimeout)); err != nil {
 		return fmt.Errorf("queue: jetstream: %w", err)
 	}
-	if st.main, err = retryCreate(ctx, q.log, "stream "+q.opts.Stream, func(ctx context.Context) (jetstream.Stream, error) {
+	if st.main, err = retryUnanswered(ctx, q.log, "stream "+q.opts.Stream, func(ctx context.Context) (jetstream.Stream, error) {
 		return st.js.CreateOrUpdateStream(ctx, q.mainConfig())
 	}); err != nil {
 		return fmt.Errorf("queue: create or update stream %s: %w", q.opts.Stream, err)
 	}
-	if st.dlq, err = retryCreate(ctx, q.log, "stream "+q.opts.DLQStream, func(ctx context.Context) (jetstream.Stream, error) {
+	if st.dlq, err = retryUnanswered(ctx, q.log, "stream "+q.opts.DLQStream, func(ctx context.Context) (jetstream.Stream, error) {
 		return st.js.CreateOrUpdateStream(ctx, q.dlqConfig())
 	}); err != nil {
 		return fmt.Errorf("queue: create or update stream %s: %w", q.opts.DLQStream, err)
@@ -663,7 +663,9 @@ func (q *Queue) FirstControl(ctx context.Context, kind string, from uint64) (seq
 	if err != nil {
 		return 0, nil, false, err
 	}
-	m, err := st.main.GetMsg(ctx, max(from, 1), jetstream.WithGetMsgSubject(q.ControlSubject(kind)))
+	m, err := retryUnanswered(ctx, q.log, "first "+kind+" control", func(ctx context.Context) (*jetstream.RawStreamMsg, error) {
+		return st.main.GetMsg(ctx, max(from, 1), jetstream.WithGetMsgSubject(q.ControlSubject(kind)))
+	})
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return 0, nil, false, nil
 	}
@@ -787,7 +789,7 @@ func (q *Queue) jsConsumer(ctx context.Context, durable string, ackWait time.Dur
 	default:
 		return nil, fmt.Errorf("queue: consumer %s: %w", durable, err)
 	}
-	c, err := retryCreate(ctx, q.log, "consumer "+durable, func(ctx context.Context) (jetstream.Consumer, error) {
+	c, err := retryUnanswered(ctx, q.log, "consumer "+durable, func(ctx context.Context) (jetstream.Consumer, error) {
 		return st.js.CreateOrUpdateConsumer(ctx, q.opts.Stream, cfg)
 	})
 	if err == nil && (ex == nil || cfg.DeliverPolicy == jetstream.DeliverByStartSequencePolicy && ex.CachedInfo().NumAckPending > 0) {

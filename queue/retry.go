@@ -14,9 +14,10 @@ import (
 // A JetStream cluster that has just formed, or is electing its meta leader,
 // drops requests that create streams, buckets and consumers instead of
 // answering them; several clients creating the same stream at once can all
-// wait in vain (nats-server issue 3677). The same request sent again a
-// moment later goes through. createAttempt bounds each attempt and
-// createBudget all of them when the caller's context has no deadline.
+// wait in vain (nats-server issue 3677); a stream whose leader is being
+// elected answers a read with "temporarily unavailable". The same request
+// sent again a moment later goes through. createAttempt bounds each attempt
+// and createBudget all of them when the caller's context has no deadline.
 const (
 	createAttempt = 5 * time.Second
 	createBudget  = time.Minute
@@ -26,12 +27,13 @@ const (
 // unavailable" (no meta leader, or the group has none), worth asking again.
 const jsClusterNotAvailable jetstream.ErrorCode = 10008
 
-// retryCreate calls create until it succeeds, fails for a reason other
-// than an unanswered request, or the time runs out: ctx's deadline, else
-// createBudget. Each attempt has at most createAttempt; a jittered pause
+// retryUnanswered calls create (a request that creates, or one a node's
+// start reads, each safe to repeat) until it succeeds, fails for a reason
+// other than an unanswered request, or the time runs out: ctx's deadline,
+// else createBudget. Each attempt has at most createAttempt; a jittered pause
 // of 0.1 to 1 s separates them, so that nodes started together do not ask
 // in step. what names the object for the log.
-func retryCreate[T any](ctx context.Context, log *zap.Logger, what string, create func(context.Context) (T, error)) (T, error) {
+func retryUnanswered[T any](ctx context.Context, log *zap.Logger, what string, create func(context.Context) (T, error)) (T, error) {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, createBudget)

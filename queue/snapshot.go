@@ -89,7 +89,7 @@ func (s *Snapshots) store(ctx context.Context, create bool) (jetstream.ObjectSto
 		}
 		return os, nil
 	}
-	os, err := retryCreate(ctx, s.q.log, "bucket "+s.bucket, func(ctx context.Context) (jetstream.ObjectStore, error) {
+	os, err := retryUnanswered(ctx, s.q.log, "bucket "+s.bucket, func(ctx context.Context) (jetstream.ObjectStore, error) {
 		return st.js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
 			Bucket:      s.bucket,
 			Description: "dsyncd store snapshots",

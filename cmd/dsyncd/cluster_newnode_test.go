@@ -35,7 +35,7 @@ func TestFreshClusterNodesStartedTogetherWithDifferentFilesEndAlike(t *testing.T
 	}
 	// Nothing exists yet: the nodes create the streams and buckets at
 	// once, which JetStream leaves unanswered at first (nats-server issue
-	// 3677); each asks again (queue.retryCreate).
+	// 3677); each asks again (queue.retryUnanswered).
 	n := &threeNodes{c: startNATSCluster(t, 3)}
 	for i := range 3 {
 		cfg := clusterConfig(t, n.c, fmt.Sprintf("n%d", i+1))
