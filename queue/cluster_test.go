@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"strings"
 	"sync"
@@ -20,12 +21,7 @@ func runCluster(t *testing.T, n int) string {
 	ports := make([]int, n)
 	routes := make([]string, n)
 	for i := range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ports[i] = l.Addr().(*net.TCPAddr).Port
-		l.Close()
+		ports[i] = routePort(t)
 		routes[i] = fmt.Sprintf("nats-route://127.0.0.1:%d", ports[i])
 	}
 	urls := make([]string, n)
@@ -48,6 +44,22 @@ func runCluster(t *testing.T, n int) string {
 		urls[i] = s.ClientURL()
 	}
 	return strings.Join(urls, ",")
+}
+
+// routePort is a free port for a server's routes, picked below the
+// kernel's ephemeral range: one it handed out for port 0 could be taken by
+// an outgoing connection's source port before the server binds it.
+func routePort(t *testing.T) int {
+	t.Helper()
+	for range 200 {
+		p := 20000 + rand.IntN(12000)
+		if l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p)); err == nil {
+			l.Close()
+			return p
+		}
+	}
+	t.Fatal("no free port between 20000 and 31999")
+	return 0
 }
 
 // Three nodes of a brand-new cluster open their queue at the same moment,

@@ -762,7 +762,9 @@ func (q *Queue) jsConsumer(ctx context.Context, durable string, ackWait time.Dur
 		MaxDeliver:    -1,
 		MaxAckPending: q.opts.MaxAckPending,
 	}
-	ex, err := st.main.Consumer(ctx, durable)
+	ex, err := retryUnanswered(ctx, q.log, "consumer "+durable, func(ctx context.Context) (jetstream.Consumer, error) {
+		return st.main.Consumer(ctx, durable)
+	})
 	switch {
 	case err == nil && ex.CachedInfo().NumAckPending > 0:
 		// Deliveries of a previous process left unacknowledged (it was

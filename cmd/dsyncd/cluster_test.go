@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -21,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/dsyncd/dsyncd/cmd/dsyncd-load/harness"
 	"github.com/dsyncd/dsyncd/config"
 	"github.com/dsyncd/dsyncd/events"
 	"github.com/dsyncd/dsyncd/events/synth"
@@ -38,12 +38,13 @@ type natsCluster struct {
 	servers []*natsserver.Server
 }
 
+// freePort is a port for a server started next (harness.FreePort: outside
+// the range the kernel takes connections' source ports from).
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := harness.FreePort()
 	mustf(t, err, "free port")
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return p
 }
 
 func startNATSCluster(t *testing.T, n int) *natsCluster {

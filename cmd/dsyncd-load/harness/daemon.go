@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -24,14 +25,23 @@ import (
 	"time"
 )
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago,
+// for a server started next. It is picked at random below the kernel's
+// ephemeral range (32768-60999 by default), not by listening on port 0: a
+// port the kernel hands out for port 0 is one it may give the next moment
+// to any outgoing connection as its source port, before the server binds
+// it (a nats-server of a test cluster then never became ready).
 func FreePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+	const first, n = 20000, 12000
+	for range 200 {
+		p := first + rand.IntN(n)
+		ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+		if err == nil {
+			ln.Close()
+			return p, nil
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
+	return 0, fmt.Errorf("no free port on 127.0.0.1 between %d and %d", first, first+n-1)
 }
 
 // Config is what WriteConfig puts in a dsyncd configuration file.
