@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -202,6 +203,47 @@ func TestBodiesInFlightOverTheBudgetGet503WhileASmallSignedWebhookGets200(t *tes
 	})
 	if n := r.srv.Stats().Refused()[server.ReasonBusy]; n < 1 {
 		t.Errorf("%s counted %d times", server.ReasonBusy, n)
+	}
+}
+
+// A sender refused for the budget is still writing its body when the
+// refusal is decided; a body larger than the connection's socket buffers
+// (16 MiB) cannot be written before the server reads it. The sender still
+// reads the 503 and its Retry-After: the body is read away first. A
+// connection closed with a body unread is reset, and the sender sees the
+// reset, not the answer.
+func TestASenderStillWritingItsBodyReadsItsBusyRefusal(t *testing.T) {
+	const maxBody = 16 << 20
+	r := newRigWith(t, zap.NewNop(), func(o *server.Options) {
+		o.MaxBodyBytes = maxBody
+		o.MaxInflightBytes = 4 * maxBody
+		o.ReadTimeout = 20 * time.Second
+	})
+	for range 3 {
+		holdRequest(t, r.srv.Addr(), maxBody)
+	}
+	waitFor(t, "the held requests to reach the handler", 10*time.Second, func() bool { return r.srv.Stats().Received.Load() == 3 })
+
+	big := userEvent("big", func(_, data map[string]any) { data["last_name"] = strings.Repeat("L", maxBody-2000) })
+	c, err := net.DialTimeout("tcp", r.srv.Addr(), 5*time.Second)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	fmt.Fprintf(c, "POST /webhooks/workos HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n%s: %s\r\nContent-Length: %d\r\n\r\n",
+		r.srv.Addr(), events.HeaderName, sign(big), len(big))
+	if _, err := c.Write(big); err != nil {
+		t.Fatalf("the body: %v (the server closed the connection before reading it)", err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("the answer: %v", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" || !strings.Contains(string(b), server.ReasonBusy) {
+		t.Fatalf("answer %d (Retry-After %q) %s; want 503 %s with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"), b, server.ReasonBusy)
 	}
 }
 

@@ -525,6 +525,7 @@ func (s *Server) handleWebhook(w http.ResponseWriter, r *http.Request) {
 		limit = s.inflight.max / 4 * 3
 	}
 	if !s.inflight.take(want, limit) {
+		discardBody(w, r, want)
 		w.Header().Set("Retry-After", "1")
 		s.refuse(w, r, http.StatusServiceUnavailable, ReasonBusy, fmt.Sprintf("%d bytes of bodies in flight", s.inflight.used.Load()),
 			"too many request bodies in flight; retry")
@@ -633,6 +634,21 @@ func writeStatus(w http.ResponseWriter, body []byte) {
 	h["Content-Length"] = []string{strconv.Itoa(len(body))}
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(body)
+}
+
+// refusedBodyWait bounds how long a refused request's body is read away.
+const refusedBodyWait = 2 * time.Second
+
+// discardBody reads what is left of r's body into nothing, at most n bytes
+// and for at most refusedBodyWait, before a refusal is answered. The sender
+// refused for the budget is likely WorkOS during a flood: a server that
+// closes the connection with a body unread resets it, and a client still
+// writing the body then sees the reset instead of the 503 and its
+// Retry-After. Nothing is kept, so the budget of bodies held is untouched.
+func discardBody(w http.ResponseWriter, r *http.Request, n int64) {
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(refusedBodyWait))
+	_, _ = io.CopyN(io.Discard, r.Body, n)
 }
 
 // bodyBuffers recycles webhook bodies: a body is only needed until
