@@ -30,9 +30,11 @@ const jsClusterNotAvailable jetstream.ErrorCode = 10008
 // retryUnanswered calls create (a request that creates, or one a node's
 // start reads, each safe to repeat) until it succeeds, fails for a reason
 // other than an unanswered request, or the time runs out: ctx's deadline,
-// else createBudget. Each attempt has at most createAttempt; a jittered pause
-// of 0.1 to 1 s separates them, so that nodes started together do not ask
-// in step. what names the object for the log.
+// else createBudget. The first attempt has at most createAttempt, each next
+// one twice the last's (up to 8 times), so that a request that is only slow
+// still gets through; a jittered pause of 0.1 to 1 s separates them, so that
+// nodes started together do not ask in step. what names the object for the
+// log.
 func retryUnanswered[T any](ctx context.Context, log *zap.Logger, what string, create func(context.Context) (T, error)) (T, error) {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
@@ -40,7 +42,7 @@ func retryUnanswered[T any](ctx context.Context, log *zap.Logger, what string, c
 		defer cancel()
 	}
 	for attempt := 1; ; attempt++ {
-		actx, cancel := context.WithTimeout(ctx, createAttempt)
+		actx, cancel := context.WithTimeout(ctx, createAttempt<<min(attempt-1, 3))
 		v, err := create(actx)
 		cancel()
 		if err == nil || !unanswered(err) {
