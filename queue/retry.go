@@ -54,13 +54,21 @@ func retryUnanswered[T any](ctx context.Context, log *zap.Logger, what string, c
 		}
 		log.Warn("JetStream did not answer; asking again (a cluster electing its leader, or nodes creating the same stream at once)",
 			zap.String("what", what), zap.Int("attempt", attempt), zap.Error(err))
-		t := time.NewTimer(pause)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !wait(ctx, pause) {
 			return v, err
-		case <-t.C:
 		}
+	}
+}
+
+// wait pauses for d; false if ctx ended first.
+func wait(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }
 
@@ -84,17 +92,10 @@ const kvNoRespondersWait = 10 * time.Second
 // means JetStream is off: retryUnanswered does not ask that again.)
 func kvGet(ctx context.Context, kv jetstream.KeyValue, key string) (jetstream.KeyValueEntry, error) {
 	deadline := time.Now().Add(kvNoRespondersWait)
-	for wait := 20 * time.Millisecond; ; wait = min(2*wait, 500*time.Millisecond) {
+	for pause := 20 * time.Millisecond; ; pause = min(2*pause, 500*time.Millisecond) {
 		e, err := kv.Get(ctx, key)
-		if !errors.Is(err, nats.ErrNoResponders) || time.Now().Add(wait).After(deadline) {
+		if !errors.Is(err, nats.ErrNoResponders) || time.Now().Add(pause).After(deadline) || !wait(ctx, pause) {
 			return e, err
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil, err
-		case <-t.C:
 		}
 	}
 }
