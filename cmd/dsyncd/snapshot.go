@@ -167,7 +167,7 @@ func (s *snapshotter) run(ctx context.Context) {
 		s.log.Warn("cannot list the snapshots", zap.Error(err))
 	} else if len(l) > 0 {
 		s.newest.Store(&l[0])
-		s.prunePurge(ctx)
+		s.prunePurge(ctx, false)
 	}
 	t := time.NewTicker(snapshotTick)
 	defer t.Stop()
@@ -220,7 +220,7 @@ func (s *snapshotter) tick(ctx context.Context) {
 		go func() {
 			defer s.wg.Done()
 			defer s.taking.Store(false)
-			if _, err := s.take(ctx, trigger); err != nil {
+			if _, err := s.take(ctx, trigger, nearCap); err != nil {
 				s.retryAt.Store(time.Now().Add(snapshotRetry).UnixNano())
 			}
 		}()
@@ -233,7 +233,7 @@ func (s *snapshotter) tick(ctx context.Context) {
 			defer s.taking.Store(false)
 			s.mu.Lock()
 			defer s.mu.Unlock()
-			s.prunePurge(ctx)
+			s.prunePurge(ctx, nearCap)
 		}()
 	}
 	s.noteFull(u)
@@ -285,8 +285,9 @@ func (s *snapshotter) noteFull(u queue.Usage) {
 }
 
 // take stores a snapshot of the store now, then keeps the newest
-// snapshots_kept and purges the stream behind the oldest of them.
-func (s *snapshotter) take(ctx context.Context, trigger string) (queue.Snapshot, error) {
+// snapshots_kept and purges the stream behind the oldest of them (behind
+// the newest when nearCap: prunePurge).
+func (s *snapshotter) take(ctx context.Context, trigger string, nearCap bool) (queue.Snapshot, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	start := time.Now()
@@ -302,7 +303,7 @@ func (s *snapshotter) take(ctx context.Context, trigger string) (queue.Snapshot,
 	s.taken.WithLabelValues(trigger).Inc()
 	s.seconds.Set(time.Since(start).Seconds())
 	s.newest.Store(&info)
-	purged := s.prunePurge(ctx)
+	purged := s.prunePurge(ctx, nearCap)
 	s.log.Info("snapshot stored", zap.String("trigger", trigger), zap.String("name", info.Name), zap.Uint64("stream_seq", info.Seq),
 		zap.Uint64("bytes", info.Size), zap.Duration("took", time.Since(start)), zap.Uint64("purged", purged))
 	return info, nil
@@ -340,11 +341,18 @@ func (s *snapshotter) put(ctx context.Context) (queue.Snapshot, error) {
 // below the oldest kept one's sequence (never past the consumer's ack
 // floor). It returns how many events went.
 //
+// When the stream nears its cap (nearCap), it purges behind the newest
+// instead: freeing room for the webhooks comes before keeping the older
+// snapshots replayable (rebuild starts from the newest; an older one is
+// only its fallback). Without this, a stream keeping many snapshots could
+// fill with applied events before a near-cap snapshot pushed the oldest
+// kept one out.
+//
 // A snapshot that could not be deleted does not stop the purge (it only
 // takes room in the bucket); a purge that failed is tried again at the next
 // tick (purgeDue), so a stream is never left full of events the snapshots
 // kept already cover.
-func (s *snapshotter) prunePurge(ctx context.Context) uint64 {
+func (s *snapshotter) prunePurge(ctx context.Context, nearCap bool) uint64 {
 	kept, err := s.sn.Prune(ctx, s.kept)
 	if err != nil {
 		s.log.Warn("cannot prune the snapshots", zap.Error(err))
@@ -353,7 +361,11 @@ func (s *snapshotter) prunePurge(ctx context.Context) uint64 {
 		s.purgeDue.Store(err != nil)
 		return 0
 	}
-	n, err := s.q.PurgeThrough(ctx, kept[len(kept)-1].Seq, s.durable)
+	through := kept[len(kept)-1].Seq
+	if nearCap {
+		through = kept[0].Seq
+	}
+	n, err := s.q.PurgeThrough(ctx, through, s.durable)
 	if err != nil {
 		s.log.Warn("cannot purge the stream", zap.Error(err))
 	}
@@ -373,7 +385,7 @@ func (s *snapshotter) List(ctx context.Context) ([]server.SnapshotInfo, error) {
 }
 
 func (s *snapshotter) Take(ctx context.Context) (server.SnapshotInfo, error) {
-	info, err := s.take(ctx, triggerRequest)
+	info, err := s.take(ctx, triggerRequest, false)
 	return snapshotInfo(info), err
 }
 

@@ -242,8 +242,9 @@ func TestStreamWithASmallCapTakesFiveTimesItsSizeWithoutA503(t *testing.T) {
 // With snapshots_kept: 6, five shares of a quarter of the cap behind the
 // oldest kept snapshot would fill the stream: the share is three quarters of
 // the cap over six, so that the applied events it holds stay under three
-// quarters of it (relying on the snapshots taken near the cap instead needs
-// two or three of them in the time an eighth of the cap takes to arrive).
+// quarters of it; and should a slow moment let the stream near its cap
+// anyway, the snapshot taken then purges behind itself, not behind the
+// oldest of the six.
 func TestStreamKeepingMoreSnapshotsThanItsCapHoldsTakesTwiceItsSizeWithoutA503(t *testing.T) {
 	if testing.Short() {
 		t.Skip("posts 20 MB")
