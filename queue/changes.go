@@ -130,7 +130,9 @@ func (c *ChangeStream) open(ctx context.Context) (jetstream.JetStream, jetstream
 	if err != nil {
 		return nil, nil, fmt.Errorf("queue: jetstream: %w", err)
 	}
-	s, err := js.CreateOrUpdateStream(ctx, c.config())
+	s, err := retryUnanswered(ctx, c.q.log, "stream "+c.opts.Stream, func(ctx context.Context) (jetstream.Stream, error) {
+		return js.CreateOrUpdateStream(ctx, c.config())
+	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("queue: create or update stream %s: %w", c.opts.Stream, err)
 	}
