@@ -18,6 +18,17 @@ import (
 // cluster to elect its meta leader: that is the caller's to live with.
 func runCluster(t *testing.T, n int) string {
 	t.Helper()
+	_, urls := runClusterServers(t, n, 0)
+	return urls
+}
+
+// runClusterServers is runCluster, with the servers, named nats-1..nats-n,
+// and plain more servers without JetStream after them (a client connected
+// to one of those reaches JetStream through the routes).
+func runClusterServers(t *testing.T, n, plain int) ([]*server.Server, string) {
+	t.Helper()
+	n += plain
+	servers := make([]*server.Server, n)
 	ports := make([]int, n)
 	routes := make([]string, n)
 	for i := range n {
@@ -27,7 +38,7 @@ func runCluster(t *testing.T, n int) string {
 	urls := make([]string, n)
 	for i := range n {
 		s, err := server.NewServer(&server.Options{ServerName: fmt.Sprintf("nats-%d", i+1), Host: "127.0.0.1", Port: -1,
-			NoSigs: true, NoLog: true, JetStream: true, StoreDir: t.TempDir(),
+			NoSigs: true, NoLog: true, JetStream: i < n-plain, StoreDir: t.TempDir(),
 			Cluster: server.ClusterOpts{Name: "dsyncd-queue-test", Host: "127.0.0.1", Port: ports[i]},
 			Routes:  server.RoutesFromStr(strings.Join(routes, ","))})
 		if err != nil {
@@ -42,8 +53,9 @@ func runCluster(t *testing.T, n int) string {
 			t.Fatal("nats-server not ready")
 		}
 		urls[i] = s.ClientURL()
+		servers[i] = s
 	}
-	return strings.Join(urls, ",")
+	return servers, strings.Join(urls, ",")
 }
 
 // routePort is a free port for a server's routes, picked below the
@@ -103,4 +115,84 @@ func TestNodesOfANewClusterStartedTogetherAllOpen(t *testing.T) {
 		}
 	}
 	t.Logf("all three open after %s", time.Since(start).Round(time.Millisecond))
+}
+
+// A rebuild reads the whole stream with Each. On a cluster, Each's reader
+// is a consumer on one server; when that server stops mid-read, as a
+// restarted server can also lose it silently, Each carries on with a new
+// reader from where it was and still visits every message once, in order,
+// instead of failing the rebuild ("consumer not found").
+func TestEachCarriesOnWhenTheServerHoldingItsReaderStops(t *testing.T) {
+	if testing.Short() {
+		t.Skip("four NATS servers: not with -short")
+	}
+	servers, _ := runClusterServers(t, 3, 1)
+	ctx := testCtx(t, 3*time.Minute)
+	// The queue's connection is to the server without JetStream, so that
+	// stopping the reader's server does not reconnect it (the client
+	// would then replace its reader by itself).
+	q := New(Options{URL: servers[3].ClientURL(), Replicas: 3}, testLogger(t))
+	if err := q.Open(ctx); err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { _ = q.Close() })
+
+	// More than the reader buffers (500), so that most must come after
+	// its server stopped.
+	const n = 1500
+	for i := 1; i <= n; i++ {
+		id := fmt.Sprintf("evt_%04d", i)
+		if _, err := q.Publish(ctx, "dir_1", "dsync.user.updated", id, []byte(id)); err != nil {
+			t.Fatalf("Publish %d: %v", i, err)
+		}
+	}
+	st, err := q.state()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var seqs []uint64
+	var stopped string
+	err = q.Each(ctx, func(seq uint64, _ string, _ time.Time, data []byte) error {
+		if want := fmt.Sprintf("evt_%04d", seq); string(data) != want {
+			t.Errorf("seq %d holds %q, want %q", seq, data, want)
+		}
+		seqs = append(seqs, seq)
+		if seq != 1 {
+			return nil
+		}
+		// Stop the server that holds the reader.
+		list := st.main.ListConsumers(ctx)
+		for ci := range list.Info() {
+			if ci.Config.Durable != "" || ci.Cluster == nil {
+				continue
+			}
+			for _, s := range servers[:3] {
+				if s.Name() == ci.Cluster.Leader {
+					stopped = s.Name()
+					s.Shutdown()
+					s.WaitForShutdown()
+				}
+			}
+		}
+		if err := list.Err(); err != nil {
+			return err
+		}
+		if stopped == "" {
+			return fmt.Errorf("the reader's server not found")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("Each after %s stopped, %d messages visited: %v", stopped, len(seqs), err)
+	}
+	if len(seqs) != n {
+		t.Fatalf("Each visited %d messages, want %d", len(seqs), n)
+	}
+	for i, s := range seqs {
+		if s != uint64(i+1) {
+			t.Fatalf("Each visited seq %d at position %d", s, i)
+		}
+	}
+	t.Logf("every message visited once in order; the reader's server %s stopped after the first", stopped)
 }

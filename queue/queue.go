@@ -862,6 +862,13 @@ func (q *Queue) Pending(ctx context.Context, consumer string) (uint64, error) {
 // event as Data decodes it; a message Data cannot decode is passed as stored,
 // so that fn finds it invalid and counts it. stored is when the stream
 // stored the message.
+//
+// Each keeps its own place in the stream. When nothing arrives for a while
+// it asks the stream, not its reader, what is left: messages deleted since
+// it started are simply not visited. A reader that stalls while messages
+// remain (its server stopped, or lost it rebuilding its copy of the stream)
+// is replaced by a new one from the next sequence; Each gives up only when
+// none has delivered anything for eachStallBudget.
 func (q *Queue) Each(ctx context.Context, fn func(seq uint64, subject string, stored time.Time, data []byte) error) error {
 	st, err := q.state()
 	if err != nil {
@@ -874,66 +881,147 @@ func (q *Queue) Each(ctx context.Context, fn func(seq uint64, subject string, st
 	if info.State.Msgs == 0 {
 		return nil
 	}
-	last := info.State.LastSeq
+	r := &eachReader{q: q, st: st, last: info.State.LastSeq, fn: fn, progress: time.Now()}
+	for {
+		err := r.read(ctx)
+		if !errors.Is(err, errReaderStalled) {
+			return err
+		}
+		if time.Since(r.progress) > eachStallBudget {
+			return fmt.Errorf("queue: read stream: nothing delivered for %s though seq %d..%d remain (last: %v)", eachStallBudget, r.seen+1, r.last, r.cause)
+		}
+		q.log.Warn("stream reader delivers nothing though messages remain; reading on with a new one",
+			zap.Uint64("from_seq", r.seen+1), zap.Uint64("last_seq", r.last), zap.NamedError("cause", r.cause))
+	}
+}
 
-	c, err := st.main.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		DeliverPolicy:     jetstream.DeliverAllPolicy,
-		InactiveThreshold: time.Minute,
-	})
+// How long Each waits for a message before it asks the stream what is left,
+// lets a reader deliver nothing while messages remain, and lets all its
+// readers together deliver nothing before it fails.
+const (
+	eachIdle        = 2 * time.Second
+	eachStall       = 5 * time.Second
+	eachStallBudget = 2 * time.Minute
+)
+
+// errReaderStalled: Each's reader delivered nothing for eachStall while
+// messages up to the last remain, or failed (the cause is kept).
+var errReaderStalled = errors.New("queue: stream reader stalled")
+
+// eachReader is Each's place in the stream: the last sequence visited, and
+// when a message last arrived.
+type eachReader struct {
+	q        *Queue
+	st       *state
+	last     uint64
+	seen     uint64
+	progress time.Time
+	cause    error // why the last reader was given up
+	fn       func(seq uint64, subject string, stored time.Time, data []byte) error
+}
+
+// read visits the messages after r.seen with one ordered consumer. It
+// returns nil once r.last is visited or nothing up to it is left,
+// errReaderStalled when the consumer delivers nothing for eachStall though
+// something is left, and any other error as it is.
+func (r *eachReader) read(ctx context.Context) error {
+	// A reader that cannot recreate its consumer a few times is given up
+	// here, not retried for ever inside the client.
+	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy, InactiveThreshold: time.Minute, MaxResetAttempts: 3}
+	if r.seen > 0 {
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, r.seen+1
+	}
+	c, err := r.st.main.OrderedConsumer(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("queue: ordered consumer: %w", err)
 	}
 	it, err := c.Messages()
 	if err != nil {
-		return fmt.Errorf("queue: ordered consumer: %w", err)
+		return r.stalled(ctx, err)
 	}
 	defer it.Stop()
 
+	idle := time.Now()
 	for {
-		msg, err := q.next(ctx, it)
+		msg, err := r.q.next(ctx, it)
 		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
-			// Nothing came for a while: the messages up to last may have been
-			// deleted since Each started. Stop when none are left.
-			ci, err := c.Info(ctx)
-			if err != nil {
-				return fmt.Errorf("queue: ordered consumer: %w", err)
-			}
-			if ci.NumPending == 0 {
+			// Nothing came for a while: the messages up to last may have
+			// been deleted since Each started.
+			if left, known := r.left(ctx); known && !left {
 				return nil
+			}
+			if time.Since(idle) >= eachStall {
+				return r.stalled(ctx, fmt.Errorf("nothing delivered for %s", eachStall))
 			}
 			continue
 		}
 		if err != nil {
-			if cerr := ctx.Err(); cerr != nil {
-				return cerr
-			}
-			return fmt.Errorf("queue: read stream: %w", err)
+			return r.stalled(ctx, err)
 		}
 		md, err := msg.Metadata()
 		if err != nil {
 			return fmt.Errorf("queue: read stream: %w", err)
 		}
 		seq := md.Sequence.Stream
-		if seq > last {
+		if seq > r.last {
 			return nil
 		}
+		if seq <= r.seen {
+			continue // already visited by an earlier reader
+		}
+		r.seen, r.progress, idle = seq, time.Now(), time.Now()
 		data, derr := dataOf(msg.Headers(), msg.Data())
 		if derr != nil {
-			q.log.Warn("stream message undecodable, passed on as stored", zap.Uint64("seq", seq), zap.Error(derr))
+			r.q.log.Warn("stream message undecodable, passed on as stored", zap.Uint64("seq", seq), zap.Error(derr))
 			data = msg.Data()
 		}
-		if err := fn(seq, msg.Subject(), md.Timestamp, data); err != nil {
+		if err := r.fn(seq, msg.Subject(), md.Timestamp, data); err != nil {
 			return err
 		}
-		if seq >= last || md.NumPending == 0 {
+		if seq >= r.last {
 			return nil
+		}
+		if md.NumPending == 0 {
+			// The reader's copy of the stream holds nothing more; the
+			// stream itself says whether that is all (a follower's copy
+			// can lag behind).
+			if left, known := r.left(ctx); known && !left {
+				return nil
+			}
 		}
 	}
 }
 
+// stalled gives the reader up for cause, unless ctx ended.
+func (r *eachReader) stalled(ctx context.Context, cause error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if errors.Is(cause, jetstream.ErrStreamNotFound) {
+		return fmt.Errorf("queue: read stream: %w", cause)
+	}
+	r.cause = cause
+	return errReaderStalled
+}
+
+// left asks the stream whether a message after r.seen and up to r.last is
+// still stored; known is false when the stream did not say.
+func (r *eachReader) left(ctx context.Context) (left, known bool) {
+	gctx, cancel := context.WithTimeout(ctx, eachIdle)
+	defer cancel()
+	m, err := r.st.main.GetMsg(gctx, r.seen+1, jetstream.WithGetMsgSubject(r.q.opts.SubjectPrefix+".>"))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return false, true
+	}
+	if err != nil {
+		return false, false
+	}
+	return m.Sequence <= r.last, true
+}
+
 // next waits for the iterator's next message a few seconds at most.
 func (q *Queue) next(ctx context.Context, it jetstream.MessagesContext) (jetstream.Msg, error) {
-	wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	wctx, cancel := context.WithTimeout(ctx, eachIdle)
 	defer cancel()
 	return it.Next(jetstream.NextContext(wctx))
 }
