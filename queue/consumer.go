@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
 )
 
 // Consumer is a durable pull consumer of the main stream (see
@@ -15,6 +17,9 @@ import (
 type Consumer struct {
 	q *Queue
 	c jetstream.Consumer
+	// seen is the highest stream sequence delivered so far (see
+	// Batch.Next); 0 until the first.
+	seen uint64
 }
 
 // Delivery is one message of the main stream as a [Consumer] delivers it:
@@ -85,20 +90,39 @@ func (c *Consumer) Fetch(max int, wait time.Duration) (*Batch, error) {
 	if err != nil {
 		return nil, fmt.Errorf("queue: fetch: %w", err)
 	}
-	return &Batch{q: c.q, b: b, in: b.Messages()}, nil
+	return &Batch{c: c, b: b, in: b.Messages()}, nil
 }
 
 // Batch is the deliveries of one Fetch.
 type Batch struct {
-	q  *Queue
+	c  *Consumer
 	b  jetstream.MessageBatch
 	in <-chan jetstream.Msg
+	// ahead is what Next returns before reading in again: messages lost
+	// in flight, read from the stream, then the delivery that showed them
+	// missing.
+	ahead []Delivery
 }
 
 // Next waits for the batch's next delivery, or for due to fire (nil: no
 // such deadline). It reports whether it returned a delivery; when it did
 // not, either due fired or the batch has ended (Ended tells).
+//
+// Deliveries come in stream order, except those delivered again (retried
+// later, or left unacknowledged). A delivery can be lost in flight, though:
+// the connection to the server it came through, or that server, failed.
+// JetStream would deliver it again only after its ack wait, after the
+// messages behind it, and a node applying those first would not apply the
+// stream in its order. So when a delivery comes after a gap in the stream
+// sequences delivered, Next reads the messages of the gap from the stream
+// and returns them first. Settling one of those does nothing: the consumer
+// delivers it again after its ack wait, and the applier finds it applied.
 func (b *Batch) Next(due <-chan time.Time) (Delivery, bool) {
+	if len(b.ahead) > 0 {
+		d := b.ahead[0]
+		b.ahead = b.ahead[1:]
+		return d, true
+	}
 	if b.in == nil {
 		return Delivery{}, false
 	}
@@ -108,19 +132,97 @@ func (b *Batch) Next(due <-chan time.Time) (Delivery, bool) {
 			b.in = nil
 			return Delivery{}, false
 		}
-		return b.q.delivery(m), true
+		d := b.c.q.delivery(m)
+		if !d.HasSeq {
+			return d, true
+		}
+		if b.c.seen > 0 && d.Seq > b.c.seen+1 {
+			if lost := b.c.lost(b.c.seen, d.Seq); len(lost) > 0 {
+				for i := range lost {
+					lost[i].Pending = d.Pending + uint64(len(lost)-i)
+				}
+				b.c.seen = d.Seq
+				b.ahead = append(lost[1:], d)
+				return lost[0], true
+			}
+		}
+		b.c.seen = max(b.c.seen, d.Seq)
+		return d, true
 	case <-due:
 		return Delivery{}, false
 	}
 }
 
+// lostReadTimeout bounds the reading of the messages a gap lost.
+const lostReadTimeout = 10 * time.Second
+
+// lost returns the messages of the stream after seq after and before seq
+// before, read from the stream: deliveries lost in flight. A read left
+// unanswered (a stream electing its leader) is asked again; one that fails
+// is logged and ends the list (what it could not read comes again after
+// its ack wait).
+func (c *Consumer) lost(after, before uint64) []Delivery {
+	st, err := c.q.state()
+	if err != nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), lostReadTimeout)
+	defer cancel()
+	var out []Delivery
+	for seq := after + 1; seq < before; {
+		m, err := retryUnanswered(ctx, c.q.log, "stream message", func(ctx context.Context) (*jetstream.RawStreamMsg, error) {
+			return st.main.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(c.q.opts.SubjectPrefix+".>"))
+		})
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			break
+		}
+		if err != nil {
+			c.q.log.Warn("could not read a delivery lost in flight from the stream; it comes again after its ack wait",
+				zap.Uint64("seq", seq), zap.Error(err))
+			break
+		}
+		if m.Sequence >= before {
+			break
+		}
+		out = append(out, c.q.delivery(&storedMsg{m: m, stream: c.q.opts.Stream}))
+		seq = m.Sequence + 1
+	}
+	if len(out) > 0 {
+		c.q.log.Warn("deliveries lost in flight (a connection or server failed): read from the stream, applied in stream order",
+			zap.Uint64("first_seq", out[0].Seq), zap.Uint64("last_seq", out[len(out)-1].Seq), zap.Int("messages", len(out)))
+	}
+	return out
+}
+
+// storedMsg is a message read from the stream as a jetstream.Msg, for
+// Delivery: its settling does nothing (it was not delivered).
+type storedMsg struct {
+	m      *jetstream.RawStreamMsg
+	stream string
+}
+
+func (s *storedMsg) Metadata() (*jetstream.MsgMetadata, error) {
+	return &jetstream.MsgMetadata{Sequence: jetstream.SequencePair{Stream: s.m.Sequence}, Timestamp: s.m.Time, Stream: s.stream}, nil
+}
+func (s *storedMsg) Data() []byte                     { return s.m.Data }
+func (s *storedMsg) Headers() nats.Header             { return s.m.Header }
+func (s *storedMsg) Subject() string                  { return s.m.Subject }
+func (s *storedMsg) Reply() string                    { return "" }
+func (s *storedMsg) Ack() error                       { return nil }
+func (s *storedMsg) DoubleAck(context.Context) error  { return nil }
+func (s *storedMsg) Nak() error                       { return nil }
+func (s *storedMsg) NakWithDelay(time.Duration) error { return nil }
+func (s *storedMsg) InProgress() error                { return nil }
+func (s *storedMsg) Term() error                      { return nil }
+func (s *storedMsg) TermWithReason(string) error      { return nil }
+
 // Ended reports whether the batch has ended: every message asked for came,
 // or the fetch's wait is over. Next then returns nothing at once.
-func (b *Batch) Ended() bool { return b.in == nil }
+func (b *Batch) Ended() bool { return b.in == nil && len(b.ahead) == 0 }
 
 // Buffered reports whether a delivery is at hand: Next would return it at
 // once.
-func (b *Batch) Buffered() bool { return len(b.in) > 0 }
+func (b *Batch) Buffered() bool { return len(b.ahead) > 0 || len(b.in) > 0 }
 
 // Err is why the batch ended early, once it ended: nil when it
 // ended because every message asked for came or the wait was over.

@@ -3,6 +3,7 @@ package queue
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -173,4 +174,80 @@ func TestPublishTooLarge(t *testing.T) {
 	if _, err := q.Publish(ctx, "dir_1", "dsync.user.created", "small", []byte(`{}`)); err != nil {
 		t.Fatalf("small Publish = %v", err)
 	}
+}
+
+// A delivery lost in flight (the connection or the server it came through
+// failed) would come again only after its ack wait, behind the messages
+// after it. The consumer reads the gap from the stream instead and hands
+// it out first, so that its user applies the stream in its order; when the
+// lost deliveries do come again, they come as deliveries again, and one
+// read from the stream can still be parked.
+func TestDeliveriesLostInFlightAreReadFromTheStreamAndComeFirst(t *testing.T) {
+	q := openQueue(t, Options{StoreDir: t.TempDir()})
+	ctx := testCtx(t, 60*time.Second)
+	const ackWait = 2 * time.Second
+	c, err := q.Consumer(ctx, "worker", ackWait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 5; i++ {
+		id := fmt.Sprintf("e%d", i)
+		if _, err := q.Publish(ctx, "dir_1", "dsync.user.updated", id, []byte(`{"id":"`+id+`"}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first := deliveries(t, c, 1)
+	if first[0].Seq != 1 {
+		t.Fatalf("first delivery seq %d, want 1", first[0].Seq)
+	}
+	if err := first[0].Ack(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Seqs 2 and 3 are delivered to a subscriber that is gone.
+	st, err := q.state()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := st.main.Consumer(ctx, "worker")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fetch(t, raw, 2); got[0].Subject() != q.Subject("dir_1", "dsync.user.updated") || len(got) != 2 {
+		t.Fatalf("lost deliveries: %d", len(got))
+	}
+
+	ds := deliveries(t, c, 4)
+	for i, d := range ds {
+		want := uint64(i + 2)
+		if d.Seq != want || string(d.Data) != fmt.Sprintf(`{"id":"e%d"}`, want) || d.Subject != q.Subject("dir_1", "dsync.user.updated") || d.Stored.IsZero() {
+			t.Fatalf("delivery %d: seq %d data %s subject %q stored %v; want seq %d in order", i, d.Seq, d.Data, d.Subject, d.Stored, want)
+		}
+	}
+	// Park the first one read from the stream; acknowledge the others.
+	if err := ds[0].Park(ctx, "test", 1); err != nil {
+		t.Fatalf("Park of a delivery read from the stream: %v", err)
+	}
+	for _, d := range ds {
+		if err := d.Ack(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dls, err := q.DeadLetters(ctx)
+	if err != nil || len(dls) != 1 || dls[0].StreamSeq != 2 || string(dls[0].Data) != `{"id":"e2"}` {
+		t.Fatalf("dead letters %+v, %v; want seq 2", dls, err)
+	}
+
+	// After their ack wait the lost ones come again, themselves, and
+	// nothing is read from the stream for them.
+	again := deliveries(t, c, 2)
+	for i, d := range again {
+		if d.Seq != uint64(i+2) {
+			t.Fatalf("delivered again: seq %d, want %d", d.Seq, i+2)
+		}
+		if err := d.Ack(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventuallyPending(t, q, 0)
 }

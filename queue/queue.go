@@ -741,7 +741,8 @@ func (q *Queue) ConsumerAfter(ctx context.Context, durable string, ackWait time.
 	if err != nil {
 		return nil, err
 	}
-	return &Consumer{q: q, c: c}, nil
+	// What it delivered already, so that a gap after it is seen (Batch.Next).
+	return &Consumer{q: q, c: c, seen: c.CachedInfo().Delivered.Stream}, nil
 }
 
 // jsConsumer is Consumer's JetStream consumer.

@@ -4,7 +4,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
+	"syscall"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/dsyncd/dsyncd/mapping"
 )
@@ -65,12 +69,59 @@ func DecodeControl(data []byte) (Control, error) {
 	return c, nil
 }
 
+// ErrControlApplied is wrapped by ApplyControl's error for a control (by
+// its ID) this store applied, or refused, before.
+var ErrControlApplied = errors.New("control applied before")
+
 // ApplyControl applies c. The error of a decision that cannot be taken
 // (the hold is closed, the organisation not paused, a removed rule without
 // on_unmap, a malformed control) is its answer, the same on every node; the
 // caller records the control's stream position (MarkApplied) then as after
 // a success, and only leaves it for later when the store cannot be written.
+//
+// A control comes once per node in stream order, but its delivery can come
+// again (its acknowledgement lost, or the consumer restarted at its ack
+// floor), after later ones: the store remembers the ID of each control it
+// applied or refused, as it remembers events' (for the processed
+// retention), and refuses it again with ErrControlApplied, changing
+// nothing. A crash between a control's effect and that record lets it be
+// applied again, as every control was before.
 func (s *Store) ApplyControl(c Control) (*Plan, error) {
+	if c.ID != "" {
+		var seen bool
+		err := s.db.View(func(tx *bolt.Tx) error {
+			seen = tx.Bucket(bktProcessed).Get([]byte(c.ID)) != nil
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		if seen {
+			return nil, fmt.Errorf("%w: %s", ErrControlApplied, c.ID)
+		}
+	}
+	plan, err := s.applyControl(c)
+	if c.ID != "" && !writeFailure(err) {
+		at := c.At
+		if at.IsZero() {
+			at = s.opts.Now()
+		}
+		if merr := s.db.Update(func(tx *bolt.Tx) error { return s.markProcessed(newTxn(tx), c.ID, at) }); merr != nil {
+			return plan, merr
+		}
+	}
+	return plan, err
+}
+
+// writeFailure reports whether err says the store could not be written
+// (rather than answering the control).
+func writeFailure(err error) bool {
+	var errno syscall.Errno
+	var pe *fs.PathError
+	return errors.As(err, &errno) || errors.As(err, &pe) || errors.Is(err, ErrClosed) || errors.Is(err, bolt.ErrDatabaseNotOpen)
+}
+
+func (s *Store) applyControl(c Control) (*Plan, error) {
 	switch c.Kind {
 	case ControlHold:
 		return s.decideHold(c.At, c.Hold, c.Approve, false)

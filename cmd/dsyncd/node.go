@@ -297,6 +297,12 @@ func (cs *controls) apply(d *queue.Delivery) (retry bool) {
 		}
 	}
 	f := []zap.Field{zap.String("kind", string(c.Kind)), zap.String("id", c.ID), zap.String("from_node", c.Node), zap.Uint64("seq", d.Seq)}
+	if errors.Is(err, storage.ErrControlApplied) {
+		// Delivered again (an acknowledgement lost): its answer went out
+		// the first time.
+		cs.d.log.Info("control delivered again: applied before, nothing done", f...)
+		return false
+	}
 	if err != nil {
 		cs.d.log.Warn("control applied: refused", append(f, zap.Error(err))...)
 	} else {
