@@ -4,8 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
-	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -69,23 +67,22 @@ func DecodeControl(data []byte) (Control, error) {
 	return c, nil
 }
 
-// ErrControlApplied is wrapped by ApplyControl's error for a control (by
-// its ID) this store applied, or refused, before.
+// ErrControlApplied is wrapped by ApplyControl's error for a control that
+// this store recorded as applied or refused (MarkControlApplied).
 var ErrControlApplied = errors.New("control applied before")
 
 // ApplyControl applies c. The error of a decision that cannot be taken
 // (the hold is closed, the organisation not paused, a removed rule without
 // on_unmap, a malformed control) is its answer, the same on every node; the
-// caller records the control's stream position (MarkApplied) then as after
-// a success, and only leaves it for later when the store cannot be written.
+// caller records the control (MarkControlApplied) then as after a success,
+// and only leaves it for later when the store cannot be written.
 //
 // A control comes once per node in stream order, but its delivery can come
 // again (its acknowledgement lost, or the consumer restarted at its ack
-// floor), after later ones: the store remembers the ID of each control it
-// applied or refused, as it remembers events' (for the processed
-// retention), and refuses it again with ErrControlApplied, changing
-// nothing. A crash between a control's effect and that record lets it be
-// applied again, as every control was before.
+// floor), after later ones. A control recorded by MarkControlApplied is
+// refused with ErrControlApplied and changes nothing: an older mapping
+// delivered again does not come back into force, a refused decision
+// delivered again after the state changed is not taken.
 func (s *Store) ApplyControl(c Control) (*Plan, error) {
 	if c.ID != "" {
 		var seen bool
@@ -93,6 +90,9 @@ func (s *Store) ApplyControl(c Control) (*Plan, error) {
 			seen = tx.Bucket(bktProcessed).Get([]byte(c.ID)) != nil
 			return nil
 		})
+		if errors.Is(err, bolt.ErrDatabaseNotOpen) {
+			return nil, ErrClosed
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -100,25 +100,29 @@ func (s *Store) ApplyControl(c Control) (*Plan, error) {
 			return nil, fmt.Errorf("%w: %s", ErrControlApplied, c.ID)
 		}
 	}
-	plan, err := s.applyControl(c)
-	if c.ID != "" && !writeFailure(err) {
-		at := c.At
-		if at.IsZero() {
-			at = s.opts.Now()
-		}
-		if merr := s.db.Update(func(tx *bolt.Tx) error { return s.markProcessed(newTxn(tx), c.ID, at) }); merr != nil {
-			return plan, merr
-		}
-	}
-	return plan, err
+	return s.applyControl(c)
 }
 
-// writeFailure reports whether err says the store could not be written
-// (rather than answering the control).
-func writeFailure(err error) bool {
-	var errno syscall.Errno
-	var pe *fs.PathError
-	return errors.As(err, &errno) || errors.As(err, &pe) || errors.Is(err, ErrClosed) || errors.Is(err, bolt.ErrDatabaseNotOpen)
+// MarkControlApplied records, in one transaction, that the control with id
+// (its Control.ID; "" records none) was applied or refused, dated at (zero:
+// now), and seq as the last stream sequence applied (0: none). Its id is
+// remembered as events' ids are, for the processed retention.
+func (s *Store) MarkControlApplied(id string, seq uint64, at time.Time) error {
+	if at.IsZero() {
+		at = s.opts.Now()
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		if id != "" {
+			if err := s.markProcessed(newTxn(tx), id, at); err != nil {
+				return err
+			}
+		}
+		return recordAppliedSeq(tx, seq)
+	})
+	if errors.Is(err, bolt.ErrDatabaseNotOpen) {
+		return ErrClosed
+	}
+	return err
 }
 
 func (s *Store) applyControl(c Control) (*Plan, error) {

@@ -4,14 +4,16 @@ import (
 	"errors"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/dsyncd/dsyncd/mapping"
 	"github.com/dsyncd/dsyncd/storage"
 )
 
 // A control's delivery can come again after later ones (its
-// acknowledgement lost, or the consumer restarted at its ack floor). The
-// store refuses it then and changes nothing: an older mapping delivered
+// acknowledgement lost, or the consumer restarted at its ack floor). Once
+// recorded (MarkControlApplied, as a node does after applying it), the
+// store refuses it and changes nothing: an older mapping delivered
 // again does not come back into force, a refused decision delivered again
 // after the state changed is not taken.
 func TestAControlDeliveredAgainIsRefusedAndChangesNothing(t *testing.T) {
@@ -20,15 +22,28 @@ func TestAControlDeliveredAgainIsRefusedAndChangesNothing(t *testing.T) {
 
 	withOps := testMapping
 	withOps.Groups = append(slices.Clone(testMapping.Groups), mapping.GroupRule{Name: "Ops", Badges: []mapping.Badge{"ops"}})
+	// apply applies c as a node does: then records it (and its seq).
+	seq := uint64(0)
+	apply := func(c storage.Control) error {
+		_, err := st.ApplyControl(c)
+		if errors.Is(err, storage.ErrControlApplied) {
+			return err
+		}
+		seq++
+		if merr := st.MarkControlApplied(c.ID, seq, time.Time{}); merr != nil {
+			t.Fatalf("MarkControlApplied: %v", merr)
+		}
+		return err
+	}
 	m1 := storage.Control{ID: "control:m1", Kind: storage.ControlMapping, Mapping: &withOps}
-	if _, err := st.ApplyControl(m1); err != nil {
+	if err := apply(m1); err != nil {
 		t.Fatalf("mapping m1: %v", err)
 	}
 	if !slices.Contains(badgesOf(t, st, "u1"), "ops") {
 		t.Fatal("m1 did not grant ops")
 	}
 	without := testMapping
-	if _, err := st.ApplyControl(storage.Control{ID: "control:m2", Kind: storage.ControlMapping, Mapping: &without, OnUnmap: "remove"}); err != nil {
+	if err := apply(storage.Control{ID: "control:m2", Kind: storage.ControlMapping, Mapping: &without, OnUnmap: "remove"}); err != nil {
 		t.Fatalf("mapping m2: %v", err)
 	}
 	if slices.Contains(badgesOf(t, st, "u1"), "ops") {
@@ -43,7 +58,7 @@ func TestAControlDeliveredAgainIsRefusedAndChangesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	if _, err := st.ApplyControl(m1); !errors.Is(err, storage.ErrControlApplied) {
+	if err := apply(m1); !errors.Is(err, storage.ErrControlApplied) {
 		t.Fatalf("m1 delivered again: %v, want ErrControlApplied", err)
 	}
 	if slices.Contains(badgesOf(t, st, "u1"), "ops") {
@@ -65,10 +80,13 @@ func TestAControlDeliveredAgainIsRefusedAndChangesNothing(t *testing.T) {
 
 	// A refusal is remembered too.
 	resume := storage.Control{ID: "control:r1", Kind: storage.ControlResume, Organization: "org_1"}
-	if _, err := st.ApplyControl(resume); !errors.Is(err, storage.ErrNotPaused) {
+	if err := apply(resume); !errors.Is(err, storage.ErrNotPaused) {
 		t.Fatalf("resume of an organisation not paused: %v, want ErrNotPaused", err)
 	}
-	if _, err := st.ApplyControl(resume); !errors.Is(err, storage.ErrControlApplied) {
+	if err := apply(resume); !errors.Is(err, storage.ErrControlApplied) {
 		t.Fatalf("refused resume delivered again: %v, want ErrControlApplied", err)
+	}
+	if got, _, err := st.AppliedSeq(); err != nil || got != seq {
+		t.Errorf("applied seq %d (%v), want %d: MarkControlApplied records it", got, err, seq)
 	}
 }

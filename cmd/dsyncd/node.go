@@ -291,10 +291,12 @@ func (cs *controls) apply(d *queue.Delivery) (retry bool) {
 		cs.d.log.Error("control not applied: the store cannot be written; retrying", zap.String("kind", d.Control), zap.Error(err))
 		return true
 	}
+	var seq uint64
 	if d.HasSeq {
-		if merr := cs.d.st.MarkApplied(d.Seq); merr != nil {
-			cs.d.log.Warn("could not record the control's sequence in the store", zap.Uint64("seq", d.Seq), zap.Error(merr))
-		}
+		seq = d.Seq
+	}
+	if merr := cs.d.st.MarkControlApplied(c.ID, seq, c.At); merr != nil {
+		cs.d.log.Warn("could not record the control as applied in the store", zap.String("id", c.ID), zap.Uint64("seq", d.Seq), zap.Error(merr))
 	}
 	f := []zap.Field{zap.String("kind", string(c.Kind)), zap.String("id", c.ID), zap.String("from_node", c.Node), zap.Uint64("seq", d.Seq)}
 	if errors.Is(err, storage.ErrControlApplied) {

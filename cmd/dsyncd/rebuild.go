@@ -513,7 +513,8 @@ func applyStream(ctx context.Context, q *queue.Queue, st *storage.Store, after u
 			if err != nil && worker.Classify(err) == worker.RetryLater {
 				return err
 			}
-			return nil
+			// As a live node records it: delivered again later, it is refused.
+			return st.MarkControlApplied(c.ID, seq, stored)
 		}
 		ev, err := events.Decode(bytes.Clone(data))
 		if err != nil {
