@@ -164,6 +164,8 @@ const lostReadTimeout = 10 * time.Second
 func (c *Consumer) lost(after, before uint64) []Delivery {
 	st, err := c.q.state()
 	if err != nil {
+		c.q.log.Warn("could not read deliveries lost in flight from the stream; they come again after their ack wait",
+			zap.Uint64("after_seq", after), zap.Uint64("before_seq", before), zap.Error(err))
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), lostReadTimeout)
