@@ -285,14 +285,9 @@ func (w *Worker) Run(ctx context.Context) error {
 const FetchAhead = 4
 
 // fetchSize is how many messages the next fetch asks for: one batch, or
-// up to FetchAhead whole batches of the backlog the last commit saw. While
-// the worker yields to a flood it is one batch: the governor's pauses are
-// measured in batches.
+// up to FetchAhead whole batches of the backlog the last commit saw.
 func (w *Worker) fetchSize() int {
 	n := w.opts.BatchSize
-	if w.gov != nil && w.gov.yielding && !w.catchUp {
-		return n
-	}
 	if full := w.behind / uint64(n); full > 1 {
 		n *= int(min(full, FetchAhead))
 	}

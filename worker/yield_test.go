@@ -179,24 +179,18 @@ func TestGovernorPausesAtMostAWindow(t *testing.T) {
 // time, as a trickle needs.
 func TestFetchSizeAsksForWholeBatchesOfABacklog(t *testing.T) {
 	for _, tc := range []struct {
-		name     string
-		behind   uint64
-		yielding bool // the governor's pauses are on
-		catchUp  bool // MaxYieldLag was reached
-		want     int
+		name   string
+		behind uint64
+		want   int
 	}{
-		{"nothing behind: one batch", 0, false, false, 100},
-		{"less than two batches behind: one batch", 199, false, false, 100},
-		{"two batches behind: two", 200, false, false, 200},
-		{"three and a half behind: three", 350, false, false, 300},
-		{"a large backlog: FetchAhead batches", 1_000_000, false, false, 100 * FetchAhead},
-		{"yielding to a flood: one batch", 1_000_000, true, false, 100},
-		{"catching up after yielding: FetchAhead batches", 1_000_000, true, true, 100 * FetchAhead},
+		{"nothing behind: one batch", 0, 100},
+		{"less than two batches behind: one batch", 199, 100},
+		{"two batches behind: two", 200, 200},
+		{"three and a half behind: three", 350, 300},
+		{"a large backlog: FetchAhead batches", 1_000_000, 100 * FetchAhead},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			g := newGovernor(5, time.Second)
-			g.yielding = tc.yielding
-			w := &Worker{opts: Options{BatchSize: 100}, behind: tc.behind, gov: g, catchUp: tc.catchUp}
+			w := &Worker{opts: Options{BatchSize: 100}, behind: tc.behind}
 			if got := w.fetchSize(); got != tc.want {
 				t.Errorf("fetchSize with %d behind = %d, want %d", tc.behind, got, tc.want)
 			}
