@@ -237,8 +237,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	storeBackoff := w.opts.RetryBackoff
 	var lastCommit time.Time
 	for ctx.Err() == nil {
-		whole := w.behind >= uint64(w.opts.BatchSize) // a full batch waits: apply it in one go
-		batch, err := cons.Fetch(w.fetchSize(), w.opts.FetchWait)
+		batch, err := cons.Fetch(w.opts.BatchSize, w.opts.FetchWait)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -252,6 +251,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 		backoff = w.opts.RetryBackoff
 		start, before := time.Now(), w.inflow()
+		whole := w.behind >= uint64(w.opts.BatchSize) // a full batch waits: apply it in one go
 		w.behind, w.waited = 0, 0
 		storeDown := w.drain(batch, &lastCommit, whole)
 		if !storeDown && !w.yield(ctx, time.Since(start), w.inflow()-before) {
@@ -272,26 +272,6 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 	}
 	return nil
-}
-
-// FetchAhead is how many batches one fetch asks for when a backlog waits.
-// Applying a batch waits for all of its messages to arrive (a backlog is
-// applied in full batches); with the next batches already asked for, the
-// server sends them while this one applies, instead of after. On a 2-CPU
-// machine catching up a 100,000-user sync, the worker waited for messages
-// 18% of the time with one batch per fetch. The queue's MaxAckPending
-// must leave room above FetchAhead batches (dsyncd gives it twice that),
-// or a fetch waits for events held for a retry.
-const FetchAhead = 4
-
-// fetchSize is how many messages the next fetch asks for: one batch, or
-// up to FetchAhead whole batches of the backlog the last commit saw.
-func (w *Worker) fetchSize() int {
-	n := w.opts.BatchSize
-	if full := w.behind / uint64(n); full > 1 {
-		n *= int(min(full, FetchAhead))
-	}
-	return n
 }
 
 // drain applies the messages of one fetch as they arrive: when they run dry

@@ -173,27 +173,3 @@ func TestGovernorPausesAtMostAWindow(t *testing.T) {
 		t.Fatal("a flood that gains from pauses got none")
 	}
 }
-
-// A backlog is fetched a few whole batches at a time, so that the next
-// batches arrive while one applies; anything less is fetched a batch at a
-// time, as a trickle needs.
-func TestFetchSizeAsksForWholeBatchesOfABacklog(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		behind uint64
-		want   int
-	}{
-		{"nothing behind: one batch", 0, 100},
-		{"less than two batches behind: one batch", 199, 100},
-		{"two batches behind: two", 200, 200},
-		{"three and a half behind: three", 350, 300},
-		{"a large backlog: FetchAhead batches", 1_000_000, 100 * FetchAhead},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			w := &Worker{opts: Options{BatchSize: 100}, behind: tc.behind}
-			if got := w.fetchSize(); got != tc.want {
-				t.Errorf("fetchSize with %d behind = %d, want %d", tc.behind, got, tc.want)
-			}
-		})
-	}
-}

@@ -105,7 +105,7 @@ func queueOptions(cfg config.Config) queue.Options {
 		MaxAge:          cfg.NATS.MaxAge,
 		DuplicateWindow: cfg.NATS.DuplicateWindow,
 		Encoding:        cfg.NATS.EventEncoding,
-		MaxAckPending:   cfg.Worker.BatchSize * worker.FetchAhead * 2, // room for retries beside a fetch
+		MaxAckPending:   cfg.Worker.BatchSize * 4,
 		// Explicit limits for the embedded server: streams are file-backed
 		// (memory only for bookkeeping); the store may hold the stream and
 		// the dead letters at their cap, and the leases. An unlimited stream (max_bytes 0)
