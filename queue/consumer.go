@@ -18,7 +18,9 @@ type Consumer struct {
 	q *Queue
 	c jetstream.Consumer
 	// seen is the highest stream sequence delivered so far (see
-	// Batch.Next); 0 until the first.
+	// Batch.Next), starting from what the consumer's info says it
+	// delivered before (for a new consumer, the sequence before its
+	// start), so that a delivery lost before any came is seen missing too.
 	seen uint64
 }
 
@@ -136,7 +138,7 @@ func (b *Batch) Next(due <-chan time.Time) (Delivery, bool) {
 		if !d.HasSeq {
 			return d, true
 		}
-		if b.c.seen > 0 && d.Seq > b.c.seen+1 {
+		if d.Seq > b.c.seen+1 {
 			if lost := b.c.lost(b.c.seen, d.Seq); len(lost) > 0 {
 				for i := range lost {
 					lost[i].Pending = d.Pending + uint64(len(lost)-i)

@@ -251,3 +251,51 @@ func TestDeliveriesLostInFlightAreReadFromTheStreamAndComeFirst(t *testing.T) {
 	}
 	eventuallyPending(t, q, 0)
 }
+
+// A delivery lost in a consumer's very first fetch, before anything was
+// delivered, is read from the stream too: otherwise it would come after its
+// ack wait, behind the messages after it. The same holds for a consumer
+// that starts after a position (a node given its own consumer).
+func TestADeliveryLostBeforeAnyCameIsReadFromTheStreamFirst(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		after uint64 // ConsumerAfter's start; the events published before it are not the consumer's
+	}{
+		{"a new consumer of the whole stream", 0},
+		{"a new consumer starting after seq 2", 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			q := openQueue(t, Options{StoreDir: t.TempDir()})
+			ctx := testCtx(t, 60*time.Second)
+			for i := 1; i <= int(tc.after)+3; i++ {
+				id := fmt.Sprintf("e%d", i)
+				if _, err := q.Publish(ctx, "dir_1", "dsync.user.updated", id, []byte(`{"id":"`+id+`"}`)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			c, err := q.ConsumerAfter(ctx, "worker", time.Minute, tc.after)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The consumer's first delivery goes to a subscriber that is gone.
+			st, err := q.state()
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw, err := st.main.Consumer(ctx, "worker")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := fetch(t, raw, 1); len(got) != 1 {
+				t.Fatalf("lost deliveries: %d", len(got))
+			}
+			ds := deliveries(t, c, 3)
+			for i, d := range ds {
+				want := tc.after + uint64(i) + 1
+				if d.Seq != want || string(d.Data) != fmt.Sprintf(`{"id":"e%d"}`, want) {
+					t.Fatalf("delivery %d: seq %d data %s; want seq %d, in stream order", i, d.Seq, d.Data, want)
+				}
+			}
+		})
+	}
+}
