@@ -2,6 +2,7 @@ package queue
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -135,6 +136,37 @@ func eventuallyPending(t *testing.T, q *Queue, want uint64) {
 	}
 }
 
+// publishUpdates publishes n dsync.user.updated events of dir_1, with ids
+// e1..en and data {"id":"e<i>"}: stream seqs 1..n on a new queue.
+func publishUpdates(t *testing.T, ctx context.Context, q *Queue, n int) {
+	t.Helper()
+	for i := 1; i <= n; i++ {
+		id := fmt.Sprintf("e%d", i)
+		if _, err := q.Publish(ctx, "dir_1", "dsync.user.updated", id, []byte(`{"id":"`+id+`"}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// loseDeliveries has the "worker" consumer deliver its next n messages to
+// a subscriber that then goes away: deliveries lost in flight.
+func loseDeliveries(t *testing.T, ctx context.Context, q *Queue, n int) []jetstream.Msg {
+	t.Helper()
+	st, err := q.state()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := st.main.Consumer(ctx, "worker")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := fetch(t, raw, n)
+	if len(got) != n {
+		t.Fatalf("lost deliveries: %d, want %d", len(got), n)
+	}
+	return got
+}
+
 // TestNextReturnsWhenDueFires: Next gives up at the deadline the caller
 // passes, without ending the batch.
 func TestNextReturnsWhenDueFires(t *testing.T) {
@@ -190,12 +222,7 @@ func TestDeliveriesLostInFlightAreReadFromTheStreamAndComeFirst(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i := 1; i <= 5; i++ {
-		id := fmt.Sprintf("e%d", i)
-		if _, err := q.Publish(ctx, "dir_1", "dsync.user.updated", id, []byte(`{"id":"`+id+`"}`)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	publishUpdates(t, ctx, q, 5)
 	first := deliveries(t, c, 1)
 	if first[0].Seq != 1 {
 		t.Fatalf("first delivery seq %d, want 1", first[0].Seq)
@@ -205,16 +232,8 @@ func TestDeliveriesLostInFlightAreReadFromTheStreamAndComeFirst(t *testing.T) {
 	}
 
 	// Seqs 2 and 3 are delivered to a subscriber that is gone.
-	st, err := q.state()
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := st.main.Consumer(ctx, "worker")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := fetch(t, raw, 2); got[0].Subject() != q.Subject("dir_1", "dsync.user.updated") || len(got) != 2 {
-		t.Fatalf("lost deliveries: %d", len(got))
+	if got := loseDeliveries(t, ctx, q, 2); got[0].Subject() != q.Subject("dir_1", "dsync.user.updated") {
+		t.Fatalf("lost delivery's subject %q", got[0].Subject())
 	}
 
 	ds := deliveries(t, c, 4)
@@ -267,28 +286,13 @@ func TestADeliveryLostBeforeAnyCameIsReadFromTheStreamFirst(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			q := openQueue(t, Options{StoreDir: t.TempDir()})
 			ctx := testCtx(t, 60*time.Second)
-			for i := 1; i <= int(tc.after)+3; i++ {
-				id := fmt.Sprintf("e%d", i)
-				if _, err := q.Publish(ctx, "dir_1", "dsync.user.updated", id, []byte(`{"id":"`+id+`"}`)); err != nil {
-					t.Fatal(err)
-				}
-			}
+			publishUpdates(t, ctx, q, int(tc.after)+3)
 			c, err := q.ConsumerAfter(ctx, "worker", time.Minute, tc.after)
 			if err != nil {
 				t.Fatal(err)
 			}
 			// The consumer's first delivery goes to a subscriber that is gone.
-			st, err := q.state()
-			if err != nil {
-				t.Fatal(err)
-			}
-			raw, err := st.main.Consumer(ctx, "worker")
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got := fetch(t, raw, 1); len(got) != 1 {
-				t.Fatalf("lost deliveries: %d", len(got))
-			}
+			loseDeliveries(t, ctx, q, 1)
 			ds := deliveries(t, c, 3)
 			for i, d := range ds {
 				want := tc.after + uint64(i) + 1
