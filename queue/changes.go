@@ -175,8 +175,15 @@ func (c *ChangeStream) LastChange(ctx context.Context) (uint64, error) {
 // Publish stores msgs in order and returns how many of them, from the
 // first, the stream holds. They are pipelined, each expecting the stream's
 // last sequence to be its predecessor's, so a failed one fails those after
-// it: the stream never holds a record without the ones before it.
+// it: the stream never holds a record without the ones before it. Hence
+// only the last asks for an ack: the server stores a connection's messages
+// in order, so its ack says the stream holds them all, and on its error
+// the stream's last sequence says how many it holds. (An ack per message
+// cost about a third of the server's and the client's work per change.)
 func (c *ChangeStream) Publish(ctx context.Context, msgs []ChangeMsg) (int, error) {
+	if len(msgs) == 0 {
+		return 0, nil
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	js, s, err := c.open(ctx)
@@ -190,52 +197,53 @@ func (c *ChangeStream) Publish(ctx context.Context, msgs []ChangeMsg) (int, erro
 		}
 		c.lastSeq = info.State.LastSeq
 	}
-	futures := make([]jetstream.PubAckFuture, 0, len(msgs))
-	var pubErr error
-	for i, m := range msgs {
+	start := c.lastSeq
+	last := len(msgs) - 1
+	for i, m := range msgs[:last] {
 		id := strconv.FormatUint(m.Seq, 10)
-		msg := &nats.Msg{Subject: c.Subject(m.OrganizationID, m.UserID), Data: m.Data,
-			Header: nats.Header{HeaderChangeSeq: []string{id}}}
-		f, err := js.PublishMsgAsync(msg, jetstream.WithMsgID(id), jetstream.WithExpectLastSequence(c.lastSeq+uint64(i)),
-			jetstream.WithExpectStream(c.opts.Stream))
-		if err != nil {
-			pubErr = err
-			break
-		}
-		futures = append(futures, f)
-	}
-	done := 0
-	var ackErr error
-	for _, f := range futures {
-		select {
-		case ack := <-f.Ok():
-			if ackErr == nil {
-				if ack.Duplicate {
-					ackErr = fmt.Errorf("queue: change %s already in stream %s", f.Msg().Header.Get(HeaderChangeSeq), c.opts.Stream)
-				} else {
-					c.lastSeq = ack.Sequence
-					done++
-				}
-			}
-		case err := <-f.Err():
-			if ackErr == nil {
-				ackErr = err
-			}
-		case <-ctx.Done():
-			if ackErr == nil {
-				ackErr = ctx.Err()
-			}
+		msg := &nats.Msg{Subject: c.Subject(m.OrganizationID, m.UserID), Data: m.Data, Header: nats.Header{
+			HeaderChangeSeq:                 []string{id},
+			jetstream.MsgIDHeader:           []string{id},
+			jetstream.ExpectedLastSeqHeader: []string{strconv.FormatUint(start+uint64(i), 10)},
+			jetstream.ExpectedStreamHeader:  []string{c.opts.Stream},
+		}}
+		if err := c.nc.PublishMsg(msg); err != nil {
+			return c.stored(s, start, len(msgs)), fmt.Errorf("queue: publish to %s: %w", c.opts.Stream, err)
 		}
 	}
-	if ackErr == nil {
-		ackErr = pubErr
+	m := msgs[last]
+	id := strconv.FormatUint(m.Seq, 10)
+	msg := &nats.Msg{Subject: c.Subject(m.OrganizationID, m.UserID), Data: m.Data,
+		Header: nats.Header{HeaderChangeSeq: []string{id}}}
+	ack, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID(id), jetstream.WithExpectLastSequence(start+uint64(last)),
+		jetstream.WithExpectStream(c.opts.Stream))
+	switch {
+	case err != nil:
+	case ack.Duplicate:
+		err = fmt.Errorf("change %s already in stream %s", id, c.opts.Stream)
+	case ack.Sequence != start+uint64(len(msgs)):
+		err = fmt.Errorf("change %s stored at sequence %d of stream %s, want %d", id, ack.Sequence, c.opts.Stream, start+uint64(len(msgs)))
+	default:
+		c.lastSeq = ack.Sequence
+		return len(msgs), nil
 	}
-	if ackErr != nil {
-		c.lastSeq = 0 // read again: the stream may hold more than we know
-		if done == 0 && strings.Contains(ackErr.Error(), "wrong last sequence") {
-			return 0, fmt.Errorf("queue: publish to %s: %w (the stream holds records the relay did not count: it starts again from the stream's last)", c.opts.Stream, ackErr)
-		}
-		return done, fmt.Errorf("queue: publish to %s: %w", c.opts.Stream, ackErr)
+	n := c.stored(s, start, len(msgs))
+	if n == 0 && strings.Contains(err.Error(), "wrong last sequence") {
+		return 0, fmt.Errorf("queue: publish to %s: %w (the stream holds records the relay did not count: it starts again from the stream's last)", c.opts.Stream, err)
 	}
-	return done, nil
+	return n, fmt.Errorf("queue: publish to %s: %w", c.opts.Stream, err)
+}
+
+// stored returns how many of n records published after the stream's
+// sequence start it holds, read from the stream (0 when it cannot be read);
+// the next Publish reads the stream's last sequence again.
+func (c *ChangeStream) stored(s jetstream.Stream, start uint64, n int) int {
+	c.lastSeq = 0
+	ctx, cancel := context.WithTimeout(context.Background(), c.q.opts.ConnectTimeout)
+	defer cancel()
+	info, err := s.Info(ctx)
+	if err != nil || info.State.LastSeq <= start {
+		return 0
+	}
+	return int(min(info.State.LastSeq-start, uint64(n)))
 }

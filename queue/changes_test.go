@@ -57,3 +57,45 @@ func TestChangeStreamStoresEachRecordOnceInOrder(t *testing.T) {
 		t.Fatalf("stream holds %d messages, want 4", info.State.Msgs)
 	}
 }
+
+// TestChangeStreamCountsTheRecordsBeforeOneThatFailed: only a batch's last
+// record asks for an ack, so when one in the middle is refused (here a
+// message id the stream has just seen), Publish reads from the stream how
+// many it holds: the records before it, and none after it.
+func TestChangeStreamCountsTheRecordsBeforeOneThatFailed(t *testing.T) {
+	q := openQueue(t, Options{StoreDir: t.TempDir()})
+	ctx := testCtx(t, 30*time.Second)
+	cs := q.Changes(ChangesOptions{})
+	if _, err := cs.LastChange(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := q.state()
+	if _, err := st.js.Publish(ctx, "dsyncd.changes.org_1._", []byte(`{}`), jetstream.WithMsgID("5")); err != nil {
+		t.Fatal(err)
+	}
+	var msgs []ChangeMsg
+	for seq := uint64(4); seq <= 7; seq++ {
+		msgs = append(msgs, ChangeMsg{Seq: seq, OrganizationID: "org_1", UserID: "u" + strconv.FormatUint(seq, 10), Data: []byte(`{}`)})
+	}
+	n, err := cs.Publish(ctx, msgs)
+	if err == nil || n != 1 {
+		t.Fatalf("publish 4..7 with 5 refused: %d, %v; want 1 and an error", n, err)
+	}
+	s, err := st.js.Stream(ctx, DefaultChangesStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil || info.State.Msgs != 2 {
+		t.Fatalf("stream: %+v, %v; want the other publisher's message and change 4", info.State, err)
+	}
+	if m, err := s.GetMsg(ctx, 2); err != nil || m.Header.Get(jetstream.MsgIDHeader) != "4" {
+		t.Fatalf("message 2: %v, %v; want change 4", m, err)
+	}
+	if n, err := cs.Publish(ctx, msgs[2:]); err != nil || n != 2 {
+		t.Fatalf("publish 6..7 after: %d, %v", n, err)
+	}
+	if info, _ := s.Info(ctx); info.State.LastSeq != 4 {
+		t.Fatalf("stream's last sequence %d, want 4", info.State.LastSeq)
+	}
+}
