@@ -28,12 +28,35 @@ func runCluster(t *testing.T, n int) string {
 func runClusterServers(t *testing.T, n, plain int) ([]*server.Server, string) {
 	t.Helper()
 	n += plain
-	servers := make([]*server.Server, n)
+	// Another process on the host may take a route port between routePort
+	// and the bind (that server is then never ready): the cluster starts
+	// again on other ports.
+	for attempt := 1; ; attempt++ {
+		if servers, urls := startClusterServers(t, n, plain); servers != nil {
+			return servers, urls
+		}
+		if attempt == 3 {
+			t.Fatalf("nats-server not ready, %d times", attempt)
+		}
+	}
+}
+
+// startClusterServers starts the servers of runClusterServers, or none of
+// them (nil) when one is not ready.
+func startClusterServers(t *testing.T, n, plain int) ([]*server.Server, string) {
+	t.Helper()
 	ports := make([]int, n)
 	routes := make([]string, n)
 	for i := range n {
 		ports[i] = routePort(t)
 		routes[i] = fmt.Sprintf("nats-route://127.0.0.1:%d", ports[i])
+	}
+	servers := make([]*server.Server, 0, n)
+	stop := func() {
+		for _, s := range servers {
+			s.Shutdown()
+			s.WaitForShutdown()
+		}
 	}
 	urls := make([]string, n)
 	for i := range n {
@@ -45,16 +68,14 @@ func runClusterServers(t *testing.T, n, plain int) ([]*server.Server, string) {
 			t.Fatalf("NewServer: %v", err)
 		}
 		s.Start()
-		t.Cleanup(func() {
-			s.Shutdown()
-			s.WaitForShutdown()
-		})
-		if !s.ReadyForConnections(20 * time.Second) {
-			t.Fatal("nats-server not ready")
+		servers = append(servers, s)
+		if !s.ReadyForConnections(10 * time.Second) {
+			stop()
+			return nil, ""
 		}
 		urls[i] = s.ClientURL()
-		servers[i] = s
 	}
+	t.Cleanup(stop)
 	return servers, strings.Join(urls, ",")
 }
 
