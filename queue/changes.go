@@ -204,23 +204,12 @@ func (c *ChangeStream) Publish(ctx context.Context, msgs []ChangeMsg) (int, erro
 	start := c.lastSeq
 	last := len(msgs) - 1
 	for i, m := range msgs[:last] {
-		id := strconv.FormatUint(m.Seq, 10)
-		msg := &nats.Msg{Subject: c.Subject(m.OrganizationID, m.UserID), Data: m.Data, Header: nats.Header{
-			HeaderChangeSeq:                 []string{id},
-			jetstream.MsgIDHeader:           []string{id},
-			jetstream.ExpectedLastSeqHeader: []string{strconv.FormatUint(start+uint64(i), 10)},
-			jetstream.ExpectedStreamHeader:  []string{c.opts.Stream},
-		}}
-		if err := c.nc.PublishMsg(msg); err != nil {
+		if err := c.nc.PublishMsg(c.msg(m, start+uint64(i))); err != nil {
 			return c.stored(s, start, len(msgs)), fmt.Errorf("queue: publish to %s: %w", c.opts.Stream, err)
 		}
 	}
-	m := msgs[last]
-	id := strconv.FormatUint(m.Seq, 10)
-	msg := &nats.Msg{Subject: c.Subject(m.OrganizationID, m.UserID), Data: m.Data,
-		Header: nats.Header{HeaderChangeSeq: []string{id}}}
-	ack, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID(id), jetstream.WithExpectLastSequence(start+uint64(last)),
-		jetstream.WithExpectStream(c.opts.Stream))
+	id := strconv.FormatUint(msgs[last].Seq, 10)
+	ack, err := js.PublishMsg(ctx, c.msg(msgs[last], start+uint64(last)))
 	switch {
 	case err != nil:
 	case ack.Duplicate:
@@ -236,6 +225,18 @@ func (c *ChangeStream) Publish(ctx context.Context, msgs []ChangeMsg) (int, erro
 		return 0, fmt.Errorf("queue: publish to %s: %w (the stream holds records the relay did not count: it starts again from the stream's last)", c.opts.Stream, err)
 	}
 	return n, fmt.Errorf("queue: publish to %s: %w", c.opts.Stream, err)
+}
+
+// msg is the stream's message for m, expected right after the stream's
+// sequence prev: its seq as message id and in HeaderChangeSeq.
+func (c *ChangeStream) msg(m ChangeMsg, prev uint64) *nats.Msg {
+	id := strconv.FormatUint(m.Seq, 10)
+	return &nats.Msg{Subject: c.Subject(m.OrganizationID, m.UserID), Data: m.Data, Header: nats.Header{
+		HeaderChangeSeq:                 []string{id},
+		jetstream.MsgIDHeader:           []string{id},
+		jetstream.ExpectedLastSeqHeader: []string{strconv.FormatUint(prev, 10)},
+		jetstream.ExpectedStreamHeader:  []string{c.opts.Stream},
+	}}
 }
 
 // stored returns how many of n records published after the stream's
