@@ -36,13 +36,14 @@ func runClusterServers(t *testing.T, n, plain int) ([]*server.Server, string) {
 			return servers, urls
 		}
 		if attempt == 3 {
-			t.Fatalf("nats-server not ready, %d times", attempt)
+			t.Fatalf("nats-server cluster not ready (a server or its routes), %d times", attempt)
 		}
 	}
 }
 
-// startClusterServers starts the servers of runClusterServers, or none of
-// them (nil) when one is not ready.
+// startClusterServers starts the servers of runClusterServers and waits for
+// their routes, or leaves none running (nil) when one is not ready or the
+// routes do not connect.
 func startClusterServers(t *testing.T, n, plain int) ([]*server.Server, string) {
 	t.Helper()
 	ports := make([]int, n)
@@ -75,8 +76,26 @@ func startClusterServers(t *testing.T, n, plain int) ([]*server.Server, string) 
 		}
 		urls[i] = s.ClientURL()
 	}
+	// Routes connect in the background: a client of a server that has none
+	// yet finds no JetStream at all ("no responders").
+	for deadline := time.Now().Add(10 * time.Second); !allRouted(servers); time.Sleep(25 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			stop()
+			return nil, ""
+		}
+	}
 	t.Cleanup(stop)
 	return servers, strings.Join(urls, ",")
+}
+
+// allRouted says whether each server has a route to every other.
+func allRouted(servers []*server.Server) bool {
+	for _, s := range servers {
+		if s.NumRemotes() < len(servers)-1 {
+			return false
+		}
+	}
+	return true
 }
 
 // routePort is a free port for a server's routes, picked below the
